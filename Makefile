@@ -1,0 +1,45 @@
+# genre-tagger: `make run` tags music with the shipped default model; `make test` runs the whole suite.
+# Needs only python3 and make: the targets build the virtual environment they use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+MUSIC  ?= ../shared/data/realworld
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP     := $(VENV)/.dev-installed
+
+.PHONY: run test lint install install-dev default-model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The runtime: numpy, PyAV, ONNX Runtime, pyzmq, sqlite-utils, watchdog. No torch.
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# Development and tests: the local CPU build of torch first, then the extras (torch 2.13.0 satisfies them).
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[train,test,live]'
+	touch $@ $(RUNTIME_STAMP)
+
+install: $(RUNTIME_STAMP)
+install-dev: $(DEV_STAMP)
+
+run: $(RUNTIME_STAMP)
+	$(BIN)/genre-tagger tag $(MUSIC)
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check tagger training service tests
+
+test: $(DEV_STAMP) lint
+	$(BIN)/python -m pytest
+
+# Rebuild models/msd-musicnn-gtzan.onnx from scratch (seeded): the musicnn wheel and ../shared/data.
+default-model: $(DEV_STAMP)
+	$(BIN)/python -m training.default_model --data ../shared/data --out models
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .cache

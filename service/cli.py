@@ -1,0 +1,253 @@
+"""Subcommands of ``genre-tagger`` that the service adds: ``daemon``, ``listen`` and ``library``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tagger.chart import bar
+from tagger.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
+
+DEFAULT_LISTEN = "tcp://127.0.0.1:5556"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    daemon = sub.add_parser("daemon", help="run the tagging daemon (watched folders, live input, ZeroMQ, SQLite)",
+                            description="Run the long-lived daemon. Settings: TOML file < environment "
+                                        "(GENRE_TAGGER_<SECTION>_<KEY>) < these flags; see "
+                                        "service/genre-tagger.toml.")
+    daemon.add_argument("--config", "-c", help="TOML configuration file")
+    daemon.add_argument("--folder", "-f", action="append", dest="folders", metavar="DIR",
+                        help="watch this folder (repeatable; adds to the config's roots)")
+    daemon.add_argument("--live", nargs="?", const="", default=None, metavar="DEVICE",
+                        help="capture live audio from a PortAudio device (name or index; none = default input)")
+    daemon.add_argument("--source", help="live source name used in topics (default 'live')")
+    daemon.add_argument("--horizon", type=float, help="live ensemble horizon in seconds (0 = whole stream)")
+    daemon.add_argument("--endpoint", help="ZeroMQ PUB endpoint (default tcp://127.0.0.1:5556; '' disables)")
+    daemon.add_argument("--library", help="SQLite library file (default <state dir>/library.db)")
+    daemon.add_argument("--state-dir", help="state directory (default ~/.local/state/genre-tagger)")
+    daemon.add_argument("--model", "-m", help="model name or .onnx path (default: the shipped default model)")
+    daemon.add_argument("--device", choices=("auto", "cuda", "cpu"), help="inference device (default auto)")
+    daemon.add_argument("--settle", type=float, help="seconds a file must stay unchanged before it is read")
+    daemon.set_defaults(func=cmd_daemon)
+
+    listen = sub.add_parser("listen", help="show the daemon's live genre updates (bars), or JSON lines")
+    listen.add_argument("endpoint", nargs="?", default=DEFAULT_LISTEN,
+                        help=f"where to connect (default {DEFAULT_LISTEN})")
+    listen.add_argument("--topic", "-t", action="append", default=None,
+                        help="topic prefix to subscribe to (repeatable; default: everything)")
+    listen.add_argument("--json", action="store_true", help="one JSON object per message, with its topic")
+    listen.add_argument("--count", type=int, default=0, help="exit after this many messages (default: never)")
+    listen.add_argument("--timeout", type=float, default=0.0, help="exit after this many seconds (default: never)")
+    listen.set_defaults(func=cmd_listen)
+
+    library = sub.add_parser("library", help="query the tag library: stats, list, show, export")
+    library.add_argument("--library", help="SQLite library file (default: the daemon's)")
+    library.add_argument("--config", "-c", help="TOML configuration file (to find the library)")
+    lsub = library.add_subparsers(dest="library_command", required=True)
+    stats = lsub.add_parser("stats", help="track counts by status, and tracks per top genre")
+    stats.add_argument("--json", action="store_true")
+    ls = lsub.add_parser("list", help="tracks, or those with a genre at a minimum confidence")
+    ls.add_argument("--genre", "-g", help="label to search (case-insensitive)")
+    ls.add_argument("--min-score", type=float, default=0.0, help="minimum probability of that label (0..1)")
+    ls.add_argument("--output", help="model output to search (default: all)")
+    ls.add_argument("--status", default="tagged", help="tagged, pending, error, deleted, or 'any' (default tagged)")
+    ls.add_argument("--limit", type=int, default=0, help="at most this many rows")
+    ls.add_argument("--json", action="store_true")
+    show = lsub.add_parser("show", help="one track with all its genres and per-view results")
+    show.add_argument("track", help="path or id")
+    m3u = lsub.add_parser("export-m3u", help="write an extended M3U playlist of the tracks with a genre")
+    m3u.add_argument("genre")
+    m3u.add_argument("out", help="playlist file to write")
+    m3u.add_argument("--min-score", type=float, default=0.6, help="minimum probability (default 0.6)")
+    m3u.add_argument("--output", help="model output (default: any)")
+    export_csv = lsub.add_parser("export-csv", help="write every tagged track's genres as CSV")
+    export_csv.add_argument("out", help="CSV file to write ('-' for stdout)")
+    library.set_defaults(func=cmd_library)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from service.config import load_config
+    from service.daemon import Daemon
+
+    overrides = {
+        "daemon": {"model": args.model, "device": args.device, "library": args.library, "state_dir": args.state_dir},
+        "folders": {"settle_seconds": args.settle},
+        "live": {"source": args.source, "horizon_seconds": args.horizon},
+        "publish": {"endpoint": args.endpoint},
+    }
+    if args.live is not None:
+        overrides["live"].update(enabled=True, device=args.live)
+    config = load_config(args.config, overrides=overrides, extra_roots=args.folders or [])
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    return Daemon(config).run()
+
+
+def _library_path(args: argparse.Namespace) -> Path:
+    if args.library:
+        return Path(args.library).expanduser()
+    from service.config import load_config
+
+    return load_config(args.config, validate=False).library_path
+
+
+def cmd_library(args: argparse.Namespace) -> int:
+    from service.library import Library
+
+    path = _library_path(args)
+    if not path.is_file():
+        print(f"genre-tagger: error: {path}: no library (has the daemon run?)", file=sys.stderr)
+        return EXIT_USAGE
+    library = Library(path)
+    try:
+        return _LIBRARY_COMMANDS[args.library_command](library, args)
+    finally:
+        library.close()
+
+
+def _stats(library, args) -> int:
+    stats = library.stats()
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return EXIT_OK
+    print(f"library {stats['path']} (schema {stats['schema_version']})")
+    print("  " + ", ".join(f"{n} {status}" for status, n in stats["tracks"].items()))
+    for output, labels in stats["top_genres"].items():
+        total = sum(labels.values())
+        print(f"  {output}: top genre of {total} tracks")
+        for label, n in labels.items():
+            print(f"    {label:20s} {bar(n / total, 30)} {n}")
+    return EXIT_OK
+
+
+def _list(library, args) -> int:
+    status = None if args.status == "any" else args.status
+    rows = library.search(args.genre, args.min_score, args.output, status, args.limit or None)
+    for r in rows:
+        if args.json:
+            print(json.dumps(r))
+        elif r["status"] == "error":
+            print(f"{r['path']}\terror: {r['error']}")
+        else:
+            score = f"{r['label']} {100 * r['score']:.0f} %" if r["label"] else r["status"]
+            print(f"{r['path']}\t{r['output'] or ''}\t{score}")
+    return EXIT_OK
+
+
+def _show(library, args) -> int:
+    track = library.track(args.track)
+    if track is None:
+        print(f"genre-tagger: error: no track {args.track!r} in the library", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    print(json.dumps(track, indent=1))
+    return EXIT_OK
+
+
+def _export_m3u(library, args) -> int:
+    rows = list(library.search(args.genre, args.min_score, args.output))
+    seen: set[str] = set()
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write("#EXTM3U\n")
+        for r in rows:
+            if r["path"] in seen:
+                continue
+            seen.add(r["path"])
+            f.write(f"#EXTINF:{round(r['duration_s'] or -1)},{Path(r['path']).stem} [{r['label']} "
+                    f"{100 * r['score']:.0f} %]\n{r['path']}\n")
+    print(f"wrote {len(seen)} tracks to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _export_csv(library, args) -> int:
+    out = sys.stdout if args.out == "-" else open(args.out, "w", newline="", encoding="utf-8")  # noqa: SIM115
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["path", "duration_s", "model", "model_version", "tagged_at", "output", "rank", "label",
+                         "score", "decided"])
+        for row in library.db.execute(
+                "SELECT t.path, t.duration_s, t.model, t.model_version, t.tagged_at, g.output, g.rank, g.label, "
+                "g.score, g.decided FROM tracks t JOIN genres g ON g.track_id = t.id WHERE t.status = 'tagged' "
+                "ORDER BY t.path, g.output, g.rank"):
+            writer.writerow(row)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return EXIT_OK
+
+
+_LIBRARY_COMMANDS = {"stats": _stats, "list": _list, "show": _show, "export-m3u": _export_m3u,
+                     "export-csv": _export_csv}
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    import zmq
+
+    from service.publish import SCHEMA_ID
+
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(args.endpoint)
+    for topic in args.topic or [""]:
+        sock.subscribe(topic.encode())
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    received = 0
+    last_seq: int | None = None
+    gaps = 0
+    interactive = sys.stdout.isatty() and not args.json
+    try:
+        while not args.count or received < args.count:
+            wait_ms = 200 if deadline is None else max(0, int(1000 * (deadline - time.monotonic())))
+            if deadline is not None and wait_ms == 0:
+                break
+            if not sock.poll(min(wait_ms, 200)):
+                continue
+            topic, body = sock.recv_multipart()
+            message = json.loads(body)
+            received += 1
+            seq = message.get("seq")
+            if isinstance(seq, int) and last_seq is not None and seq > last_seq + 1 and not args.topic:
+                gaps += seq - last_seq - 1
+            last_seq = seq if isinstance(seq, int) else last_seq
+            if message.get("schema") != SCHEMA_ID:
+                print(f"genre-tagger: warning: unknown message schema {message.get('schema')!r}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"topic": topic.decode(), **message}), flush=True)
+            else:
+                print(render_message(topic.decode(), message, interactive), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    if gaps:
+        print(f"genre-tagger: {gaps} messages were dropped before reaching this listener", file=sys.stderr)
+    return EXIT_OK
+
+
+def render_message(topic: str, message: dict, clear: bool = False) -> str:
+    kind = message.get("type")
+    if kind == "live":
+        lines = [f"{topic}  {message['stream_s']:.1f} s  → {message['top']} ({100 * message['confidence']:.0f} %)"
+                 + (f"  latency {message['latency_ms']:.0f} ms" if "latency_ms" in message else "")]
+        for est in message["ensemble"].values():
+            lines.append(f"  {est['title']}")
+            width = max(len(label) for label in est["scores"])
+            for label, score in est["scores"].items():
+                lines.append(f"    {label.ljust(width)} {bar(score, 40)} {100 * score:5.1f} %")
+        text = "\n".join(lines)
+        return ("\x1b[H\x1b[2J" + text) if clear else text
+    if kind == "genre_changed":
+        return f"{topic}  genre changed at {message['stream_s']:.1f} s: {message['previous']} → {message['current']}"
+    if kind == "track":
+        if not message["ok"]:
+            return f"track  {message['path']}: error: {message['error']}"
+        first = next(iter(message["outputs"].values()))
+        return f"track  {message['path']}: {first['top']} ({100 * first['confidence']:.0f} %)"
+    if kind == "status":
+        return (f"status  up {message['uptime_s']:.0f} s, {message['queue_depth']} queued, {message['tagged']} tagged, "
+                f"{message['errors']} errors, {message['provider']}, {message['dropped_messages']} dropped")
+    return f"{topic}  {json.dumps(message)}"

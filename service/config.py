@@ -1,0 +1,216 @@
+"""Daemon configuration: a TOML file, overridden by environment variables, overridden by CLI flags.
+
+Every key, its default and its unit are in :class:`Config` and in ``service/genre-tagger.toml``
+(a commented example). Environment variables are ``GENRE_TAGGER_<SECTION>_<KEY>`` (for example
+``GENRE_TAGGER_PUBLISH_ENDPOINT=ipc:///run/genre-tagger/pub``); lists are comma-separated.
+Validation happens once at start and names the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from tagger.errors import ConfigError
+
+
+@dataclass
+class DaemonSection:
+    """state_dir: where the library and runtime files live (systemd sets $STATE_DIRECTORY).
+    library: the SQLite file (default: <state_dir>/library.db)."""
+
+    state_dir: str = "~/.local/state/genre-tagger"
+    library: str = ""
+    model: str = ""
+    device: str = "auto"
+    threads: int = 0
+    batch_size: int = 32
+
+
+@dataclass
+class TaggingSection:
+    """threshold: probability a label needs (0..1). top_k: labels per output in messages.
+    store_top_k: labels per output kept in the library. hop: slice hop as a fraction of the window
+    (0 = the model's). retry_errors: re-try files that failed, at start."""
+
+    threshold: float = 0.6
+    top_k: int = 5
+    store_top_k: int = 10
+    hop: float = 0.0
+    retry_errors: bool = False
+
+
+@dataclass
+class FoldersSection:
+    """roots: folders to watch. settle_seconds: a file must keep its size and mtime this long before
+    it is read (unless the writer closed it). scan_on_start: full scan of each root at start."""
+
+    roots: list[str] = field(default_factory=list)
+    settle_seconds: float = 2.0
+    scan_on_start: bool = True
+
+
+@dataclass
+class LiveSection:
+    """enabled: capture live audio. device: PortAudio device name or index ("" = the default input).
+    source: the name in topics (live.<source>). horizon_seconds: the running ensemble's span (0 = whole
+    stream). hysteresis: consecutive hops a new top genre must hold before a change is announced.
+    block_seconds: PortAudio block length. buffer_seconds: the capture ring buffer."""
+
+    enabled: bool = False
+    device: str = ""
+    source: str = "live"
+    horizon_seconds: float = 30.0
+    hysteresis: int = 3
+    block_seconds: float = 0.05
+    buffer_seconds: float = 30.0
+    sample_rate: int = 0
+    channels: int = 0
+
+
+@dataclass
+class PublishSection:
+    """endpoint: ZeroMQ bind address (tcp:// or ipc://; "" disables publishing). send_hwm: messages
+    queued per subscriber before drops. heartbeat_seconds: interval of `status` messages."""
+
+    endpoint: str = "tcp://127.0.0.1:5556"
+    send_hwm: int = 1000
+    heartbeat_seconds: float = 5.0
+
+
+@dataclass
+class Config:
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+    tagging: TaggingSection = field(default_factory=TaggingSection)
+    folders: FoldersSection = field(default_factory=FoldersSection)
+    live: LiveSection = field(default_factory=LiveSection)
+    publish: PublishSection = field(default_factory=PublishSection)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(os.path.expandvars(self.daemon.state_dir)).expanduser()
+
+    @property
+    def library_path(self) -> Path:
+        if self.daemon.library:
+            return Path(os.path.expandvars(self.daemon.library)).expanduser()
+        return self.state_dir / "library.db"
+
+    def validate(self) -> Config:
+        t = self.tagging
+        _check(0.0 <= t.threshold <= 1.0, "tagging.threshold", "must be within 0..1")
+        _check(t.top_k >= 1, "tagging.top_k", "must be at least 1")
+        _check(t.store_top_k >= 1, "tagging.store_top_k", "must be at least 1")
+        _check(0.0 <= t.hop <= 1.0, "tagging.hop", "must be within 0..1 (0 = the model's)")
+        _check(self.daemon.device in ("auto", "cuda", "cpu"), "daemon.device", "must be auto, cuda or cpu")
+        _check(self.daemon.threads >= 0, "daemon.threads", "must be 0 (one per core) or more")
+        _check(self.daemon.batch_size >= 1, "daemon.batch_size", "must be at least 1")
+        _check(self.folders.settle_seconds >= 0, "folders.settle_seconds", "must not be negative")
+        for root in self.folders.roots:
+            _check(Path(root).expanduser().is_dir(), "folders.roots", f"{root!r} is not a directory")
+        lv = self.live
+        _check(lv.horizon_seconds >= 0, "live.horizon_seconds", "must not be negative")
+        _check(lv.hysteresis >= 1, "live.hysteresis", "must be at least 1")
+        _check(0.001 <= lv.block_seconds <= 1.0, "live.block_seconds", "must be within 0.001..1 s")
+        _check(lv.buffer_seconds >= 1.0, "live.buffer_seconds", "must be at least 1 s")
+        _check(lv.source.replace("-", "").replace("_", "").isalnum(), "live.source",
+               "must be letters, digits, - or _ (it is part of the topic)")
+        p = self.publish
+        _check(not p.endpoint or p.endpoint.startswith(("tcp://", "ipc://", "inproc://")), "publish.endpoint",
+               "must start with tcp://, ipc:// or inproc://")
+        _check(p.send_hwm >= 1, "publish.send_hwm", "must be at least 1")
+        _check(p.heartbeat_seconds > 0, "publish.heartbeat_seconds", "must be positive")
+        _check(bool(self.folders.roots) or lv.enabled, "folders.roots",
+               "nothing to do: give a folder to watch or enable live capture")
+        return self
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config {key}: {message}")
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    origin = get_origin(kind)
+    if origin is list:
+        (item,) = get_args(kind)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"config {key}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, item, key) for v in value]
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return low in ("1", "true", "yes", "on")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError(value)
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config {key}: {value!r} is not a valid {kind.__name__}") from None
+    raise ConfigError(f"config {key}: unsupported type")
+
+
+def _apply(config: Config, section: str, values: dict[str, Any], where: str) -> None:
+    target = getattr(config, section, None)
+    if target is None or not dataclasses.is_dataclass(target):
+        raise ConfigError(f"{where}: unknown section [{section}]")
+    hints = get_type_hints(type(target))
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{where}: unknown key {section}.{key} (known: {', '.join(sorted(hints))})")
+        setattr(target, key, _coerce(value, hints[key], f"{section}.{key}"))
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
+                overrides: dict[str, dict[str, Any]] | None = None, extra_roots: list[str] | None = None,
+                validate: bool = True) -> Config:
+    """Defaults ← TOML file ← environment ← ``overrides`` (from CLI flags), plus ``extra_roots``.
+
+    ``validate=False`` skips the checks (to locate the library, say).
+    """
+    config = Config()
+    if path:
+        path = Path(path).expanduser()
+        try:
+            doc = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+        for section, values in doc.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: '{section}' must be a [section]")
+            _apply(config, section, values, str(path))
+    env = os.environ if env is None else env
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for name, value in env.items():
+        if not name.startswith("GENRE_TAGGER_") or name == "GENRE_TAGGER_MODELS":
+            continue
+        rest = name[len("GENRE_TAGGER_"):].lower()
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            _apply(config, section, {key: value}, f"environment {name}")
+    for section, values in (overrides or {}).items():
+        _apply(config, section, {k: v for k, v in values.items() if v is not None}, "command line")
+    config.folders.roots = [*config.folders.roots, *(extra_roots or [])]
+    return config.validate() if validate else config

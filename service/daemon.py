@@ -1,0 +1,212 @@
+"""``genre-tagger daemon``: watched folders and live inputs, tagged into SQLite and published on ZeroMQ.
+
+Threads: the folder watcher (scan + events → the library queue), one tagging worker (queue → model →
+library → ``track`` messages), one thread per live input, and the heartbeat (``status`` messages,
+systemd STATUS and WATCHDOG). SIGTERM or SIGINT stops it: the track being tagged is abandoned
+(it stays queued, nothing half-written), sockets and the library are closed, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.config import Config
+from service.folders import FolderWatcher
+from service.library import Library, fingerprint
+from service.live import LiveCapture
+from service.notify import Notifier
+from service.publish import Publisher
+from tagger.engine import EngineOptions
+from tagger.errors import Cancelled, DecodeError, TaggerError
+from tagger.pipeline import Tagger, TrackResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    started: float = field(default_factory=time.monotonic)
+    tagged: int = 0
+    errors: int = 0
+    audio_seconds: float = 0.0
+    last_beat: float = field(default_factory=time.monotonic)
+    last_audio_seconds: float = 0.0
+
+
+class _NullPublisher:
+    dropped = 0
+    subscribers = 0
+
+    def publish(self, topic: str, message: dict) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.counters = Counters()
+        self.notifier = Notifier()
+        c = config
+        self.tagger = Tagger(
+            c.daemon.model or None, threshold=c.tagging.threshold, top_k=c.tagging.top_k,
+            hop_fraction=c.tagging.hop or None,
+            engine_options=EngineOptions(device=c.daemon.device, intra_op_threads=c.daemon.threads,
+                                         batch_size=c.daemon.batch_size))
+        self.publisher = Publisher(c.publish.endpoint, c.publish.send_hwm) if c.publish.endpoint else _NullPublisher()
+        c.state_dir.mkdir(parents=True, exist_ok=True)
+        self.library = Library(c.library_path, c.tagging.store_top_k)
+        if c.tagging.retry_errors:
+            self.library.requeue_errors()
+        self.watcher = FolderWatcher(c.folders.roots, c.library_path, c.folders.settle_seconds, self.wake.set,
+                                     c.folders.scan_on_start) if c.folders.roots else None
+        self.live = None
+        if c.live.enabled:
+            self.live = LiveCapture(self.tagger, self.publisher.publish, c.live.source, c.live.device,
+                                    c.live.horizon_seconds or None, c.live.hysteresis, c.live.block_seconds,
+                                    c.live.buffer_seconds, c.live.sample_rate, c.live.channels, c.tagging.top_k)
+        self._worker = threading.Thread(target=self._work, name="tagging", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if self.watcher:
+                self.watcher.start(self.stop)
+            if self.live:
+                self.live.start(self.stop)
+            self._worker.start()
+            where = getattr(self.publisher, "bound", "no publishing")
+            log.info("genre-tagger daemon: model %s %s on %s, library %s, publishing on %s",
+                     self.tagger.manifest.name, self.tagger.manifest.version, self.tagger.provider,
+                     self.config.library_path, where)
+            self.notifier.ready(self._status_line())
+            self._heartbeat_loop()
+        finally:
+            self.shutdown()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return 0
+
+    def _on_signal(self, signum: int, frame) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.stop.set()
+        self.wake.set()
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        self.wake.set()
+        self.notifier.stopping()
+        if self._worker.is_alive():
+            self._worker.join(3.0)
+        if self.watcher:
+            self.watcher.join(1.0)
+        if self.live:
+            self.live.join(1.0)
+        self.publisher.close()
+        self.library.close()
+
+    # -- heartbeat ---------------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.config.publish.heartbeat_seconds
+        if self.notifier.watchdog_seconds:
+            interval = min(interval, self.notifier.watchdog_seconds / 2)
+        self._beat()
+        while not self.stop.wait(interval):
+            if not self._worker.is_alive():
+                log.error("the tagging worker died; stopping so that the service manager restarts us")
+                raise RuntimeError("tagging worker died")
+            self._beat()
+            self.notifier.watchdog()
+
+    def _status_line(self) -> str:
+        c = self.counters
+        return (f"{c.tagged} tagged, {c.errors} errors, {self.library.pending_count()} queued; "
+                f"model {self.tagger.manifest.name} on {self.tagger.provider}")
+
+    def _beat(self) -> None:
+        c = self.counters
+        now = time.monotonic()
+        elapsed = max(1e-6, now - c.last_beat)
+        rate = (c.audio_seconds - c.last_audio_seconds) / elapsed
+        c.last_beat, c.last_audio_seconds = now, c.audio_seconds
+        message = {"type": "status", "uptime_s": round(now - c.started, 3), "queue_depth": self.library.pending_count(),
+                   "tagged": c.tagged, "errors": c.errors, "audio_seconds": round(c.audio_seconds, 3),
+                   "realtime_factor": round(rate, 3), "provider": self.tagger.provider,
+                   "model": f"{self.tagger.manifest.name} {self.tagger.manifest.version}",
+                   "dropped_messages": self.publisher.dropped}
+        if self.live:
+            message["live"] = {self.live.source: self.live.status.as_dict()}
+        self.publisher.publish("status", message)
+        self.notifier.status(self._status_line())
+
+    # -- tagging worker ----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        library = Library(self.config.library_path, self.config.tagging.store_top_k)
+        try:
+            while not self.stop.is_set():
+                row = library.next_pending()
+                if row is None:
+                    self.wake.wait(1.0)
+                    self.wake.clear()
+                    continue
+                self._tag_one(library, row)
+        except Exception:
+            log.exception("tagging worker failed")
+            raise
+        finally:
+            library.close()
+
+    def _tag_one(self, library: Library, row) -> None:
+        path = Path(row.path)
+        if row.error and row.size == 0 and row.mtime == 0:  # queued as unreadable by the watcher
+            self._fail(library, row.id, path, row.error)
+            return
+        try:
+            result = self.tagger.tag_file(path, cancelled=self.stop.is_set)
+        except Cancelled:
+            return  # stays pending: done again after the restart
+        except (TaggerError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, DecodeError) else str(exc)
+            self._fail(library, row.id, path, reason)
+            return
+        if not path.exists():
+            self._fail(library, row.id, path, "the file vanished while it was being read", force=True)
+            return
+        try:
+            current = fingerprint(path)
+        except OSError as exc:
+            self._fail(library, row.id, path, f"cannot read: {exc.strerror or exc}", force=True)
+            return
+        if current != row.fingerprint:
+            return  # changed while we read it: the watcher queues it again with its new content
+        if library.record_result(row.id, result, current):
+            self.counters.tagged += 1
+            self.counters.audio_seconds += result.duration_s
+            self.publisher.publish("track", {"type": "track", "ok": True, "status": "tagged", "track_id": row.id,
+                                             **_track_fields(result, self.config.tagging.top_k)})
+
+    def _fail(self, library: Library, track_id: int, path: Path, reason: str, force: bool = False) -> None:
+        log.warning("%s: %s", path, reason)
+        library.record_error(track_id, reason, force=force)
+        self.counters.errors += 1
+        self.publisher.publish("track", {"type": "track", "path": str(path), "ok": False, "status": "error",
+                                         "error": reason, "track_id": track_id})
+
+
+def _track_fields(result: TrackResult, top_k: int) -> dict:
+    d = result.as_dict(top_k)
+    d.pop("ok")
+    return d

@@ -1,0 +1,274 @@
+"""Live audio: PortAudio capture into a ring buffer, a consumer that tags it, and genre-change events.
+
+The PortAudio callback only copies samples into a preallocated ring buffer: it never blocks, never
+allocates and never runs inference. A consumer thread downmixes, resamples to the model's rate (FFmpeg's
+swresample through PyAV), feeds a :class:`tagger.TagStream` with a recent horizon, and publishes a
+``live.<source>`` update for every hop and a ``change.<source>`` event when the top genre changes and
+holds for ``hysteresis`` hops. A lost or failing device is reopened with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+
+from tagger.pipeline import SliceResult, Tagger
+
+log = logging.getLogger(__name__)
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class RingBuffer:
+    """Single-producer, single-consumer ring of float32 frames [capacity, channels].
+
+    ``write`` (the audio callback) and ``read`` (the consumer) touch disjoint index variables; under
+    CPython's GIL an int assignment is atomic, so no lock is needed and the writer never waits.
+    """
+
+    def __init__(self, capacity_frames: int, channels: int) -> None:
+        self.data = np.zeros((capacity_frames, channels), dtype=np.float32)
+        self.capacity = capacity_frames
+        self.written = 0  # frames ever written (only the writer changes it)
+        self.consumed = 0  # frames ever read (only the reader changes it)
+        self.overflows = 0  # blocks dropped because the reader fell a whole buffer behind
+        self.last_write_time = 0.0
+
+    def write(self, block: np.ndarray) -> None:
+        n = block.shape[0]
+        if self.written - self.consumed + n > self.capacity:
+            self.overflows += 1
+            return
+        start = self.written % self.capacity
+        first = min(n, self.capacity - start)
+        self.data[start:start + first] = block[:first]
+        if first < n:
+            self.data[: n - first] = block[first:]
+        self.last_write_time = time.monotonic()
+        self.written += n
+
+    def read(self) -> np.ndarray:
+        """Everything written since the last read, [frames, channels] (a copy)."""
+        end = self.written
+        n = end - self.consumed
+        if n <= 0:
+            return self.data[:0].copy()
+        start = self.consumed % self.capacity
+        first = min(n, self.capacity - start)
+        out = np.concatenate([self.data[start:start + first], self.data[: n - first]]) if first < n \
+            else self.data[start:start + n].copy()
+        self.consumed = end
+        return out
+
+
+class StreamResampler:
+    """Mono float32 blocks at ``rate_in`` → mono float32 at ``rate_out`` (swresample, stateful)."""
+
+    def __init__(self, rate_in: int, rate_out: int) -> None:
+        self.rate_in = rate_in
+        self._resampler = None if rate_in == rate_out else av.AudioResampler(format="flt", layout="mono",
+                                                                              rate=rate_out)
+        self._pts = 0
+
+    def __call__(self, mono: np.ndarray) -> np.ndarray:
+        if self._resampler is None or mono.size == 0:
+            return mono.astype(np.float32, copy=False)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono, dtype=np.float32)[None, :], format="flt",
+                                           layout="mono")
+        frame.sample_rate = self.rate_in
+        frame.pts = self._pts
+        self._pts += mono.size
+        parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+@dataclass
+class ChangeDetector:
+    """Announce a new top genre only after it held the top for ``hysteresis`` consecutive updates."""
+
+    hysteresis: int = 3
+    current: str | None = None
+    _candidate: str | None = None
+    _count: int = 0
+
+    def update(self, top: str) -> tuple[str | None, str] | None:
+        """Feed one update's top label; return (previous, new) when a change is announced."""
+        if top == self.current:
+            self._candidate, self._count = None, 0
+            return None
+        if top == self._candidate:
+            self._count += 1
+        else:
+            self._candidate, self._count = top, 1
+        if self._count >= self.hysteresis:
+            previous, self.current = self.current, top
+            self._candidate, self._count = None, 0
+            return previous, top
+        return None
+
+
+@dataclass
+class LiveStatus:
+    running: bool = False
+    device: str = ""
+    overflows: int = 0
+    restarts: int = 0
+    error: str = ""
+    updates: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = {"running": self.running, "device": self.device, "overflows": self.overflows, "restarts": self.restarts}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+class LiveTagger:
+    """Tag an endless stream of (possibly multichannel) blocks; publish updates and changes.
+
+    Independent of PortAudio, so files, sockets or tests can drive it too.
+    """
+
+    def __init__(self, tagger: Tagger, source: str, rate_in: int, horizon_seconds: float | None,
+                 hysteresis: int, publish: Callable[[str, dict], object], top_k: int = 5) -> None:
+        self.tagger = tagger
+        self.source = source
+        self.stream = tagger.stream(horizon_seconds=horizon_seconds, eager=True)
+        self.resample = StreamResampler(rate_in, tagger.sample_rate)
+        self.changes = ChangeDetector(hysteresis)
+        self.publish = publish
+        self.top_k = top_k
+        self.horizon_seconds = horizon_seconds
+        self.first_output = tagger.manifest.outputs[0].name
+
+    def feed(self, block: np.ndarray, captured_at: float | None = None) -> list[SliceResult]:
+        """Add frames [n] or [n, channels] at the input rate; publish if slices completed."""
+        mono = block.mean(axis=1) if block.ndim == 2 else block
+        results = self.stream.feed(self.resample(mono))
+        if results:
+            self._publish(results, captured_at)
+        return results
+
+    def _publish(self, results: list[SliceResult], captured_at: float | None) -> None:
+        estimate = self.stream.estimate()
+        top = estimate[self.first_output]
+        message = {
+            "type": "live", "source": self.source, "stream_s": round(self.stream.seconds_in, 3),
+            "horizon_s": self.horizon_seconds,
+            "slices": [{"view": r.view, "start_s": round(r.start_s, 3), "end_s": round(r.end_s, 3),
+                        "probabilities": {out: _scores(self.tagger, out, p) for out, p in r.probabilities.items()}}
+                       for r in results],
+            "ensemble": {name: est.as_dict(self.top_k) for name, est in estimate.items()},
+            "top": top.top, "confidence": round(top.confidence, 6),
+        }
+        if captured_at is not None:
+            message["latency_ms"] = round(1000 * (time.monotonic() - captured_at), 3)
+        self.publish(f"live.{self.source}", message)
+        change = self.changes.update(top.top)
+        if change:
+            previous, current = change
+            self.publish(f"change.{self.source}", {
+                "type": "genre_changed", "source": self.source, "stream_s": round(self.stream.seconds_in, 3),
+                "previous": previous, "current": current, "confidence": round(top.confidence, 6)})
+
+
+def _scores(tagger: Tagger, output: str, probs: np.ndarray) -> dict[str, float]:
+    labels = tagger.manifest.output(output).labels
+    return {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}
+
+
+class LiveCapture:
+    """Capture from a PortAudio input device and drive a :class:`LiveTagger`, reopening on failure.
+
+    Args:
+        device: a PortAudio device name (substring) or index; "" for the default input.
+        sample_rate, channels: 0 for the device's own.
+    """
+
+    def __init__(self, tagger: Tagger, publish: Callable[[str, dict], object], source: str = "live",
+                 device: str = "", horizon_seconds: float | None = 30.0, hysteresis: int = 3,
+                 block_seconds: float = 0.05, buffer_seconds: float = 30.0, sample_rate: int = 0,
+                 channels: int = 0, top_k: int = 5) -> None:
+        self.tagger = tagger
+        self.publish = publish
+        self.source = source
+        self.device: int | str | None = (int(device) if device.isdigit() else device) if device else None
+        self.horizon_seconds = horizon_seconds
+        self.hysteresis = hysteresis
+        self.block_seconds = block_seconds
+        self.buffer_seconds = buffer_seconds
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.top_k = top_k
+        self.status = LiveStatus()
+        self._thread: threading.Thread | None = None
+
+    def start(self, stop: threading.Event) -> None:
+        self._thread = threading.Thread(target=self._run, args=(stop,), name=f"live-{self.source}", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _run(self, stop: threading.Event) -> None:
+        backoff = BACKOFF_START_S
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self._capture(stop)
+            except Exception as exc:  # PortAudioError, a vanished device, a failing stream...
+                self.status.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log.warning("live input %s failed: %s; retrying in %.1f s", self.source, self.status.error, backoff)
+            self.status.running = False
+            if stop.is_set():
+                break
+            self.status.restarts += 1
+            if time.monotonic() - started > 10 * backoff:
+                backoff = BACKOFF_START_S  # it ran a good while: start the backoff over
+            stop.wait(backoff)
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    def _capture(self, stop: threading.Event) -> None:
+        import sounddevice as sd
+
+        info = sd.query_devices(self.device, kind="input")
+        rate = self.sample_rate or int(info["default_samplerate"])
+        channels = self.channels or max(1, min(2, int(info["max_input_channels"])))
+        ring = RingBuffer(int(self.buffer_seconds * rate), channels)
+        live = LiveTagger(self.tagger, self.source, rate, self.horizon_seconds, self.hysteresis, self.publish,
+                          self.top_k)
+        failed = threading.Event()
+
+        def callback(indata: np.ndarray, frames: int, time_info, status) -> None:
+            if status.input_overflow:
+                ring.overflows += 1
+            ring.write(indata)
+
+        with sd.InputStream(device=self.device, samplerate=rate, channels=channels, dtype="float32",
+                            blocksize=max(1, int(self.block_seconds * rate)), callback=callback,
+                            finished_callback=failed.set):
+            self.status.running = True
+            self.status.device = str(info["name"])
+            self.status.error = ""
+            log.info("live input %s: %s at %d Hz, %d channels", self.source, info["name"], rate, channels)
+            idle_since = time.monotonic()
+            while not stop.is_set() and not failed.is_set():
+                block = ring.read()
+                self.status.overflows = ring.overflows
+                if block.shape[0]:
+                    idle_since = time.monotonic()
+                    live.feed(block, ring.last_write_time)
+                elif time.monotonic() - idle_since > max(5.0, 20 * self.block_seconds):
+                    raise RuntimeError("the input device delivers no audio")
+                else:
+                    time.sleep(min(0.005, self.block_seconds / 4))
+        if failed.is_set() and not stop.is_set():
+            raise RuntimeError("the input stream stopped (device lost?)")

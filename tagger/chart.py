@@ -1,0 +1,46 @@
+"""Horizontal bar charts of genre confidences for the terminal (the research's figure 6)."""
+
+from __future__ import annotations
+
+import shutil
+
+from tagger.ensemble import OutputEstimate
+
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def bar(fraction: float, width: int) -> str:
+    """A bar of ``fraction`` (0..1) of ``width`` cells, in eighth-of-a-cell steps."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = round(fraction * width * 8)
+    full, rest = divmod(eighths, 8)
+    text = "█" * full + (_EIGHTHS[rest] if rest else "")
+    return text.ljust(width)
+
+
+def render_output(est: OutputEstimate, top_k: int, width: int | None = None) -> list[str]:
+    """Lines for one output: a title line, then one bar per label (best first)."""
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    scores = est.scores[:top_k]
+    label_width = max(len(s.label) for s in scores)
+    bar_width = max(10, min(50, width - label_width - 16))
+    if est.multi_label:
+        verdict = ", ".join(est.decided) if est.decided else "uncertain: " + ", ".join(est.candidates[:3])
+    else:
+        verdict = est.top if not est.uncertain else "uncertain: " + " / ".join(est.candidates[:3])
+    lines = [f"  {est.title}  → {verdict}"]
+    for s in scores:
+        mark = "✔" if s.label in est.decided else " "
+        lines.append(f"   {mark} {s.label.ljust(label_width)} {bar(s.score, bar_width)} {100 * s.score:5.1f} %")
+    return lines
+
+
+def render_track(name: str, duration_s: float, outputs: dict[str, OutputEstimate], top_k: int,
+                 width: int | None = None) -> str:
+    """The whole chart for one track."""
+    first = next(iter(outputs.values()))
+    slices = ", ".join(f"{v} ×{n}" for v, n in first.slices.items())
+    lines = [f"{name}  ({duration_s:.1f} s; slices {slices}; threshold {100 * first.threshold:.0f} %)"]
+    for est in outputs.values():
+        lines.extend(render_output(est, top_k, width))
+    return "\n".join(lines)

@@ -1,0 +1,242 @@
+"""The ``genre-tagger`` command line.
+
+Exit codes (every subcommand):
+    0  success;
+    1  some inputs failed (each has its own error line) but the rest were done;
+    2  bad usage, or the model could not be loaded: nothing was done;
+    130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from tagger import __version__
+from tagger.chart import render_track
+from tagger.engine import EngineOptions
+from tagger.ensemble import DEFAULT_THRESHOLD, DEFAULT_TOP_K
+from tagger.errors import TaggerError
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+AUDIO_EXTENSIONS = frozenset((
+    ".mp3", ".mp2", ".flac", ".wav", ".wave", ".ogg", ".oga", ".opus", ".m4a", ".m4b", ".mp4", ".aac", ".aif",
+    ".aiff", ".aifc", ".wma", ".mka", ".webm", ".wv", ".ape", ".mpc", ".alac", ".caf", ".ac3", ".dts", ".au", ".snd",
+))
+
+
+def iter_audio_files(inputs: Sequence[str]) -> Iterator[Path]:
+    """Files named directly (whatever their extension), and audio files found under directories."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for found in sorted(path.rglob("*")):
+                if (found.suffix.lower() in AUDIO_EXTENSIONS and found.is_file()
+                        and not any(part.startswith(".") for part in found.relative_to(path).parts)):
+                    yield found
+        else:
+            yield path
+
+
+def _parse_aliases(items: Sequence[str]) -> dict[str, str]:
+    aliases = {}
+    for item in items:
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"alias {item!r} is not LABEL=NAME")
+        label, name = item.split("=", 1)
+        aliases[label.strip()] = name.strip()
+    return aliases
+
+
+def _load_alias_file(path: str) -> dict[str, str]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TaggerError(f"{path}: cannot read alias file ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise TaggerError(f"{path}: alias file must be a JSON object of label → name strings")
+    return data
+
+
+def _fraction(text: str) -> float:
+    value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not within 0..1 (or 0%..100%)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", help="model name or .onnx path (default: the shipped default model)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="where to run the model (default: auto = CUDA when it works, else CPU)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads (default: 0 = one per usable core)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="slices per inference call (default 32)")
+
+
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    return EngineOptions(device=args.device, intra_op_threads=args.threads, batch_size=args.batch_size)
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from tagger.pipeline import Tagger
+
+    aliases = _load_alias_file(args.alias_file) if args.alias_file else {}
+    aliases.update(_parse_aliases(args.alias))
+    tagger = Tagger(args.model, threshold=args.threshold, top_k=args.top_k, aliases=aliases,
+                    hop_fraction=args.hop, engine_options=engine_options(args))
+    files = list(iter_audio_files(args.inputs))
+    if not files:
+        print("genre-tagger: no audio files found in the given paths", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    if args.verbose:
+        note = f" ({tagger.engine.fallback_reason})" if tagger.engine.fallback_reason else ""
+        print(f"model {tagger.manifest.name} {tagger.manifest.version} on {tagger.provider}{note}",
+              file=sys.stderr)
+    show_progress = args.progress if args.progress is not None else (len(files) > 1 and sys.stderr.isatty())
+    failed = 0
+    with tqdm(total=len(files), unit="file", disable=not show_progress, file=sys.stderr,
+              dynamic_ncols=True) as progress:
+        for path in files:
+            progress.set_postfix_str(path.name[-30:], refresh=False)
+            try:
+                result = tagger.tag_file(path)
+            except TaggerError as exc:
+                failed += 1
+                progress.write(f"genre-tagger: error: {exc}", file=sys.stderr)
+                if args.json:
+                    print(json.dumps({"path": str(path), "ok": False, "error": str(exc)}), flush=True)
+            else:
+                if args.json:
+                    print(json.dumps(result.as_dict(args.top_k)), flush=True)
+                else:
+                    progress.write(render_track(str(path), result.duration_s, result.outputs, args.top_k) + "\n")
+            progress.update(1)
+    if failed and (show_progress or len(files) > 1):
+        print(f"genre-tagger: {failed} of {len(files)} files failed", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from tagger.model import read_manifest
+    from tagger.registry import DEFAULT_MODEL, list_models, resolve_model
+
+    if args.name:
+        manifest = read_manifest(resolve_model(args.name))
+        if args.json:
+            print(manifest.to_json())
+            return EXIT_OK
+        print(f"{manifest.name} {manifest.version}  ({resolve_model(args.name)})")
+        for key in ("description", "licence", "training_data", "provenance"):
+            value = getattr(manifest, key)
+            if value:
+                print(f"  {key.replace('_', ' ')}: {value}")
+        for name, fe in manifest.front_ends.items():
+            print(f"  front end {name}: {fe.sample_rate} Hz, n_fft {fe.n_fft}, hop {fe.hop_length} "
+                  f"({1000 * fe.frame_seconds:.1f} ms), {fe.n_mels} mels {fe.fmin:g}-{fe.fmax:g} Hz "
+                  f"({fe.mel_scale}), log {fe.log}")
+        for view in manifest.views:
+            window_s, hop_s = manifest.view_seconds(view)
+            print(f"  view {view.name}: {view.window_frames} frames ({window_s:.2f} s), "
+                  f"hop {view.hop_frames} ({hop_s:.2f} s)")
+        for out in manifest.outputs:
+            print(f"  output {out.name} ({out.kind}, {len(out.labels)} labels): {', '.join(out.labels)}")
+        if manifest.metrics:
+            print(f"  metrics: {json.dumps(manifest.metrics)}")
+        return EXIT_OK
+    failed = 0
+    for entry in list_models():
+        try:
+            manifest = read_manifest(entry.path)
+        except TaggerError as exc:
+            failed += 1
+            print(f"genre-tagger: error: {exc}", file=sys.stderr)
+            continue
+        default = " (default)" if entry.name == DEFAULT_MODEL else ""
+        outputs = "; ".join(f"{o.name}: {len(o.labels)} {o.kind}" for o in manifest.outputs)
+        print(f"{entry.name}{default}  v{manifest.version}  [{outputs}]  {entry.path}")
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genre-tagger", description="Streaming music genre tagger.")
+    parser.add_argument("--version", action="version", version=f"genre-tagger {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="say more on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tag = sub.add_parser("tag", help="tag audio files and folders, printing a confidence chart per file")
+    tag.add_argument("inputs", nargs="+", metavar="FILE|DIR", help="audio files, or folders to search")
+    add_engine_arguments(tag)
+    tag.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
+    tag.add_argument("--top-k", type=_positive_int, default=DEFAULT_TOP_K,
+                     help=f"labels to show per output (default {DEFAULT_TOP_K})")
+    tag.add_argument("--threshold", type=_fraction, default=DEFAULT_THRESHOLD,
+                     help=f"confidence a label needs, 0..1 or a percentage (default {DEFAULT_THRESHOLD})")
+    tag.add_argument("--hop", type=_fraction, default=None,
+                     help="slice hop as a fraction of each window (default: the model's, half a window)")
+    tag.add_argument("--alias", action="append", default=[], metavar="LABEL=NAME",
+                     help="show a model label under your own name (repeatable)")
+    tag.add_argument("--alias-file", help="JSON object mapping model labels to your names")
+    tag.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar on stderr (default: on for several files on a terminal)")
+    tag.set_defaults(func=cmd_tag)
+
+    models = sub.add_parser("models", help="list the installed models, or inspect one")
+    models.add_argument("name", nargs="?", help="a model name or path to inspect")
+    models.add_argument("--json", action="store_true", help="print the model's manifest as JSON")
+    models.set_defaults(func=cmd_models)
+    _register_plugins(sub)
+    return parser
+
+
+def _register_plugins(sub: argparse._SubParsersAction) -> None:
+    """Subcommands from the packages built on the core (the daemon's), each with a ``register(sub)``."""
+    import importlib
+
+    for module in ("service.cli",):
+        try:
+            plugin = importlib.import_module(module)
+        except ImportError:  # a core-only installation
+            continue
+        plugin.register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="genre-tagger: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except TaggerError as exc:
+        print(f"genre-tagger: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except argparse.ArgumentTypeError as exc:
+        print(f"genre-tagger: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("genre-tagger: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

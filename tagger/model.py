@@ -1,0 +1,197 @@
+"""Self-describing ONNX model files.
+
+A genre-tagger model is one ONNX file whose ``metadata_props`` carry a JSON manifest under the key
+``genre_tagger``. The manifest is the single source of truth for the front end (sample rate, STFT,
+mel and log parameters), the views (window lengths and hops, in frames) and the labels of every
+output: no copy of those numbers lives in code.
+
+Manifest (format 1)::
+
+    {
+      "format": 1,
+      "name": "msd-musicnn-gtzan", "version": "1.0.0",
+      "description": "...", "licence": "...", "provenance": "...", "training_data": "...",
+      "metrics": {...},
+      "input": "mel",                         # ONNX input, float32 [batch, frames, n_mels]
+      "front_ends": {"mel16k": {...}},        # see tagger.frontend.FrontEndConfig
+      "views": [{"name": "2.56s", "front_end": "mel16k", "window_frames": 160, "hop_frames": 80}],
+      "outputs": [{"name": "genre", "onnx_output": "genre", "kind": "softmax", "labels": [...],
+                   "title": "Genre (GTZAN)"}]
+    }
+
+``kind`` is ``softmax`` (one label per track, probabilities summing to 1) or ``sigmoid``
+(multi-label, independent probabilities). Outputs are probabilities, not logits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tagger.errors import ModelError
+from tagger.frontend import FrontEndConfig
+
+MANIFEST_KEY = "genre_tagger"
+FORMAT_VERSION = 1
+OUTPUT_KINDS = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One slicing of a front end's frames: windows of ``window_frames`` every ``hop_frames``."""
+
+    name: str
+    front_end: str
+    window_frames: int
+    hop_frames: int
+
+    def with_hop(self, hop_frames: int) -> ViewSpec:
+        return ViewSpec(self.name, self.front_end, self.window_frames, hop_frames)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One model output: its ONNX name, its labels and whether it is single- or multi-label."""
+
+    name: str
+    onnx_output: str
+    kind: str
+    labels: tuple[str, ...]
+    title: str = ""
+
+    @property
+    def multi_label(self) -> bool:
+        return self.kind == "sigmoid"
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """The parsed, validated manifest of a model file."""
+
+    name: str
+    version: str
+    input: str
+    front_ends: dict[str, FrontEndConfig]
+    views: tuple[ViewSpec, ...]
+    outputs: tuple[OutputSpec, ...]
+    description: str = ""
+    licence: str = ""
+    provenance: str = ""
+    training_data: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def view_seconds(self, view: ViewSpec) -> tuple[float, float]:
+        """Return (window, hop) of a view in seconds."""
+        fe = self.front_ends[view.front_end]
+        return view.window_frames * fe.frame_seconds, view.hop_frames * fe.frame_seconds
+
+    def output(self, name: str) -> OutputSpec:
+        for out in self.outputs:
+            if out.name == name:
+                return out
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        doc: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "licence": self.licence,
+            "provenance": self.provenance,
+            "training_data": self.training_data,
+            "metrics": self.metrics,
+            "input": self.input,
+            "front_ends": {k: asdict(v) for k, v in self.front_ends.items()},
+            "views": [asdict(v) for v in self.views],
+            "outputs": [
+                {"name": o.name, "onnx_output": o.onnx_output, "kind": o.kind, "labels": list(o.labels),
+                 "title": o.title}
+                for o in self.outputs
+            ],
+        }
+        return json.dumps(doc, indent=1, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model") -> ModelManifest:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{source}: manifest is not valid JSON ({exc.msg} at char {exc.pos})") from None
+        return cls.from_dict(doc, source)
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = "model") -> ModelManifest:
+        if not isinstance(doc, dict):
+            raise ModelError(f"{source}: manifest must be a JSON object")
+        fmt = doc.get("format")
+        if fmt != FORMAT_VERSION:
+            raise ModelError(f"{source}: manifest format {fmt!r} is not supported (expected {FORMAT_VERSION})")
+        for key in ("name", "version", "input", "front_ends", "views", "outputs"):
+            if key not in doc:
+                raise ModelError(f"{source}: manifest lacks required key {key!r}")
+        if not isinstance(doc["front_ends"], dict) or not doc["front_ends"]:
+            raise ModelError(f"{source}: 'front_ends' must be a non-empty object")
+        front_ends = {}
+        for fe_name, fe_doc in doc["front_ends"].items():
+            try:
+                front_ends[fe_name] = FrontEndConfig.from_dict(fe_doc)
+            except (TypeError, ValueError) as exc:
+                raise ModelError(f"{source}: front end {fe_name!r}: {exc}") from None
+        views = []
+        if not isinstance(doc["views"], list) or not doc["views"]:
+            raise ModelError(f"{source}: 'views' must be a non-empty list")
+        for v in doc["views"]:
+            try:
+                view = ViewSpec(str(v["name"]), str(v["front_end"]), int(v["window_frames"]),
+                                int(v["hop_frames"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelError(f"{source}: bad view {v!r}: {exc}") from None
+            if view.front_end not in front_ends:
+                raise ModelError(f"{source}: view {view.name!r} names unknown front end {view.front_end!r}")
+            if view.window_frames < 1 or view.hop_frames < 1:
+                raise ModelError(f"{source}: view {view.name!r} needs positive window_frames and hop_frames")
+            views.append(view)
+        if len({v.name for v in views}) != len(views):
+            raise ModelError(f"{source}: view names must be unique")
+        outputs = []
+        if not isinstance(doc["outputs"], list) or not doc["outputs"]:
+            raise ModelError(f"{source}: 'outputs' must be a non-empty list")
+        for o in doc["outputs"]:
+            try:
+                out = OutputSpec(str(o["name"]), str(o.get("onnx_output", o["name"])), str(o["kind"]),
+                                 tuple(str(label) for label in o["labels"]), str(o.get("title", "")))
+            except (KeyError, TypeError) as exc:
+                raise ModelError(f"{source}: bad output {o!r}: missing {exc}") from None
+            if out.kind not in OUTPUT_KINDS:
+                raise ModelError(f"{source}: output {out.name!r} kind {out.kind!r} is not one of {OUTPUT_KINDS}")
+            if not out.labels:
+                raise ModelError(f"{source}: output {out.name!r} has no labels")
+            if len(set(out.labels)) != len(out.labels):
+                raise ModelError(f"{source}: output {out.name!r} has duplicate labels")
+            outputs.append(out)
+        if len({o.name for o in outputs}) != len(outputs):
+            raise ModelError(f"{source}: output names must be unique")
+        return cls(
+            name=str(doc["name"]), version=str(doc["version"]), input=str(doc["input"]),
+            front_ends=front_ends, views=tuple(views), outputs=tuple(outputs),
+            description=str(doc.get("description", "")), licence=str(doc.get("licence", "")),
+            provenance=str(doc.get("provenance", "")), training_data=str(doc.get("training_data", "")),
+            metrics=dict(doc.get("metrics", {})),
+        )
+
+
+def read_manifest(path: str | Path) -> ModelManifest:
+    """Read and validate the manifest of an ONNX model file (loads the graph on the CPU, runs nothing)."""
+    from tagger.engine import load_session
+
+    session = load_session(Path(path), providers=["CPUExecutionProvider"])
+    return manifest_from_props(session.get_modelmeta().custom_metadata_map, str(path))
+
+
+def manifest_from_props(props: dict[str, str], source: str) -> ModelManifest:
+    if MANIFEST_KEY not in props:
+        raise ModelError(f"{source}: no '{MANIFEST_KEY}' manifest in the ONNX metadata (not a genre-tagger model)")
+    return ModelManifest.from_json(props[MANIFEST_KEY], source)

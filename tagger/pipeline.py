@@ -1,0 +1,219 @@
+"""The tagging pipeline: decode → front end → rolling views → engine → ensemble.
+
+:class:`Tagger` holds a loaded model; :meth:`Tagger.tag_file` tags a whole file and
+:meth:`Tagger.stream` returns a :class:`TagStream` to feed sample blocks and read the running
+estimate (live audio, or a file read block by block).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tagger.decode import DEFAULT_BLOCK_SECONDS, decode_blocks
+from tagger.engine import Engine, EngineOptions
+from tagger.ensemble import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Ensemble, OutputEstimate
+from tagger.errors import Cancelled, ConfigError, TaggerError
+from tagger.model import ModelManifest, ViewSpec
+from tagger.registry import resolve_model
+from tagger.views import FrontEndStream, Slice, build_streams
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """The model's probabilities for one slice: each output's float32 vector."""
+
+    view: str
+    start_s: float
+    end_s: float
+    probabilities: dict[str, np.ndarray]
+
+
+@dataclass
+class TrackResult:
+    """The result of tagging one file (or one finished stream).
+
+    Attributes:
+        path: the file tagged ('' for a stream).
+        duration_s: decoded audio length in seconds.
+        outputs: each output's estimate.
+        model, model_version: the model that produced it; ``provider`` the ONNX Runtime provider.
+        elapsed_s: wall time spent, in seconds.
+        slices: the per-slice results, when asked for (``keep_slices``).
+    """
+
+    path: str
+    duration_s: float
+    outputs: dict[str, OutputEstimate]
+    model: str
+    model_version: str
+    provider: str
+    elapsed_s: float
+    slices: list[SliceResult] = field(default_factory=list)
+
+    def as_dict(self, top_k: int | None = None) -> dict:
+        return {
+            "path": self.path,
+            "ok": True,
+            "duration_s": round(self.duration_s, 3),
+            "model": self.model,
+            "model_version": self.model_version,
+            "provider": self.provider,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "outputs": {name: est.as_dict(top_k) for name, est in self.outputs.items()},
+        }
+
+
+def views_with_hop(views: tuple[ViewSpec, ...], hop_fraction: float | None) -> tuple[ViewSpec, ...]:
+    """The model's views, or the same windows with a hop of ``hop_fraction`` of each window."""
+    if hop_fraction is None:
+        return views
+    if not 0.0 < hop_fraction <= 1.0:
+        raise ConfigError(f"hop fraction {hop_fraction} must be in (0, 1]")
+    return tuple(v.with_hop(max(1, round(v.window_frames * hop_fraction))) for v in views)
+
+
+class TagStream:
+    """Feed mono sample blocks at the model's rate; read the running estimate at any time.
+
+    Args:
+        tagger: the loaded tagger.
+        horizon_seconds: None to average the whole stream; else the ensemble's recent horizon.
+        eager: run inference as soon as a slice is complete (live latency) instead of batching.
+        keep_slices: keep every :class:`SliceResult` (memory grows with the stream).
+        on_slice: called with each :class:`SliceResult` as it is computed.
+    """
+
+    def __init__(self, tagger: Tagger, horizon_seconds: float | None = None, eager: bool = True,
+                 keep_slices: bool = False, on_slice: Callable[[SliceResult], None] | None = None) -> None:
+        self.tagger = tagger
+        manifest = tagger.manifest
+        self._streams: list[FrontEndStream] = build_streams(manifest.front_ends, tagger.views)
+        self.ensemble = Ensemble(manifest.outputs, [v.name for v in tagger.views], horizon_seconds)
+        self.eager = eager
+        self.keep_slices = keep_slices
+        self.on_slice = on_slice
+        self.slices: list[SliceResult] = []
+        self._pending: dict[str, list[Slice]] = {v.name: [] for v in tagger.views}
+        self.samples_in = 0
+        self._finished = False
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate :meth:`feed` expects, in Hz (every front end of a model shares it)."""
+        return self.tagger.sample_rate
+
+    @property
+    def seconds_in(self) -> float:
+        return self.samples_in / self.sample_rate
+
+    def feed(self, samples: np.ndarray) -> list[SliceResult]:
+        """Add a block of mono float32 samples; return the slice results computed now."""
+        if self._finished:
+            raise RuntimeError("feed() after finish()")
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self.samples_in += samples.size
+        for stream in self._streams:
+            for s in stream.push(samples):
+                self._pending[s.view].append(s)
+        return self._infer(force=self.eager)
+
+    def finish(self) -> dict[str, OutputEstimate]:
+        """End of stream: cover the tail, run what is pending, return the final estimate."""
+        if not self._finished:
+            self._finished = True
+            for stream in self._streams:
+                for s in stream.finish():
+                    self._pending[s.view].append(s)
+            self._infer(force=True)
+        return self.estimate()
+
+    def estimate(self) -> dict[str, OutputEstimate]:
+        t = self.tagger
+        return self.ensemble.estimate(t.threshold, t.top_k, t.aliases)
+
+    def _infer(self, force: bool) -> list[SliceResult]:
+        results: list[SliceResult] = []
+        batch_size = self.tagger.engine.options.batch_size
+        for view, pending in self._pending.items():
+            while pending and (force or len(pending) >= batch_size):
+                chunk, self._pending[view] = pending[:batch_size], pending[batch_size:]
+                pending = self._pending[view]
+                outputs = self.tagger.engine.run(np.stack([s.frames for s in chunk]))
+                for i, s in enumerate(chunk):
+                    probs = {name: values[i] for name, values in outputs.items()}
+                    self.ensemble.add(view, s.end_s, probs)
+                    results.append(SliceResult(view, s.start_s, s.end_s, probs))
+        if self.keep_slices:
+            self.slices.extend(results)
+        if self.on_slice:
+            for r in results:
+                self.on_slice(r)
+        return results
+
+
+class Tagger:
+    """A loaded model and the settings to tag with it.
+
+    Args:
+        model: a model name, a path to an ``.onnx`` file, or None for the default model.
+        threshold: probability a label needs to be decided (default 0.6); below it the result is
+            "uncertain" with candidates.
+        top_k: how many candidates and scores summaries list.
+        aliases: optional map from model labels to the user's names.
+        hop_fraction: slice hop as a fraction of each window (None: the model's own hops).
+        engine_options: device, threads and batch size for ONNX Runtime.
+        block_seconds: decoding block length, in seconds.
+    """
+
+    def __init__(self, model: str | Path | None = None, *, threshold: float = DEFAULT_THRESHOLD,
+                 top_k: int = DEFAULT_TOP_K, aliases: Mapping[str, str] | None = None,
+                 hop_fraction: float | None = None, engine_options: EngineOptions | None = None,
+                 block_seconds: float = DEFAULT_BLOCK_SECONDS) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"threshold {threshold} must be within 0..1")
+        if top_k < 1:
+            raise ConfigError("top_k must be at least 1")
+        self.engine = Engine(resolve_model(model), engine_options)
+        self.manifest: ModelManifest = self.engine.manifest
+        rates = {fe.sample_rate for fe in self.manifest.front_ends.values()}
+        if len(rates) != 1:
+            raise ConfigError(f"model front ends disagree on the sample rate: {sorted(rates)}")
+        self.sample_rate: int = rates.pop()
+        self.views = views_with_hop(self.manifest.views, hop_fraction)
+        self.threshold = threshold
+        self.top_k = top_k
+        self.aliases = dict(aliases or {})
+        self.block_seconds = block_seconds
+
+    @property
+    def provider(self) -> str:
+        return self.engine.provider
+
+    def stream(self, horizon_seconds: float | None = None, eager: bool = True, keep_slices: bool = False,
+               on_slice: Callable[[SliceResult], None] | None = None) -> TagStream:
+        """A new :class:`TagStream` (see there)."""
+        return TagStream(self, horizon_seconds, eager, keep_slices, on_slice)
+
+    def tag_file(self, path: str | Path, keep_slices: bool = False,
+                 cancelled: Callable[[], bool] | None = None) -> TrackResult:
+        """Tag a whole file: the mean of every slice of every view.
+
+        Raises :class:`DecodeError` for a bad file, and :class:`Cancelled` when ``cancelled()`` turns
+        true (checked between decoded blocks).
+        """
+        started = time.perf_counter()
+        stream = self.stream(eager=False, keep_slices=keep_slices)
+        for block in decode_blocks(path, self.sample_rate, self.block_seconds):
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"{path}: cancelled")
+            stream.feed(block)
+        outputs = stream.finish()
+        if not outputs:
+            raise TaggerError(f"{path}: too short to tag")
+        return TrackResult(str(path), stream.seconds_in, outputs, self.manifest.name, self.manifest.version,
+                           self.provider, time.perf_counter() - started, stream.slices)

@@ -1,0 +1,58 @@
+"""Finding model files: by path, or by name in the model directories.
+
+Search order for a name: each directory in ``$GENRE_TAGGER_MODELS`` (``:``-separated), the user's
+``~/.local/share/genre-tagger/models``, then the ``models/`` directory shipped with genre-tagger.
+A name ``foo`` matches ``foo.onnx``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tagger.errors import ModelError
+
+DEFAULT_MODEL = "msd-musicnn-gtzan"
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def model_dirs() -> list[Path]:
+    """The directories searched for model names, in order."""
+    dirs = [Path(p).expanduser() for p in os.environ.get("GENRE_TAGGER_MODELS", "").split(":") if p]
+    data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    dirs.append(data_home / "genre-tagger" / "models")
+    dirs.append(SHIPPED_MODELS_DIR)
+    return dirs
+
+
+def resolve_model(name_or_path: str | Path | None = None) -> Path:
+    """The file for a model path or name (``None`` means the default model)."""
+    target = str(name_or_path) if name_or_path else DEFAULT_MODEL
+    as_path = Path(target).expanduser()
+    if as_path.suffix == ".onnx" or os.sep in target:
+        if not as_path.is_file():
+            raise ModelError(f"{as_path}: no such model file")
+        return as_path
+    for directory in model_dirs():
+        candidate = directory / f"{target}.onnx"
+        if candidate.is_file():
+            return candidate
+    searched = ", ".join(str(d) for d in model_dirs())
+    raise ModelError(f"model {target!r} not found (searched {searched})")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: Path
+
+
+def list_models() -> list[ModelEntry]:
+    """Every ``*.onnx`` file in the model directories; earlier directories shadow later ones."""
+    seen: dict[str, ModelEntry] = {}
+    for directory in model_dirs():
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.onnx")):
+                seen.setdefault(path.stem, ModelEntry(path.stem, path))
+    return list(seen.values())

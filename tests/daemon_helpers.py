@@ -1,0 +1,102 @@
+"""Run the real daemon as a subprocess and read its real ZeroMQ messages, validated against the schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jsonschema
+import zmq
+
+from service.publish import load_schema
+
+VALIDATOR = jsonschema.Draft202012Validator(load_schema())
+
+
+def free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+class Subscriber:
+    """A SUB socket that collects [topic, message] pairs, validating every message."""
+
+    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("",)) -> None:
+        self.socket = zmq.Context.instance().socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        for t in topics:
+            self.socket.subscribe(t.encode())
+        self.messages: list[tuple[str, dict]] = []
+
+    def poll(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.socket.poll(int(min(left, 0.1) * 1000)):
+                topic, body = self.socket.recv_multipart()
+                message = json.loads(body)
+                VALIDATOR.validate(message)
+                self.messages.append((topic.decode(), message))
+
+    def wait_for(self, predicate: Callable[[list[tuple[str, dict]]], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.messages):
+                return True
+            self.poll(0.2)
+        return predicate(self.messages)
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        """Wait for a first status heartbeat: from then on nothing the daemon publishes is missed."""
+        if not self.wait_for(lambda msgs: any(m["type"] == "status" for _, m in msgs), timeout):
+            raise AssertionError("no status heartbeat from the daemon")
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [m for _, m in self.messages if m["type"] == kind]
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def start_daemon(state: Path, model: Path, *args: str, endpoint: str | None = None, env: dict | None = None,
+                 prefix: list[str] | None = None) -> subprocess.Popen:
+    env = {"GENRE_TAGGER_PUBLISH_HEARTBEAT_SECONDS": "0.5", **(env or {})}
+    cmd = [*(prefix or []), sys.executable, "-m", "tagger.cli", "daemon", "--model", str(model),
+           "--state-dir", str(state), *(["--endpoint", endpoint] if endpoint is not None else []), *args]
+    log = open(state.parent / f"{state.name}.log", "ab")  # noqa: SIM115
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+
+def stop_daemon(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
+def query(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    conn = sqlite3.connect(str(db), timeout=10)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except sqlite3.OperationalError:  # the daemon is creating the file
+            pass
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,280 @@
+"""The daemon end to end, with real files, a real SQLite file and real ZeroMQ sockets on loopback."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from daemon_helpers import Subscriber, free_endpoint, query, start_daemon, stop_daemon, wait_until
+
+SETTLE = "0.8"
+
+
+@pytest.fixture()
+def library_files(realworld: Path) -> list[Path]:
+    return sorted(p for p in realworld.rglob("*") if p.suffix in (".mp3", ".ogg", ".opus"))
+
+
+def _tagged(db: Path) -> list[tuple]:
+    return query(db, "SELECT path, tag_count FROM tracks WHERE status = 'tagged' ORDER BY path")
+
+
+def test_copied_files_are_tagged_once_moves_keep_tags_and_deletes_are_marked(
+        tiny_model: Path, tmp_path: Path, library_files: list[Path]) -> None:
+    music, state = tmp_path / "music", tmp_path / "state"
+    music.mkdir()
+    endpoint = free_endpoint()
+    sub = Subscriber(endpoint, ("track", "status"))
+    daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", SETTLE, endpoint=endpoint)
+    db = state / "library.db"
+    try:
+        sub.wait_connected()
+        quick, slow = library_files[:4], library_files[4:6]
+        for src in quick:
+            shutil.copy(src, music / src.name)
+        for src in slow:  # written in chunks over ~3 s by one open file, as a slow copy would
+            data = src.read_bytes()
+            with open(music / src.name, "wb") as f:
+                for i in range(10):
+                    f.write(data[i * len(data) // 10:(i + 1) * len(data) // 10])
+                    f.flush()
+                    time.sleep(0.3)
+        names = sorted(p.name for p in [*quick, *slow])
+        assert wait_until(lambda: len(_tagged(db)) == 6, 120), query(db, "SELECT path, status, error FROM tracks")
+        sub.wait_for(lambda msgs: len(sub.of_type("track")) >= 6, 10)
+        assert sorted(Path(p).name for p, _ in _tagged(db)) == names
+        assert all(count == 1 for _, count in _tagged(db))
+        genres = query(db, "SELECT t.path, count(*) FROM genres g JOIN tracks t ON t.id = g.track_id "
+                           "WHERE g.output = 'genre' GROUP BY t.path")
+        assert len(genres) == 6 and all(n == 3 for _, n in genres)
+        assert sorted(Path(m["path"]).name for m in sub.of_type("track")) == names
+
+        first, second, third = (music / n for n in names[:3])
+        (music / "sub").mkdir()
+        first.rename(music / "renamed.opus" if first.suffix == ".opus" else music / f"renamed{first.suffix}")
+        second.rename(music / "sub" / second.name)
+        third.unlink()
+        renamed = next(music.glob("renamed*"))
+        assert wait_until(lambda: query(db, "SELECT count(*) FROM tracks WHERE status = 'deleted'")[0][0] == 1
+                          and query(db, "SELECT count(*) FROM tracks WHERE path = ?", (str(renamed),))[0][0] == 1
+                          and query(db, "SELECT count(*) FROM tracks WHERE path = ?",
+                                    (str(music / "sub" / second.name),))[0][0] == 1, 20)
+        sub.poll(3.0)
+        assert len(sub.of_type("track")) == 6  # no re-tagging after a rename or a move
+        assert all(count == 1 for _, count in _tagged(db))
+        assert query(db, "SELECT status FROM tracks WHERE path = ?", (str(third),)) == [("deleted",)]
+    finally:
+        assert stop_daemon(daemon) == 0
+        sub.close()
+    # A restart rescans: nothing is tagged again, and a file moved while the daemon was down keeps its tags.
+    (music / "sub" / second.name).rename(music / second.name)
+    daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", SETTLE, endpoint=free_endpoint())
+    try:
+        assert wait_until(lambda: query(db, "SELECT count(*) FROM tracks WHERE path = ?",
+                                        (str(music / second.name),))[0][0] == 1, 30)
+        time.sleep(2.0)
+        assert all(count == 1 for _, count in _tagged(db))
+        assert len(_tagged(db)) == 5
+    finally:
+        assert stop_daemon(daemon) == 0
+
+
+def test_kill_9_at_random_moments_never_loses_or_doubles_a_track(tiny_model: Path, tmp_path: Path,
+                                                                 library_files: list[Path]) -> None:
+    music, state = tmp_path / "music", tmp_path / "state"
+    music.mkdir()
+    for src in library_files:
+        shutil.copy(src, music / src.name)
+    db = state / "library.db"
+    rng = random.Random(1234)
+    kills = 0
+    while kills < 20:
+        daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0", endpoint="")
+        time.sleep(rng.uniform(0.5, 4.0))
+        if daemon.poll() is not None:
+            pytest.fail(f"daemon exited early with {daemon.returncode}")
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        kills += 1
+        assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    tagged_before_last_run = len(_tagged(db))
+    daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0", endpoint="")
+    try:
+        assert wait_until(lambda: len(_tagged(db)) == len(library_files), 180)
+    finally:
+        assert stop_daemon(daemon) == 0
+    print(f"\n{kills} kill -9s; {tagged_before_last_run} of {len(library_files)} tracks tagged before the last run")
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    rows = query(db, "SELECT path, status, tag_count FROM tracks")
+    assert len(rows) == len(library_files)
+    assert all(status == "tagged" and count == 1 for _, status, count in rows), rows
+    per_track = query(db, "SELECT track_id, output, count(*) FROM genres GROUP BY track_id, output")
+    assert {n for _, output, n in per_track if output == "genre"} == {3}
+
+
+def _as_nobody() -> list[str]:
+    """Run the daemon as an unprivileged user when the tests run as root (root reads unreadable files)."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_bad_files_end_as_errors_and_the_daemon_keeps_going(tiny_model: Path, tmp_path_factory,
+                                                            realworld: Path, library_files: list[Path]) -> None:
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="gt-bad-"))
+    try:
+        base.chmod(0o777)
+        staging, music, state = base / "staging", base / "music", base / "state"
+        for folder in (staging, music):
+            folder.mkdir()
+            folder.chmod(0o777)
+        model = base / "model.onnx"
+        shutil.copy(tiny_model, model)
+        model.chmod(0o644)
+        (staging / "notes.mp3").write_text("not audio at all\n" * 100)
+        (staging / "zero.flac").write_bytes(b"")
+        data = (realworld / "asc-music" / "frontiers.mp3").read_bytes()
+        (staging / "truncated.mp3").write_bytes(data[: len(data) // 3])
+        shutil.copy(realworld / "singularity-music" / "Awakening.ogg", staging / "locked.ogg")
+        shutil.copy(realworld / "warzone2100-music" / "menu.opus", staging / "good.opus")
+        for p in staging.iterdir():
+            p.chmod(0o000 if p.name == "locked.ogg" else 0o644)
+        locked, good = music / "locked.ogg", music / "good.opus"
+        # A long file that vanishes while it is being read: 2 hours of 8 kHz WAV.
+        from test_memory import write_long_wav
+
+        vanishing = write_long_wav(base / "vanishing.wav", 2 * 3600)
+        vanishing.chmod(0o644)
+        endpoint = free_endpoint()
+        sub = Subscriber(endpoint, ("track", "status"))
+        daemon = start_daemon(state, model, "--folder", str(music), "--settle", "0.5", endpoint=endpoint,
+                              prefix=_as_nobody())
+        db = state / "library.db"
+        try:
+            sub.wait_connected()
+            for p in staging.iterdir():
+                p.rename(music / p.name)
+            assert wait_until(lambda: query(db, "SELECT count(*) FROM tracks WHERE status IN ('tagged', 'error')")
+                              [0][0] == 5, 120), query(db, "SELECT path, status, error FROM tracks")
+            moved_in = music / "vanishing.wav"
+            shutil.move(vanishing, moved_in)
+            fd_dir = Path(f"/proc/{daemon.pid}/fd")
+            assert wait_until(lambda: any(os.readlink(fd).endswith("vanishing.wav") for fd in fd_dir.iterdir()), 30)
+            moved_in.unlink()
+            assert wait_until(lambda: query(db, "SELECT status FROM tracks WHERE path = ?", (str(moved_in),))
+                              == [("error",)], 120)
+            errors = dict(query(db, "SELECT path, error FROM tracks WHERE status = 'error'"))
+            assert "not a readable audio file" in errors[str(music / "notes.mp3")]
+            assert "empty file" in errors[str(music / "zero.flac")]
+            assert "truncated" in errors[str(music / "truncated.mp3")]
+            assert "ermission denied" in errors[str(locked)]
+            assert "vanished" in errors[str(moved_in)]
+            assert query(db, "SELECT status FROM tracks WHERE path = ?", (str(good),)) == [("tagged",)]
+            sub.wait_for(lambda msgs: len(sub.of_type("track")) >= 6, 10)
+            failed = {Path(m["path"]).name: m["error"] for m in sub.of_type("track") if not m["ok"]}
+            assert set(failed) == {"notes.mp3", "zero.flac", "truncated.mp3", "locked.ogg", "vanishing.wav"}
+            assert daemon.poll() is None
+        finally:
+            assert stop_daemon(daemon) == 0
+            sub.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _tag_folder_seconds(model: Path, files: list[Path], base: Path, stuck_subscriber: bool) -> tuple[float, int]:
+    import zmq
+
+    music, state = base / "music", base / "state"
+    music.mkdir(parents=True)
+    for src in files:
+        shutil.copy(src, music / src.name)
+    endpoint = free_endpoint()
+    stuck = None
+    if stuck_subscriber:
+        stuck = zmq.Context.instance().socket(zmq.SUB)
+        stuck.setsockopt(zmq.RCVHWM, 1)
+        stuck.setsockopt(zmq.LINGER, 0)
+        stuck.connect(endpoint)
+        stuck.subscribe(b"")
+    started = time.monotonic()
+    daemon = start_daemon(state, model, "--folder", str(music), "--settle", "0", endpoint=endpoint,
+                          env={"GENRE_TAGGER_PUBLISH_SEND_HWM": "1", "GENRE_TAGGER_PUBLISH_HEARTBEAT_SECONDS": "0.05"})
+    try:
+        assert wait_until(lambda: len(_tagged(state / "library.db")) == len(files), 300, 0.05)
+        elapsed = time.monotonic() - started
+    finally:
+        assert stop_daemon(daemon) == 0
+        if stuck is not None:
+            stuck.close()
+    return elapsed, len(files)
+
+
+def test_a_subscriber_that_never_reads_does_not_slow_tagging(tiny_model: Path, tmp_path: Path,
+                                                            library_files: list[Path]) -> None:
+    without, n = _tag_folder_seconds(tiny_model, library_files, tmp_path / "a", stuck_subscriber=False)
+    with_stuck, _ = _tag_folder_seconds(tiny_model, library_files, tmp_path / "b", stuck_subscriber=True)
+    print(f"\n{n} files: {without:.2f} s without a subscriber, {with_stuck:.2f} s with one that never reads")
+    # A blocking publisher would stall outright; allow for noise on a shared 2-core box.
+    assert with_stuck < 1.5 * without + 2.0
+
+
+def test_sigterm_mid_track_exits_0_within_5_s_and_keeps_the_track_queued(tiny_model: Path, tmp_path: Path) -> None:
+    from test_memory import write_long_wav
+
+    music, state = tmp_path / "music", tmp_path / "state"
+    music.mkdir()
+    long = write_long_wav(music / "long.wav", 3 * 3600)
+    daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0", endpoint=free_endpoint())
+    fd_dir = Path(f"/proc/{daemon.pid}/fd")
+    assert wait_until(lambda: any(os.readlink(fd) == str(long) for fd in fd_dir.iterdir()), 60)
+    started = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(10) == 0
+    assert time.monotonic() - started < 5.0
+    db = state / "library.db"
+    assert query(db, "SELECT status FROM tracks") == [("pending",)]
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[tagging]\nthreshold = 2\n", "config tagging.threshold: must be within 0..1"),
+    ("[tagging]\nthreshhold = 0.5\n", "unknown key tagging.threshhold"),
+    ("[folders]\nroots = ['/no/such/folder']\n", "'/no/such/folder' is not a directory"),
+    ("[live]\nenabled = 'maybe'\n", "config live.enabled: 'maybe' is not a valid bool"),
+    ("[publish]\nendpoint = 'http://x'\n", "must start with tcp://"),
+    ("not toml at all [", "invalid TOML"),
+    ("[daemon]\n", "nothing to do"),
+])
+def test_invalid_configuration_is_one_clear_line_and_exit_2(tmp_path: Path, toml: str, message: str) -> None:
+    config = tmp_path / "genre-tagger.toml"
+    config.write_text(toml)
+    proc = subprocess.run([sys.executable, "-m", "tagger.cli", "daemon", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_the_example_configuration_is_valid_and_documents_every_key() -> None:
+    import dataclasses
+    import tomllib
+
+    from service.config import Config, load_config
+
+    example = Path(__file__).resolve().parent.parent / "service" / "genre-tagger.toml"
+    text = example.read_text()
+    config = load_config(example, env={}, validate=False)
+    assert config.folders.roots and config.publish.endpoint == "tcp://127.0.0.1:5556"
+    documented = tomllib.loads(text)
+    for section in dataclasses.fields(Config):
+        keys = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
+        assert set(documented[section.name]) == keys, section.name

@@ -1,0 +1,450 @@
+"""Build, evaluate and export the shipped default model: MSD_musicnn + a GTZAN genre head.
+
+    python -m training.default_model --data ../shared/data --out models
+
+1. Decode every GTZAN clip (and augmented copies: Gaussian noise, pitch shift ±2 semitones) at
+   16 kHz, slice it exactly as the runtime does (the two views, 2.56 s and 5.12 s windows, half-window
+   hops, end-aligned last window), and cache the backbone's pooled features per slice.
+2. Grouped, stratified 5-fold CV (contiguous GTZAN ids stay together) of each head variant in
+   :data:`VARIANTS` (head only or fine-tuned top layers, with and without augmentation), and of the
+   standard transfer baseline (logistic regression on the track-mean 200-d embedding).
+3. Train the shipped variant on every clip, export one ONNX file with its manifest, write the card.
+   The shipped variant (:data:`SHIPPED_VARIANT`) was chosen by that CV; the card has every number.
+
+Everything is seeded; the musicnn wheel is fetched with ``pip download musicnn==0.1.0 --no-deps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from tagger.decode import decode_file
+from tagger.frontend import FrontEndConfig
+from tagger.model import ModelManifest, OutputSpec, ViewSpec
+from tagger.views import build_streams
+from training.datasets import Track, contiguous_folds, load_gtzan
+from training.metrics import classification_report, plot_confusion
+from training.musicnn import MSD_GENRE_TAGS, MSD_TAGS, MSDMusicnn, fetch_musicnn_wheel, interleaved_pool
+
+MODEL_NAME = "msd-musicnn-gtzan"
+MODEL_VERSION = "1.0.0"
+SEED = 20261121
+
+# musicnn's front end, as its training used it (see the reference README): the model file carries it.
+MUSICNN_FRONT_END = FrontEndConfig(
+    sample_rate=16000, n_fft=512, hop_length=256, win_length=512, window="hann", center=True, n_mels=96,
+    fmin=0.0, fmax=8000.0, mel_scale="slaney", mel_norm="slaney", power=2.0, log="log10_1p",
+    log_multiplier=10000.0, round_float16=True,
+)
+# 2.56 s and 5.12 s windows (160 and 320 frames of 16 ms), half-window hops.
+VIEWS = (ViewSpec("2.56s", "musicnn", 160, 80), ViewSpec("5.12s", "musicnn", 320, 160))
+GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
+AUGMENTATIONS = ("none", "noise", "pitch-2", "pitch+2")
+
+
+def augment(audio: np.ndarray, kind: str, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """One augmented copy of a clip: Gaussian noise (σ 0.005) or a pitch shift with tempo kept."""
+    if kind == "none":
+        return audio
+    if kind == "noise":
+        return (audio + rng.normal(0.0, 0.005, audio.shape)).astype(np.float32)
+    if kind.startswith("pitch"):
+        from pedalboard import PitchShift
+
+        semitones = float(kind[len("pitch"):])
+        shifted = PitchShift(semitones=semitones)(audio[None, :].astype(np.float32), sample_rate)
+        return shifted[0].astype(np.float32)
+    raise ValueError(f"unknown augmentation {kind!r}")
+
+
+def track_slices(audio: np.ndarray) -> dict[str, np.ndarray]:
+    """The runtime's slices of a whole clip, per view: float32 [n, window, 96]."""
+    streams = build_streams({"musicnn": MUSICNN_FRONT_END}, VIEWS)
+    out: dict[str, list[np.ndarray]] = {v.name: [] for v in VIEWS}
+    for stream in streams:
+        for s in [*stream.push(audio), *stream.finish()]:
+            out[s.view].append(s.frames)
+    return {v: np.stack(frames) for v, frames in out.items()}
+
+
+@torch.no_grad()
+def pooled_features(net: MSDMusicnn, slices: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The backbone's pooled 1506-d features for each slice."""
+    parts = [interleaved_pool(net.backbone(torch.from_numpy(slices[i:i + batch]))).numpy()
+             for i in range(0, len(slices), batch)]
+    return np.concatenate(parts)
+
+
+@torch.no_grad()
+def patch_embedding(net: MSDMusicnn, audio: np.ndarray) -> np.ndarray:
+    """musicnn's own track embedding: the mean 200-d penultimate over 187-frame (3 s) patches."""
+    spec = MUSICNN_FRONT_END.spectrogram(audio)
+    n = max(1, spec.shape[0] // 187)
+    if spec.shape[0] < 187:
+        spec = np.tile(spec, (-(-187 // spec.shape[0]), 1))
+    patches = torch.from_numpy(spec[: n * 187].reshape(n, 187, 96))
+    return net.backend.embedding(interleaved_pool(net.backbone(patches))).mean(dim=0).numpy()
+
+
+@dataclass
+class FeatureSet:
+    """Cached features: per augmentation, per track, per view pooled features; and baseline embeddings."""
+
+    tracks: list[Track]
+    labels: np.ndarray
+    pooled: dict[str, list[dict[str, np.ndarray]]]
+    embeddings: np.ndarray
+
+
+def build_features(tracks: list[Track], net: MSDMusicnn, cache: Path, augmentations=AUGMENTATIONS) -> FeatureSet:
+    """Compute (or load from ``cache``) every track's features. Resumable: one file per track."""
+    cache.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    pooled: dict[str, list[dict[str, np.ndarray]]] = {a: [] for a in augmentations}
+    embeddings = []
+    for track in tqdm(tracks, desc="features", unit="clip"):
+        seed = int(rng.integers(2**31))
+        path = cache / f"{track.track_id}.npz"
+        if path.is_file():
+            stored = dict(np.load(path))
+        else:
+            audio = decode_file(track.path, MUSICNN_FRONT_END.sample_rate)
+            stored = {"embedding": patch_embedding(net, audio)}
+            for aug in augmentations:
+                copy = augment(audio, aug, MUSICNN_FRONT_END.sample_rate, np.random.default_rng(seed))
+                for view, slices in track_slices(copy).items():
+                    stored[f"{aug}/{view}"] = pooled_features(net, slices)
+            np.savez(path.with_suffix(".tmp.npz"), **stored)
+            path.with_suffix(".tmp.npz").replace(path)
+        embeddings.append(stored["embedding"])
+        for aug in augmentations:
+            pooled[aug].append({v.name: stored[f"{aug}/{v.name}"] for v in VIEWS})
+    labels = np.array([GTZAN_GENRES.index(t.label) for t in tracks])
+    return FeatureSet(tracks, labels, pooled, np.stack(embeddings))
+
+
+class GenreHead(nn.Module):
+    """A genre classifier on the backbone's pooled features.
+
+    ``mode="head"``: the pretrained MSD embedding (pool BN → dense 200 → ReLU → BN) stays frozen and a
+    linear layer on it is trained. ``mode="finetune"``: the dense layer and its BN are trained too
+    (initialised from MSD_musicnn), with dropout.
+    """
+
+    def __init__(self, net: MSDMusicnn, n_classes: int, mode: str) -> None:
+        super().__init__()
+        if mode not in ("head", "finetune"):
+            raise ValueError(mode)
+        self.mode = mode
+        src = net.backend
+        self.pool_bn = _frozen_copy(src.pool_bn)
+        self.dense = nn.Linear(1506, 200)
+        self.dense.load_state_dict(src.dense.state_dict())
+        self.dense_bn = nn.BatchNorm1d(200, eps=src.dense_bn.eps)
+        self.dense_bn.load_state_dict(src.dense_bn.state_dict())
+        for p in [*self.dense.parameters(), *self.dense_bn.parameters()]:
+            p.requires_grad_(mode == "finetune")
+        self.dropout = nn.Dropout(0.5 if mode == "finetune" else 0.2)
+        self.classifier = nn.Linear(200, n_classes)
+
+    def embedding(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.dense_bn(F.relu(self.dense(self.pool_bn(pooled))))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.embedding(pooled)))
+
+    def train(self, mode: bool = True) -> GenreHead:
+        super().train(mode)
+        # Batch-norm statistics stay those learnt on the MSD (a few hundred slices cannot re-estimate them).
+        self.pool_bn.eval()
+        self.dense_bn.eval()
+        return self
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    clone = copy.deepcopy(module)
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    return clone.eval()
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """A head variant. ``mode``: ``logreg`` (standardised multinomial logistic regression on the
+    frozen features ``features``: ``pooled`` = the 1506 pooled channels after the pretrained batch
+    norm, ``embedding`` = the 200-d MSD embedding), or a head trained with AdamW: ``head`` (frozen
+    embedding) and ``finetune`` (the dense layer too)."""
+
+    mode: str = "logreg"
+    augment: bool = False
+    features: str = "pooled"
+    C: float = 1.0
+    epochs: int = 60
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    mixup: float = 0.2
+    batch: int = 256
+
+
+class LinearHead(nn.Module):
+    """Frozen feature transform (pool BN, or the whole MSD embedding) → a linear layer."""
+
+    def __init__(self, transform: nn.Module, linear: nn.Linear) -> None:
+        super().__init__()
+        self.transform = transform
+        self.linear = linear
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.transform(pooled))
+
+
+class _Embedding(nn.Module):
+    def __init__(self, backend: nn.Module) -> None:
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.backend.embedding(pooled)
+
+
+def train_logreg(fs: FeatureSet, net: MSDMusicnn, indices: np.ndarray, cfg: HeadConfig) -> LinearHead:
+    """Fit the logistic regression on slice features and fold its standardisation into one Linear."""
+    from sklearn.linear_model import LogisticRegression
+
+    transform = _frozen_copy(net.backend.pool_bn if cfg.features == "pooled" else _Embedding(net.backend))
+    x, y, w = _training_arrays(fs, indices, cfg.augment)
+    with torch.no_grad():
+        feats = transform(torch.from_numpy(x)).numpy().astype(np.float64)
+    mean, scale = feats.mean(axis=0), feats.std(axis=0)
+    scale[scale < 1e-8] = 1.0
+    model = LogisticRegression(C=cfg.C, max_iter=5000)
+    model.fit((feats - mean) / scale, y, sample_weight=w / w.mean())
+    weight = np.zeros((len(GTZAN_GENRES), feats.shape[1]))
+    bias = np.full(len(GTZAN_GENRES), -1e4)  # a class absent from training can never win
+    weight[model.classes_] = model.coef_ / scale
+    bias[model.classes_] = model.intercept_ - (model.coef_ / scale) @ mean
+    linear = nn.Linear(feats.shape[1], len(GTZAN_GENRES))
+    linear.weight.data = torch.from_numpy(weight).float()
+    linear.bias.data = torch.from_numpy(bias).float()
+    return LinearHead(transform, linear).eval()
+
+
+def _training_arrays(fs: FeatureSet, indices: np.ndarray, augment_data: bool) -> tuple[np.ndarray, ...]:
+    """Slice features, labels and per-slice weights (each class, then each track, weighs the same)."""
+    augs = list(fs.pooled) if augment_data else ["none"]
+    x, y, w = [], [], []
+    class_tracks = np.bincount(fs.labels[indices], minlength=len(GTZAN_GENRES))
+    for i in indices:
+        for aug in augs:
+            for view in VIEWS:
+                feats = fs.pooled[aug][i][view.name]
+                x.append(feats)
+                y.append(np.full(len(feats), fs.labels[i]))
+                # Per view, a track's slices share its weight, so the two views count alike.
+                w.append(np.full(len(feats), 1.0 / (class_tracks[fs.labels[i]] * len(feats) * len(augs))))
+    return np.concatenate(x), np.concatenate(y), np.concatenate(w)
+
+
+def train_head(fs: FeatureSet, net: MSDMusicnn, indices: np.ndarray, cfg: HeadConfig, seed: int) -> nn.Module:
+    """Train a head variant on the tracks ``indices``; it maps pooled features to genre logits."""
+    if cfg.mode == "logreg":
+        return train_logreg(fs, net, indices, cfg)
+    torch.manual_seed(seed)
+    x, y, w = _training_arrays(fs, indices, cfg.augment)
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+    w_t = torch.from_numpy(w / w.mean()).float()
+    head = GenreHead(net, len(GTZAN_GENRES), cfg.mode)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * -(-len(x) // cfg.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    head.train()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), cfg.batch):
+            idx = order[start:start + cfg.batch]
+            xb, yb, wb = x_t[idx], F.one_hot(y_t[idx], len(GTZAN_GENRES)).float(), w_t[idx]
+            if cfg.mixup > 0:
+                lam = float(rng.beta(cfg.mixup, cfg.mixup))
+                perm = torch.randperm(len(idx), generator=gen)
+                xb = lam * xb + (1 - lam) * xb[perm]
+                yb = lam * yb + (1 - lam) * yb[perm]
+                wb = lam * wb + (1 - lam) * wb[perm]
+            loss = (-(yb * F.log_softmax(head(xb), dim=1)).sum(dim=1) * wb).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return head.eval()
+
+
+@torch.no_grad()
+def predict_tracks(head: nn.Module, fs: FeatureSet, indices: np.ndarray) -> np.ndarray:
+    """Track probabilities as the runtime computes them: mean over each view's slices, then over views."""
+    probs = []
+    for i in indices:
+        views = [F.softmax(head(torch.from_numpy(fs.pooled["none"][i][v.name])), dim=1).mean(dim=0) for v in VIEWS]
+        probs.append(torch.stack(views).mean(dim=0).numpy())
+    return np.stack(probs)
+
+
+def baseline_predict(fs: FeatureSet, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Logistic regression on the standardised track-mean 200-d embedding (class-balanced)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced", C=1.0))
+    model.fit(fs.embeddings[train], fs.labels[train])
+    probs = np.zeros((len(test), len(GTZAN_GENRES)))
+    probs[:, model.classes_] = model.predict_proba(fs.embeddings[test])
+    return probs
+
+
+def cross_validate(fs: FeatureSet, net: MSDMusicnn, folds: np.ndarray, variants: dict[str, HeadConfig | None]
+                   ) -> dict[str, dict]:
+    """Per variant: pooled report over all folds, per-fold accuracy/macro F1, and out-of-fold probs."""
+    results = {}
+    for name, cfg in variants.items():
+        oof = np.zeros((len(fs.tracks), len(GTZAN_GENRES)))
+        per_fold = []
+        started = time.perf_counter()
+        for k in tqdm(range(folds.max() + 1), desc=f"cv {name}", unit="fold"):
+            train, test = np.where(folds != k)[0], np.where(folds == k)[0]
+            if cfg is None:
+                probs = baseline_predict(fs, train, test)
+            else:
+                probs = predict_tracks(train_head(fs, net, train, cfg, SEED + k), fs, test)
+            oof[test] = probs
+            rep = classification_report(fs.labels[test], probs, GTZAN_GENRES)
+            per_fold.append({"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]})
+        report = classification_report(fs.labels, oof, GTZAN_GENRES)
+        accs = [f["accuracy"] for f in per_fold]
+        f1s = [f["macro_f1"] for f in per_fold]
+        results[name] = {
+            "config": None if cfg is None else cfg.__dict__,
+            "accuracy": report["accuracy"], "accuracy_fold_mean": float(np.mean(accs)),
+            "accuracy_fold_std": float(np.std(accs)), "macro_f1": report["macro_f1"],
+            "macro_f1_fold_mean": float(np.mean(f1s)), "macro_f1_fold_std": float(np.std(f1s)),
+            "ece": report["ece"], "per_fold": per_fold, "report": report, "seconds": time.perf_counter() - started,
+            "oof": oof.tolist(),
+        }
+    return results
+
+
+class DefaultModel(nn.Module):
+    """What the ONNX file holds: log-mel slice → (10 GTZAN genre probabilities, MSD genre-tag probabilities)."""
+
+    def __init__(self, net: MSDMusicnn, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = net.backbone
+        self.backend = net.backend
+        self.head = head
+        self.register_buffer("msd_genre_index", torch.tensor([MSD_TAGS.index(t) for t in MSD_GENRE_TAGS]))
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = interleaved_pool(self.backbone(mel))
+        genre = F.softmax(self.head(pooled), dim=1)
+        _, logits = self.backend(pooled)
+        tags = torch.sigmoid(logits.index_select(1, self.msd_genre_index))
+        return genre, tags
+
+
+def manifest(metrics: dict) -> ModelManifest:
+    return ModelManifest(
+        name=MODEL_NAME, version=MODEL_VERSION, input="mel",
+        front_ends={"musicnn": MUSICNN_FRONT_END}, views=VIEWS,
+        outputs=(
+            OutputSpec("genre", "genre", "softmax", GTZAN_GENRES, "Genre (GTZAN, 10 classes)"),
+            OutputSpec("msd_genres", "msd_genres", "sigmoid", MSD_GENRE_TAGS, "Genre tags (Million Song Dataset)"),
+        ),
+        description="MSD_musicnn (Pons & Serra 2019) backbone pretrained on the Million Song Dataset, with a "
+                    "10-genre GTZAN head trained by genre-tagger, plus the MSD genre tags as a multi-label output.",
+        licence="ISC (musicnn weights, (c) Music Technology Group, Universitat Pompeu Fabra 2019); head: MIT",
+        provenance="musicnn 0.1.0 wheel (PyPI), MSD_musicnn checkpoint imported by training.tf_checkpoint; "
+                   "head trained by training.default_model",
+        training_data="GTZAN subset: 161 clips (classical 89, other genres 8 each), ../shared/data/gtzan",
+        metrics=metrics,
+    )
+
+
+BASELINE = "baseline: logistic regression on the track-mean 200-d embedding"
+SHIPPED_VARIANT = "slice logistic regression on pooled features"
+VARIANTS: dict[str, HeadConfig | None] = {
+    BASELINE: None,
+    SHIPPED_VARIANT: HeadConfig("logreg", features="pooled"),
+    "slice logistic regression on pooled features, augmented": HeadConfig("logreg", features="pooled", augment=True),
+    "slice logistic regression on the 200-d embedding": HeadConfig("logreg", features="embedding"),
+    "linear head on the frozen embedding (AdamW, mixup)": HeadConfig("head"),
+    "linear head on the frozen embedding (AdamW, mixup), augmented": HeadConfig("head", augment=True),
+    "fine-tune dense layer + head (AdamW, mixup), augmented": HeadConfig("finetune", augment=True, lr=1e-3),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data", help="folder holding gtzan/ (default ../shared/data)")
+    parser.add_argument("--out", default="models", help="where the model, card and figures go (default models)")
+    parser.add_argument("--cache", default=".cache/default-model", help="feature cache (default .cache/default-model)")
+    parser.add_argument("--wheel", help="path of musicnn-0.1.0-py3-none-any.whl (default: pip download it)")
+    parser.add_argument("--ship", default=SHIPPED_VARIANT,
+                        help=f"variant to ship (default {SHIPPED_VARIANT!r}, chosen by the CV in the model card)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wheel = Path(args.wheel) if args.wheel else fetch_musicnn_wheel()
+    net = MSDMusicnn.pretrained(wheel)
+    tracks = load_gtzan(Path(args.data) / "gtzan")
+    fs = build_features(tracks, net, Path(args.cache))
+    folds = contiguous_folds(tracks, 5)
+    cv = cross_validate(fs, net, folds, VARIANTS)
+    for name, r in cv.items():
+        print(f"{name:58s} acc {r['accuracy']:.3f} (folds {r['accuracy_fold_mean']:.3f} ± {r['accuracy_fold_std']:.3f})"
+              f"  macro-F1 {r['macro_f1']:.3f} ± {r['macro_f1_fold_std']:.3f}  ECE {r['ece']:.3f}")
+    chosen = args.ship
+    cfg = VARIANTS.get(chosen)
+    if cfg is None:
+        parser.error(f"--ship must name a trained variant: {[k for k, v in VARIANTS.items() if v]}")
+    print(f"shipping: {chosen}")
+    plot_confusion(np.array(cv[chosen]["report"]["confusion"]), GTZAN_GENRES, out / f"{MODEL_NAME}.confusion.png",
+                   f"{MODEL_NAME}: grouped 5-fold CV, track level (acc {cv[chosen]['accuracy']:.3f})")
+    head = train_head(fs, net, np.arange(len(tracks)), cfg, SEED)
+    summary = {name: {k: r[k] for k in ("accuracy", "accuracy_fold_std", "macro_f1", "macro_f1_fold_std", "ece")}
+               for name, r in cv.items()}
+    metrics = {"cv": "grouped stratified 5-fold, track level (contiguous GTZAN ids together)",
+               "shipped_variant": chosen, "results": summary}
+    from training.export import export_model
+
+    path = export_model(DefaultModel(net, head).eval(), manifest(metrics), out / f"{MODEL_NAME}.onnx")
+    report = {"folds": folds.tolist(), "tracks": [t.track_id for t in tracks], "labels": list(GTZAN_GENRES),
+              "variants": cv, "shipped": chosen,
+              "python": platform.python_version(), "torch": torch.__version__}
+    (out / f"{MODEL_NAME}.cv.json").write_text(json.dumps(report, indent=1))
+    from training.model_card import out_of_domain_rows, write_card
+
+    data = Path(args.data)
+    realworld = out_of_domain_rows(path, data / "realworld") if (data / "realworld").is_dir() else []
+    fma = out_of_domain_rows(path, data / "fma") if (data / "fma").is_dir() else []
+    card = write_card(out, MODEL_NAME, cv, chosen, realworld, fma)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), {card}, {out / f'{MODEL_NAME}.cv.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
