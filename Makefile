@@ -8,7 +8,10 @@ MUSIC  ?= ../shared/data/realworld
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 
-.PHONY: run test lint install install-dev default-model clean
+.PHONY: run test lint install install-dev system-deps default-model clean
+
+# Debian packages for live capture and its tests (PortAudio, ALSA's PulseAudio route, a PulseAudio server).
+SYSTEM_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +27,14 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[train,test,live]'
 	touch $@ $(RUNTIME_STAMP)
+
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq $$missing; \
+	fi
 
 install: $(RUNTIME_STAMP)
 install-dev: $(DEV_STAMP)

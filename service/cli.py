@@ -70,6 +70,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     export_csv.add_argument("out", help="CSV file to write ('-' for stdout)")
     library.set_defaults(func=cmd_library)
 
+    bench = sub.add_parser("bench", help="benchmark decode, front end, tagging (fast and naive), live and daemon")
+    bench.add_argument("folder", nargs="?", default="../shared/data/realworld",
+                       help="audio to run on (default ../shared/data/realworld)")
+    bench.add_argument("--model", "-m", help="model name or .onnx path (default: the shipped default model)")
+    bench.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    bench.add_argument("--live-seconds", type=float, default=30.0,
+                       help="seconds of audio played in real time for the live row (0 skips it)")
+    bench.add_argument("--no-daemon", action="store_true", help="skip the daemon end-to-end row")
+    bench.add_argument("--out", default="bench-results/bench.json",
+                       help="JSON report (default bench-results/bench.json)")
+    bench.set_defaults(func=cmd_bench)
+
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     from service.config import load_config
@@ -86,6 +98,16 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=overrides, extra_roots=args.folders or [])
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     return Daemon(config).run()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from service.bench import print_report, run_bench
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print_report(run_bench(args.folder, args.model, args.device, args.live_seconds, out, args.no_daemon))
+    print(f"report: {out}")
+    return EXIT_OK
 
 
 def _library_path(args: argparse.Namespace) -> Path:

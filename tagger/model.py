@@ -67,6 +67,23 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class FramePooling:
+    """How a model that pools over time can be run faster: frame-level features once per track.
+
+    The graph also outputs ``features`` [batch, channels, frames] (the network before its temporal
+    pooling) and ``pooled`` [batch, 2·channels]: max and mean over the window's frames, interleaved
+    ``[max0, mean0, max1, mean1, …]``. A runtime may compute ``features`` over a whole track, pool each
+    window from them and run only the graph from ``pooled`` on. ``context`` (frames before, after) is
+    the features' receptive field: a frame's features depend on that many frames on each side.
+    """
+
+    features: str
+    pooled: str
+    pooling: str
+    context: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class ModelManifest:
     """The parsed, validated manifest of a model file."""
 
@@ -81,6 +98,7 @@ class ModelManifest:
     provenance: str = ""
     training_data: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    frame_pooling: FramePooling | None = None
 
     def view_seconds(self, view: ViewSpec) -> tuple[float, float]:
         """Return (window, hop) of a view in seconds."""
@@ -112,6 +130,8 @@ class ModelManifest:
                 for o in self.outputs
             ],
         }
+        if self.frame_pooling:
+            doc["frame_pooling"] = asdict(self.frame_pooling)
         return json.dumps(doc, indent=1, sort_keys=False)
 
     @classmethod
@@ -174,12 +194,22 @@ class ModelManifest:
             outputs.append(out)
         if len({o.name for o in outputs}) != len(outputs):
             raise ModelError(f"{source}: output names must be unique")
+        frame_pooling = None
+        if doc.get("frame_pooling") is not None:
+            fp = doc["frame_pooling"]
+            try:
+                frame_pooling = FramePooling(str(fp["features"]), str(fp["pooled"]), str(fp["pooling"]),
+                                             (int(fp["context"][0]), int(fp["context"][1])))
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise ModelError(f"{source}: bad frame_pooling {fp!r}: {exc}") from None
+            if frame_pooling.pooling != "max_mean_interleaved":
+                raise ModelError(f"{source}: frame_pooling.pooling {frame_pooling.pooling!r} is not supported")
         return cls(
             name=str(doc["name"]), version=str(doc["version"]), input=str(doc["input"]),
             front_ends=front_ends, views=tuple(views), outputs=tuple(outputs),
             description=str(doc.get("description", "")), licence=str(doc.get("licence", "")),
             provenance=str(doc.get("provenance", "")), training_data=str(doc.get("training_data", "")),
-            metrics=dict(doc.get("metrics", {})),
+            metrics=dict(doc.get("metrics", {})), frame_pooling=frame_pooling,
         )
 
 

@@ -18,6 +18,7 @@ from tagger.decode import DEFAULT_BLOCK_SECONDS, decode_blocks
 from tagger.engine import Engine, EngineOptions
 from tagger.ensemble import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Ensemble, OutputEstimate
 from tagger.errors import Cancelled, ConfigError, TaggerError
+from tagger.framepool import FeatureStream, FramePoolRunner, PooledSlice
 from tagger.model import ModelManifest, ViewSpec
 from tagger.registry import resolve_model
 from tagger.views import FrontEndStream, Slice, build_streams
@@ -86,19 +87,28 @@ class TagStream:
         eager: run inference as soon as a slice is complete (live latency) instead of batching.
         keep_slices: keep every :class:`SliceResult` (memory grows with the stream).
         on_slice: called with each :class:`SliceResult` as it is computed.
+        fast: use the frame-pooling fast path (:mod:`tagger.framepool`); needs a model that supports
+            it (:attr:`Tagger.supports_fast`).
     """
 
     def __init__(self, tagger: Tagger, horizon_seconds: float | None = None, eager: bool = True,
-                 keep_slices: bool = False, on_slice: Callable[[SliceResult], None] | None = None) -> None:
+                 keep_slices: bool = False, on_slice: Callable[[SliceResult], None] | None = None,
+                 fast: bool = False) -> None:
         self.tagger = tagger
         manifest = tagger.manifest
-        self._streams: list[FrontEndStream] = build_streams(manifest.front_ends, tagger.views)
+        self._features: FeatureStream | None = None
+        self._streams: list[FrontEndStream] = []
+        if fast:
+            (front_end,) = {v.front_end for v in tagger.views}
+            self._features = FeatureStream(tagger.frame_runner, manifest.front_ends[front_end], tagger.views)
+        else:
+            self._streams = build_streams(manifest.front_ends, tagger.views)
         self.ensemble = Ensemble(manifest.outputs, [v.name for v in tagger.views], horizon_seconds)
         self.eager = eager
         self.keep_slices = keep_slices
         self.on_slice = on_slice
         self.slices: list[SliceResult] = []
-        self._pending: dict[str, list[Slice]] = {v.name: [] for v in tagger.views}
+        self._pending: dict[str, list[Slice | PooledSlice]] = {v.name: [] for v in tagger.views}
         self.samples_in = 0
         self._finished = False
 
@@ -117,6 +127,9 @@ class TagStream:
             raise RuntimeError("feed() after finish()")
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         self.samples_in += samples.size
+        if self._features is not None:
+            for s in self._features.push(samples):
+                self._pending[s.view].append(s)
         for stream in self._streams:
             for s in stream.push(samples):
                 self._pending[s.view].append(s)
@@ -126,6 +139,9 @@ class TagStream:
         """End of stream: cover the tail, run what is pending, return the final estimate."""
         if not self._finished:
             self._finished = True
+            if self._features is not None:
+                for s in self._features.finish():
+                    self._pending[s.view].append(s)
             for stream in self._streams:
                 for s in stream.finish():
                     self._pending[s.view].append(s)
@@ -143,7 +159,10 @@ class TagStream:
             while pending and (force or len(pending) >= batch_size):
                 chunk, self._pending[view] = pending[:batch_size], pending[batch_size:]
                 pending = self._pending[view]
-                outputs = self.tagger.engine.run(np.stack([s.frames for s in chunk]))
+                if self._features is not None:
+                    outputs = self.tagger.frame_runner.head(np.stack([s.pooled for s in chunk]))
+                else:
+                    outputs = self.tagger.engine.run(np.stack([s.frames for s in chunk]))
                 for i, s in enumerate(chunk):
                     probs = {name: values[i] for name, values in outputs.items()}
                     self.ensemble.add(view, s.end_s, probs)
@@ -168,12 +187,14 @@ class Tagger:
         hop_fraction: slice hop as a fraction of each window (None: the model's own hops).
         engine_options: device, threads and batch size for ONNX Runtime.
         block_seconds: decoding block length, in seconds.
+        fast: tag files with the frame-pooling fast path when the model supports it (default);
+            False runs every window through the whole network (the reference semantics).
     """
 
     def __init__(self, model: str | Path | None = None, *, threshold: float = DEFAULT_THRESHOLD,
                  top_k: int = DEFAULT_TOP_K, aliases: Mapping[str, str] | None = None,
                  hop_fraction: float | None = None, engine_options: EngineOptions | None = None,
-                 block_seconds: float = DEFAULT_BLOCK_SECONDS) -> None:
+                 block_seconds: float = DEFAULT_BLOCK_SECONDS, fast: bool = True) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold {threshold} must be within 0..1")
         if top_k < 1:
@@ -189,15 +210,29 @@ class Tagger:
         self.top_k = top_k
         self.aliases = dict(aliases or {})
         self.block_seconds = block_seconds
+        self.fast = fast and self.supports_fast
+        self._frame_runner: FramePoolRunner | None = None
+
+    @property
+    def supports_fast(self) -> bool:
+        """The model declares frame pooling and every view reads one front end."""
+        return self.manifest.frame_pooling is not None and len({v.front_end for v in self.views}) == 1
+
+    @property
+    def frame_runner(self) -> FramePoolRunner:
+        if self._frame_runner is None:
+            self._frame_runner = FramePoolRunner(self.engine)
+        return self._frame_runner
 
     @property
     def provider(self) -> str:
         return self.engine.provider
 
     def stream(self, horizon_seconds: float | None = None, eager: bool = True, keep_slices: bool = False,
-               on_slice: Callable[[SliceResult], None] | None = None) -> TagStream:
-        """A new :class:`TagStream` (see there)."""
-        return TagStream(self, horizon_seconds, eager, keep_slices, on_slice)
+               on_slice: Callable[[SliceResult], None] | None = None, fast: bool = False) -> TagStream:
+        """A new :class:`TagStream` (see there). Live streams default to per-window inference: the fast
+        path finalises a frame only once its receptive field (about 1.2 s ahead) has arrived."""
+        return TagStream(self, horizon_seconds, eager, keep_slices, on_slice, fast and self.supports_fast)
 
     def tag_file(self, path: str | Path, keep_slices: bool = False,
                  cancelled: Callable[[], bool] | None = None) -> TrackResult:
@@ -207,7 +242,7 @@ class Tagger:
         true (checked between decoded blocks).
         """
         started = time.perf_counter()
-        stream = self.stream(eager=False, keep_slices=keep_slices)
+        stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast)
         for block in decode_blocks(path, self.sample_rate, self.block_seconds):
             if cancelled is not None and cancelled():
                 raise Cancelled(f"{path}: cancelled")

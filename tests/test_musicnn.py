@@ -156,3 +156,17 @@ def test_onnx_export_equals_pytorch(musicnn: MSDMusicnn, tmp_path: Path) -> None
             expected = musicnn(torch.from_numpy(frames)).numpy()
         (got,) = session.run(None, {"mel": frames})
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_backbone_receptive_field_is_the_declared_context(musicnn: MSDMusicnn) -> None:
+    from training.musicnn import MusicnnBackbone
+
+    x = torch.randn(1, 600, 96, generator=torch.Generator().manual_seed(0))
+    poked = x.clone()
+    poked[0, 300] += 5.0
+    with torch.no_grad():
+        changed = (musicnn.backbone(x) - musicnn.backbone(poked)).abs().amax(dim=1)[0].numpy() > 0
+    frames = np.where(changed)[0]
+    before, after = MusicnnBackbone.CONTEXT
+    # Output frame t depends on inputs t - before .. t + after: input 300 reaches outputs 300 - after .. 300 + before.
+    assert (frames.min(), frames.max()) == (300 - after, 300 + before)

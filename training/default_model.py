@@ -31,11 +31,18 @@ from tqdm import tqdm
 
 from tagger.decode import decode_file
 from tagger.frontend import FrontEndConfig
-from tagger.model import ModelManifest, OutputSpec, ViewSpec
+from tagger.model import FramePooling, ModelManifest, OutputSpec, ViewSpec
 from tagger.views import build_streams
 from training.datasets import Track, contiguous_folds, load_gtzan
 from training.metrics import classification_report, plot_confusion
-from training.musicnn import MSD_GENRE_TAGS, MSD_TAGS, MSDMusicnn, fetch_musicnn_wheel, interleaved_pool
+from training.musicnn import (
+    MSD_GENRE_TAGS,
+    MSD_TAGS,
+    MSDMusicnn,
+    MusicnnBackbone,
+    fetch_musicnn_wheel,
+    interleaved_pool,
+)
 
 MODEL_NAME = "msd-musicnn-gtzan"
 MODEL_VERSION = "1.0.0"
@@ -97,9 +104,31 @@ def patch_embedding(net: MSDMusicnn, audio: np.ndarray) -> np.ndarray:
     return net.backend.embedding(interleaved_pool(net.backbone(patches))).mean(dim=0).numpy()
 
 
+@torch.no_grad()
+def fast_path_features(net: MSDMusicnn, audio: np.ndarray) -> dict[str, np.ndarray]:
+    """Pooled features per view as the runtime's fast path makes them: frame features computed over
+    the whole clip once, then each window's max and mean (see tagger.framepool)."""
+    spec = MUSICNN_FRONT_END.spectrogram(audio)
+    features = net.backbone(torch.from_numpy(spec[None])).numpy()[0]
+    total = features.shape[1]
+    out = {}
+    for view in VIEWS:
+        w = view.window_frames
+        if total < w:
+            starts, w = [0], total
+        else:
+            starts = list(range(0, total - w + 1, view.hop_frames))
+            if starts[-1] + w < total:
+                starts.append(total - w)
+        out[view.name] = np.stack([np.stack([features[:, s:s + w].max(axis=1), features[:, s:s + w].mean(axis=1)],
+                                            axis=1).reshape(-1) for s in starts])
+    return out
+
+
 @dataclass
 class FeatureSet:
-    """Cached features: per augmentation, per track, per view pooled features; and baseline embeddings."""
+    """Cached features: per augmentation (and ``fast``, the fast path's), per track, per view pooled
+    features; and the baseline's embeddings."""
 
     tracks: list[Track]
     labels: np.ndarray
@@ -111,7 +140,7 @@ def build_features(tracks: list[Track], net: MSDMusicnn, cache: Path, augmentati
     """Compute (or load from ``cache``) every track's features. Resumable: one file per track."""
     cache.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)
-    pooled: dict[str, list[dict[str, np.ndarray]]] = {a: [] for a in augmentations}
+    pooled: dict[str, list[dict[str, np.ndarray]]] = {a: [] for a in (*augmentations, "fast")}
     embeddings = []
     for track in tqdm(tracks, desc="features", unit="clip"):
         seed = int(rng.integers(2**31))
@@ -127,8 +156,13 @@ def build_features(tracks: list[Track], net: MSDMusicnn, cache: Path, augmentati
                     stored[f"{aug}/{view}"] = pooled_features(net, slices)
             np.savez(path.with_suffix(".tmp.npz"), **stored)
             path.with_suffix(".tmp.npz").replace(path)
+        if f"fast/{VIEWS[0].name}" not in stored:
+            audio = decode_file(track.path, MUSICNN_FRONT_END.sample_rate)
+            stored.update({f"fast/{v}": f for v, f in fast_path_features(net, audio).items()})
+            np.savez(path.with_suffix(".tmp.npz"), **stored)
+            path.with_suffix(".tmp.npz").replace(path)
         embeddings.append(stored["embedding"])
-        for aug in augmentations:
+        for aug in (*augmentations, "fast"):
             pooled[aug].append({v.name: stored[f"{aug}/{v.name}"] for v in VIEWS})
     labels = np.array([GTZAN_GENRES.index(t.label) for t in tracks])
     return FeatureSet(tracks, labels, pooled, np.stack(embeddings))
@@ -229,7 +263,10 @@ def train_logreg(fs: FeatureSet, net: MSDMusicnn, indices: np.ndarray, cfg: Head
     with torch.no_grad():
         feats = transform(torch.from_numpy(x)).numpy().astype(np.float64)
     mean, scale = feats.mean(axis=0), feats.std(axis=0)
-    scale[scale < 1e-8] = 1.0
+    # Many pooled channels barely vary on this data (std down to 1e-14): dividing by that would fold
+    # weights of 1e6+ into the graph and amplify float noise. Below 1e-3 of the largest std, a channel
+    # is scaled as if it had that std, which leaves it almost no influence.
+    scale = np.maximum(scale, 1e-3 * scale.max())
     model = LogisticRegression(C=cfg.C, max_iter=5000)
     model.fit((feats - mean) / scale, y, sample_weight=w / w.mean())
     weight = np.zeros((len(GTZAN_GENRES), feats.shape[1]))
@@ -244,7 +281,7 @@ def train_logreg(fs: FeatureSet, net: MSDMusicnn, indices: np.ndarray, cfg: Head
 
 def _training_arrays(fs: FeatureSet, indices: np.ndarray, augment_data: bool) -> tuple[np.ndarray, ...]:
     """Slice features, labels and per-slice weights (each class, then each track, weighs the same)."""
-    augs = list(fs.pooled) if augment_data else ["none"]
+    augs = [a for a in fs.pooled if a != "fast"] if augment_data else ["none"]
     x, y, w = [], [], []
     class_tracks = np.bincount(fs.labels[indices], minlength=len(GTZAN_GENRES))
     for i in indices:
@@ -294,11 +331,12 @@ def train_head(fs: FeatureSet, net: MSDMusicnn, indices: np.ndarray, cfg: HeadCo
 
 
 @torch.no_grad()
-def predict_tracks(head: nn.Module, fs: FeatureSet, indices: np.ndarray) -> np.ndarray:
-    """Track probabilities as the runtime computes them: mean over each view's slices, then over views."""
+def predict_tracks(head: nn.Module, fs: FeatureSet, indices: np.ndarray, path: str = "none") -> np.ndarray:
+    """Track probabilities as the runtime computes them: mean over each view's slices, then over views.
+    ``path``: ``none`` for per-window features (the reference semantics), ``fast`` for the fast path's."""
     probs = []
     for i in indices:
-        views = [F.softmax(head(torch.from_numpy(fs.pooled["none"][i][v.name])), dim=1).mean(dim=0) for v in VIEWS]
+        views = [F.softmax(head(torch.from_numpy(fs.pooled[path][i][v.name])), dim=1).mean(dim=0) for v in VIEWS]
         probs.append(torch.stack(views).mean(dim=0).numpy())
     return np.stack(probs)
 
@@ -322,6 +360,7 @@ def cross_validate(fs: FeatureSet, net: MSDMusicnn, folds: np.ndarray, variants:
     results = {}
     for name, cfg in variants.items():
         oof = np.zeros((len(fs.tracks), len(GTZAN_GENRES)))
+        oof_fast = np.zeros_like(oof)
         per_fold = []
         started = time.perf_counter()
         for k in tqdm(range(folds.max() + 1), desc=f"cv {name}", unit="fold"):
@@ -329,7 +368,9 @@ def cross_validate(fs: FeatureSet, net: MSDMusicnn, folds: np.ndarray, variants:
             if cfg is None:
                 probs = baseline_predict(fs, train, test)
             else:
-                probs = predict_tracks(train_head(fs, net, train, cfg, SEED + k), fs, test)
+                head = train_head(fs, net, train, cfg, SEED + k)
+                probs = predict_tracks(head, fs, test)
+                oof_fast[test] = predict_tracks(head, fs, test, "fast")
             oof[test] = probs
             rep = classification_report(fs.labels[test], probs, GTZAN_GENRES)
             per_fold.append({"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]})
@@ -344,6 +385,11 @@ def cross_validate(fs: FeatureSet, net: MSDMusicnn, folds: np.ndarray, variants:
             "ece": report["ece"], "per_fold": per_fold, "report": report, "seconds": time.perf_counter() - started,
             "oof": oof.tolist(),
         }
+        if cfg is not None:
+            fast = classification_report(fs.labels, oof_fast, GTZAN_GENRES)
+            results[name]["fast_path"] = {"accuracy": fast["accuracy"], "macro_f1": fast["macro_f1"],
+                                          "ece": fast["ece"],
+                                          "max_abs_diff_track_probs": float(np.abs(oof_fast - oof).max())}
     return results
 
 
@@ -357,12 +403,13 @@ class DefaultModel(nn.Module):
         self.head = head
         self.register_buffer("msd_genre_index", torch.tensor([MSD_TAGS.index(t) for t in MSD_GENRE_TAGS]))
 
-    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = interleaved_pool(self.backbone(mel))
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.backbone(mel)
+        pooled = interleaved_pool(features)
         genre = F.softmax(self.head(pooled), dim=1)
         _, logits = self.backend(pooled)
         tags = torch.sigmoid(logits.index_select(1, self.msd_genre_index))
-        return genre, tags
+        return genre, tags, features, pooled
 
 
 def manifest(metrics: dict) -> ModelManifest:
@@ -380,6 +427,7 @@ def manifest(metrics: dict) -> ModelManifest:
                    "head trained by training.default_model",
         training_data="GTZAN subset: 161 clips (classical 89, other genres 8 each), ../shared/data/gtzan",
         metrics=metrics,
+        frame_pooling=FramePooling("frame_features", "pooled", "max_mean_interleaved", MusicnnBackbone.CONTEXT),
     )
 
 
@@ -415,8 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     folds = contiguous_folds(tracks, 5)
     cv = cross_validate(fs, net, folds, VARIANTS)
     for name, r in cv.items():
+        fast = r.get("fast_path")
         print(f"{name:58s} acc {r['accuracy']:.3f} (folds {r['accuracy_fold_mean']:.3f} ± {r['accuracy_fold_std']:.3f})"
-              f"  macro-F1 {r['macro_f1']:.3f} ± {r['macro_f1_fold_std']:.3f}  ECE {r['ece']:.3f}")
+              f"  macro-F1 {r['macro_f1']:.3f} ± {r['macro_f1_fold_std']:.3f}  ECE {r['ece']:.3f}"
+              + (f"  | fast path acc {fast['accuracy']:.3f} F1 {fast['macro_f1']:.3f}" if fast else ""))
     chosen = args.ship
     cfg = VARIANTS.get(chosen)
     if cfg is None:
@@ -425,13 +475,19 @@ def main(argv: list[str] | None = None) -> int:
     plot_confusion(np.array(cv[chosen]["report"]["confusion"]), GTZAN_GENRES, out / f"{MODEL_NAME}.confusion.png",
                    f"{MODEL_NAME}: grouped 5-fold CV, track level (acc {cv[chosen]['accuracy']:.3f})")
     head = train_head(fs, net, np.arange(len(tracks)), cfg, SEED)
-    summary = {name: {k: r[k] for k in ("accuracy", "accuracy_fold_std", "macro_f1", "macro_f1_fold_std", "ece")}
+    summary = {name: {k: r[k] for k in ("accuracy", "accuracy_fold_std", "macro_f1", "macro_f1_fold_std", "ece",
+                                        "fast_path") if k in r}
                for name, r in cv.items()}
     metrics = {"cv": "grouped stratified 5-fold, track level (contiguous GTZAN ids together)",
                "shipped_variant": chosen, "results": summary}
     from training.export import export_model
 
-    path = export_model(DefaultModel(net, head).eval(), manifest(metrics), out / f"{MODEL_NAME}.onnx")
+    path = export_model(DefaultModel(net, head).eval(), manifest(metrics), out / f"{MODEL_NAME}.onnx",
+                        extra_outputs=("frame_features", "pooled"), check=False)
+    from training.export import verify_export
+
+    diffs = verify_export(DefaultModel(net, head).eval(), manifest(metrics), path, 1e-5)
+    print("ONNX Runtime vs PyTorch, max |diff|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
     report = {"folds": folds.tolist(), "tracks": [t.track_id for t in tracks], "labels": list(GTZAN_GENRES),
               "variants": cv, "shipped": chosen,
               "python": platform.python_version(), "torch": torch.__version__}

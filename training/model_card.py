@@ -52,9 +52,11 @@ def write_card(out: Path, name: str, cv: dict, chosen: str, realworld: list[dict
     rows = []
     for variant, r in cv.items():
         mark = " **(shipped)**" if variant == chosen else ""
+        fast = r.get("fast_path")
+        fast_cell = f"{fast['accuracy']:.3f} / {fast['macro_f1']:.3f}" if fast else "–"
         rows.append(f"| {variant}{mark} | {r['accuracy']:.3f} | {r['accuracy_fold_mean']:.3f} ± "
                     f"{r['accuracy_fold_std']:.3f} | {r['macro_f1']:.3f} ± {r['macro_f1_fold_std']:.3f} | "
-                    f"{r['ece']:.3f} |")
+                    f"{r['ece']:.3f} | {fast_cell} |")
     per_class = cv[chosen]["report"]["per_class"]
     class_rows = [f"| {label} | {v['support']} | {v['precision']:.2f} | {v['recall']:.2f} | {v['f1']:.2f} |"
                   for label, v in per_class.items()]
@@ -109,10 +111,12 @@ Folds keep contiguous GTZAN ids together (each genre's clips sorted by id and cu
 neighbouring ids, often one artist, rarely straddle train and test. With only ids 00000–00007 per
 non-classical genre, some artist overlap across the 4 cuts per genre remains: read these numbers as
 optimistic for unseen artists. Track accuracy is pooled over all out-of-fold predictions; the ± is the
-standard deviation over folds. ECE: 15-bin expected calibration error of the top-1 confidence.
+standard deviation over folds. ECE: 15-bin expected calibration error of the top-1 confidence. The
+last column evaluates the same heads through the runtime's fast path (frame features computed once per
+track, windows pooled from them; `tagger/framepool.py`), which is what `tag` and the daemon use for files.
 
-| variant | accuracy | per-fold accuracy | macro F1 | ECE |
-| --- | --- | --- | --- | --- |
+| variant | accuracy | per-fold accuracy | macro F1 | ECE | fast path: accuracy / macro F1 |
+| --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
 Per class, shipped variant (out-of-fold):

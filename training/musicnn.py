@@ -104,6 +104,9 @@ class MusicnnBackbone(nn.Module):
 
     FEATURES = 753
     N_MELS = 96
+    # Receptive field in frames (before, after): the temporal convs reach 63 back and 64 ahead (TF
+    # 'same' padding of a 128 kernel), and the three mid-end convs (kernel 7) 3 more each way each.
+    CONTEXT = (63 + 9, 64 + 9)
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,0 +1,240 @@
+"""``genre-tagger bench``: where the time goes, side by side on the same files, in one run.
+
+Rows: decode only (the floor), decode + front end, full tagging (fast path: frame features once per
+track), the same model run naively (every window through the whole network), live per-hop latency on a
+stream played in real time, and the daemon end to end (files per second into SQLite, peak RSS).
+Throughput is × real time for one process; the machine's core count is reported beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tagger.cli import iter_audio_files
+from tagger.decode import decode_blocks, decode_file
+from tagger.engine import EngineOptions, usable_cores
+from tagger.frontend import StreamingFrontEnd
+from tagger.pipeline import Tagger
+
+
+@dataclass
+class Row:
+    name: str
+    seconds: float
+    audio_seconds: float
+    files: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def realtime(self) -> float:
+        return self.audio_seconds / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def bench_decode(files: list[Path], rate: int) -> Row:
+    total = 0
+
+    def run() -> None:
+        nonlocal total
+        for f in files:
+            total += sum(b.size for b in decode_blocks(f, rate))
+
+    seconds = _timed(run)
+    return Row("decode only (PyAV → mono, model rate)", seconds, total / rate, len(files))
+
+
+def bench_front_end(files: list[Path], tagger: Tagger) -> Row:
+    config = next(iter(tagger.manifest.front_ends.values()))
+    total = 0
+
+    def run() -> None:
+        nonlocal total
+        for f in files:
+            fe = StreamingFrontEnd(config)
+            for b in decode_blocks(f, tagger.sample_rate):
+                fe.push(b)
+                total += b.size
+            fe.flush()
+
+    seconds = _timed(run)
+    return Row("decode + front end (log-mel)", seconds, total / tagger.sample_rate, len(files))
+
+
+def bench_tagging(files: list[Path], tagger: Tagger, name: str) -> tuple[Row, dict[str, dict[str, np.ndarray]]]:
+    results = {}
+    total = 0.0
+
+    def run() -> None:
+        nonlocal total
+        for f in files:
+            r = tagger.tag_file(f)
+            total += r.duration_s
+            results[str(f)] = {k: np.array([s.score for s in sorted(v.scores, key=lambda s: s.label)])
+                               for k, v in r.outputs.items()}
+
+    seconds = _timed(run)
+    slices = sum(1 for _ in files)
+    return Row(name, seconds, total, slices), results
+
+
+def bench_live(file: Path, tagger: Tagger, seconds: float, block_seconds: float = 0.05) -> Row:
+    """Play ``seconds`` of ``file`` in real time through the live path; latency per published hop."""
+    from service.live import LiveTagger
+    from service.publish import Publisher
+
+    audio = decode_file(file, tagger.sample_rate)[: int(seconds * tagger.sample_rate)]
+    with tempfile.TemporaryDirectory() as tmp:
+        publisher = Publisher(f"ipc://{tmp}/bench")
+        latencies: list[float] = []
+        arrival = [0.0]
+
+        def publish(topic: str, message: dict) -> None:
+            publisher.publish(topic, message)
+            if message["type"] == "live":
+                latencies.append(1000 * (time.perf_counter() - arrival[0]))
+
+        live = LiveTagger(tagger, "bench", tagger.sample_rate, 30.0, 3, publish)
+        block = int(block_seconds * tagger.sample_rate)
+        started = time.perf_counter()
+        for i, pos in enumerate(range(0, audio.size, block)):
+            due = started + i * block_seconds
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            arrival[0] = time.perf_counter()
+            live.feed(audio[pos:pos + block])
+        elapsed = time.perf_counter() - started
+        publisher.close()
+    lat = np.array(latencies) if latencies else np.zeros(1)
+    extra = {"hops": len(latencies), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+             "max_ms": float(lat.max()), "block_s": block_seconds}
+    return Row("live: block arrival → message published", elapsed, audio.size / tagger.sample_rate, 1, extra)
+
+
+def bench_daemon(files: list[Path], model: str | None) -> Row:
+    """Start the daemon on a folder of copies; time until every file is in SQLite; its peak RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        music = Path(tmp) / "music"
+        music.mkdir()
+        for i, f in enumerate(files):
+            shutil.copy(f, music / f"{i:03d}{f.suffix}")
+        state = Path(tmp) / "state"
+        cmd = [sys.executable, "-m", "tagger.cli", "daemon", "--folder", str(music), "--state-dir", str(state),
+               "--endpoint", "", "--settle", "0", *(["--model", model] if model else [])]
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        import sqlite3
+
+        db = state / "library.db"
+        done = 0
+        peak_kb = 0
+        try:
+            while done < len(files):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited: {proc.stderr.read().decode()[-500:]}")
+                time.sleep(0.05)
+                peak_kb = max(peak_kb, _hwm_kb(proc.pid))
+                if db.exists():
+                    try:
+                        with sqlite3.connect(db, timeout=1) as conn:
+                            done = conn.execute("SELECT count(*) FROM tracks WHERE status IN ('tagged', 'error')"
+                                                ).fetchone()[0]
+                            audio = conn.execute("SELECT coalesce(sum(duration_s), 0) FROM tracks").fetchone()[0]
+                    except sqlite3.OperationalError:
+                        continue
+            elapsed = time.perf_counter() - started
+            peak_kb = max(peak_kb, _hwm_kb(proc.pid))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return Row("daemon end to end (start → all files in SQLite)", elapsed, audio, len(files),
+               {"files_per_s": len(files) / elapsed, "peak_rss_mb": peak_kb / 1024})
+
+
+def _hwm_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def compare(fast: dict, naive: dict) -> dict:
+    """Largest |fast - naive| track-level probability per output, and how often the top label agrees."""
+    diffs: dict[str, float] = {}
+    agree: dict[str, int] = {}
+    for path, outputs in fast.items():
+        for name, probs in outputs.items():
+            diffs[name] = max(diffs.get(name, 0.0), float(np.abs(probs - naive[path][name]).max()))
+            agree[name] = agree.get(name, 0) + int(probs.argmax() == naive[path][name].argmax())
+    return {"max_abs_diff": diffs, "top_label_agreement": {k: f"{v}/{len(fast)}" for k, v in agree.items()}}
+
+
+def run_bench(folder: str, model: str | None, device: str, live_seconds: float, out: Path | None,
+              skip_daemon: bool = False) -> dict:
+    files = list(iter_audio_files([folder]))
+    if not files:
+        raise SystemExit(f"genre-tagger bench: no audio files in {folder}")
+    options = EngineOptions(device=device)
+    fast = Tagger(model, engine_options=options, fast=True)
+    naive = Tagger(model, engine_options=options, fast=False)
+    rows = [bench_decode(files, fast.sample_rate), bench_front_end(files, fast)]
+    if fast.fast:
+        row, fast_results = bench_tagging(files, fast, "full tagging, fast path (both views, full coverage)")
+        rows.append(row)
+    row, naive_results = bench_tagging(files, naive, "same model, naive (every window through the whole net)")
+    rows.append(row)
+    if live_seconds > 0:
+        rows.append(bench_live(files[0], naive, live_seconds))
+    if not skip_daemon:
+        rows.append(bench_daemon(files, model))
+    report = {
+        "machine": {"cores": usable_cores(), "cpu": platform.processor() or platform.machine(),
+                    "python": platform.python_version(), "provider": fast.provider},
+        "model": f"{fast.manifest.name} {fast.manifest.version}",
+        "files": len(files), "folder": str(folder),
+        "rows": [{**asdict(r), "realtime": r.realtime} for r in rows],
+    }
+    if fast.fast:
+        report["fast_vs_naive"] = compare(fast_results, naive_results)
+    decode = rows[0].realtime
+    report["ratios"] = {r.name: r.realtime / decode for r in rows[1:] if "live" not in r.name}
+    if out:
+        out.write_text(json.dumps(report, indent=1))
+    return report
+
+
+def print_report(report: dict) -> None:
+    m = report["machine"]
+    print(f"model {report['model']} on {m['provider']}, {m['cores']} cores ({m['cpu']}), "
+          f"{report['files']} files from {report['folder']}")
+    print(f"{'stage':58s} {'wall s':>8s} {'audio s':>9s} {'× real time':>12s} {'vs decode':>10s}")
+    decode = report["rows"][0]["realtime"]
+    for r in report["rows"]:
+        ratio = "" if "live" in r["name"] else f"{r['realtime'] / decode:9.2f}×"
+        print(f"{r['name']:58s} {r['seconds']:8.2f} {r['audio_seconds']:9.1f} {r['realtime']:11.1f}× {ratio:>10s}")
+        if r["extra"]:
+            details = (f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in r["extra"].items())
+            print("    " + ", ".join(details))
+    if "fast_vs_naive" in report:
+        c = report["fast_vs_naive"]
+        print("fast vs naive, track level: max |Δp| " + ", ".join(f"{k} {v:.4f}" for k, v in c["max_abs_diff"].items())
+              + "; same top label " + ", ".join(f"{k} {v}" for k, v in c["top_label_agreement"].items()))
+    sys.stdout.flush()

@@ -1,0 +1,57 @@
+"""The frame-pooling fast path: exact chunking, and close to the per-window reference semantics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tagger import Tagger
+from tagger.decode import decode_file
+from tagger.framepool import FeatureStream, pool_windows
+
+
+@pytest.fixture(scope="module")
+def tagger() -> Tagger:
+    return Tagger()
+
+
+def test_default_model_supports_the_fast_path(tagger: Tagger, tiny_model: Path) -> None:
+    assert tagger.fast and tagger.manifest.frame_pooling.context == (72, 73)
+    assert not Tagger(tiny_model).fast  # no frame_pooling in its manifest: per-window inference
+
+
+def test_chunked_features_equal_one_whole_track_computation(tagger: Tagger, realworld: Path) -> None:
+    audio = decode_file(realworld / "warzone2100-music" / "menu.opus", tagger.sample_rate)[: 40 * tagger.sample_rate]
+    config = tagger.manifest.front_ends["musicnn"]
+    spec = config.spectrogram(audio)
+    whole = tagger.frame_runner.features(spec)
+    stream = FeatureStream(tagger.frame_runner, config, tagger.views, chunk_frames=300)
+    slices = []
+    rng = np.random.default_rng(0)
+    pos = 0
+    while pos < audio.size:
+        n = int(rng.integers(100, 30000))
+        slices += stream.push(audio[pos:pos + n])
+        pos += n
+    slices += stream.finish()
+    for view in tagger.views:
+        mine = [s for s in slices if s.view == view.name]
+        starts = [s.start_frame for s in mine]
+        expected = pool_windows(whole, 0, starts, view.window_frames)
+        np.testing.assert_allclose(np.stack([s.pooled for s in mine]), expected, atol=1e-4, rtol=1e-5)
+        assert starts[-1] == spec.shape[0] - view.window_frames  # the end-aligned last window
+
+
+def test_fast_path_stays_close_to_the_naive_per_window_results(tagger: Tagger, realworld: Path) -> None:
+    naive = Tagger(fast=False)
+    worst = 0.0
+    for path in [realworld / "asc-music" / "machine_wars.mp3", realworld / "singularity-music" / "Awakening.ogg"]:
+        fast_result, naive_result = tagger.tag_file(path), naive.tag_file(path)
+        for name, est in fast_result.outputs.items():
+            reference = {s.label: s.score for s in naive_result.outputs[name].scores}
+            worst = max(worst, max(abs(s.score - reference[s.label]) for s in est.scores))
+            assert est.slices == naive_result.outputs[name].slices
+    print(f"\nlargest track-level |fast - naive| probability: {worst:.4f}")
+    assert worst < 0.1

@@ -1,0 +1,129 @@
+"""The SQLite library: schema and migrations, one transaction per track, readers never blocked, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.library import SCHEMA_VERSION, Library, fingerprint
+from tagger import Tagger
+
+
+@pytest.fixture(scope="module")
+def tagged_library(tiny_model: Path, realworld: Path, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lib")
+    music = folder / "music"
+    music.mkdir()
+    tagger = Tagger(tiny_model)
+    library = Library(folder / "library.db")
+    for src in sorted(realworld.rglob("*.opus"))[:3]:
+        path = music / src.name
+        shutil.copy(src, path)
+        assert library.discover(path) == "queued"
+        row = library.next_pending()
+        assert library.record_result(row.id, tagger.tag_file(path), row.fingerprint)
+    bad = music / "bad.mp3"
+    bad.write_text("nope")
+    library.discover(bad)
+    library.record_error(library.next_pending().id, "not a readable audio file")
+    library.close()
+    return folder / "library.db"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tagger.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_schema_wal_and_results(tagged_library: Path) -> None:
+    conn = sqlite3.connect(tagged_library)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = conn.execute("SELECT status, count(*) FROM tracks GROUP BY status").fetchall()
+    assert dict(rows) == {"tagged": 3, "error": 1}
+    per_track = conn.execute("SELECT track_id, output, count(*), sum(rank = 1) FROM genres GROUP BY 1, 2").fetchall()
+    assert {(out, n, top) for _, out, n, top in per_track} == {("genre", 3, 1), ("tags", 4, 1)}
+    views = conn.execute("SELECT view, slices, scores FROM track_views WHERE output = 'genre'").fetchall()
+    assert {v for v, _, _ in views} == {"2.56s", "5.12s"}
+    assert all(n > 0 and len(json.loads(s)) == 3 for _, n, s in views)
+
+
+def test_unchanged_files_are_not_queued_again_and_changed_ones_are(tagged_library: Path, tmp_path: Path) -> None:
+    db = tmp_path / "copy.db"
+    shutil.copy(tagged_library, db)
+    library = Library(db)
+    path = Path(library.search(None, status="tagged").__next__()["path"])
+    assert library.discover(path) == "unchanged"
+    path.touch()  # new mtime, same content: fingerprint says unchanged
+    assert library.discover(path) == "unchanged"
+    assert fingerprint(path) == library.get(path).fingerprint
+    library.close()
+
+
+def test_migration_from_version_1(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE tracks (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER, mtime FLOAT, "
+                 "fingerprint TEXT, duration_s FLOAT, status TEXT NOT NULL, error TEXT, model TEXT, model_version "
+                 "TEXT, tagged_at TEXT, queued_at TEXT, attempts INTEGER DEFAULT 0)")
+    conn.execute("INSERT INTO tracks (path, status) VALUES ('/x.mp3', 'tagged')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    library = Library(db)
+    assert library.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert library.db.execute("SELECT path, tag_count FROM tracks").fetchall() == [("/x.mp3", 0)]
+    library.close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this genre-tagger"):
+        Library(db)
+
+
+def test_a_reader_is_not_blocked_while_a_track_is_written(tagged_library: Path, tmp_path: Path) -> None:
+    db = tmp_path / "busy.db"
+    shutil.copy(tagged_library, db)
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE tracks SET status = 'pending'")
+    reader = sqlite3.connect(db, timeout=0.1)
+    assert reader.execute("SELECT count(*) FROM tracks WHERE status = 'tagged'").fetchone()[0] == 3
+    writer.execute("ROLLBACK")
+
+
+def test_library_cli(tagged_library: Path, tmp_path: Path) -> None:
+    lib = ["library", "--library", str(tagged_library)]
+    stats = run_cli(*lib, "stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["tracks"]["tagged"] == 3
+    assert "3 tagged" in run_cli(*lib, "stats").stdout
+    listing = run_cli(*lib, "list", "--genre", "LOW", "--min-score", "0.0", "--output", "genre", "--json")
+    rows = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert len(rows) == 3 and all(r["label"] == "low" for r in rows)
+    assert rows == sorted(rows, key=lambda r: -r["score"])
+    errors = run_cli(*lib, "list", "--status", "error").stdout
+    assert "bad.mp3" in errors and "not a readable audio file" in errors
+    shown = json.loads(run_cli(*lib, "show", rows[0]["path"]).stdout)
+    assert shown["status"] == "tagged" and shown["genres"] and shown["views"]
+    assert run_cli(*lib, "show", "/nope.mp3").returncode == 1
+    top = rows[0]["score"]
+    playlist = tmp_path / "low.m3u"
+    assert run_cli(*lib, "export-m3u", "low", str(playlist), "--min-score", str(top - 1e-9)).returncode == 0
+    lines = playlist.read_text().splitlines()
+    assert lines[0] == "#EXTM3U" and lines[1].startswith("#EXTINF:") and lines[2] == rows[0]["path"]
+    assert len(lines) == 3
+    out = tmp_path / "all.csv"
+    assert run_cli(*lib, "export-csv", str(out)).returncode == 0
+    table = list(csv.DictReader(out.open()))
+    assert {r["output"] for r in table} == {"genre", "tags"}
+    assert len({r["path"] for r in table}) == 3
+    missing = run_cli("library", "--library", str(tmp_path / "none.db"), "stats")
+    assert missing.returncode == 2 and "no library" in missing.stderr
