@@ -83,7 +83,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=cmd_bench)
 
 
+def _exit_cleanly(signum: int, frame) -> None:
+    raise SystemExit(0)
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
+    import signal
+
+    # A stop request while the model loads ends the process cleanly too; Daemon.run takes over after.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     from service.config import load_config
     from service.daemon import Daemon
 

@@ -76,6 +76,12 @@ def start_daemon(state: Path, model: Path, *args: str, endpoint: str | None = No
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
 
+def wait_started(state: Path, timeout: float = 60.0) -> bool:
+    """Wait for the daemon's startup line in its log (model loaded, handlers installed)."""
+    log = state.parent / f"{state.name}.log"
+    return wait_until(lambda: log.exists() and b"genre-tagger daemon: model" in log.read_bytes(), timeout)
+
+
 def stop_daemon(proc: subprocess.Popen, timeout: float = 10.0) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
