@@ -1,4 +1,4 @@
-# genre-tagger: `make run` tags music with the shipped default model; `make test` runs the whole suite.
+# genre-tagger: `make run` starts the daemon on the shipped default model; `make test` runs the whole suite.
 # Needs only python3 and make: the targets build the virtual environment they use.
 
 PYTHON ?= python3
@@ -8,7 +8,7 @@ MUSIC  ?= ../shared/data/realworld
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 
-.PHONY: run test lint install install-dev system-deps default-model clean
+.PHONY: run tag test lint install install-dev system-deps default-model clean
 
 # Debian packages for live capture and its tests (PortAudio, ALSA's PulseAudio route, a PulseAudio server).
 SYSTEM_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils
@@ -39,7 +39,13 @@ system-deps:
 install: $(RUNTIME_STAMP)
 install-dev: $(DEV_STAMP)
 
+# The main job: watch $(MUSIC), tag it into ~/.local/state/genre-tagger/library.db, publish on
+# tcp://127.0.0.1:5556, follow changes until Ctrl-C.
 run: $(RUNTIME_STAMP)
+	$(BIN)/genre-tagger daemon --folder $(MUSIC)
+
+# One-shot: a confidence chart per file of $(MUSIC).
+tag: $(RUNTIME_STAMP)
 	$(BIN)/genre-tagger tag $(MUSIC)
 
 lint: $(DEV_STAMP)

@@ -73,13 +73,21 @@ def start_daemon(state: Path, model: Path, *args: str, endpoint: str | None = No
     cmd = [*(prefix or []), sys.executable, "-m", "tagger.cli", "daemon", "--model", str(model),
            "--state-dir", str(state), *(["--endpoint", endpoint] if endpoint is not None else []), *args]
     log = open(state.parent / f"{state.name}.log", "ab")  # noqa: SIM115
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    offset = log.tell()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    proc.log_path, proc.log_offset = Path(log.name), offset  # type: ignore[attr-defined]
+    return proc
 
 
-def wait_started(state: Path, timeout: float = 60.0) -> bool:
-    """Wait for the daemon's startup line in its log (model loaded, handlers installed)."""
-    log = state.parent / f"{state.name}.log"
-    return wait_until(lambda: log.exists() and b"genre-tagger daemon: model" in log.read_bytes(), timeout)
+def wait_started(proc: subprocess.Popen, timeout: float = 60.0) -> bool:
+    """Wait for this run's startup line in the daemon's log (model loaded, signal handlers installed)."""
+
+    def started() -> bool:
+        with open(proc.log_path, "rb") as f:  # type: ignore[attr-defined]
+            f.seek(proc.log_offset)  # type: ignore[attr-defined]
+            return b"genre-tagger daemon: model" in f.read()
+
+    return wait_until(started, timeout)
 
 
 def stop_daemon(proc: subprocess.Popen, timeout: float = 10.0) -> int:

@@ -107,7 +107,7 @@ def test_kill_9_at_random_moments_never_loses_or_doubles_a_track(tiny_model: Pat
     tagged_before_last_run = len(_tagged(db))
     daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0", endpoint="")
     try:
-        assert wait_started(state)
+        assert wait_started(daemon)
         assert wait_until(lambda: len(_tagged(db)) == len(library_files), 180)
     finally:
         assert stop_daemon(daemon) == 0
