@@ -175,3 +175,52 @@ def decode_file(path: str | Path, sample_rate: int) -> np.ndarray:
     """Decode a whole file to one mono float32 array (for short files and tests)."""
     blocks = list(decode_blocks(path, sample_rate))
     return np.concatenate(blocks)
+
+
+_DONE = object()
+
+
+def read_ahead(blocks: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarray]:
+    """Yield from ``blocks`` while a thread decodes up to ``depth`` blocks ahead.
+
+    FFmpeg decodes with the GIL released and ONNX Runtime runs with it released, so decoding the next
+    blocks overlaps inference on this one. Errors from the decoder are raised here, in order; leaving
+    early (an exception, a cancellation) stops the thread.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        q.put(block, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        close = getattr(blocks, "close", None)
+        thread.join(timeout=5)
+        if close is not None and not thread.is_alive():
+            close()

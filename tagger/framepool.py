@@ -147,10 +147,12 @@ class FeatureStream:
 
     def _compute(self, final: bool) -> None:
         # Features of frames [a, b) need input frames [a - before, b + after): final once those arrived.
+        # Whole chunks only until the end: the context costs (before + after) frames per call, and one
+        # input shape lets ONNX Runtime reuse its plan.
         while True:
             limit = self._total if final else self._total - self.after
             b = min(self._done + self.chunk, limit)
-            if b <= self._done:
+            if b <= self._done or (not final and b - self._done < self.chunk):
                 return
             lo = max(0, self._done - self.before)
             hi = min(self._total, b + self.after)

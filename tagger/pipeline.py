@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.decode import DEFAULT_BLOCK_SECONDS, decode_blocks
+from tagger.decode import DEFAULT_BLOCK_SECONDS, decode_blocks, read_ahead
 from tagger.engine import Engine, EngineOptions
 from tagger.ensemble import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Ensemble, OutputEstimate
 from tagger.errors import Cancelled, ConfigError, TaggerError
@@ -243,7 +243,7 @@ class Tagger:
         """
         started = time.perf_counter()
         stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast)
-        for block in decode_blocks(path, self.sample_rate, self.block_seconds):
+        for block in read_ahead(decode_blocks(path, self.sample_rate, self.block_seconds)):
             if cancelled is not None and cancelled():
                 raise Cancelled(f"{path}: cancelled")
             stream.feed(block)

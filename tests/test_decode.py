@@ -82,3 +82,36 @@ def test_mpeg_frame_header_lengths() -> None:
     assert mpeg_audio_frame_bytes(bytes.fromhex("fffb9264")) == 418  # with padding
     assert mpeg_audio_frame_bytes(bytes.fromhex("fff39064")) == 261  # MPEG-2 L3 80 kbit/s 22.05 kHz
     assert mpeg_audio_frame_bytes(b"ID3\x03") is None
+
+
+def test_read_ahead_keeps_order_raises_decoder_errors_and_stops_early() -> None:
+    import threading
+
+    from tagger.decode import read_ahead
+
+    assert [int(b[0]) for b in read_ahead(iter([np.full(3, i) for i in range(20)]), depth=2)] == list(range(20))
+
+    def failing():
+        yield np.zeros(1)
+        raise DecodeError("x.mp3", "corrupt audio data at 0.1 s")
+
+    got = []
+    with pytest.raises(DecodeError, match="corrupt audio data"):
+        for block in read_ahead(failing()):
+            got.append(block)
+    assert len(got) == 1
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield np.full(1, i)
+            i += 1
+
+    reader = read_ahead(endless(), depth=3)
+    assert int(next(reader)[0]) == 0
+    reader.close()  # the consumer leaves early: the decoding thread ends
+    assert not any(t.name == "decode" and t.is_alive() for t in threading.enumerate())
+    assert len(produced) < 10
