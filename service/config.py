@@ -29,6 +29,7 @@ class DaemonSection:
     device: str = "auto"
     threads: int = 0
     batch_size: int = 32
+    chunk_frames: int = 2048
 
 
 @dataclass
@@ -109,6 +110,7 @@ class Config:
         _check(self.daemon.device in ("auto", "cuda", "cpu"), "daemon.device", "must be auto, cuda or cpu")
         _check(self.daemon.threads >= 0, "daemon.threads", "must be 0 (one per core) or more")
         _check(self.daemon.batch_size >= 1, "daemon.batch_size", "must be at least 1")
+        _check(self.daemon.chunk_frames >= 64, "daemon.chunk_frames", "must be at least 64")
         _check(self.folders.settle_seconds >= 0, "folders.settle_seconds", "must not be negative")
         for root in self.folders.roots:
             _check(Path(root).expanduser().is_dir(), "folders.roots", f"{root!r} is not a directory")

@@ -24,7 +24,7 @@ from tagger.errors import ModelError
 from tagger.frontend import StreamingFrontEnd
 from tagger.model import ViewSpec
 
-DEFAULT_CHUNK_FRAMES = 2048
+DEFAULT_CHUNK_FRAMES = 2048  # EngineOptions.chunk_frames documents the memory/speed trade-off
 
 
 class FramePoolRunner:
@@ -101,12 +101,12 @@ class FeatureStream:
     """
 
     def __init__(self, runner: FramePoolRunner, front_end, views: tuple[ViewSpec, ...],
-                 chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> None:
+                 chunk_frames: int | None = None) -> None:
         self.runner = runner
         self.config = front_end
         self.front_end = StreamingFrontEnd(front_end)
         self.views = views
-        self.chunk = chunk_frames
+        self.chunk = chunk_frames or DEFAULT_CHUNK_FRAMES
         self.before, self.after = runner.context
         self._mels = np.zeros((0, front_end.n_mels), dtype=np.float32)  # input frames held
         self._mels_first = 0

@@ -100,7 +100,8 @@ class TagStream:
         self._streams: list[FrontEndStream] = []
         if fast:
             (front_end,) = {v.front_end for v in tagger.views}
-            self._features = FeatureStream(tagger.frame_runner, manifest.front_ends[front_end], tagger.views)
+            self._features = FeatureStream(tagger.frame_runner, manifest.front_ends[front_end], tagger.views,
+                                           tagger.engine.options.chunk_frames)
         else:
             self._streams = build_streams(manifest.front_ends, tagger.views)
         self.ensemble = Ensemble(manifest.outputs, [v.name for v in tagger.views], horizon_seconds)
