@@ -33,6 +33,7 @@ from tagger.decode import decode_file
 from tagger.frontend import FrontEndConfig
 from tagger.model import FramePooling, ModelManifest, OutputSpec, ViewSpec
 from tagger.views import build_streams
+from training.augment import gaussian_noise, pitch_shift
 from training.datasets import Track, contiguous_folds, load_gtzan
 from training.metrics import classification_report, plot_confusion
 from training.musicnn import (
@@ -65,13 +66,9 @@ def augment(audio: np.ndarray, kind: str, sample_rate: int, rng: np.random.Gener
     if kind == "none":
         return audio
     if kind == "noise":
-        return (audio + rng.normal(0.0, 0.005, audio.shape)).astype(np.float32)
+        return gaussian_noise(audio, rng, sigma=0.005)
     if kind.startswith("pitch"):
-        from pedalboard import PitchShift
-
-        semitones = float(kind[len("pitch"):])
-        shifted = PitchShift(semitones=semitones)(audio[None, :].astype(np.float32), sample_rate)
-        return shifted[0].astype(np.float32)
+        return pitch_shift(audio, sample_rate, float(kind[len("pitch"):]))
     raise ValueError(f"unknown augmentation {kind!r}")
 
 
