@@ -96,14 +96,16 @@ class TagStream:
                  fast: bool = False) -> None:
         self.tagger = tagger
         manifest = tagger.manifest
-        self._features: FeatureStream | None = None
-        self._streams: list[FrontEndStream] = []
+        # Sources of slices: one FeatureStream (fast path: pooled windows) or one FrontEndStream per
+        # front end (per-window frames); both offer push(samples) and finish().
+        self._fast = fast
+        self._sources: list[FeatureStream | FrontEndStream]
         if fast:
             (front_end,) = {v.front_end for v in tagger.views}
-            self._features = FeatureStream(tagger.frame_runner, manifest.front_ends[front_end], tagger.views,
-                                           tagger.engine.options.chunk_frames)
+            self._sources = [FeatureStream(tagger.frame_runner, manifest.front_ends[front_end], tagger.views,
+                                           tagger.engine.options.chunk_frames)]
         else:
-            self._streams = build_streams(manifest.front_ends, tagger.views)
+            self._sources = list(build_streams(manifest.front_ends, tagger.views))
         self.ensemble = Ensemble(manifest.outputs, [v.name for v in tagger.views], horizon_seconds)
         self.eager = eager
         self.keep_slices = keep_slices
@@ -128,11 +130,8 @@ class TagStream:
             raise RuntimeError("feed() after finish()")
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         self.samples_in += samples.size
-        if self._features is not None:
-            for s in self._features.push(samples):
-                self._pending[s.view].append(s)
-        for stream in self._streams:
-            for s in stream.push(samples):
+        for source in self._sources:
+            for s in source.push(samples):
                 self._pending[s.view].append(s)
         return self._infer(force=self.eager)
 
@@ -140,11 +139,8 @@ class TagStream:
         """End of stream: cover the tail, run what is pending, return the final estimate."""
         if not self._finished:
             self._finished = True
-            if self._features is not None:
-                for s in self._features.finish():
-                    self._pending[s.view].append(s)
-            for stream in self._streams:
-                for s in stream.finish():
+            for source in self._sources:
+                for s in source.finish():
                     self._pending[s.view].append(s)
             self._infer(force=True)
         return self.estimate()
@@ -160,7 +156,7 @@ class TagStream:
             while pending and (force or len(pending) >= batch_size):
                 chunk, self._pending[view] = pending[:batch_size], pending[batch_size:]
                 pending = self._pending[view]
-                if self._features is not None:
+                if self._fast:
                     outputs = self.tagger.frame_runner.head(np.stack([s.pooled for s in chunk]))
                 else:
                     outputs = self.tagger.engine.run(np.stack([s.frames for s in chunk]))
