@@ -12,7 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Subscriber, free_endpoint, query, start_daemon, stop_daemon, wait_started, wait_until
+from daemon_helpers import (
+    Subscriber,
+    free_endpoint,
+    holds_open,
+    query,
+    start_daemon,
+    stop_daemon,
+    wait_started,
+    wait_until,
+)
 
 SETTLE = "0.8"
 
@@ -168,8 +177,7 @@ def test_bad_files_end_as_errors_and_the_daemon_keeps_going(tiny_model: Path, tm
                               [0][0] == 5, 120), query(db, "SELECT path, status, error FROM tracks")
             moved_in = music / "vanishing.wav"
             shutil.move(vanishing, moved_in)
-            fd_dir = Path(f"/proc/{daemon.pid}/fd")
-            assert wait_until(lambda: any(os.readlink(fd).endswith("vanishing.wav") for fd in fd_dir.iterdir()), 30)
+            assert wait_until(lambda: holds_open(daemon.pid, moved_in), 30)
             moved_in.unlink()
             assert wait_until(lambda: query(db, "SELECT status FROM tracks WHERE path = ?", (str(moved_in),))
                               == [("error",)], 120)
@@ -235,8 +243,7 @@ def test_sigterm_mid_track_exits_0_within_5_s_and_keeps_the_track_queued(tiny_mo
     music.mkdir()
     long = write_long_wav(music / "long.wav", 3 * 3600)
     daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0", endpoint=free_endpoint())
-    fd_dir = Path(f"/proc/{daemon.pid}/fd")
-    assert wait_until(lambda: any(os.readlink(fd) == str(long) for fd in fd_dir.iterdir()), 60)
+    assert wait_until(lambda: holds_open(daemon.pid, long), 60)
     started = time.monotonic()
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(10) == 0
