@@ -17,7 +17,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The runtime: numpy, PyAV, ONNX Runtime, pyzmq, sqlite-utils, watchdog. No torch.
+# The runtime: numpy, PyAV, ONNX Runtime, onnx, pyzmq, sqlite-utils, watchdog, tqdm. No torch.
 $(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -88,8 +89,7 @@ def bench_tagging(files: list[Path], tagger: Tagger, name: str) -> tuple[Row, di
                                for k, v in r.outputs.items()}
 
     seconds = _timed(run)
-    slices = sum(1 for _ in files)
-    return Row(name, seconds, total, slices), results
+    return Row(name, seconds, total, len(files)), results
 
 
 def bench_live(file: Path, tagger: Tagger, seconds: float, block_seconds: float = 0.05) -> Row:
@@ -138,8 +138,6 @@ def bench_daemon(files: list[Path], model: str | None) -> Row:
                "--endpoint", "", "--settle", "0", *(["--model", model] if model else [])]
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        import sqlite3
-
         db = state / "library.db"
         done = 0
         peak_kb = 0

@@ -51,7 +51,8 @@ class EngineOptions:
     chunk_frames: int = 2048
 
 
-def _session_options(options: EngineOptions) -> ort.SessionOptions:
+def session_options(options: EngineOptions) -> ort.SessionOptions:
+    """ONNX Runtime settings for ``options`` (shared by every session a model is run with)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_threads or usable_cores()
     so.inter_op_num_threads = max(1, options.inter_op_threads)
@@ -70,7 +71,7 @@ def load_session(path: Path, providers: Sequence[str], options: EngineOptions | 
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: empty model file")
     try:
-        return ort.InferenceSession(str(path), sess_options=_session_options(options or EngineOptions()),
+        return ort.InferenceSession(str(path), sess_options=session_options(options or EngineOptions()),
                                     providers=list(providers))
     except Exception as exc:  # ORT raises Fail, InvalidProtobuf, InvalidGraph, NoSuchFile, RuntimeError...
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from tagger.engine import Engine, _session_options
+from tagger.engine import Engine, session_options
 from tagger.errors import ModelError
 from tagger.frontend import StreamingFrontEnd
 from tagger.model import ViewSpec
@@ -45,7 +45,7 @@ class FramePoolRunner:
         except Exception as exc:  # onnx raises plain Exceptions for unknown tensor names
             raise ModelError(f"{engine.path}: cannot split the graph at {fp.features!r}/{fp.pooled!r}: {exc}") \
                 from None
-        options = _session_options(engine.options)
+        options = session_options(engine.options)
         providers = engine.session.get_providers()
         self.features_session = ort.InferenceSession(features.SerializeToString(), options, providers=providers)
         self.head_session = ort.InferenceSession(head.SerializeToString(), options, providers=providers)

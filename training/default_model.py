@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tagger.decode import decode_file
+from tagger.framepool import pool_windows
 from tagger.frontend import FrontEndConfig
 from tagger.model import FramePooling, ModelManifest, OutputSpec, ViewSpec
 from tagger.views import build_streams
@@ -117,8 +118,7 @@ def fast_path_features(net: MSDMusicnn, audio: np.ndarray) -> dict[str, np.ndarr
             starts = list(range(0, total - w + 1, view.hop_frames))
             if starts[-1] + w < total:
                 starts.append(total - w)
-        out[view.name] = np.stack([np.stack([features[:, s:s + w].max(axis=1), features[:, s:s + w].mean(axis=1)],
-                                            axis=1).reshape(-1) for s in starts])
+        out[view.name] = pool_windows(features, 0, starts, w)
     return out
 
 
@@ -479,11 +479,12 @@ def main(argv: list[str] | None = None) -> int:
                "shipped_variant": chosen, "results": summary}
     from training.export import export_model
 
-    path = export_model(DefaultModel(net, head).eval(), manifest(metrics), out / f"{MODEL_NAME}.onnx",
+    model = DefaultModel(net, head).eval()
+    path = export_model(model, manifest(metrics), out / f"{MODEL_NAME}.onnx",
                         extra_outputs=("frame_features", "pooled"), check=False)
     from training.export import verify_export
 
-    diffs = verify_export(DefaultModel(net, head).eval(), manifest(metrics), path, 1e-5)
+    diffs = verify_export(model, manifest(metrics), path, 1e-5)
     print("ONNX Runtime vs PyTorch, max |diff|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
     report = {"folds": folds.tolist(), "tracks": [t.track_id for t in tracks], "labels": list(GTZAN_GENRES),
               "variants": cv, "shipped": chosen,
