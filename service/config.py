@@ -29,7 +29,8 @@ class DaemonSection:
     device: str = "auto"
     threads: int = 0
     batch_size: int = 32
-    chunk_frames: int = 2048
+    chunk_frames: int = 512
+    memory_arena: bool = False
 
 
 @dataclass

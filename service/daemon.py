@@ -61,7 +61,8 @@ class Daemon:
             c.daemon.model or None, threshold=c.tagging.threshold, top_k=c.tagging.top_k,
             hop_fraction=c.tagging.hop or None,
             engine_options=EngineOptions(device=c.daemon.device, intra_op_threads=c.daemon.threads,
-                                         batch_size=c.daemon.batch_size, chunk_frames=c.daemon.chunk_frames))
+                                         batch_size=c.daemon.batch_size, chunk_frames=c.daemon.chunk_frames,
+                                         memory_arena=c.daemon.memory_arena))
         self.publisher = Publisher(c.publish.endpoint, c.publish.send_hwm) if c.publish.endpoint else _NullPublisher()
         c.state_dir.mkdir(parents=True, exist_ok=True)
         self.library = Library(c.library_path, c.tagging.store_top_k)

@@ -140,7 +140,8 @@ class LiveTagger:
                  hysteresis: int, publish: Callable[[str, dict], object], top_k: int = 5) -> None:
         self.tagger = tagger
         self.source = source
-        self.stream = tagger.stream(horizon_seconds=horizon_seconds, eager=True)
+        # Incremental inference where the model allows it: per block, only the new frames' features.
+        self.stream = tagger.stream(horizon_seconds=horizon_seconds, eager=True, fast=tagger.fast)
         self.resample = StreamResampler(rate_in, tagger.sample_rate)
         self.changes = ChangeDetector(hysteresis)
         self.publish = publish

@@ -210,7 +210,7 @@ def _register_plugins(sub: argparse._SubParsersAction) -> None:
     """Subcommands from the packages built on the core (the daemon's), each with a ``register(sub)``."""
     import importlib
 
-    for module in ("service.cli",):
+    for module in ("service.cli", "training.cli"):
         try:
             plugin = importlib.import_module(module)
         except ImportError:  # a core-only installation

@@ -38,10 +38,11 @@ class EngineOptions:
         intra_op_threads: threads inside one operator; 0 means one per usable core.
         inter_op_threads: operators run in parallel; 1 (sequential) suits these small graphs.
         batch_size: slices per inference call (larger amortises the call overhead).
-        chunk_frames: frames of frame-level features per call on the fast path: memory grows with it
-            (about 0.3 MB a frame for the default model), speed too (the receptive-field context is
-            recomputed once per chunk). Measured on 2 cores, per 290 s track: 256 → 263 MB peak, 6.6 s;
-            512 → 355 MB, 5.0 s; 2048 → 621 MB, 3.9 s.
+        chunk_frames: frames of frame-level features per call on the fast path: memory grows with it,
+            speed too (the receptive-field context is recomputed once per chunk). See
+            ``docs/benchmarks`` for measured trade-offs.
+        memory_arena: let ONNX Runtime keep its CPU memory arena between calls (a little faster; the
+            process then holds its largest call's memory for good).
     """
 
     device: str = "auto"
@@ -49,6 +50,7 @@ class EngineOptions:
     inter_op_threads: int = 1
     batch_size: int = 32
     chunk_frames: int = 2048
+    memory_arena: bool = True
 
 
 def session_options(options: EngineOptions) -> ort.SessionOptions:
@@ -59,6 +61,7 @@ def session_options(options: EngineOptions) -> ort.SessionOptions:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    so.enable_cpu_mem_arena = options.memory_arena
     return so
 
 

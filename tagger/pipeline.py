@@ -103,7 +103,7 @@ class TagStream:
         if fast:
             (front_end,) = {v.front_end for v in tagger.views}
             self._sources = [FeatureStream(tagger.frame_runner, manifest.front_ends[front_end], tagger.views,
-                                           tagger.engine.options.chunk_frames)]
+                                           tagger.engine.options.chunk_frames, eager=eager)]
         else:
             self._sources = list(build_streams(manifest.front_ends, tagger.views))
         self.ensemble = Ensemble(manifest.outputs, [v.name for v in tagger.views], horizon_seconds)
@@ -227,8 +227,12 @@ class Tagger:
 
     def stream(self, horizon_seconds: float | None = None, eager: bool = True, keep_slices: bool = False,
                on_slice: Callable[[SliceResult], None] | None = None, fast: bool = False) -> TagStream:
-        """A new :class:`TagStream` (see there). Live streams default to per-window inference: the fast
-        path finalises a frame only once its receptive field (about 1.2 s ahead) has arrived."""
+        """A new :class:`TagStream` (see there).
+
+        With ``fast`` and ``eager`` (live), each block computes only its new frames' features: a window
+        is pooled once the frames its receptive field needs have arrived (for the default model, 73
+        frames or 1.17 s after the window's end), so updates trail the audio by that much.
+        """
         return TagStream(self, horizon_seconds, eager, keep_slices, on_slice, fast and self.supports_fast)
 
     def tag_file(self, path: str | Path, keep_slices: bool = False,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx.utils
+import onnxruntime as ort
 import pytest
 
 from tagger import Tagger
@@ -19,6 +23,8 @@ def tagger() -> Tagger:
 
 def test_default_model_supports_the_fast_path(tagger: Tagger, tiny_model: Path) -> None:
     assert tagger.fast and tagger.manifest.frame_pooling.context == (72, 73)
+    fp = tagger.manifest.frame_pooling
+    assert [st.context for st in fp.stages] == [(3, 3), (63, 64)] and fp.stages_context == (9, 9)
     assert not Tagger(tiny_model).fast  # no frame_pooling in its manifest: per-window inference
 
 
@@ -42,6 +48,41 @@ def test_chunked_features_equal_one_whole_track_computation(tagger: Tagger, real
         expected = pool_windows(whole, 0, starts, view.window_frames)
         np.testing.assert_allclose(np.stack([s.pooled for s in mine]), expected, atol=1e-4, rtol=1e-5)
         assert starts[-1] == spec.shape[0] - view.window_frames  # the end-aligned last window
+
+
+@pytest.mark.parametrize("staged", [True, False])
+def test_live_incremental_features_equal_one_whole_track_computation(tagger: Tagger, realworld: Path,
+                                                                      staged: bool) -> None:
+    # Live: 50 ms blocks, features computed as soon as they are final (a few frames per call), with the
+    # stages computed once per frame, or without them (the whole receptive field every call).
+    audio = decode_file(realworld / "asc-music" / "machine_wars.mp3", tagger.sample_rate)[: 20 * tagger.sample_rate]
+    config = tagger.manifest.front_ends["musicnn"]
+    spec = config.spectrogram(audio)
+    whole = tagger.frame_runner.features(spec)
+    runner = tagger.frame_runner
+    if not staged:
+        runner = copy.copy(runner)
+        runner.stages = ()
+        runner.features_session = ort.InferenceSession(
+            onnx.utils.Extractor(onnx.load(str(tagger.engine.path))).extract_model(
+                ["mel"], ["frame_features"]).SerializeToString(), providers=["CPUExecutionProvider"])
+    stream = FeatureStream(runner, config, tagger.views, eager=True)
+    block = tagger.sample_rate // 20
+    calls = 0
+    slices = []
+    for pos in range(0, audio.size, block):
+        before = stream._done
+        slices += stream.push(audio[pos:pos + block])
+        calls += stream._done > before
+        # Final features trail the input by the receptive field (and the stage's lag) only.
+        assert stream._total - stream._done <= 73 + 4
+    slices += stream.finish()
+    assert calls > 300  # incremental: a few frames per call, not windows
+    for view in tagger.views:
+        mine = [s for s in slices if s.view == view.name]
+        expected = pool_windows(whole, 0, [s.start_frame for s in mine], view.window_frames)
+        # float32 convolutions sum in a different order for a 3-frame call than for a whole track
+        np.testing.assert_allclose(np.stack([s.pooled for s in mine]), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_fast_path_stays_close_to_the_naive_per_window_results(tagger: Tagger, realworld: Path) -> None:

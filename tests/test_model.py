@@ -125,3 +125,25 @@ def test_export_writes_one_file(tmp_path: Path) -> None:
     path = export_tiny(tmp_path / "one.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.onnx"]
     assert path.stat().st_size > 1000
+
+
+def test_frame_pooling_stage_round_trips_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    from tagger import Tagger
+    from tagger.model import FramePooling, FrameStage
+
+    shipped = read_manifest(Path(__file__).resolve().parent.parent / "models" / "msd-musicnn-gtzan.onnx")
+    assert shipped.frame_pooling.stages == (FrameStage("timbral_features", (3, 3)),
+                                            FrameStage("temporal_features", (63, 64)))
+    again = ModelManifest.from_json(shipped.to_json())
+    assert again.frame_pooling == shipped.frame_pooling
+    unstaged = FramePooling("f", "p", "max_mean_interleaved", (1, 1))
+    assert ModelManifest.from_json(
+        ModelManifest(**{**shipped.__dict__, "frame_pooling": unstaged}).to_json()).frame_pooling.stages == ()
+    src = Path(__file__).resolve().parent.parent / "models" / "msd-musicnn-gtzan.onnx"
+    bad = _rewrite_manifest(src, tmp_path / "bad.onnx", lambda d: d["frame_pooling"].update(stages=[{"tensor": "x"}]))
+    with pytest.raises(ModelError, match="bad frame_pooling"):
+        Engine(bad)
+    missing = _rewrite_manifest(src, tmp_path / "missing.onnx",
+                                lambda d: d["frame_pooling"]["stages"][0].update(tensor="no_such_tensor"))
+    with pytest.raises(ModelError, match="cannot split the graph"):
+        _ = Tagger(missing).frame_runner

@@ -170,3 +170,21 @@ def test_backbone_receptive_field_is_the_declared_context(musicnn: MSDMusicnn) -
     before, after = MusicnnBackbone.CONTEXT
     # Output frame t depends on inputs t - before .. t + after: input 300 reaches outputs 300 - after .. 300 + before.
     assert (frames.min(), frames.max()) == (300 - after, 300 + before)
+
+
+def test_stage_receptive_fields_are_the_declared_contexts(musicnn: MSDMusicnn) -> None:
+    from training.musicnn import MusicnnBackbone
+
+    x = torch.randn(1, 400, 96, generator=torch.Generator().manual_seed(1))
+    poked = x.clone()
+    poked[0, 200] += 5.0
+    with torch.no_grad():
+        features, timbral, temporal = musicnn.backbone.features_and_stages(x)
+        _, timbral_poked, temporal_poked = musicnn.backbone.features_and_stages(poked)
+        np.testing.assert_array_equal(features.numpy(), musicnn.backbone(x).numpy())
+    for got, poked_got, (before, after) in ((timbral, timbral_poked, MusicnnBackbone.TIMBRAL_CONTEXT),
+                                            (temporal, temporal_poked, MusicnnBackbone.TEMPORAL_CONTEXT)):
+        frames = np.where((got - poked_got).abs().amax(dim=1)[0].numpy() > 0)[0]
+        assert (frames.min(), frames.max()) == (200 - after, 200 + before)
+    # The mid-end's own reach, added to the temporal stage's, is the whole backbone's.
+    assert tuple(np.add(MusicnnBackbone.TEMPORAL_CONTEXT, MusicnnBackbone.MID_CONTEXT)) == MusicnnBackbone.CONTEXT

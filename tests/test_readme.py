@@ -26,6 +26,13 @@ def test_api_example_runs() -> None:
     assert 0.0 < float(first[1]) <= 1.0
 
 
+def test_training_example_runs() -> None:
+    (code,) = [b for b in BLOCKS if "from training.datasets import" in b]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("161 ['excluded', 'test', 'train', 'valid'] [")
+
+
 def test_zeromq_example_receives_a_track_from_the_daemon(tiny_model: Path, tmp_path: Path, realworld: Path) -> None:
     (code,) = [b for b in BLOCKS if "import json, zmq" in b]
     endpoint = re.search(r'sub\.connect\("([^"]+)"\)', code).group(1)

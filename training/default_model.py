@@ -32,10 +32,10 @@ from tqdm import tqdm
 from tagger.decode import decode_file
 from tagger.framepool import pool_windows
 from tagger.frontend import FrontEndConfig
-from tagger.model import FramePooling, ModelManifest, OutputSpec, ViewSpec
+from tagger.model import FramePooling, FrameStage, ModelManifest, OutputSpec, ViewSpec
 from tagger.views import build_streams
 from training.augment import gaussian_noise, pitch_shift
-from training.datasets import Track, contiguous_folds, load_gtzan
+from training.datasets import GTZAN_GENRES, Track, contiguous_folds, load_gtzan
 from training.metrics import classification_report, plot_confusion
 from training.musicnn import (
     MSD_GENRE_TAGS,
@@ -58,7 +58,9 @@ MUSICNN_FRONT_END = FrontEndConfig(
 )
 # 2.56 s and 5.12 s windows (160 and 320 frames of 16 ms), half-window hops.
 VIEWS = (ViewSpec("2.56s", "musicnn", 160, 80), ViewSpec("5.12s", "musicnn", 320, 160))
-GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
+# The backbone's parts a streaming runtime computes once per frame (see tagger.model.FramePooling).
+MUSICNN_STAGES = (FrameStage("timbral_features", MusicnnBackbone.TIMBRAL_CONTEXT),
+                  FrameStage("temporal_features", MusicnnBackbone.TEMPORAL_CONTEXT))
 AUGMENTATIONS = ("none", "noise", "pitch-2", "pitch+2")
 
 
@@ -401,12 +403,12 @@ class DefaultModel(nn.Module):
         self.register_buffer("msd_genre_index", torch.tensor([MSD_TAGS.index(t) for t in MSD_GENRE_TAGS]))
 
     def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features = self.backbone(mel)
+        features, timbral, temporal = self.backbone.features_and_stages(mel)
         pooled = interleaved_pool(features)
         genre = F.softmax(self.head(pooled), dim=1)
         _, logits = self.backend(pooled)
         tags = torch.sigmoid(logits.index_select(1, self.msd_genre_index))
-        return genre, tags, features, pooled
+        return genre, tags, features, pooled, timbral, temporal
 
 
 def manifest(metrics: dict) -> ModelManifest:
@@ -424,7 +426,8 @@ def manifest(metrics: dict) -> ModelManifest:
                    "head trained by training.default_model",
         training_data="GTZAN subset: 161 clips (classical 89, other genres 8 each), ../shared/data/gtzan",
         metrics=metrics,
-        frame_pooling=FramePooling("frame_features", "pooled", "max_mean_interleaved", MusicnnBackbone.CONTEXT),
+        frame_pooling=FramePooling("frame_features", "pooled", "max_mean_interleaved", MusicnnBackbone.CONTEXT,
+                                   MUSICNN_STAGES, MusicnnBackbone.MID_CONTEXT),
     )
 
 
@@ -449,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheel", help="path of musicnn-0.1.0-py3-none-any.whl (default: pip download it)")
     parser.add_argument("--ship", default=SHIPPED_VARIANT,
                         help=f"variant to ship (default {SHIPPED_VARIANT!r}, chosen by the CV in the model card)")
+    parser.add_argument("--reuse-cv", action="store_true",
+                        help="take the cross-validation results from the existing <out>/<model>.cv.json instead of "
+                             "re-running it (re-export after a runtime-format change; the head is still retrained)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
@@ -458,7 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     tracks = load_gtzan(Path(args.data) / "gtzan")
     fs = build_features(tracks, net, Path(args.cache))
     folds = contiguous_folds(tracks, 5)
-    cv = cross_validate(fs, net, folds, VARIANTS)
+    previous = out / f"{MODEL_NAME}.cv.json"
+    if args.reuse_cv:
+        stored = json.loads(previous.read_text())
+        if stored["tracks"] != [t.track_id for t in tracks] or stored["folds"] != folds.tolist():
+            parser.error(f"{previous} was made on other tracks or folds: run without --reuse-cv")
+        cv = stored["variants"]
+    else:
+        cv = cross_validate(fs, net, folds, VARIANTS)
     for name, r in cv.items():
         fast = r.get("fast_path")
         print(f"{name:58s} acc {r['accuracy']:.3f} (folds {r['accuracy_fold_mean']:.3f} ± {r['accuracy_fold_std']:.3f})"
@@ -481,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = DefaultModel(net, head).eval()
     path = export_model(model, manifest(metrics), out / f"{MODEL_NAME}.onnx",
-                        extra_outputs=("frame_features", "pooled"), check=False)
+                        extra_outputs=("frame_features", "pooled", *(st.tensor for st in MUSICNN_STAGES)), check=False)
     from training.export import verify_export
 
     diffs = verify_export(model, manifest(metrics), path, 1e-5)

@@ -107,3 +107,72 @@ def verify_export(module: torch.nn.Module, manifest: ModelManifest, path: Path, 
             raise RuntimeError(f"ONNX export of {manifest.name}: output {name!r} differs from PyTorch by "
                                f"{worst[name]:.2e} > {tolerance:.0e}{kind}")
     return worst
+
+
+class ProbabilityModel(torch.nn.Module):
+    """A trained classifier as the runtime runs it: log-mel slices → softmax probabilities."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(mel), dim=1)
+
+
+class TransferProbabilityModel(torch.nn.Module):
+    """A musicnn transfer model with the tensors the runtime's fast and incremental paths use."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from training.musicnn import interleaved_pool
+
+        features, timbral, temporal = self.net.backbone.features_and_stages(mel)
+        pooled = interleaved_pool(features)
+        return torch.softmax(self.net.pooled_logits(pooled), dim=1), features, pooled, timbral, temporal
+
+
+def export_trained(net: torch.nn.Module, spec, labels: tuple[str, ...], path: str | Path, name: str,
+                   version: str = "0.1.0", metrics: dict | None = None, description: str = "",
+                   training_data: str = "", check: bool = True) -> Path:
+    """Write a network trained by :mod:`training.train` as a genre-tagger model file.
+
+    The manifest carries the architecture's front end(s) and views (2.56 s, and 5.12 s zoomed out or
+    twice as long), the labels, the metrics and where the model came from.
+    """
+    from tagger.model import FramePooling, OutputSpec, ViewSpec
+    from training.architectures import MusicnnTransfer
+    from training.train import model_views
+
+    views = model_views(spec)
+    front_ends: dict[str, object] = {}
+    view_specs = []
+    for v in views:
+        fe_name = next((k for k, fe in front_ends.items() if fe == v.front_end), None)
+        if fe_name is None:
+            fe_name = f"mel{round(v.front_end.sample_rate / v.front_end.hop_length)}fps"
+            front_ends[fe_name] = v.front_end
+        view_specs.append(ViewSpec(v.name, fe_name, v.window_frames, v.hop_frames))
+    transfer = isinstance(net, MusicnnTransfer)
+    frame_pooling = None
+    if transfer:
+        from training.default_model import MUSICNN_STAGES
+        from training.musicnn import MusicnnBackbone
+
+        frame_pooling = FramePooling("frame_features", "pooled", "max_mean_interleaved", MusicnnBackbone.CONTEXT,
+                                     MUSICNN_STAGES, MusicnnBackbone.MID_CONTEXT)
+    manifest = ModelManifest(
+        name=name, version=version, input="mel", front_ends=front_ends, views=tuple(view_specs),
+        outputs=(OutputSpec("genre", "genre", "softmax", tuple(labels), "Genre"),),
+        description=description or f"{spec.name} ({spec.citation}) trained by genre-tagger",
+        licence="musicnn weights: ISC (c) Music Technology Group, UPF 2019; the rest: MIT" if transfer else "MIT",
+        provenance=f"training.train, architecture {spec.name}, options {spec.options}",
+        training_data=training_data, metrics=metrics or {}, frame_pooling=frame_pooling,
+    )
+    module = TransferProbabilityModel(net) if transfer else ProbabilityModel(net)
+    extra = ("frame_features", "pooled", "timbral_features", "temporal_features") if transfer else ()
+    return export_model(module.eval(), manifest, path, dynamic_frames=spec.dynamic_frames, check=check,
+                        extra_outputs=extra, tolerance=1e-4)

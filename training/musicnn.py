@@ -107,6 +107,10 @@ class MusicnnBackbone(nn.Module):
     # Receptive field in frames (before, after): the temporal convs reach 63 back and 64 ahead (TF
     # 'same' padding of a 128 kernel), and the three mid-end convs (kernel 7) 3 more each way each.
     CONTEXT = (63 + 9, 64 + 9)
+    # The front end's parts and the mid-end on their own (see front_parts).
+    TIMBRAL_CONTEXT = (3, 3)  # kernel 7 in time
+    TEMPORAL_CONTEXT = (63, 64)  # kernels up to 128, TF 'same' padding
+    MID_CONTEXT = (9, 9)  # three kernel-7 convolutions
 
     def __init__(self) -> None:
         super().__init__()
@@ -121,16 +125,26 @@ class MusicnnBackbone(nn.Module):
 
     def front(self, mel: torch.Tensor) -> torch.Tensor:
         """[B, T, 96] → the 561 front-end channels [B, 561, T]."""
+        return torch.cat(self.front_parts(mel), dim=1)
+
+    def front_parts(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The front end's two parts: the 408 timbral channels [B, 408, T] and the 153 temporal ones.
+
+        Each depends on the log-mel input alone: the timbral convolutions (about 80 % of the
+        arithmetic) on ``TIMBRAL_CONTEXT`` frames around each frame, the temporal ones on
+        ``TEMPORAL_CONTEXT``; a streaming runtime computes each once per frame as a stage of its own
+        (:class:`tagger.model.FrameStage`) and the mid-end from them (``MID_CONTEXT``).
+        """
         x = self.input_bn(mel.unsqueeze(1))
         padded = F.pad(x, (0, 0, 3, 3))
-        branches = []
-        for conv, bn in zip(self.timbral, self.timbral_bn, strict=True):
-            branches.append(self._conv_relu_bn_max(conv(padded), bn))
+        timbral = torch.cat([self._conv_relu_bn_max(conv(padded), bn)
+                             for conv, bn in zip(self.timbral, self.timbral_bn, strict=True)], dim=1)
+        temporal = []
         for conv, bn in zip(self.temporal, self.temporal_bn, strict=True):
             k = conv.kernel_size[0]
             same = F.pad(x, (0, 0, (k - 1) // 2, k // 2))
-            branches.append(self._conv_relu_bn_max(conv(same), bn))
-        return torch.cat(branches, dim=1)
+            temporal.append(self._conv_relu_bn_max(conv(same), bn))
+        return timbral, torch.cat(temporal, dim=1)
 
     def _conv_relu_bn_max(self, y: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
         """max over mel of BN(ReLU(y)), y [B, C, T, M] → [B, C, T].
@@ -147,11 +161,17 @@ class MusicnnBackbone(nn.Module):
         return bn(F.relu(extreme).unsqueeze(3)).squeeze(3)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        front = self.front(mel)
+        return self.features_and_stages(mel)[0]
+
+    def features_and_stages(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(frame features [B, 753, T], and the timbral [B, 408, T] and temporal [B, 153, T] parts they
+        are computed from)."""
+        timbral, temporal = self.front_parts(mel)
+        front = torch.cat([timbral, temporal], dim=1)
         c1 = self.mid_bn[0](F.relu(self.mid[0](front)))
         r2 = self.mid_bn[1](F.relu(self.mid[1](c1))) + c1
         r3 = self.mid_bn[2](F.relu(self.mid[2](r2))) + r2
-        return torch.cat([front, c1, r2, r3], dim=1)
+        return torch.cat([front, c1, r2, r3], dim=1), timbral, temporal
 
     def load_tf(self, ckpt: Checkpoint) -> MusicnnBackbone:
         _load_bn(self.input_bn, ckpt, "batch_normalization")

@@ -1,0 +1,33 @@
+"""``genre-tagger bench`` runs end to end and reports every row (numbers are not judged here: speed
+goals live in the benchmark's output, not in timed tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import encode
+
+
+def test_bench_reports_every_stage_as_a_table_and_json(excerpt, tmp_path: Path) -> None:
+    audio, rate = excerpt
+    folder = tmp_path / "music"
+    folder.mkdir()
+    encode(audio[: 8 * rate], rate, folder / "clip.flac", "flac")
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "tagger.cli", "bench", str(folder), "--live-seconds", "6",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names[:4] == ["decode only (PyAV → mono, model rate)", "decode + front end (log-mel)",
+                         "full tagging, fast path (both views, full coverage)",
+                         "same model, naive (every window through the whole net)"]
+    assert names[4].startswith("live, incremental") and names[5].startswith("live, per window")
+    assert names[6].startswith("daemon end to end")
+    assert all(r["audio_seconds"] > 0 and r["seconds"] > 0 for r in report["rows"])
+    assert report["rows"][4]["extra"]["hops"] > 0 and report["rows"][6]["extra"]["peak_rss_mb"] > 0
+    for name in names:
+        assert name in done.stdout  # the terminal table

@@ -1,0 +1,249 @@
+"""``genre-tagger train | evaluate | export | compare``: the training package's commands.
+
+Registered on the main CLI when the ``train`` extra is installed. Datasets are named as
+``gtzan:DIR``, ``fma:METADATA_DIR:AUDIO_DIR[:small|medium|large]``, ``folders:DIR`` or ``csv:FILE``
+(see :func:`training.datasets.load_dataset`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_CACHE = ".cache/spectrograms"
+# Checked against training.architectures.ARCHITECTURES by the tests (this module must not import torch).
+ARCHITECTURE_NAMES = ("meza", "meza3", "choi_fcn", "choi_crnn", "mfcc_cnn", "mfcc_lstm", "cheng", "cheng_freq",
+                      "musicnn_transfer")
+
+
+def _need_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SystemExit("genre-tagger: training needs the 'train' extra (pip install torch==2.13.0, then "
+                         "pip install -e '.[train]')") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    # No torch import here: the core CLI registers these on every start.
+    arch_help = "architecture: " + ", ".join(ARCHITECTURE_NAMES)
+    train = sub.add_parser("train", help="train a model on a labelled dataset and export it",
+                           description="Train an architecture on a dataset, split by track (grouped by artist "
+                                       "where known), and export the best epoch as a genre-tagger model file.")
+    train.add_argument("--data", required=True, help="gtzan:DIR, fma:META:AUDIO[:subset], folders:DIR or csv:FILE")
+    train.add_argument("--arch", required=True, help=arch_help)
+    train.add_argument("--out", required=True, help="run folder: logs, checkpoints, curves, the model file")
+    train.add_argument("--split", default="dataset",
+                       help="'dataset' (the dataset's own train/valid/test), 'fold:K/N' (grouped fold K of N "
+                            "is the test set) or 'all' (no test set); default dataset")
+    train.add_argument("--name", help="model name in the file (default: the run folder's name)")
+    _train_options(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a model file on a labelled dataset through the runtime")
+    evaluate.add_argument("--model", "-m", required=True, help="model name or .onnx path")
+    evaluate.add_argument("--data", required=True, help="dataset (as for train)")
+    evaluate.add_argument("--split", default="test", help="which tracks: test, valid, train or all (default test)")
+    evaluate.add_argument("--out", help="folder for report.json and confusion.png")
+    evaluate.add_argument("--naive", action="store_true", help="run every window through the whole network")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    export = sub.add_parser("export", help="export a training run's best checkpoint as a model file")
+    export.add_argument("run", help="a run folder written by 'genre-tagger train'")
+    export.add_argument("--out", help="model file (default <run>/<name>.onnx)")
+    export.set_defaults(func=cmd_export)
+
+    compare = sub.add_parser("compare", help="grouped k-fold comparison of architectures, as a Markdown table")
+    compare.add_argument("--data", default="gtzan:../shared/data/gtzan", help="dataset (default the shared GTZAN)")
+    compare.add_argument("--arch", action="append", help=arch_help + " (repeatable; default all)")
+    compare.add_argument("--folds", type=int, default=5, help="number of grouped folds (default 5)")
+    compare.add_argument("--out", default="docs/training-comparison.md", help="Markdown report")
+    compare.add_argument("--runs", default=".cache/compare", help="per-run results (resumable)")
+    _train_options(compare, epochs=12, budget=20.0)
+    compare.set_defaults(func=cmd_compare)
+
+
+def _train_options(p: argparse.ArgumentParser, epochs: int = 30, budget: float = 0.0) -> None:
+    p.add_argument("--epochs", type=int, default=epochs, help=f"most epochs (default {epochs})")
+    p.add_argument("--slices-per-epoch", type=int, default=0, help="training slices per epoch (default 8 per track)")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: the architecture's paper)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the architecture's paper)")
+    p.add_argument("--patience", type=int, default=6, help="early-stopping patience in epochs (default 6)")
+    p.add_argument("--augment", action="store_true", help="audio bank, SpecAugment and mixup")
+    p.add_argument("--budget-seconds", type=float, default=budget,
+                   help=f"stop after the epoch passing this much training time (default {budget:g}; 0 = none)")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--cache", default=DEFAULT_CACHE, help=f"spectrogram cache (default {DEFAULT_CACHE})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace):
+    from training.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, slices_per_epoch=args.slices_per_epoch, batch_size=args.batch_size,
+                       lr=args.lr, weight_decay=args.weight_decay, patience=args.patience, augment=args.augment,
+                       budget_seconds=args.budget_seconds, seed=args.seed, threads=args.threads)
+
+
+def _user_errors(fn):
+    """One line on stderr and exit status 2 for a bad dataset, split or option, not a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            print(f"genre-tagger {args.command}: {exc}".splitlines()[0], file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+def split_indices(tracks, split: str, seed: int = 0):
+    """(train, test) track indices for a --split value."""
+    import numpy as np
+
+    from training.datasets import folds_for
+
+    if split == "all":
+        return np.arange(len(tracks)), np.array([], dtype=int)
+    if split == "dataset":
+        sides = {t.split for t in tracks}
+        if not sides & {"train", "test"}:
+            raise ValueError("this dataset has no train/test split of its own: use --split fold:K/N")
+        train = np.array([i for i, t in enumerate(tracks) if t.split in ("train", "valid")])
+        test = np.array([i for i, t in enumerate(tracks) if t.split == "test"])
+        return train, test
+    if split.startswith("fold:"):
+        k, _, n = split[5:].partition("/")
+        folds = folds_for(tracks, int(n), seed)
+        return np.where(folds != int(k))[0], np.where(folds == int(k))[0]
+    raise ValueError(f"--split {split!r}: expected dataset, all or fold:K/N")
+
+
+@_user_errors
+def cmd_train(args: argparse.Namespace) -> int:
+    _need_torch()
+    import numpy as np
+
+    from training.datasets import labels_of, load_dataset
+    from training.export import export_trained
+    from training.spectrograms import SpectrogramCache
+    from training.train import run_fold
+
+    tracks = load_dataset(args.data)
+    labels = labels_of(tracks)
+    train_idx, test_idx = split_indices(tracks, args.split, args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = _config(args)
+    (out / "run.json").write_text(json.dumps({"arch": args.arch, "labels": labels, "data": args.data,
+                                              "split": args.split, "options": cfg.arch_options}, indent=1))
+    print(f"{len(tracks)} tracks, {len(labels)} labels; train {len(train_idx)}, test {len(test_idx)}",
+          file=sys.stderr)
+    eval_idx = test_idx if len(test_idx) else np.array([], dtype=int)
+    net, spec, result = run_fold(args.arch, tracks, list(labels), train_idx, eval_idx, cfg,
+                                 SpectrogramCache(args.cache, args.seed), out, progress=not args.quiet)
+    name = args.name or out.name
+    metrics = {}
+    if len(test_idx):
+        track = result["report"]["track"]
+        metrics = {"split": args.split, "track_accuracy": track["accuracy"], "track_macro_f1": track["macro_f1"],
+                   "slice_accuracy": result["report"]["slice"]["accuracy"]}
+        print(f"test: track accuracy {track['accuracy']:.3f}, macro F1 {track['macro_f1']:.3f}, "
+              f"slice accuracy {result['report']['slice']['accuracy']:.3f}")
+    path = export_trained(net, spec, labels, out / f"{name}.onnx", name, metrics=metrics, training_data=args.data)
+    print(f"wrote {path}")
+    return 0
+
+
+@_user_errors
+def cmd_export(args: argparse.Namespace) -> int:
+    _need_torch()
+    import torch
+
+    from training.architectures import build
+    from training.export import export_trained
+
+    run = Path(args.run)
+    info = json.loads((run / "run.json").read_text())
+    net, spec = build(info["arch"], len(info["labels"]), **info.get("options", {}))
+    net.load_state_dict(torch.load(run / "best.pt", weights_only=True)["model"])
+    name = run.name
+    path = export_trained(net.eval(), spec, tuple(info["labels"]), args.out or run / f"{name}.onnx", name,
+                          training_data=info.get("data", ""))
+    print(f"wrote {path}")
+    return 0
+
+
+@_user_errors
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from tagger import Tagger
+    from tagger.errors import TaggerError
+    from training.datasets import load_dataset
+    from training.metrics import classification_report, plot_confusion
+
+    tracks = load_dataset(args.data)
+    if args.split != "all":
+        tracks = [t for t in tracks if t.split == args.split]
+        if not tracks:
+            raise ValueError(f"no tracks in split {args.split!r} (use --split all)")
+    tagger = Tagger(args.model, fast=not args.naive)
+    output = tagger.manifest.outputs[0]
+    labels = output.labels
+    y, probs, votes, slice_y, slice_probs, failed = [], [], [], [], [], 0
+    for t in tracks:
+        if t.label not in labels:
+            print(f"{t.path}: label {t.label!r} is not one of the model's", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            result = tagger.tag_file(t.path, keep_slices=True)
+        except TaggerError as exc:
+            print(str(exc), file=sys.stderr)
+            failed += 1
+            continue
+        scores = {s.label: s.score for s in result.outputs[output.name].scores}
+        y.append(labels.index(t.label))
+        probs.append([scores[label] for label in labels])
+        track_slices = [s.probabilities[output.name] for s in result.slices]
+        slice_y += [labels.index(t.label)] * len(track_slices)
+        slice_probs += track_slices
+        counts = np.bincount(np.argmax(track_slices, axis=1), minlength=len(labels)).astype(float)
+        votes.append((counts + 1e-3 * np.array(probs[-1])) / (counts.sum() + 1e-3))  # the mean breaks ties
+    if not y:
+        raise ValueError("no track could be evaluated")
+    track = classification_report(np.array(y), np.array(probs), labels)
+    slices = classification_report(np.array(slice_y), np.array(slice_probs), labels)
+    vote = classification_report(np.array(y), np.array(votes), labels)
+    print(f"{tagger.manifest.name}: {len(y)} tracks, track accuracy {track['accuracy']:.3f}, macro F1 "
+          f"{track['macro_f1']:.3f}, ECE {track['ece']:.3f}; majority vote {vote['accuracy']:.3f}; "
+          f"slice accuracy {slices['accuracy']:.3f}"
+          + (f"; {failed} skipped" if failed else ""))
+    for label, r in track["per_class"].items():
+        print(f"  {label:20s} P {r['precision']:.2f}  R {r['recall']:.2f}  F1 {r['f1']:.2f}  n {r['support']}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps({"track": track, "track_vote": vote, "slice": slices},
+                                                          indent=1))
+        plot_confusion(np.array(track["confusion"]), labels, out / "confusion.png",
+                       f"{tagger.manifest.name}: accuracy {track['accuracy']:.3f}")
+    return 0 if not failed else 1
+
+
+@_user_errors
+def cmd_compare(args: argparse.Namespace) -> int:
+    _need_torch()
+    from training.compare import compare
+
+    compare(args.data, args.arch, args.folds, Path(args.out), Path(args.runs), _config(args), args.cache,
+            progress=not args.quiet)
+    return 0
