@@ -30,7 +30,7 @@ class DaemonSection:
     threads: int = 0
     batch_size: int = 32
     chunk_frames: int = 512
-    memory_arena: bool = False
+    memory_arena: bool = True
 
 
 @dataclass

@@ -29,7 +29,7 @@ from tagger.errors import ModelError
 from tagger.frontend import StreamingFrontEnd
 from tagger.model import ViewSpec
 
-DEFAULT_CHUNK_FRAMES = 2048
+DEFAULT_CHUNK_FRAMES = 512
 STAGE_CHUNK_FRAMES = 256  # EngineOptions.chunk_frames documents the memory/speed trade-off
 
 
@@ -41,26 +41,14 @@ class FramePoolRunner:
         fp = engine.manifest.frame_pooling
         if fp is None:
             raise ModelError(f"{engine.path}: the model declares no frame_pooling")
-        import onnx
-        import onnx.utils
-
         inp = engine.manifest.input
         outputs = [o.onnx_output for o in engine.manifest.outputs]
-        stage_names = [st.tensor for st in fp.stages]
-        try:
-            model = onnx.load(str(engine.path))
-            extractor = onnx.utils.Extractor(model)
-            stages = [extractor.extract_model([inp], [name]) for name in stage_names]
-            features = extractor.extract_model(stage_names or [inp], [fp.features])
-            head = extractor.extract_model([fp.pooled], outputs)
-        except Exception as exc:  # onnx raises plain Exceptions for unknown or insufficient tensor names
-            raise ModelError(f"{engine.path}: cannot split the graph at {[*stage_names, fp.features, fp.pooled]}: "
-                             f"{exc}") from None
+        stages, features, head = self._split(engine, fp, inp, outputs)
         options = session_options(engine.options)
         providers = engine.session.get_providers()
 
-        def session(part: onnx.ModelProto) -> ort.InferenceSession:
-            return ort.InferenceSession(part.SerializeToString(), options, providers=providers)
+        def session(part: bytes) -> ort.InferenceSession:
+            return ort.InferenceSession(part, options, providers=providers)
 
         self.stage_sessions = [session(part) for part in stages]
         self.features_session = session(features)
@@ -74,6 +62,22 @@ class FramePoolRunner:
         self._pooled = fp.pooled
         self._outputs = outputs
         self._names = [o.name for o in engine.manifest.outputs]
+
+    @staticmethod
+    def _split(engine: Engine, fp, inp: str, outputs: list[str]) -> tuple[list[bytes], bytes, bytes]:
+        import onnx
+        import onnx.utils
+
+        stage_names = [st.tensor for st in fp.stages]
+        try:
+            extractor = onnx.utils.Extractor(onnx.load(str(engine.path)))
+            stages = [extractor.extract_model([inp], [name]).SerializeToString() for name in stage_names]
+            features = extractor.extract_model(stage_names or [inp], [fp.features]).SerializeToString()
+            head = extractor.extract_model([fp.pooled], outputs).SerializeToString()
+        except Exception as exc:  # onnx raises plain Exceptions for unknown or insufficient tensor names
+            raise ModelError(f"{engine.path}: cannot split the graph at {[*stage_names, fp.features, fp.pooled]}: "
+                             f"{exc}") from None
+        return stages, features, head
 
     def stage(self, index: int, frames: np.ndarray) -> np.ndarray:
         """Stage ``index`` [channels, n] for log-mel frames [n, mels] (zero padding at both ends)."""

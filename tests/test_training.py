@@ -368,9 +368,26 @@ def test_compare_writes_a_table_and_resumes(synthetic_set, tmp_path: Path) -> No
     out, runs = tmp_path / "comparison.md", tmp_path / "runs"
     results = compare(f"csv:{manifest}", ["mfcc_cnn"], 3, out, runs, cfg, str(cache.root), progress=False)
     assert set(results) == {"mfcc_cnn", "mfcc_cnn +aug"}
-    assert len(list(runs.glob("*.json"))) == 6
+    assert len(list(runs.glob("*/*.json"))) == 6
     table = out.read_text()
     assert "| mfcc_cnn | no |" in table and "| mfcc_cnn | yes |" in table and "56 % (GTZAN)" in table
-    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/*.json")}
     again = compare(f"csv:{manifest}", ["mfcc_cnn"], 3, out, runs, cfg, str(cache.root), progress=False)
-    assert again == results and {p: p.stat().st_mtime_ns for p in runs.glob("*.json")} == stamps  # nothing re-run
+    assert again == results and {p: p.stat().st_mtime_ns for p in runs.glob("*/*.json")} == stamps  # not re-run
+    other = compare(f"csv:{manifest}", ["mfcc_cnn"], 3, out, runs, TrainConfig(**{**cfg.__dict__, "epochs": 1}),
+                    str(cache.root), progress=False)
+    assert len(list(runs.glob("*/*.json"))) == 12 and all(r["epochs"] == [1, 1, 1] for r in other.values())
+
+
+def test_architecture_options_from_the_command_line() -> None:
+    from training.cli import parse_arch_options
+
+    options = parse_arch_options(["widths=[8,16,32]", "head=linear", "freq_encoding=true", "finetune_from=mid"])
+    assert options == {"widths": (8, 16, 32), "head": "linear", "freq_encoding": True, "finetune_from": "mid"}
+    net, spec = build("meza3", 3, widths=options["widths"])
+    assert [m.out_channels for m in net.convs if isinstance(m, torch.nn.Conv2d)] == [8, 16, 32]
+    assert spec.options == {"widths": (8, 16, 32)}
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_arch_options(["widths"])
+    with pytest.raises(ValueError, match="unexpected keyword argument 'nope'"):
+        build("cheng", 3, nope=1)

@@ -365,16 +365,17 @@ ARCHITECTURES: dict[str, Callable[[], Architecture]] = {
                                                citation="Choi, Fazekas, Sandler & Cho 2017 (CRNN)"), ChoiCRNN),
     "mfcc_cnn": lambda: Architecture(ArchSpec("mfcc_cnn", MFCC_FRONT_END, seconds_to_frames(MFCC_FRONT_END, 2.56),
                                               citation="CNN on 20 MFCCs"),
-                                     lambda n: MFCCCNN(n, MFCC_FRONT_END.n_mels)),
+                                     lambda n, **o: MFCCCNN(n, MFCC_FRONT_END.n_mels, **o)),
     "mfcc_lstm": lambda: Architecture(ArchSpec("mfcc_lstm", MFCC_FRONT_END, seconds_to_frames(MFCC_FRONT_END, 2.56),
                                                citation="LSTM on 20 MFCCs"),
-                                      lambda n: MFCCLSTM(n, MFCC_FRONT_END.n_mels)),
+                                      lambda n, **o: MFCCLSTM(n, MFCC_FRONT_END.n_mels, **o)),
     "cheng": lambda: Architecture(ArchSpec("cheng", MFCC_FRONT_END, seconds_to_frames(MFCC_FRONT_END, 2.56),
                                            citation="Cheng et al. (5-layer CNN baseline)"),
-                                  lambda n: ChengCNN(n, MFCC_FRONT_END.n_mels)),
+                                  lambda n, **o: ChengCNN(n, MFCC_FRONT_END.n_mels, **o)),
     "cheng_freq": lambda: Architecture(ArchSpec("cheng_freq", MFCC_FRONT_END, seconds_to_frames(MFCC_FRONT_END, 2.56),
                                                 citation="Cheng et al. + frequency positional encoding"),
-                                       lambda n: ChengCNN(n, MFCC_FRONT_END.n_mels, freq_encoding=True)),
+                                       lambda n, **o: ChengCNN(n, MFCC_FRONT_END.n_mels,
+                                                               **{"freq_encoding": True, **o})),
     "musicnn_transfer": lambda: Architecture(
         ArchSpec("musicnn_transfer", _musicnn_front_end(), 160, zoom_out=False, dynamic_frames=True, lr=1e-3,
                  weight_decay=1e-3, citation="Pons & Serra 2019 (MSD musicnn), frozen; MLP head"),
@@ -387,4 +388,8 @@ def build(name: str, n_classes: int, **options) -> tuple[nn.Module, ArchSpec]:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[name]()
-    return arch.make(n_classes, **options), replace(arch.spec, options=dict(options))
+    try:
+        net = arch.make(n_classes, **options)
+    except TypeError as exc:  # an option the module does not take
+        raise ValueError(f"architecture {name!r}: {exc}") from None
+    return net, replace(arch.spec, options=dict(options))

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="'dataset' (the dataset's own train/valid/test), 'fold:K/N' (grouped fold K of N "
                             "is the test set) or 'all' (no test set); default dataset")
     train.add_argument("--name", help="model name in the file (default: the run folder's name)")
+    train.add_argument("--arch-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="an architecture parameter, VALUE as JSON or a plain string (repeatable), e.g. "
+                            "widths=[32,64,128,256,256], finetune_from=mid, head=linear, freq_encoding=true")
     _train_options(train)
     train.set_defaults(func=cmd_train)
 
@@ -61,13 +64,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--folds", type=int, default=5, help="number of grouped folds (default 5)")
     compare.add_argument("--out", default="docs/training-comparison.md", help="Markdown report")
     compare.add_argument("--runs", default=".cache/compare", help="per-run results (resumable)")
-    _train_options(compare, epochs=12, budget=20.0)
+    _train_options(compare, epochs=12, budget=90.0, slices=256, threads=2)
     compare.set_defaults(func=cmd_compare)
 
 
-def _train_options(p: argparse.ArgumentParser, epochs: int = 30, budget: float = 0.0) -> None:
+def _train_options(p: argparse.ArgumentParser, epochs: int = 30, budget: float = 0.0, slices: int = 0,
+                   threads: int = 0) -> None:
     p.add_argument("--epochs", type=int, default=epochs, help=f"most epochs (default {epochs})")
-    p.add_argument("--slices-per-epoch", type=int, default=0, help="training slices per epoch (default 8 per track)")
+    p.add_argument("--slices-per-epoch", type=int, default=slices,
+                   help=f"training slices per epoch (default {slices or '8 per track'})")
     p.add_argument("--batch-size", type=int, default=32, help="default 32")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default: the architecture's paper)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the architecture's paper)")
@@ -76,15 +81,32 @@ def _train_options(p: argparse.ArgumentParser, epochs: int = 30, budget: float =
     p.add_argument("--budget-seconds", type=float, default=budget,
                    help=f"stop after the epoch passing this much training time (default {budget:g}; 0 = none)")
     p.add_argument("--seed", type=int, default=0, help="default 0")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=threads,
+                   help=f"torch CPU threads (default {threads or 'torch' + chr(39) + 's'})")
     p.add_argument("--cache", default=DEFAULT_CACHE, help=f"spectrogram cache (default {DEFAULT_CACHE})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parse_arch_options(items: list[str]) -> dict:
+    """``["widths=[8,16]", "head=linear"]`` → ``{"widths": (8, 16), "head": "linear"}``."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arch-option {item!r}: expected KEY=VALUE")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        options[key] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return options
 
 
 def _config(args: argparse.Namespace):
     from training.train import TrainConfig
 
-    return TrainConfig(epochs=args.epochs, slices_per_epoch=args.slices_per_epoch, batch_size=args.batch_size,
+    return TrainConfig(arch_options=parse_arch_options(getattr(args, "arch_option", [])), epochs=args.epochs,
+                       slices_per_epoch=args.slices_per_epoch, batch_size=args.batch_size,
                        lr=args.lr, weight_decay=args.weight_decay, patience=args.patience, augment=args.augment,
                        budget_seconds=args.budget_seconds, seed=args.seed, threads=args.threads)
 

@@ -150,8 +150,6 @@ class PooledData:
 
     def __init__(self, net: MusicnnTransfer, cache: SpectrogramCache, tracks: Sequence[Track],
                  views: Sequence[View], variants: Sequence[str], train_hop: int = 16, progress: bool = True) -> None:
-        from training.musicnn import interleaved_pool
-
         self.views = list(views)
         self.variants = list(variants)
         self.train: dict[tuple[str, str], list[np.ndarray]] = {}
@@ -166,18 +164,19 @@ class PooledData:
                 with torch.no_grad():
                     feats = net.features(torch.from_numpy(spec)[None])[0]
                 for view in self.views:
-                    n = feats.shape[1]
-                    hops = [(train_hop, self.train.setdefault((view.name, variant), []))]
-                    for hop, sink in hops:
-                        starts = grid_starts(n, view.window_frames, hop)
-                        windows = torch.stack([feats[:, s:s + view.window_frames] for s in starts])
-                        sink.append(interleaved_pool(windows).numpy())
+                    self.train.setdefault((view.name, variant), []).append(
+                        self._pool(feats, view.window_frames, train_hop))
                     if variant == "none":
-                        starts = grid_starts(n, view.window_frames, view.hop_frames)
-                        windows = torch.stack([feats[:, s:s + view.window_frames] for s in starts])
-                        self.eval[i].append(interleaved_pool(windows).numpy())
+                        self.eval[i].append(self._pool(feats, view.window_frames, view.hop_frames))
                 bar.update()
         bar.close()
+
+    @staticmethod
+    def _pool(features: torch.Tensor, window: int, hop: int) -> np.ndarray:
+        from training.musicnn import interleaved_pool
+
+        starts = grid_starts(features.shape[1], window, hop)
+        return interleaved_pool(torch.stack([features[:, s:s + window] for s in starts])).numpy()
 
     def sample(self, track: int, rng: np.random.Generator, variant: str) -> tuple[np.ndarray, int]:
         k = int(rng.integers(len(self.views)))
