@@ -41,12 +41,22 @@ def peak_rss_mb(model: Path, audio: Path) -> tuple[float, float]:
     return float(out[0]), int(out[1]) / 1024.0
 
 
+@pytest.fixture(scope="module")
+def long_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("long")
+    return write_long_wav(folder / "3min.wav", 180), write_long_wav(folder / "3h.wav", 3 * 3600)
+
+
 @pytest.mark.slow
-def test_three_hours_take_no_more_memory_than_three_minutes(tiny_model: Path, tmp_path: Path) -> None:
-    short = write_long_wav(tmp_path / "3min.wav", 180)
-    long = write_long_wav(tmp_path / "3h.wav", 3 * 3600)
-    short_s, short_mb = peak_rss_mb(tiny_model, short)
-    long_s, long_mb = peak_rss_mb(tiny_model, long)
-    print(f"\npeak RSS: {short_s:.0f} s → {short_mb:.1f} MB; {long_s:.0f} s → {long_mb:.1f} MB")
+@pytest.mark.parametrize("which", ["tiny test model", "default model (fast path)"])
+def test_three_hours_take_no_more_memory_than_three_minutes(which: str, tiny_model: Path,
+                                                            long_files: tuple[Path, Path]) -> None:
+    from tagger.registry import resolve_model
+
+    model = tiny_model if which.startswith("tiny") else resolve_model(None)
+    short, long = long_files
+    short_s, short_mb = peak_rss_mb(model, short)
+    long_s, long_mb = peak_rss_mb(model, long)
+    print(f"\n{which}: peak RSS {short_s:.0f} s → {short_mb:.1f} MB; {long_s:.0f} s → {long_mb:.1f} MB")
     assert short_s == pytest.approx(180, abs=0.1) and long_s == pytest.approx(10800, abs=0.1)
     assert long_mb - short_mb < 30, (short_mb, long_mb)
