@@ -157,6 +157,8 @@ def test_folders_and_csv_manifests(tmp_path: Path) -> None:
         load_csv_manifest(tmp_path / "bad.csv")
     with pytest.raises(ValueError, match="expected gtzan:DIR"):
         load_dataset("mp3:/x")
+    with pytest.raises(FileNotFoundError, match=str(Path.home())):  # ~ expanded after the colon
+        load_dataset("folders:~/no-such-folder-here")
 
 
 def test_grouped_folds_never_split_a_group() -> None:

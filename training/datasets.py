@@ -172,6 +172,8 @@ def load_folders(root: str | Path) -> list[Track]:
     """One folder per label: ``root/<label>/**/<audio file>``. Each track is its own group (say which
     belong together with :func:`load_csv_manifest`'s ``group`` column)."""
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
     tracks = [Track(p, folder.name, str(p.relative_to(root)), str(p.relative_to(root)))
               for folder in sorted(d for d in root.iterdir() if d.is_dir())
               for p in sorted(folder.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
@@ -203,8 +205,10 @@ def load_csv_manifest(path: str | Path) -> list[Track]:
 
 
 def load_dataset(spec: str) -> list[Track]:
-    """``gtzan:DIR``, ``fma:METADATA_DIR:AUDIO_DIR[:subset]``, ``folders:DIR`` or ``csv:FILE``."""
+    """``gtzan:DIR``, ``fma:METADATA_DIR:AUDIO_DIR[:subset]``, ``folders:DIR`` or ``csv:FILE`` (``~`` is
+    expanded: after the colon the shell leaves it alone)."""
     kind, _, rest = spec.partition(":")
+    rest = ":".join(str(Path(part).expanduser()) if part.startswith("~") else part for part in rest.split(":"))
     if kind == "gtzan":
         return load_gtzan(rest)
     if kind == "fma":
