@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from tagger.engine import Engine, session_options
+from tagger.engine import Engine, EngineOptions, session_options
 from tagger.errors import ModelError
 from tagger.frontend import StreamingFrontEnd
 from tagger.model import ViewSpec
 
-DEFAULT_CHUNK_FRAMES = 512
-STAGE_CHUNK_FRAMES = 256  # EngineOptions.chunk_frames documents the memory/speed trade-off
+DEFAULT_CHUNK_FRAMES = EngineOptions.chunk_frames  # its docstring has the memory/speed trade-off
+STAGE_CHUNK_FRAMES = 256  # the least a stage computes per call when it may wait (files)
 
 
 class FramePoolRunner:

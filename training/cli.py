@@ -138,8 +138,8 @@ def split_indices(tracks, split: str, seed: int = 0):
         sides = {t.split for t in tracks}
         if not sides & {"train", "test"}:
             raise ValueError("this dataset has no train/test split of its own: use --split fold:K/N")
-        train = np.array([i for i, t in enumerate(tracks) if t.split in ("train", "valid")])
-        test = np.array([i for i, t in enumerate(tracks) if t.split == "test"])
+        train = np.array([i for i, t in enumerate(tracks) if t.split in ("train", "valid")], dtype=int)
+        test = np.array([i for i, t in enumerate(tracks) if t.split == "test"], dtype=int)
         return train, test
     if split.startswith("fold:"):
         k, _, n = split[5:].partition("/")
@@ -151,8 +151,6 @@ def split_indices(tracks, split: str, seed: int = 0):
 @_user_errors
 def cmd_train(args: argparse.Namespace) -> int:
     _need_torch()
-    import numpy as np
-
     from training.datasets import labels_of, load_dataset
     from training.export import export_trained
     from training.spectrograms import SpectrogramCache
@@ -168,8 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                               "split": args.split, "options": cfg.arch_options}, indent=1))
     print(f"{len(tracks)} tracks, {len(labels)} labels; train {len(train_idx)}, test {len(test_idx)}",
           file=sys.stderr)
-    eval_idx = test_idx if len(test_idx) else np.array([], dtype=int)
-    net, spec, result = run_fold(args.arch, tracks, list(labels), train_idx, eval_idx, cfg,
+    net, spec, result = run_fold(args.arch, tracks, list(labels), train_idx, test_idx, cfg,
                                  SpectrogramCache(args.cache, args.seed), out, progress=not args.quiet)
     name = args.name or out.name
     metrics = {}
@@ -210,7 +207,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tagger import Tagger
     from tagger.errors import TaggerError
     from training.datasets import load_dataset
-    from training.metrics import classification_report, plot_confusion
+    from training.metrics import classification_report, majority_vote, plot_confusion
 
     tracks = load_dataset(args.data)
     if args.split != "all":
@@ -238,8 +235,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         track_slices = [s.probabilities[output.name] for s in result.slices]
         slice_y += [labels.index(t.label)] * len(track_slices)
         slice_probs += track_slices
-        counts = np.bincount(np.argmax(track_slices, axis=1), minlength=len(labels)).astype(float)
-        votes.append((counts + 1e-3 * np.array(probs[-1])) / (counts.sum() + 1e-3))  # the mean breaks ties
+        votes.append(majority_vote(np.array(track_slices), np.array(probs[-1])))
     if not y:
         raise ValueError("no track could be evaluated")
     track = classification_report(np.array(y), np.array(probs), labels)

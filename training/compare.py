@@ -52,6 +52,9 @@ def compare(data: str, archs: list[str] | None, n_folds: int, out: Path, runs: P
     runs.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     for arch in archs or list(ARCHITECTURES):
+        torch.manual_seed(cfg.seed)
+        net, spec = build(arch, len(labels), **cfg.arch_options)
+        params = sum(p.numel() for p in net.parameters())
         for augment in (False, True):
             key = f"{arch}{' +aug' if augment else ''}"
             run_cfg = TrainConfig(**{**cfg.__dict__, "augment": augment})
@@ -61,8 +64,6 @@ def compare(data: str, archs: list[str] | None, n_folds: int, out: Path, runs: P
                 if path.exists():
                     continue
                 if data_cache is None:
-                    torch.manual_seed(cfg.seed)
-                    net, spec = build(arch, len(labels))
                     data_cache = prepare_data(arch, spec, net, cache, tracks, augment, progress)
                 started = time.perf_counter()
                 train_idx, test_idx = np.where(folds != k)[0], np.where(folds == k)[0]
@@ -92,7 +93,7 @@ def compare(data: str, archs: list[str] | None, n_folds: int, out: Path, runs: P
                 "stopped": [r["train"]["stopped"] for r in per_fold],
                 "train_seconds": float(np.mean([r["train"]["seconds"] for r in per_fold])),
                 "wall_seconds": float(np.mean([r["wall_seconds"] for r in per_fold])),
-                "params": sum(p.numel() for p in build(arch, len(labels))[0].parameters()),
+                "params": params,
             }
     majority = np.zeros((len(tracks), len(labels)))
     majority[:, np.bincount(y, minlength=len(labels)).argmax()] = 1.0

@@ -41,6 +41,13 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
     return float(ece)
 
 
+def majority_vote(slice_probs: np.ndarray, mean_probs: np.ndarray) -> np.ndarray:
+    """A track's majority vote of its slices' decisions as scores summing to 1 [classes]: each slice's
+    top class counts one; the mean probabilities ``mean_probs`` only break ties."""
+    votes = np.bincount(np.asarray(slice_probs).argmax(axis=1), minlength=len(mean_probs)).astype(float)
+    return (votes + 1e-3 * np.asarray(mean_probs)) / (votes.sum() + 1e-3)
+
+
 def classification_report(y_true: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> dict:
     """Accuracy, macro F1, per-class P/R/F1, the confusion matrix and ECE, as plain JSON types."""
     y_pred = probs.argmax(axis=1)

@@ -32,8 +32,8 @@ from tqdm import tqdm
 from tagger.frontend import FrontEndConfig
 from training.architectures import ArchSpec, MusicnnTransfer, build
 from training.augment import AudioAugment, mixup, spec_augment
-from training.datasets import Track
-from training.metrics import classification_report, plot_confusion
+from training.datasets import Track, gtzan_number
+from training.metrics import classification_report, majority_vote, plot_confusion
 from training.spectrograms import SpectrogramCache
 
 log = logging.getLogger(__name__)
@@ -124,13 +124,12 @@ class SliceData:
         self.data = {(v.name, var): [cache.load(v.front_end, var, t).astype(np.float16) for t in tracks]
                      for v in self.views for var in self.variants}
 
-    def sample(self, track: int, rng: np.random.Generator, variant: str) -> tuple[np.ndarray, int]:
-        """A random training slice of ``track`` from a random view: ([frames, mels], view index)."""
-        k = int(rng.integers(len(self.views)))
-        view = self.views[k]
+    def sample(self, track: int, rng: np.random.Generator, variant: str) -> np.ndarray:
+        """A random training slice of ``track`` from a random view [frames, mels]."""
+        view = self.views[int(rng.integers(len(self.views)))]
         spec = _loop_to(self.data[(view.name, variant)][track], view.window_frames)
         start = int(rng.integers(0, spec.shape[0] - view.window_frames + 1))
-        return spec[start:start + view.window_frames].astype(np.float32), k
+        return spec[start:start + view.window_frames].astype(np.float32)
 
     def eval_slices(self, track: int) -> list[np.ndarray]:
         """Per view, every window of the un-augmented track [n, frames, mels]."""
@@ -178,10 +177,11 @@ class PooledData:
         starts = grid_starts(features.shape[1], window, hop)
         return interleaved_pool(torch.stack([features[:, s:s + window] for s in starts])).numpy()
 
-    def sample(self, track: int, rng: np.random.Generator, variant: str) -> tuple[np.ndarray, int]:
-        k = int(rng.integers(len(self.views)))
-        rows = self.train[(self.views[k].name, variant)][track]
-        return rows[int(rng.integers(len(rows)))], k
+    def sample(self, track: int, rng: np.random.Generator, variant: str) -> np.ndarray:
+        """A random training window of ``track`` from a random view: pooled features [2·channels]."""
+        view = self.views[int(rng.integers(len(self.views)))]
+        rows = self.train[(view.name, variant)][track]
+        return rows[int(rng.integers(len(rows)))]
 
     def eval_slices(self, track: int) -> list[np.ndarray]:
         return self.eval[track]
@@ -210,12 +210,11 @@ def predict(net: nn.Module, data: SliceData | PooledData, tracks: Sequence[int],
 
 def evaluate_predictions(per_track: list[list[np.ndarray]], y: np.ndarray, labels: Sequence[str]) -> dict:
     """Slice-level, track-level (mean of slice probabilities over all views) and majority-vote reports."""
-    n = len(labels)
     slice_probs = np.concatenate([np.concatenate(views) for views in per_track])
     slice_y = np.concatenate([np.full(sum(len(v) for v in views), y[i]) for i, views in enumerate(per_track)])
     track_probs = np.stack([np.concatenate(views).mean(axis=0) for views in per_track])
-    votes = np.stack([np.bincount(np.concatenate(views).argmax(axis=1), minlength=n) for views in per_track])
-    vote_probs = (votes + 1e-3 * track_probs) / (votes.sum(axis=1, keepdims=True) + 1e-3)  # mean breaks ties
+    vote_probs = np.stack([majority_vote(np.concatenate(views), mean)
+                           for views, mean in zip(per_track, track_probs, strict=True)])
     return {"slice": classification_report(slice_y, slice_probs, labels),
             "track": classification_report(y, track_probs, labels),
             "track_vote": classification_report(y, vote_probs, labels),
@@ -284,7 +283,7 @@ def train(net: nn.Module, spec: ArchSpec, data: SliceData | PooledData, train_id
             tracks = rng.choice(train_idx, size=cfg.batch_size, p=weights)
             xs = []
             for t in tracks:
-                x, _ = data.sample(int(t), rng, variants[int(rng.integers(len(variants)))])
+                x = data.sample(int(t), rng, variants[int(rng.integers(len(variants)))])
                 if cfg.augment and not pooled:
                     x = spec_augment(x, rng, max_time=max(1, x.shape[0] // 8), max_freq=max(1, x.shape[1] // 10))
                 xs.append(x)
@@ -409,17 +408,9 @@ def inner_validation(tracks: Sequence[Track], train_idx: np.ndarray, fraction: f
 
 def _gtzan_run(t: Track) -> str:
     try:
-        return str(int(t.track_id.rsplit(".", 1)[-1]) // 4)
+        return str(gtzan_number(t.track_id) // 4)
     except ValueError:
         return t.track_id
-
-
-@dataclass
-class RunResult:
-    arch: str
-    config: dict
-    train: dict
-    report: dict
 
 
 def prepare_data(arch: str, spec: ArchSpec, net: nn.Module, cache: SpectrogramCache, tracks: Sequence[Track],
