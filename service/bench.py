@@ -26,6 +26,7 @@ from tagger.decode import decode_blocks, decode_file
 from tagger.engine import EngineOptions, usable_cores
 from tagger.frontend import StreamingFrontEnd
 from tagger.pipeline import Tagger
+from tagger.registry import resolve_model
 
 
 @dataclass
@@ -202,6 +203,9 @@ def run_bench(folder: str, model: str | None, device: str, live_seconds: float, 
     if fast.fast:
         row, fast_results = bench_tagging(files, fast, "full tagging, fast path (both views, full coverage)")
         rows.append(row)
+        if fast.engine.path != resolve_model(model):  # the CPU ran the default model's int8 file
+            float32 = Tagger(resolve_model(model), engine_options=options, fast=True)
+            rows.append(bench_tagging(files, float32, f"same, fast path, float32 file ({float32.manifest.name})")[0])
     row, naive_results = bench_tagging(files, naive, "same model, naive (every window through the whole net)")
     rows.append(row)
     if live_seconds > 0:

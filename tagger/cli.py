@@ -136,7 +136,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from tagger.model import read_manifest
-    from tagger.registry import DEFAULT_MODEL, list_models, resolve_model
+    from tagger.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL, list_models, resolve_model
 
     if args.name:
         manifest = read_manifest(resolve_model(args.name))
@@ -169,7 +169,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             failed += 1
             print(f"genre-tagger: error: {exc}", file=sys.stderr)
             continue
-        default = " (default)" if entry.name == DEFAULT_MODEL else ""
+        default = {DEFAULT_MODEL: " (default)", DEFAULT_CPU_MODEL: " (default on the CPU)"}.get(entry.name, "")
         outputs = "; ".join(f"{o.name}: {len(o.labels)} {o.kind}" for o in manifest.outputs)
         print(f"{entry.name}{default}  v{manifest.version}  [{outputs}]  {entry.path}")
     return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -14,6 +14,9 @@ from pathlib import Path
 from tagger.errors import ModelError
 
 DEFAULT_MODEL = "msd-musicnn-gtzan"
+# The same model with its timbral convolutions in int8: what a CPU runs when no model is named (its
+# card has the accuracy before and after; GPUs keep the float32 file).
+DEFAULT_CPU_MODEL = "msd-musicnn-gtzan-int8"
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -40,6 +43,14 @@ def resolve_model(name_or_path: str | Path | None = None) -> Path:
             return candidate
     searched = ", ".join(str(d) for d in model_dirs())
     raise ModelError(f"model {target!r} not found (searched {searched})")
+
+
+def default_cpu_model() -> Path | None:
+    """The default model's CPU file, if one is installed (else the CPU runs the default model itself)."""
+    try:
+        return resolve_model(DEFAULT_CPU_MODEL)
+    except ModelError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,13 @@ def long_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["tiny test model", "default model (fast path)"])
+@pytest.mark.parametrize("which", ["tiny test model", "default model (fast path)", "default model, int8 file (CPU)"])
 def test_three_hours_take_no_more_memory_than_three_minutes(which: str, tiny_model: Path,
                                                             long_files: tuple[Path, Path]) -> None:
-    from tagger.registry import resolve_model
+    from tagger.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL, resolve_model
 
-    model = tiny_model if which.startswith("tiny") else resolve_model(None)
+    model = {"tiny test model": tiny_model, "default model (fast path)": resolve_model(DEFAULT_MODEL),
+             "default model, int8 file (CPU)": resolve_model(DEFAULT_CPU_MODEL)}[which]
     short, long = long_files
     short_s, short_mb = peak_rss_mb(model, short)
     long_s, long_mb = peak_rss_mb(model, long)

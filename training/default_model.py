@@ -109,7 +109,22 @@ def fast_path_features(net: MSDMusicnn, audio: np.ndarray) -> dict[str, np.ndarr
     """Pooled features per view as the runtime's fast path makes them: frame features computed over
     the whole clip once, then each window's max and mean (see tagger.framepool)."""
     spec = MUSICNN_FRONT_END.spectrogram(audio)
-    features = net.backbone(torch.from_numpy(spec[None])).numpy()[0]
+    return pool_views(net.backbone(torch.from_numpy(spec[None])).numpy()[0])
+
+
+def onnx_fast_path_features(session, tracks: list[Track]) -> list[dict[str, np.ndarray]]:
+    """Per track, pooled features per view from an exported model file's frame features over the whole
+    clip (the fast path's semantics, through ONNX Runtime: how the int8 file is evaluated)."""
+    out = []
+    for track in tqdm(tracks, desc="int8 features", unit="clip"):
+        spec = MUSICNN_FRONT_END.spectrogram(decode_file(track.path, MUSICNN_FRONT_END.sample_rate))
+        (features,) = session.run(["frame_features"], {"mel": spec[None].astype(np.float32)})
+        out.append(pool_views(features[0]))
+    return out
+
+
+def pool_views(features: np.ndarray) -> dict[str, np.ndarray]:
+    """Each view's windows (half-window hops, end-aligned last window) pooled from frame features [C, T]."""
     total = features.shape[1]
     out = {}
     for view in VIEWS:
@@ -392,6 +407,28 @@ def cross_validate(fs: FeatureSet, net: MSDMusicnn, folds: np.ndarray, variants:
     return results
 
 
+def cross_validate_quantized(fs: FeatureSet, net: MSDMusicnn, folds: np.ndarray, cfg: HeadConfig,
+                             int8_pooled: list[dict[str, np.ndarray]]) -> dict:
+    """The shipped variant's heads, trained per fold on float32 features as in :func:`cross_validate`,
+    evaluated on the float32 fast path and on the int8 file's features: before and after."""
+    fs.pooled["int8"] = int8_pooled
+    before = np.zeros((len(fs.tracks), len(GTZAN_GENRES)))
+    after = np.zeros_like(before)
+    for k in tqdm(range(folds.max() + 1), desc="cv int8", unit="fold"):
+        train, test = np.where(folds != k)[0], np.where(folds == k)[0]
+        head = train_head(fs, net, train, cfg, SEED + k)
+        before[test] = predict_tracks(head, fs, test, "fast")
+        after[test] = predict_tracks(head, fs, test, "int8")
+    result = {}
+    for name, probs in (("float32", before), ("int8", after)):
+        rep = classification_report(fs.labels, probs, GTZAN_GENRES)
+        result[name] = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "ece": rep["ece"]}
+    result["max_abs_diff_track_probs"] = float(np.abs(after - before).max())
+    result["same_top_label"] = int((after.argmax(1) == before.argmax(1)).sum())
+    result["tracks"] = len(fs.tracks)
+    return result
+
+
 class DefaultModel(nn.Module):
     """What the ONNX file holds: log-mel slice → (10 GTZAN genre probabilities, MSD genre-tag probabilities)."""
 
@@ -444,6 +481,30 @@ VARIANTS: dict[str, HeadConfig | None] = {
 }
 
 
+def export_int8(path: Path, calibration: Path, fs: FeatureSet, net: MSDMusicnn, folds: np.ndarray,
+                cfg: HeadConfig) -> tuple[Path, dict]:
+    """Write ``<model>-int8.onnx`` beside ``path`` (the front end's convolutions in int8, the CPU's
+    default file) and cross-validate it against the float32 fast path."""
+    import onnxruntime as ort
+
+    from tagger.cli import iter_audio_files
+    from training.optimize import quantize_model_file
+
+    audio = list(iter_audio_files([str(calibration)]))
+    if not audio:
+        raise SystemExit(f"{calibration}: no audio to calibrate the int8 model with (--calibration)")
+    target = path.with_name(f"{MODEL_NAME}-int8.onnx")
+    info = quantize_model_file(path, target, audio)
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    result = cross_validate_quantized(fs, net, folds, cfg, onnx_fast_path_features(session, fs.tracks))
+    result["quantization"] = info
+    result["calibration"] = str(calibration)
+    print(f"int8: accuracy {result['float32']['accuracy']:.3f} → {result['int8']['accuracy']:.3f}, macro F1 "
+          f"{result['float32']['macro_f1']:.3f} → {result['int8']['macro_f1']:.3f}, same top label "
+          f"{result['same_top_label']}/{result['tracks']}, max |Δp| {result['max_abs_diff_track_probs']:.4f}")
+    return target, result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data", help="folder holding gtzan/ (default ../shared/data)")
@@ -455,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-cv", action="store_true",
                         help="take the cross-validation results from the existing <out>/<model>.cv.json instead of "
                              "re-running it (re-export after a runtime-format change; the head is still retrained)")
+    parser.add_argument("--calibration", help="folder of audio that calibrates the int8 file (default <data>/fma: "
+                                              "not GTZAN, so the int8 CV sees no calibration on its test clips)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
@@ -496,20 +559,29 @@ def main(argv: list[str] | None = None) -> int:
     path = export_model(model, manifest(metrics), out / f"{MODEL_NAME}.onnx",
                         extra_outputs=("frame_features", "pooled", *(st.tensor for st in MUSICNN_STAGES)), check=False)
     from training.export import verify_export
+    from training.optimize import optimize_model_file
 
+    # The int8 file is made from the graph as exported; then the float32 file gets its exact rewrite.
+    int8_path, int8_cv = export_int8(path, Path(args.calibration or Path(args.data) / "fma"), fs, net, folds, cfg)
+    print(f"rewrote {optimize_model_file(path)} max-pooled convolutions (exact; training/optimize.py)")
     diffs = verify_export(model, manifest(metrics), path, 1e-5)
     print("ONNX Runtime vs PyTorch, max |diff|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
     report = {"folds": folds.tolist(), "tracks": [t.track_id for t in tracks], "labels": list(GTZAN_GENRES),
-              "variants": cv, "shipped": chosen,
+              "variants": cv, "shipped": chosen, "int8": int8_cv,
               "python": platform.python_version(), "torch": torch.__version__}
-    (out / f"{MODEL_NAME}.cv.json").write_text(json.dumps(report, indent=1))
     from training.model_card import out_of_domain_rows, write_card
 
     data = Path(args.data)
     realworld = out_of_domain_rows(path, data / "realworld") if (data / "realworld").is_dir() else []
+    if realworld:
+        int8_rows = out_of_domain_rows(int8_path, data / "realworld")
+        int8_cv["seconds_per_30s"] = {label: 30 * sum(r["seconds"] for r in rows) / sum(r["duration_s"] for r in rows)
+                                      for label, rows in (("float32", realworld), ("int8", int8_rows))}
     fma = out_of_domain_rows(path, data / "fma") if (data / "fma").is_dir() else []
-    card = write_card(out, MODEL_NAME, cv, chosen, realworld, fma)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), {card}, {out / f'{MODEL_NAME}.cv.json'}")
+    card = write_card(out, MODEL_NAME, cv, chosen, realworld, fma, int8_cv)
+    (out / f"{MODEL_NAME}.cv.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), {int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB), "
+          f"{card}, {out / f'{MODEL_NAME}.cv.json'}")
     return 0
 
 

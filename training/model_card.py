@@ -48,7 +48,37 @@ def _table(rows: list[dict], with_id3: bool) -> str:
     return "\n".join(lines)
 
 
-def write_card(out: Path, name: str, cv: dict, chosen: str, realworld: list[dict], fma: list[dict]) -> Path:
+def _int8_section(name: str, int8: dict | None) -> str:
+    if not int8:
+        return ""
+    before, after = int8["float32"], int8["int8"]
+    q = int8["quantization"]
+    timing = ""
+    if "seconds_per_30s" in int8:
+        timing = (f" CPU cost, same tracks and box as above: {int8['seconds_per_30s']['int8']:.2f} s per 30 s "
+                  f"(float32 file: {int8['seconds_per_30s']['float32']:.2f} s).")
+    return f"""
+## The int8 file for CPUs: `{name}-int8.onnx`
+
+The same model with the {len(q['convolutions'])} convolutions of its front end (the timbral and temporal filters,
+about 95 % of the backbone's arithmetic) in int8 (`training/optimize.py`: int8 weights per channel,
+uint8 input, each channel's output range calibrated on {q['calibration_files']} FMA clips, which are not GTZAN, so no
+CV test clip calibrated it; the temporal filters run in a polyphase form). The runtime loads it instead
+of the float32 file when it runs on the CPU and no model was named (GPUs get the float32 file). Same
+grouped 5-fold CV, shipped head, fast path, before → after:
+
+| file | accuracy | macro F1 | ECE |
+| --- | --- | --- | --- |
+| float32 | {before['accuracy']:.3f} | {before['macro_f1']:.3f} | {before['ece']:.3f} |
+| int8 front end | {after['accuracy']:.3f} | {after['macro_f1']:.3f} | {after['ece']:.3f} |
+
+Same top genre on {int8['same_top_label']} of {int8['tracks']} clips; largest change of a track's genre probability
+{int8['max_abs_diff_track_probs']:.3f}.{timing}
+"""
+
+
+def write_card(out: Path, name: str, cv: dict, chosen: str, realworld: list[dict], fma: list[dict],
+               int8: dict | None = None) -> Path:
     rows = []
     for variant, r in cv.items():
         mark = " **(shipped)**" if variant == chosen else ""
@@ -141,8 +171,8 @@ have their ID3 genre among the GTZAN genre or the top 3 MSD tags.
 {_table(fma, with_id3=True)}
 
 CPU cost on this 2-core box (decode + front end + both views, full coverage, ONNX Runtime CPU):
-{seconds_per_30s:.2f} s per 30 s of audio, averaged over the realworld tracks.
-
+{seconds_per_30s:.2f} s per 30 s of audio, averaged over the realworld tracks (float32 file).
+{_int8_section(name, int8)}
 ## Intended use and limits
 
 - Intended: suggesting genre tags for a music library, and a live genre display; the `msd_genres`

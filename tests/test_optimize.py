@@ -1,0 +1,163 @@
+"""Graph rewrites of max-pooled convolutions (training/optimize.py), and the shipped int8 file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tagger.model import read_manifest
+from tagger.pipeline import Tagger
+from tagger.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL, resolve_model
+from training.optimize import (
+    calibrate,
+    find_max_pooled_convs,
+    quantize_max_pooled_convs,
+    rewrite_max_pooled_convs,
+)
+
+MELS = 24
+
+
+def pooled_conv_graph(weights: list[np.ndarray], biases: list[np.ndarray], use_max: list[np.ndarray]
+                      ) -> onnx.ModelProto:
+    """mel [1, frames, MELS] → per convolution: Conv → ReduceMax/ReduceMin over mel → Where → Relu,
+    the pattern musicnn's exported front end has; outputs ``out0``, ``out1``…"""
+    nodes = [helper.make_node("Unsqueeze", ["mel", "axis1"], ["x"], name="unsqueeze")]
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array([3], np.int64), "axis3")]
+    outputs = []
+    for i, (w, b, m) in enumerate(zip(weights, biases, use_max, strict=True)):
+        inits += [numpy_helper.from_array(w.astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array(b.astype(np.float32), f"b{i}"),
+                  numpy_helper.from_array(m.reshape(1, -1, 1), f"cond{i}")]
+        pad = (w.shape[2] - 1) // 2
+        nodes += [
+            helper.make_node("Conv", ["x", f"w{i}", f"b{i}"], [f"y{i}"], name=f"conv{i}",
+                             kernel_shape=list(w.shape[2:]), pads=[pad, 0, w.shape[2] - 1 - pad, 0]),
+            helper.make_node("ReduceMax", [f"y{i}", "axis3"], [f"hi{i}"], name=f"max{i}", keepdims=0),
+            helper.make_node("ReduceMin", [f"y{i}", "axis3"], [f"lo{i}"], name=f"min{i}", keepdims=0),
+            helper.make_node("Where", [f"cond{i}", f"hi{i}", f"lo{i}"], [f"ext{i}"], name=f"where{i}"),
+            helper.make_node("Relu", [f"ext{i}"], [f"out{i}"], name=f"relu{i}"),
+        ]
+        outputs.append(helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, ["batch", w.shape[0], "frames"]))
+    graph = helper.make_graph(nodes, "pooled", [helper.make_tensor_value_info("mel", TensorProto.FLOAT,
+                                                                              ["batch", "frames", MELS])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+def run(model: onnx.ModelProto, mel: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"mel": mel})
+
+
+@pytest.fixture
+def graph() -> onnx.ModelProto:
+    rng = np.random.default_rng(7)
+    weights = [rng.standard_normal((12, 1, 5, 9)), rng.standard_normal((6, 1, 9, 1))]
+    biases = [rng.standard_normal(12), rng.standard_normal(6)]
+    # Mostly minima, as in musicnn (170 of 204 timbral channels follow a negative batch-norm scale).
+    use_max = [rng.random(12) < 0.3, rng.random(6) < 0.3]
+    # A dead channel: weights ~1e-31 (the MSD checkpoint has such), a bias that must survive int8.
+    weights[0][3] = 1e-31
+    biases[0][3] = 0.75
+    use_max[0][3] = True
+    return pooled_conv_graph(weights, biases, use_max)
+
+
+def music_like(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """Log-mel-like input: non-negative, smooth over mel, varying over time."""
+    base = np.abs(rng.standard_normal((frames, 1))) + 0.2 * np.abs(rng.standard_normal((frames, MELS)))
+    return (base * np.linspace(1.5, 0.5, MELS))[None].astype(np.float32)
+
+
+def test_patterns_are_found_and_within_restricts_them(graph: onnx.ModelProto) -> None:
+    found = find_max_pooled_convs(graph)
+    assert [p.conv.name for p in found] == ["conv0", "conv1"]
+    assert found[0].pool_width == MELS - 9 + 1 and found[1].pool_width == MELS
+    assert [p.conv.name for p in find_max_pooled_convs(graph, within="out1")] == ["conv1"]
+
+
+def test_float_rewrite_is_bit_exact_and_drops_the_second_reduction(graph: onnx.ModelProto) -> None:
+    rewritten = rewrite_max_pooled_convs(graph, find_max_pooled_convs(graph))
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "ReduceMin" not in ops and "Where" not in ops and ops.count("ReduceMax") == 2
+    mel = music_like(np.random.default_rng(1), 300)
+    for before, after in zip(run(graph, mel), run(rewritten, mel), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert find_max_pooled_convs(rewritten) == []
+
+
+def test_int8_rewrite_stays_within_a_few_output_steps(graph: onnx.ModelProto) -> None:
+    rng = np.random.default_rng(2)
+    patterns = find_max_pooled_convs(graph)
+    calibration = calibrate(graph, patterns, [{"mel": music_like(rng, 400)} for _ in range(4)])
+    quantized = quantize_max_pooled_convs(graph, patterns, calibration, margin=0.1)
+    ops = [n.op_type for n in quantized.graph.node]
+    assert ops.count("QLinearConv") == 2 and "ReduceMin" not in ops and "Conv" not in ops
+    mel = music_like(rng, 500)  # not the calibration input
+    for i, (before, after) in enumerate(zip(run(graph, mel), run(quantized, mel), strict=True)):
+        lo, hi = calibration.maxima[f"conv{i}"]
+        step = (hi - lo) * 1.2 / 255  # one output level per channel, margin included
+        err = np.abs(before - after)[0]  # [channels, frames]
+        # Input and weight rounding add to the output's half step: allow a few steps, per channel.
+        assert (err.max(axis=1) <= 4 * step + 1e-6).all(), (err.max(axis=1), step)
+        assert err.mean() < 0.5 * step.mean()
+    # The dead channel keeps its bias, it does not overflow the int32 bias.
+    np.testing.assert_allclose(run(quantized, mel)[0][0, 3], 0.75, atol=0.02)
+
+
+@pytest.mark.parametrize("batch,frames", [(1, 500), (3, 37), (2, 5), (1, 16)])
+def test_polyphase_int8_handles_any_batch_and_length(graph: onnx.ModelProto, batch: int, frames: int) -> None:
+    # conv1 (kernel 9 × 1) runs as a polyphase QLinearConv: frames are folded 16 at a time, so lengths
+    # that are not multiples of 16, shorter than 16, and batches must all come out frame for frame.
+    rng = np.random.default_rng(3)
+    patterns = find_max_pooled_convs(graph)
+    calibration = calibrate(graph, patterns, [{"mel": music_like(rng, 400)} for _ in range(6)])
+    quantized = quantize_max_pooled_convs(graph, patterns, calibration)
+    polyphase = next(n for n in quantized.graph.node if n.op_type == "QLinearConv" and n.name.startswith("conv1"))
+    weights = {i.name: i for i in quantized.graph.initializer}[polyphase.input[3]]
+    assert list(weights.dims[:2]) == [16 * 6, 16]
+    mel = np.concatenate([music_like(rng, frames) for _ in range(batch)])
+    before, after = run(graph, mel)[1], run(quantized, mel)[1]
+    assert after.shape == before.shape == (batch, 6, frames)
+    lo, hi = calibration.maxima["conv1"]
+    assert np.abs(before - after).max() <= 4 * ((hi - lo) * 1.2 / 255).max() + 1e-6
+    # Each item of a batch is computed on its own, as the float graph does.
+    np.testing.assert_array_equal(run(quantized, mel[:1])[1][0], after[0])
+
+
+def test_shipped_int8_file_matches_the_float32_model(realworld: Path) -> None:
+    float32, int8 = resolve_model(DEFAULT_MODEL), resolve_model(DEFAULT_CPU_MODEL)
+    a, b = read_manifest(float32), read_manifest(int8)
+    assert b.name == f"{a.name}-int8"
+    assert (a.front_ends, a.views, a.outputs, a.frame_pooling) == (b.front_ends, b.views, b.outputs, b.frame_pooling)
+    assert b.metrics["quantization"]["convolutions"]
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert "QLinearConv" in ops
+    track = realworld / "warzone2100-music" / "menu.opus"
+    ra, rb = Tagger(float32).tag_file(track), Tagger(int8).tag_file(track)
+    for name, out in ra.outputs.items():
+        before = {s.label: s.score for s in out.scores}
+        after = {s.label: s.score for s in rb.outputs[name].scores}
+        assert max(abs(before[k] - after[k]) for k in before) < 0.03
+        assert out.top == rb.outputs[name].top
+
+
+def test_cpu_runs_the_int8_file_unless_a_model_is_named() -> None:
+    from threadpoolctl import threadpool_info
+
+    from tagger.engine import EngineOptions
+
+    default = Tagger(engine_options=EngineOptions(device="cpu"))
+    assert default.engine.path == resolve_model(DEFAULT_CPU_MODEL)
+    assert default.manifest.name == DEFAULT_CPU_MODEL
+    named = Tagger(DEFAULT_MODEL, engine_options=EngineOptions(device="cpu"))
+    assert named.engine.path == resolve_model(DEFAULT_MODEL)
+    # Loading an engine keeps numpy's BLAS to one thread (its spinning threads slowed ONNX Runtime).
+    assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")
