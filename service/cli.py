@@ -78,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--live-seconds", type=float, default=30.0,
                        help="seconds of audio played in real time for the live row (0 skips it)")
     bench.add_argument("--no-daemon", action="store_true", help="skip the daemon end-to-end row")
+    bench.add_argument("--repeat", type=int, default=3,
+                       help="runs of each file row, interleaved; the fastest is reported (default 3)")
     bench.add_argument("--out", default="bench-results/bench.json",
                        help="JSON report (default bench-results/bench.json)")
     bench.set_defaults(func=cmd_bench)
@@ -114,7 +116,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    print_report(run_bench(args.folder, args.model, args.device, args.live_seconds, out, args.no_daemon))
+    print_report(run_bench(args.folder, args.model, args.device, args.live_seconds, out, args.no_daemon,
+                           args.repeat))
     print(f"report: {out}")
     return EXIT_OK
 

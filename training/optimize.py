@@ -217,7 +217,8 @@ def quantize_max_pooled_convs(model: onnx.ModelProto, patterns: list[MaxPooledCo
             numpy_helper.from_array((sign * lo).astype(np.float32)[None, :, None], f"{n}_int8_offset"),
             numpy_helper.from_array(np.array([3], np.int64), f"{n}_int8_mel_axis"),
         ]
-        if weight.shape[3] == 1 and weight.shape[2] > 1 and sum(_time_pads(p.conv)) == weight.shape[2] - 1:
+        if (weight.shape[1] == 1 and weight.shape[3] == 1 and weight.shape[2] > 1
+                and sum(_time_pads(p.conv)) == weight.shape[2] - 1):
             pooled, extra_init = _polyphase_int8(p, n, x, w_int8, w_scale, b_int32)
             added = [i for i in added if i.name not in {f"{n}_int8_w", f"{n}_int8_w_scale", f"{n}_int8_w_zero",
                                                         f"{n}_int8_b"}] + extra_init
@@ -255,13 +256,14 @@ def _time_pads(conv: onnx.NodeProto) -> tuple[int, int]:
 
 def _polyphase_int8(p: MaxPooledConv, n: str, x: str, w_int8: np.ndarray, w_scale: np.ndarray,
                     b_int32: np.ndarray) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """A (k × 1) convolution over one input channel as a polyphase QLinearConv: S = POLYPHASE
-    consecutive frames become S input channels and S·F output channels (output frame u·S + r, filter f
-    is channel r·F + f), the kernel k → ceil((k - 1) / S) + 1 taps. A single input channel makes
-    ONNX Runtime's im2col copy k values per output; here it copies S·Q per S outputs. The same int8
-    weights, rearranged (taps outside the filter are zero): same arithmetic, 1.1-1.3× the MACs, and on
-    2 cores 4-5× faster than the direct form (musicnn's temporal filters, 128/64/32 × 1). Only for
-    'same' padding (pads before + after = k - 1): T frames in, T out."""
+    """A (k × 1) convolution over one input channel, 'same' in time, as a polyphase QLinearConv.
+
+    S = POLYPHASE consecutive frames become S input channels and S·F output channels (output frame
+    u·S + r, filter f is channel r·F + f); the kernel's k taps become Q = ceil((k - 1) / S) + 1. With
+    one input channel ONNX Runtime's im2col copies k values per output; here S·Q per S outputs. The
+    same int8 weights, rearranged (taps outside the filter are zero): the same sums with 1.1-1.3× the
+    multiplications, and on one core 4-5× faster than the direct form (musicnn's temporal filters,
+    128/64/32 × 1: 32 → 9 µs per frame)."""
     filters, _, k, _ = w_int8.shape
     before = _time_pads(p.conv)[0]
     S = POLYPHASE
