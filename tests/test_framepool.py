@@ -96,3 +96,24 @@ def test_fast_path_stays_close_to_the_naive_per_window_results(tagger: Tagger, r
             assert est.slices == naive_result.outputs[name].slices
     print(f"\nlargest track-level |fast - naive| probability: {worst:.4f}")
     assert worst < 0.1
+
+
+def test_files_run_the_front_end_in_the_decoding_thread_with_the_same_result(tagger: Tagger,
+                                                                             realworld: Path) -> None:
+    # tag_file computes the log-mel frames beside the decoder (TagStream.feed_frames); feeding the
+    # decoded samples block by block (TagStream.feed) must give the same slices and estimate.
+    from tagger.decode import decode_blocks
+
+    track = realworld / "warzone2100-music" / "menu.opus"
+    threaded = tagger.tag_file(track, keep_slices=True)
+    stream = tagger.stream(eager=False, keep_slices=True, fast=True)
+    for block in decode_blocks(track, tagger.sample_rate, tagger.block_seconds):
+        stream.feed(block)
+    inline = stream.finish()
+    assert [(s.view, s.start_s) for s in threaded.slices] == [(s.view, s.start_s) for s in stream.slices]
+    for name, out in inline.items():
+        np.testing.assert_array_equal([s.score for s in threaded.outputs[name].scores], [s.score for s in out.scores])
+    with pytest.raises(RuntimeError, match="after finish"):
+        stream.feed_frames(0, np.zeros((0, 96), np.float32))
+    with pytest.raises(RuntimeError, match="fast path"):
+        tagger.stream(fast=False).feed_frames(0, np.zeros((0, 96), np.float32))
