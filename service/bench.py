@@ -26,8 +26,7 @@ import numpy as np
 from tagger.cli import iter_audio_files
 from tagger.decode import decode_blocks, decode_file
 from tagger.engine import EngineOptions, usable_cores
-from tagger.frontend import StreamingFrontEnd
-from tagger.pipeline import Tagger
+from tagger.pipeline import Tagger, log_mel_blocks
 from tagger.registry import resolve_model
 
 
@@ -69,11 +68,7 @@ def bench_front_end(files: list[Path], tagger: Tagger) -> Row:
     def run() -> None:
         nonlocal total
         for f in files:
-            fe = StreamingFrontEnd(config)
-            for b in decode_blocks(f, tagger.sample_rate):
-                fe.push(b)
-                total += b.size
-            fe.flush()
+            total += sum(samples for samples, _ in log_mel_blocks(f, tagger.sample_rate, tagger.block_seconds, config))
 
     seconds = _timed(run)
     return Row("decode + front end (log-mel)", seconds, total / tagger.sample_rate, len(files))
@@ -225,6 +220,7 @@ def run_bench(folder: str, model: str | None, device: str, live_seconds: float, 
     naive = Tagger(model, engine_options=options, fast=False)
     jobs: list[Callable[[], tuple[Row, dict]]] = [lambda: (bench_decode(files, fast.sample_rate), {}),
                                                   lambda: (bench_front_end(files, fast), {})]
+    fast_job = len(jobs)
     if fast.fast:
         jobs.append(lambda: bench_tagging(files, fast, "full tagging, fast path (both views, full coverage)"))
         if fast.engine.path != resolve_model(model):  # the CPU ran the default model's int8 file
@@ -234,7 +230,7 @@ def run_bench(folder: str, model: str | None, device: str, live_seconds: float, 
     jobs.append(lambda: bench_tagging(files, naive, "same model, naive (every window through the whole net)"))
     measured = best_of(jobs, repeat)
     rows = [row for row, _ in measured]
-    fast_results, naive_results = measured[2][1] if fast.fast else {}, measured[-1][1]
+    fast_results, naive_results = measured[fast_job][1] if fast.fast else {}, measured[-1][1]
     if live_seconds > 0:
         rows.extend(bench_live(files[0], t, live_seconds) for t in ([fast] if fast.fast else []) + [naive])
     if not skip_daemon:

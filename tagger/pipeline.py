@@ -264,20 +264,21 @@ class Tagger:
         """
         started = time.perf_counter()
         stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast)
+        blocks: Iterator
         if stream.fast:
             # The front end runs in the decoding thread too: on 2 cores it then balances inference
             # (11 realworld tracks, 3 runs each: 137-145 → 165-174 × real time).
             (front_end,) = {self.manifest.front_ends[v.front_end] for v in self.views}
-            for samples, frames in read_ahead(_log_mel_blocks(path, self.sample_rate, self.block_seconds,
-                                                              front_end)):
-                if cancelled is not None and cancelled():
-                    raise Cancelled(f"{path}: cancelled")
-                stream.feed_frames(samples, frames)
+            blocks = log_mel_blocks(path, self.sample_rate, self.block_seconds, front_end)
         else:
-            for block in read_ahead(decode_blocks(path, self.sample_rate, self.block_seconds)):
-                if cancelled is not None and cancelled():
-                    raise Cancelled(f"{path}: cancelled")
-                stream.feed(block)
+            blocks = decode_blocks(path, self.sample_rate, self.block_seconds)
+        for item in read_ahead(blocks):
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"{path}: cancelled")
+            if stream.fast:
+                stream.feed_frames(*item)
+            else:
+                stream.feed(item)
         outputs = stream.finish()
         if not outputs:
             raise TaggerError(f"{path}: too short to tag")
@@ -285,9 +286,10 @@ class Tagger:
                            self.provider, time.perf_counter() - started, stream.slices)
 
 
-def _log_mel_blocks(path: str | Path, sample_rate: int, block_seconds: float, front_end: FrontEndConfig
-                    ) -> Iterator[tuple[int, np.ndarray]]:
-    """(samples, log-mel frames) per decoded block, then (0, the front end's last frames)."""
+def log_mel_blocks(path: str | Path, sample_rate: int, block_seconds: float, front_end: FrontEndConfig
+                   ) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode ``path`` at ``sample_rate`` Hz in blocks of ``block_seconds`` and run ``front_end`` on
+    them: (samples, log-mel frames [n, mels]) per block, then (0, the front end's last frames)."""
     stream = StreamingFrontEnd(front_end)
     for block in decode_blocks(path, sample_rate, block_seconds):
         yield block.size, stream.push(block)

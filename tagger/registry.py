@@ -14,7 +14,7 @@ from pathlib import Path
 from tagger.errors import ModelError
 
 DEFAULT_MODEL = "msd-musicnn-gtzan"
-# The same model with its timbral convolutions in int8: what a CPU runs when no model is named (its
+# The same model with its front end's convolutions in int8: what a CPU runs when no model is named (its
 # card has the accuracy before and after; GPUs keep the float32 file).
 DEFAULT_CPU_MODEL = "msd-musicnn-gtzan-int8"
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"

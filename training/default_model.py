@@ -569,14 +569,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {"folds": folds.tolist(), "tracks": [t.track_id for t in tracks], "labels": list(GTZAN_GENRES),
               "variants": cv, "shipped": chosen, "int8": int8_cv,
               "python": platform.python_version(), "torch": torch.__version__}
-    from training.model_card import out_of_domain_rows, write_card
+    from training.model_card import out_of_domain_rows, seconds_per_30s, write_card
 
     data = Path(args.data)
     realworld = out_of_domain_rows(path, data / "realworld") if (data / "realworld").is_dir() else []
     if realworld:
         int8_rows = out_of_domain_rows(int8_path, data / "realworld")
-        int8_cv["seconds_per_30s"] = {label: 30 * sum(r["seconds"] for r in rows) / sum(r["duration_s"] for r in rows)
-                                      for label, rows in (("float32", realworld), ("int8", int8_rows))}
+        int8_cv["seconds_per_30s"] = {"float32": seconds_per_30s(realworld), "int8": seconds_per_30s(int8_rows)}
     fma = out_of_domain_rows(path, data / "fma") if (data / "fma").is_dir() else []
     card = write_card(out, MODEL_NAME, cv, chosen, realworld, fma, int8_cv)
     (out / f"{MODEL_NAME}.cv.json").write_text(json.dumps(report, indent=1))

@@ -60,13 +60,18 @@ def export_model(module: torch.nn.Module, manifest: ModelManifest, path: str | P
     entry.value = manifest.to_json()
     proto.producer_name = "genre-tagger"
     onnx.checker.check_model(proto)
-    tmp = path.with_suffix(".onnx.tmp")
-    onnx.save_model(proto, str(tmp), save_as_external_data=False)
-    tmp.replace(path)
+    save_onnx(proto, path)
     if check:
         diffs = verify_export(module, manifest, path, tolerance)
         logging.getLogger(__name__).info("ONNX Runtime vs PyTorch, max |diff| per output: %s", diffs)
     return path
+
+
+def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
+    """Write ``proto`` to ``path`` as one file, atomically (a reader never sees half a model)."""
+    tmp = path.with_suffix(".onnx.tmp")
+    onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    tmp.replace(path)
 
 
 def _forward_args(module: torch.nn.Module) -> list[str]:

@@ -207,10 +207,6 @@ def quantize_max_pooled_convs(model: onnx.ModelProto, patterns: list[MaxPooledCo
         out_scale = 1.0 / 255
         n = p.conv.name
         added += [
-            numpy_helper.from_array(w_int8, f"{n}_int8_w"),
-            numpy_helper.from_array(w_scale.astype(np.float32), f"{n}_int8_w_scale"),
-            numpy_helper.from_array(np.zeros(weight.shape[0], np.int8), f"{n}_int8_w_zero"),
-            numpy_helper.from_array(b_int32, f"{n}_int8_b"),
             numpy_helper.from_array(np.array(out_scale, np.float32), f"{n}_int8_y_scale"),
             numpy_helper.from_array(np.array(0, np.uint8), f"{n}_int8_y_zero"),
             numpy_helper.from_array((sign * span).astype(np.float32)[None, :, None], f"{n}_int8_gain"),
@@ -220,9 +216,12 @@ def quantize_max_pooled_convs(model: onnx.ModelProto, patterns: list[MaxPooledCo
         if (weight.shape[1] == 1 and weight.shape[3] == 1 and weight.shape[2] > 1
                 and sum(_time_pads(p.conv)) == weight.shape[2] - 1):
             pooled, extra_init = _polyphase_int8(p, n, x, w_int8, w_scale, b_int32)
-            added = [i for i in added if i.name not in {f"{n}_int8_w", f"{n}_int8_w_scale", f"{n}_int8_w_zero",
-                                                        f"{n}_int8_b"}] + extra_init
+            added += extra_init
         else:
+            added += [numpy_helper.from_array(w_int8, f"{n}_int8_w"),
+                      numpy_helper.from_array(w_scale.astype(np.float32), f"{n}_int8_w_scale"),
+                      numpy_helper.from_array(np.zeros(weight.shape[0], np.int8), f"{n}_int8_w_zero"),
+                      numpy_helper.from_array(b_int32, f"{n}_int8_b")]
             conv = helper.make_node(
                 "QLinearConv", [f"{x}_int8", f"{x}_int8_scale", f"{x}_int8_zero", f"{n}_int8_w",
                                 f"{n}_int8_w_scale", f"{n}_int8_w_zero", f"{n}_int8_y_scale", f"{n}_int8_y_zero",
@@ -396,12 +395,9 @@ def calibration_feeds(paths: Iterable[Path], front_end, input_name: str, chunk_f
     """Log-mel feeds ``{input_name: float32 [1, frames, mels]}`` from audio files, ``chunk_frames`` at a
     time. A file that cannot be decoded raises :class:`tagger.errors.DecodeError`."""
     from tagger.decode import decode_file
-    from tagger.frontend import StreamingFrontEnd
 
     for path in paths:
-        stream = StreamingFrontEnd(front_end)
-        audio = decode_file(path, front_end.sample_rate)
-        mel = np.concatenate([stream.push(audio), stream.flush()])
+        mel = front_end.spectrogram(decode_file(path, front_end.sample_rate))
         for start in range(0, mel.shape[0], chunk_frames):
             part = mel[start:start + chunk_frames]
             if part.shape[0] >= 16:
@@ -411,17 +407,13 @@ def calibration_feeds(paths: Iterable[Path], front_end, input_name: str, chunk_f
 def optimize_model_file(path: Path) -> int:
     """Rewrite the genre-tagger model file ``path`` in place with :func:`rewrite_max_pooled_convs`
     (exact); return how many convolutions were rewritten."""
+    from training.export import save_onnx
+
     model = onnx.load(str(path))
     patterns = find_max_pooled_convs(model)
     if patterns:
-        _save(rewrite_max_pooled_convs(model, patterns), path)
+        save_onnx(rewrite_max_pooled_convs(model, patterns), path)
     return len(patterns)
-
-
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    tmp = path.with_suffix(".onnx.tmp")
-    onnx.save_model(model, str(tmp))
-    tmp.replace(path)
 
 
 def quantize_model_file(source: Path, target: Path, calibration_audio: list[Path], within: str | None = None,
@@ -431,6 +423,7 @@ def quantize_model_file(source: Path, target: Path, calibration_audio: list[Path
     rewritten exactly (:func:`rewrite_max_pooled_convs`). The manifest is kept, renamed ``name``
     (default ``<name>-int8``), with a ``quantization`` entry in its metrics, which is also returned."""
     from tagger.model import MANIFEST_KEY, read_manifest
+    from training.export import save_onnx
 
     manifest = read_manifest(source)
     front_end = next(iter(manifest.front_ends.values()))
@@ -453,5 +446,5 @@ def quantize_model_file(source: Path, target: Path, calibration_audio: list[Path
     for entry in quantized.metadata_props:
         if entry.key == MANIFEST_KEY:
             entry.value = renamed.to_json()
-    _save(quantized, target)
+    save_onnx(quantized, target)
     return info
