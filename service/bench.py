@@ -4,7 +4,8 @@ Rows: decode only (the floor), decode + front end, full tagging (fast path: fram
 track), the same model run naively (every window through the whole network), live per-hop latency on a
 stream played in real time, and the daemon end to end (files per second into SQLite, peak RSS).
 Throughput is × real time for one process; the machine's core count is reported beside it. The file
-rows run ``repeat`` times in interleaved rounds and report their fastest run (all run times are kept).
+rows run ``repeat`` times, interleaved file by file, and add up each file's fastest run (every round's
+total is kept).
 """
 
 from __future__ import annotations
@@ -188,24 +189,31 @@ def compare(fast: dict, naive: dict) -> dict:
     return {"max_abs_diff": diffs, "top_label_agreement": {k: f"{v}/{len(fast)}" for k, v in agree.items()}}
 
 
-def best_of(jobs: list[Callable[[], tuple[Row, dict]]], repeat: int) -> list[tuple[Row, dict]]:
-    """Run every job ``repeat`` times, in interleaved rounds (a slow spell of a shared machine then
-    hits every row alike); keep each job's fastest run, with all its run times in ``extra['runs_s']``
-    and the process's CPU time during it (every thread, seconds) in ``extra['cpu_s']``."""
-    best: list[tuple[Row, dict] | None] = [None] * len(jobs)
-    runs: list[list[float]] = [[] for _ in jobs]
-    for _ in range(max(1, repeat)):
-        for i, job in enumerate(jobs):
-            cpu = time.process_time()
-            row, results = job()
-            row.extra["cpu_s"] = time.process_time() - cpu
-            runs[i].append(row.seconds)
-            current = best[i]
-            if current is None or row.seconds < current[0].seconds:
-                best[i] = (row, results)
+def best_of(jobs: list[Callable[[list[Path]], tuple[Row, dict]]], files: list[Path], repeat: int
+            ) -> list[tuple[Row, dict]]:
+    """Run every job on every file ``repeat`` times, interleaved file by file (each job on the first
+    file, then each on the second…), so that a slow spell of a shared machine hits every row alike.
+    A row's time is the sum over files of each file's fastest run; ``extra['runs_s']`` holds each
+    round's total and ``extra['cpu_s']`` the process's CPU time (every thread, seconds) in the runs kept."""
+    rounds = max(1, repeat)
+    runs: list[list[list[tuple[float, float, Row, dict]]]] = [[[] for _ in files] for _ in jobs]
+    for _ in range(rounds):
+        for i, path in enumerate(files):
+            for j, job in enumerate(jobs):
+                cpu = time.process_time()
+                row, results = job([path])
+                runs[j][i].append((row.seconds, time.process_time() - cpu, row, results))
     out = []
-    for (row, results), times in zip((b for b in best if b is not None), runs, strict=True):
-        row.extra["runs_s"] = " ".join(f"{t:.2f}" for t in times)
+    for per_file in runs:
+        kept = [min(file_runs, key=lambda run: run[0]) for file_runs in per_file]
+        first = kept[0][2]
+        row = Row(first.name, sum(k[0] for k in kept), sum(k[2].audio_seconds for k in kept), len(files),
+                  dict(first.extra))
+        row.extra["cpu_s"] = sum(k[1] for k in kept)
+        row.extra["runs_s"] = " ".join(f"{sum(f[r][0] for f in per_file):.2f}" for r in range(rounds))
+        results: dict = {}
+        for k in kept:
+            results.update(k[3])
         out.append((row, results))
     return out
 
@@ -218,19 +226,24 @@ def run_bench(folder: str, model: str | None, device: str, live_seconds: float, 
     options = EngineOptions(device=device)
     fast = Tagger(model, engine_options=options, fast=True)
     naive = Tagger(model, engine_options=options, fast=False)
-    jobs: list[Callable[[], tuple[Row, dict]]] = [lambda: (bench_decode(files, fast.sample_rate), {}),
-                                                  lambda: (bench_front_end(files, fast), {})]
+    jobs: list[Callable[[list[Path]], tuple[Row, dict]]] = [
+        lambda fs: (bench_decode(fs, fast.sample_rate), {}),
+        lambda fs: (bench_front_end(fs, fast), {})]
     fast_job = len(jobs)
     if fast.fast:
-        jobs.append(lambda: bench_tagging(files, fast, "full tagging, fast path (both views, full coverage)"))
+        jobs.append(lambda fs: bench_tagging(fs, fast, "full tagging, fast path (both views, full coverage)"))
         if fast.engine.path != resolve_model(model):  # the CPU ran the default model's int8 file
             float32 = Tagger(resolve_model(model), engine_options=options, fast=True)
-            jobs.append(lambda: bench_tagging(files, float32,
-                                              f"same, fast path, float32 file ({float32.manifest.name})"))
-    jobs.append(lambda: bench_tagging(files, naive, "same model, naive (every window through the whole net)"))
-    measured = best_of(jobs, repeat)
+            jobs.append(lambda fs: bench_tagging(fs, float32,
+                                                 f"same, fast path, float32 file ({float32.manifest.name})"))
+    jobs.append(lambda fs: bench_tagging(fs, naive, "same model, naive (every window through the whole net)"))
+    measured = best_of(jobs, files, repeat)
     rows = [row for row, _ in measured]
     fast_results, naive_results = measured[fast_job][1] if fast.fast else {}, measured[-1][1]
+    # The model's own share: CPU time beyond decoding and the front end, which both paths pay alike.
+    front_end_cpu = rows[1].extra["cpu_s"]
+    model_cpu = {"fast": rows[fast_job].extra["cpu_s"] - front_end_cpu if fast.fast else None,
+                 "naive": rows[len(jobs) - 1].extra["cpu_s"] - front_end_cpu}
     if live_seconds > 0:
         rows.extend(bench_live(files[0], t, live_seconds) for t in ([fast] if fast.fast else []) + [naive])
     if not skip_daemon:
@@ -244,6 +257,7 @@ def run_bench(folder: str, model: str | None, device: str, live_seconds: float, 
     }
     if fast.fast:
         report["fast_vs_naive"] = compare(fast_results, naive_results)
+        report["model_cpu_s"] = {**model_cpu, "naive_over_fast": model_cpu["naive"] / max(model_cpu["fast"], 1e-9)}
     decode = rows[0].realtime
     report["ratios"] = {r.name: r.realtime / decode for r in rows[1:] if "live" not in r.name}
     if out:
@@ -263,6 +277,10 @@ def print_report(report: dict) -> None:
         if r["extra"]:
             details = (f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in r["extra"].items())
             print("    " + ", ".join(details))
+    if "model_cpu_s" in report:
+        m = report["model_cpu_s"]
+        print(f"the model's CPU time (beyond decode + front end): fast {m['fast']:.2f} s, naive {m['naive']:.2f} s "
+              f"({m['naive_over_fast']:.2f}×)")
     if "fast_vs_naive" in report:
         c = report["fast_vs_naive"]
         print("fast vs naive, track level: max |Δp| " + ", ".join(f"{k} {v:.4f}" for k, v in c["max_abs_diff"].items())

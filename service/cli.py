@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="seconds of audio played in real time for the live row (0 skips it)")
     bench.add_argument("--no-daemon", action="store_true", help="skip the daemon end-to-end row")
     bench.add_argument("--repeat", type=int, default=3,
-                       help="runs of each file row, interleaved; the fastest is reported (default 3)")
+                       help="runs of each file row, interleaved file by file; each file's fastest counts (default 3)")
     bench.add_argument("--out", default="bench-results/bench.json",
                        help="JSON report (default bench-results/bench.json)")
     bench.set_defaults(func=cmd_bench)

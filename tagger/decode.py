@@ -7,7 +7,7 @@ Memory stays bounded whatever the file length: the decoder yields blocks of abou
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +123,7 @@ def decode_blocks(path: str | Path, sample_rate: int,
     container = _open(path)
     try:
         stream = _audio_stream(container, path)
-        resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=sample_rate)
+        to_mono = _mono_resampler(stream, sample_rate)
         check_mpeg = stream.codec_context.name in ("mp3", "mp3float", "mp2", "mp2float", "mp1", "mp1float")
         pending: list[np.ndarray] = []
         pending_samples = 0
@@ -134,16 +134,14 @@ def decode_blocks(path: str | Path, sample_rate: int,
                 if check_mpeg and packet.size:
                     last_packet = bytes(packet)
                 for frame in packet.decode():
-                    for out in resampler.resample(frame):
-                        mono = out.to_ndarray().mean(axis=0, dtype=np.float32)
+                    for mono in to_mono(frame):
                         pending.append(mono)
                         pending_samples += mono.size
                     while pending_samples >= block_samples:
                         block, pending, pending_samples = _take(pending, block_samples)
                         total += block.size
                         yield block
-            for out in resampler.resample(None):
-                mono = out.to_ndarray().mean(axis=0, dtype=np.float32)
+            for mono in to_mono(None):
                 pending.append(mono)
                 pending_samples += mono.size
         except av.error.FFmpegError as exc:
@@ -162,6 +160,36 @@ def decode_blocks(path: str | Path, sample_rate: int,
             raise DecodeError(path, "no audio samples could be decoded")
     finally:
         container.close()
+
+
+# FFmpeg's stereo → mono downmix to a float format is (L + R) · √½ (swresample leaves float matrices
+# unnormalised); this turns it into the channels' mean.
+_STEREO_DOWNMIX_TO_MEAN = np.float32(0.5 / np.sqrt(0.5))
+
+
+def _mono_resampler(stream: av.audio.stream.AudioStream, sample_rate: int
+                    ) -> Callable[[av.AudioFrame | None], Iterator[np.ndarray]]:
+    """frame (None: flush) → mono float32 arrays at ``sample_rate`` Hz: the mean of the channels.
+
+    Mono and stereo are downmixed by FFmpeg before resampling, so one channel is resampled instead of
+    two (11 realworld tracks, best of 3: decoding 10.25 → 9.07 s); other layouts are resampled as they
+    are and averaged here, since FFmpeg's downmix of those weighs the channels unequally."""
+    channels = stream.codec_context.channels
+    if channels <= 2:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        gain = _STEREO_DOWNMIX_TO_MEAN if channels == 2 else None
+
+        def mono(frame: av.AudioFrame | None) -> Iterator[np.ndarray]:
+            for out in resampler.resample(frame):
+                samples = out.to_ndarray().reshape(-1)
+                yield samples * gain if gain is not None else samples
+        return mono
+    resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=sample_rate)
+
+    def mean(frame: av.AudioFrame | None) -> Iterator[np.ndarray]:
+        for out in resampler.resample(frame):
+            yield out.to_ndarray().mean(axis=0, dtype=np.float32)
+    return mean
 
 
 def _take(parts: list[np.ndarray], n: int) -> tuple[np.ndarray, list[np.ndarray], int]:

@@ -49,6 +49,26 @@ def test_stereo_is_averaged_to_mono(tmp_path: Path) -> None:
     np.testing.assert_allclose(mono, (left / 2).astype(np.float32), atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["asc-music/frontiers.mp3", "warzone2100-music/menu.opus"])
+def test_resampled_stereo_is_the_mean_of_the_resampled_channels(realworld: Path, name: str) -> None:
+    # Stereo is downmixed by FFmpeg before resampling (one channel to resample); the result must be the
+    # channels' mean, as resampling both channels and averaging them gives.
+    import av
+
+    path = realworld / name
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        assert stream.codec_context.channels == 2
+        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=16000)
+        parts = [out.to_ndarray().mean(axis=0) for frame in container.decode(stream)
+                 for out in resampler.resample(frame)]
+        parts += [out.to_ndarray().mean(axis=0) for out in resampler.resample(None)]
+    reference = np.concatenate(parts)
+    decoded = decode_file(path, 16000)
+    assert decoded.size == reference.size
+    np.testing.assert_allclose(decoded, reference, atol=2e-6)
+
+
 def test_bad_files_raise_one_line_errors(tmp_path: Path, realworld: Path) -> None:
     text = tmp_path / "notes.mp3"
     text.write_text("this is not audio\n" * 50)

@@ -15,7 +15,9 @@ from tagger.pipeline import Tagger
 from tagger.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL, resolve_model
 from training.optimize import (
     calibrate,
+    dead_filters,
     find_max_pooled_convs,
+    prune_dead_filters,
     quantize_max_pooled_convs,
     rewrite_max_pooled_convs,
 )
@@ -91,6 +93,10 @@ def test_float_rewrite_is_bit_exact_and_drops_the_second_reduction(graph: onnx.M
     for before, after in zip(run(graph, mel), run(rewritten, mel), strict=True):
         np.testing.assert_array_equal(before, after)
     assert find_max_pooled_convs(rewritten) == []
+    # The dead filter is not computed: its output, its bias, is restored as a constant.
+    weights = {i.name: i for i in rewritten.graph.initializer}
+    conv0 = next(n for n in rewritten.graph.node if n.op_type == "Conv" and n.name.startswith("conv0"))
+    assert weights[conv0.input[1]].dims[0] == 11
 
 
 def test_int8_rewrite_stays_within_a_few_output_steps(graph: onnx.ModelProto) -> None:
@@ -108,8 +114,11 @@ def test_int8_rewrite_stays_within_a_few_output_steps(graph: onnx.ModelProto) ->
         # Input and weight rounding add to the output's half step: allow a few steps, per channel.
         assert (err.max(axis=1) <= 4 * step + 1e-6).all(), (err.max(axis=1), step)
         assert err.mean() < 0.5 * step.mean()
-    # The dead channel keeps its bias, it does not overflow the int32 bias.
-    np.testing.assert_allclose(run(quantized, mel)[0][0, 3], 0.75, atol=0.02)
+    # The dead filter is dropped; its output is its bias, exactly.
+    np.testing.assert_array_equal(run(quantized, mel)[0][0, 3], np.float32(0.75))
+    weights = {i.name: i for i in quantized.graph.initializer}
+    conv0 = next(n for n in quantized.graph.node if n.op_type == "QLinearConv" and n.name.startswith("conv0"))
+    assert weights[conv0.input[3]].dims[0] == 11
 
 
 @pytest.mark.parametrize("batch,frames", [(1, 500), (3, 37), (2, 5), (1, 16)])
@@ -130,6 +139,55 @@ def test_polyphase_int8_handles_any_batch_and_length(graph: onnx.ModelProto, bat
     assert np.abs(before - after).max() <= 4 * ((hi - lo) * 1.2 / 255).max() + 1e-6
     # Each item of a batch is computed on its own, as the float graph does.
     np.testing.assert_array_equal(run(quantized, mel[:1])[1][0], after[0])
+
+
+def plain_conv_graph(weights: list[np.ndarray]) -> onnx.ModelProto:
+    """x [batch, channels, frames] → Conv1d ('same') → Relu per weight, chained."""
+    nodes, inits, name = [], [], "x"
+    for i, w in enumerate(weights):
+        inits += [numpy_helper.from_array(w.astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array(np.linspace(-1, 1, w.shape[0]).astype(np.float32), f"b{i}")]
+        pad = (w.shape[2] - 1) // 2
+        nodes += [helper.make_node("Conv", [name, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}",
+                                   kernel_shape=[w.shape[2]], pads=[pad, w.shape[2] - 1 - pad]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        name = f"r{i}"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", weights[0].shape[1], "frames"])
+    y = helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", weights[-1].shape[0], "frames"])
+    graph = helper.make_graph(nodes, "plain", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+def test_dead_filters_of_plain_convolutions_are_dropped_when_they_are_many() -> None:
+    rng = np.random.default_rng(4)
+    first, second = rng.standard_normal((12, 8, 5)), rng.standard_normal((8, 12, 7))
+    first[[0, 2, 3, 7, 8, 11]] *= 1e-30  # half dead: dropped
+    second[5] *= 1e-30  # one in eight: not worth a restore
+    assert dead_filters(first).sum() == 6 and dead_filters(second).sum() == 1
+    graph = plain_conv_graph([first, second])
+    pruned, dropped = prune_dead_filters(graph)
+    assert dropped == 6
+    weights = {i.name: i for i in pruned.graph.initializer}
+    convs = [n for n in pruned.graph.node if n.op_type == "Conv"]
+    assert [weights[n.input[1]].dims[0] for n in convs] == [6, 8]
+    for batch, frames in ((1, 300), (3, 4)):
+        x = rng.standard_normal((batch, 8, frames)).astype(np.float32)
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        (before,) = session.run(None, {"x": x})
+        session = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
+        (after,) = session.run(None, {"x": x})
+        np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+    assert prune_dead_filters(pruned)[1] == 0
+
+
+def test_shipped_files_compute_no_dead_filters() -> None:
+    # Only the two later mid-end layers keep theirs (3 and 1 of 64, below the share worth restoring).
+    for path in (resolve_model(DEFAULT_MODEL), resolve_model(DEFAULT_CPU_MODEL)):
+        model = onnx.load(str(path))
+        weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        dead = sum(int(dead_filters(weights[n.input[1 if n.op_type == "Conv" else 3]]).sum())
+                   for n in model.graph.node if n.op_type in ("Conv", "QLinearConv"))
+        assert dead == 4, path
 
 
 def test_shipped_int8_file_matches_the_float32_model(realworld: Path) -> None:

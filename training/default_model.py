@@ -563,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # The int8 file is made from the graph as exported; then the float32 file gets its exact rewrite.
     int8_path, int8_cv = export_int8(path, Path(args.calibration or Path(args.data) / "fma"), fs, net, folds, cfg)
-    print(f"rewrote {optimize_model_file(path)} max-pooled convolutions (exact; training/optimize.py)")
+    rewritten, dropped = optimize_model_file(path)
+    print(f"rewrote {rewritten} max-pooled convolutions and dropped {dropped} dead filters of plain ones "
+          "(training/optimize.py)")
     diffs = verify_export(model, manifest(metrics), path, 1e-5)
     print("ONNX Runtime vs PyTorch, max |diff|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
     report = {"folds": folds.tolist(), "tracks": [t.track_id for t in tracks], "labels": list(GTZAN_GENRES),
