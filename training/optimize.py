@@ -422,7 +422,8 @@ def prune_dead_filters(model: onnx.ModelProto, min_share: float = DEAD_SHARE_WOR
     replacement: dict[str, list[onnx.NodeProto]] = {}
     dropped = 0
     for node in graph.node:
-        if node.op_type != "Conv" or node.input[1] not in initialisers or (
+        # Nodes are replaced by name: an unnamed one (a hand-built graph may have them) is left alone.
+        if node.op_type != "Conv" or not node.name or node.input[1] not in initialisers or (
                 len(node.input) > 2 and node.input[2] not in initialisers):
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
