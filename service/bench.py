@@ -243,7 +243,7 @@ def run_bench(folder: str, model: str | None, device: str, live_seconds: float, 
     # The model's own share: CPU time beyond decoding and the front end, which both paths pay alike.
     front_end_cpu = rows[1].extra["cpu_s"]
     model_cpu = {"fast": rows[fast_job].extra["cpu_s"] - front_end_cpu if fast.fast else None,
-                 "naive": rows[len(jobs) - 1].extra["cpu_s"] - front_end_cpu}
+                 "naive": rows[-1].extra["cpu_s"] - front_end_cpu}
     if live_seconds > 0:
         rows.extend(bench_live(files[0], t, live_seconds) for t in ([fast] if fast.fast else []) + [naive])
     if not skip_daemon:

@@ -172,12 +172,13 @@ def _mono_resampler(stream: av.audio.stream.AudioStream, sample_rate: int
     """frame (None: flush) → mono float32 arrays at ``sample_rate`` Hz: the mean of the channels.
 
     Mono and stereo are downmixed by FFmpeg before resampling, so one channel is resampled instead of
-    two (11 realworld tracks, best of 3: decoding 10.25 → 9.07 s); other layouts are resampled as they
-    are and averaged here, since FFmpeg's downmix of those weighs the channels unequally."""
-    channels = stream.codec_context.channels
-    if channels <= 2:
+    two (11 realworld tracks, best of 3: decoding 10.25 → 9.07 s); other layouts (two channels that are
+    not left/right included) are resampled as they are and averaged here, since FFmpeg's downmix of
+    those weighs the channels unequally."""
+    layout = stream.codec_context.layout.name
+    if layout in ("mono", "stereo"):
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        gain = _STEREO_DOWNMIX_TO_MEAN if channels == 2 else None
+        gain = _STEREO_DOWNMIX_TO_MEAN if layout == "stereo" else None
 
         def mono(frame: av.AudioFrame | None) -> Iterator[np.ndarray]:
             for out in resampler.resample(frame):
