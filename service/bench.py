@@ -27,7 +27,8 @@ import numpy as np
 from tagger.cli import iter_audio_files
 from tagger.decode import decode_blocks, decode_file
 from tagger.engine import EngineOptions, usable_cores
-from tagger.pipeline import Tagger, log_mel_blocks
+from tagger.frontend import StreamingFrontEnd
+from tagger.pipeline import Tagger
 from tagger.registry import resolve_model
 
 
@@ -69,7 +70,11 @@ def bench_front_end(files: list[Path], tagger: Tagger) -> Row:
     def run() -> None:
         nonlocal total
         for f in files:
-            total += sum(samples for samples, _ in log_mel_blocks(f, tagger.sample_rate, tagger.block_seconds, config))
+            front_end = StreamingFrontEnd(config)
+            for block in decode_blocks(f, tagger.sample_rate, tagger.block_seconds):
+                front_end.push(block)
+                total += block.size
+            front_end.flush()
 
     seconds = _timed(run)
     return Row("decode + front end (log-mel)", seconds, total / tagger.sample_rate, len(files))

@@ -162,6 +162,11 @@ def decode_blocks(path: str | Path, sample_rate: int,
         container.close()
 
 
+# The resampler hands back frames of this length (s) instead of one per decoded frame (20-26 ms):
+# converting each small frame to numpy cost more than the resampling itself (11 realworld tracks,
+# best of 3: decoding 8.95 → 7.12 s, the same samples).
+_RESAMPLED_FRAME_SECONDS = 0.25
+
 # FFmpeg's stereo → mono downmix to a float format is (L + R) · √½ (swresample leaves float matrices
 # unnormalised); this turns it into the channels' mean.
 _STEREO_DOWNMIX_TO_MEAN = np.float32(0.5 / np.sqrt(0.5))
@@ -176,8 +181,9 @@ def _mono_resampler(stream: av.audio.stream.AudioStream, sample_rate: int
     not left/right included) are resampled as they are and averaged here, since FFmpeg's downmix of
     those weighs the channels unequally."""
     layout = stream.codec_context.layout.name
+    frame_size = max(1, round(_RESAMPLED_FRAME_SECONDS * sample_rate))
     if layout in ("mono", "stereo"):
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate, frame_size=frame_size)
         gain = _STEREO_DOWNMIX_TO_MEAN if layout == "stereo" else None
 
         def mono(frame: av.AudioFrame | None) -> Iterator[np.ndarray]:
@@ -185,7 +191,8 @@ def _mono_resampler(stream: av.audio.stream.AudioStream, sample_rate: int
                 samples = out.to_ndarray().reshape(-1)
                 yield samples * gain if gain is not None else samples
         return mono
-    resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=sample_rate)
+    resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=sample_rate,
+                                  frame_size=frame_size)
 
     def mean(frame: av.AudioFrame | None) -> Iterator[np.ndarray]:
         for out in resampler.resample(frame):

@@ -171,7 +171,6 @@ class FeatureStream:
         self.runner = runner
         self.config = front_end
         self.front_end = StreamingFrontEnd(front_end)
-        self._caller_front_end = False  # push_frames() was used: the caller flushes the front end
         self.views = views
         self.chunk = chunk_frames or DEFAULT_CHUNK_FRAMES
         self.eager = eager
@@ -200,20 +199,13 @@ class FeatureStream:
     def push(self, samples: np.ndarray) -> list[PooledSlice]:
         return self._push(self.front_end.push(samples))
 
-    def push_frames(self, frames: np.ndarray) -> list[PooledSlice]:
-        """Log-mel frames [n, mels] from a front end the caller runs (of this stream's configuration,
-        flushed by the caller too): files compute it in the decoding thread. Do not mix with push()."""
-        self._caller_front_end = True
-        return self._push(frames)
-
     def _push(self, frames: np.ndarray) -> list[PooledSlice]:
         self._append(frames)
         self._compute(final=False)
         return self._collect(end=self._done)
 
     def finish(self) -> list[PooledSlice]:
-        if not self._caller_front_end:
-            self._append(self.front_end.flush())
+        self._append(self.front_end.flush())
         self._compute(final=True)
         slices = self._collect(end=self._done)
         total = self._total

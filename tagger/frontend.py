@@ -112,8 +112,7 @@ class FrontEndConfig:
     def compress(self, mel: np.ndarray) -> np.ndarray:
         """Apply the log compression to a float64 mel spectrogram; return float32."""
         if self.round_float16:
-            with np.errstate(over="ignore"):
-                mel = mel.astype(np.float16).astype(np.float64)
+            mel = round_to_float16(mel)
         if self.log == "log10_1p":
             out = np.log10(self.log_multiplier * mel + 1.0)
         elif self.log == "db":
@@ -126,6 +125,23 @@ class FrontEndConfig:
         """Log-mel of a whole signal in one call: float32 [frames, n_mels]."""
         fe = StreamingFrontEnd(self)
         return np.concatenate([fe.push(samples), fe.flush()])
+
+
+FLOAT16_MAX = 65504.0
+
+
+def round_to_float16(values: np.ndarray) -> np.ndarray:
+    """float64 ``values`` rounded to the nearest float16 (ties to even, beyond ±65504 to ±inf), as
+    ``values.astype(np.float16).astype(np.float64)`` gives, computed in float64: numpy converts to
+    float16 one element at a time, which cost more than the FFTs (1.2 of 1.9 s for 11 tracks)."""
+    _, exponent = np.frexp(values)
+    # float16 keeps 11 significant bits; below its smallest normal (2**-14) the spacing is fixed at 2**-24.
+    shift = np.maximum(exponent, -13) - 11
+    rounded = np.ldexp(np.rint(np.ldexp(values, -shift)), shift)
+    overflow = np.abs(rounded) > FLOAT16_MAX
+    if overflow.any():
+        rounded[overflow] = np.copysign(np.inf, rounded[overflow])
+    return rounded
 
 
 def hz_to_mel(hz: np.ndarray, scale: str) -> np.ndarray:

@@ -8,7 +8,7 @@ estimate (live audio, or a file read block by block).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,6 @@ from tagger.engine import Engine, EngineOptions
 from tagger.ensemble import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Ensemble, OutputEstimate
 from tagger.errors import Cancelled, ConfigError, TaggerError
 from tagger.framepool import FeatureStream, FramePoolRunner, PooledSlice
-from tagger.frontend import FrontEndConfig, StreamingFrontEnd
 from tagger.model import ModelManifest, ViewSpec
 from tagger.registry import default_cpu_model, resolve_model
 from tagger.views import FrontEndStream, Slice, build_streams
@@ -133,19 +132,6 @@ class TagStream:
         self.samples_in += samples.size
         for source in self._sources:
             for s in source.push(samples):
-                self._pending[s.view].append(s)
-        return self._infer(force=self.eager)
-
-    def feed_frames(self, samples: int, frames: np.ndarray) -> list[SliceResult]:
-        """Fast path only: add the log-mel frames [n, mels] that the model's front end made from
-        ``samples`` more samples (the caller runs it, flush included); return the slice results."""
-        if self._finished:
-            raise RuntimeError("feed_frames() after finish()")
-        if not self._fast:
-            raise RuntimeError("feed_frames() needs the fast path")
-        self.samples_in += samples
-        for source in self._sources:
-            for s in source.push_frames(frames):
                 self._pending[s.view].append(s)
         return self._infer(force=self.eager)
 
@@ -264,33 +250,15 @@ class Tagger:
         """
         started = time.perf_counter()
         stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast)
-        blocks: Iterator
-        if stream.fast:
-            # The front end runs in the decoding thread too: on 2 cores it then balances inference
-            # (11 realworld tracks, 3 runs each: 137-145 → 165-174 × real time).
-            (front_end,) = {self.manifest.front_ends[v.front_end] for v in self.views}
-            blocks = log_mel_blocks(path, self.sample_rate, self.block_seconds, front_end)
-        else:
-            blocks = decode_blocks(path, self.sample_rate, self.block_seconds)
-        for item in read_ahead(blocks):
+        # Decoding runs in its own thread, the front end and the model in this one: on 2 cores that
+        # balances the two (11 realworld tracks, per-file best of 5: 11.48 s with the front end in the
+        # decoding thread, 10.63 s here).
+        for block in read_ahead(decode_blocks(path, self.sample_rate, self.block_seconds)):
             if cancelled is not None and cancelled():
                 raise Cancelled(f"{path}: cancelled")
-            if stream.fast:
-                stream.feed_frames(*item)
-            else:
-                stream.feed(item)
+            stream.feed(block)
         outputs = stream.finish()
         if not outputs:
             raise TaggerError(f"{path}: too short to tag")
         return TrackResult(str(path), stream.seconds_in, outputs, self.manifest.name, self.manifest.version,
                            self.provider, time.perf_counter() - started, stream.slices)
-
-
-def log_mel_blocks(path: str | Path, sample_rate: int, block_seconds: float, front_end: FrontEndConfig
-                   ) -> Iterator[tuple[int, np.ndarray]]:
-    """Decode ``path`` at ``sample_rate`` Hz in blocks of ``block_seconds`` and run ``front_end`` on
-    them: (samples, log-mel frames [n, mels]) per block, then (0, the front end's last frames)."""
-    stream = StreamingFrontEnd(front_end)
-    for block in decode_blocks(path, sample_rate, block_seconds):
-        yield block.size, stream.push(block)
-    yield 0, stream.flush()

@@ -98,10 +98,10 @@ def test_fast_path_stays_close_to_the_naive_per_window_results(tagger: Tagger, r
     assert worst < 0.1
 
 
-def test_files_run_the_front_end_in_the_decoding_thread_with_the_same_result(tagger: Tagger,
+def test_files_decoded_in_a_thread_give_the_same_result_as_blocks_fed_inline(tagger: Tagger,
                                                                              realworld: Path) -> None:
-    # tag_file computes the log-mel frames beside the decoder (TagStream.feed_frames); feeding the
-    # decoded samples block by block (TagStream.feed) must give the same slices and estimate.
+    # tag_file decodes in a read-ahead thread; feeding the decoded samples block by block in this
+    # thread must give the same slices and estimate.
     from tagger.decode import decode_blocks
 
     track = realworld / "warzone2100-music" / "menu.opus"
@@ -114,6 +114,4 @@ def test_files_run_the_front_end_in_the_decoding_thread_with_the_same_result(tag
     for name, out in inline.items():
         np.testing.assert_array_equal([s.score for s in threaded.outputs[name].scores], [s.score for s in out.scores])
     with pytest.raises(RuntimeError, match="after finish"):
-        stream.feed_frames(0, np.zeros((0, 96), np.float32))
-    with pytest.raises(RuntimeError, match="fast path"):
-        tagger.stream(fast=False).feed_frames(0, np.zeros((0, 96), np.float32))
+        stream.feed(np.zeros(16, np.float32))

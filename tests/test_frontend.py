@@ -10,7 +10,7 @@ from conftest import REFERENCE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagger.frontend import FrontEndConfig, StreamingFrontEnd, mel_filterbank
+from tagger.frontend import FrontEndConfig, StreamingFrontEnd, mel_filterbank, round_to_float16
 from tagger.views import build_streams
 from training.default_model import MUSICNN_FRONT_END, VIEWS
 
@@ -115,6 +115,23 @@ def test_front_end_reproduces_musicnn_librosa_logmel(name: str) -> None:
     # Only float16 rounding ties (float32 vs librosa's arithmetic) differ, by one float16 step.
     assert diff.mean() < 1e-6
     assert diff.max() < 1e-3
+
+
+def test_float16_rounding_equals_numpy_conversion() -> None:
+    # Every finite float16, the midpoints between neighbours (ties go to even) and the doubles just
+    # either side of them, the overflow edge, subnormals, specials, and a million random magnitudes.
+    halves = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    grid = np.unique(halves[np.isfinite(halves)].astype(np.float64))
+    mid = (grid[1:] + grid[:-1]) / 2
+    rng = np.random.default_rng(0)
+    values = np.concatenate([
+        grid, mid, np.nextafter(mid, np.inf), np.nextafter(mid, -np.inf),
+        65504.0 + np.array([15.999, 16.0, 16.001, 1e9]), [np.inf, -np.inf, np.nan, 0.0, -0.0, 5e-324],
+        rng.standard_normal(10**6) * np.exp(rng.uniform(-40.0, 12.0, 10**6)),
+    ])
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16).astype(np.float64)
+    np.testing.assert_array_equal(round_to_float16(values), expected)
 
 
 def test_slaney_and_htk_filterbanks_are_triangles_with_the_right_norm() -> None:
