@@ -35,7 +35,8 @@ class EngineOptions:
     Attributes:
         device: ``"auto"`` (CUDA when it works, else CPU), ``"cuda"`` (fail if CUDA does not work)
             or ``"cpu"``.
-        intra_op_threads: threads inside one operator; 0 means one per usable core.
+        intra_op_threads: threads inside one operator; 0 means one per usable core, less the one that
+            decodes beside the fast path's sessions.
         inter_op_threads: operators run in parallel; 1 (sequential) suits these small graphs.
         batch_size: slices per inference call (larger amortises the call overhead).
         chunk_frames: frames of frame-level features per call on the fast path: memory grows with it.

@@ -14,8 +14,10 @@ from tagger.model import read_manifest
 from tagger.pipeline import Tagger
 from tagger.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL, resolve_model
 from training.optimize import (
+    _restore_channels,
     calibrate,
     dead_filters,
+    drop_constant_features,
     find_max_pooled_convs,
     prune_dead_filters,
     quantize_max_pooled_convs,
@@ -178,6 +180,91 @@ def test_dead_filters_of_plain_convolutions_are_dropped_when_they_are_many() -> 
         (after,) = session.run(None, {"x": x})
         np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
     assert prune_dead_filters(pruned)[1] == 0
+
+
+def features_graph(front_reader: str = "Conv") -> onnx.ModelProto:
+    """x [batch, 6, frames] → a front stage of 7 channels, 4 of them constants restored as the dead-filter
+    rewrites restore them (then Relu, batch norm) → a 'same' convolution (or an Add, ``front_reader``)
+    → features = both concatenated → pooled (max, mean interleaved) → a batch-normed softmax head and
+    a plain linear one."""
+    rng = np.random.default_rng(11)
+    dead = np.array([True, False, True, True, False, True, False])
+    f32 = np.float32
+    inits = [numpy_helper.from_array(rng.standard_normal((3, 6, 3)).astype(f32), "w_front"),
+             numpy_helper.from_array(rng.standard_normal((7, 7, 3)).astype(f32), "w_mid"),
+             *(numpy_helper.from_array(v.astype(f32), n) for n, v in (
+                 ("bn_scale", rng.standard_normal(7)), ("bn_bias", rng.standard_normal(7)),
+                 ("bn_mean", rng.standard_normal(7)), ("bn_var", rng.random(7) + 0.5),
+                 ("head_scale", rng.standard_normal(28)), ("head_bias", rng.standard_normal(28)),
+                 ("head_mean", rng.standard_normal(28)), ("head_var", rng.random(28) + 0.5),
+                 ("w_head", rng.standard_normal((4, 28))), ("b_head", rng.standard_normal(4)),
+                 ("w_plain", rng.standard_normal((3, 28))), ("b_plain", rng.standard_normal(3)))),
+             numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+             numpy_helper.from_array(np.array([-1, 28], np.int64), "pooled_shape")]
+    restore, restore_init = _restore_channels("front", "front_live", "front_restored", dead,
+                                              rng.standard_normal(7) + 0.5, rank=3)
+    mid = (helper.make_node("Conv", ["front", "w_mid"], ["mid"], name="mid", kernel_shape=[3], pads=[1, 1])
+           if front_reader == "Conv" else helper.make_node("Add", ["front", "front"], ["mid"], name="mid"))
+    nodes = [
+        helper.make_node("Conv", ["x", "w_front"], ["front_live"], name="front_conv", kernel_shape=[3], pads=[1, 1]),
+        *restore,
+        helper.make_node("Relu", ["front_restored"], ["front_relu"], name="front_relu"),
+        helper.make_node("BatchNormalization", ["front_relu", "bn_scale", "bn_bias", "bn_mean", "bn_var"],
+                         ["front"], name="front_bn"),
+        mid,
+        helper.make_node("Concat", ["front", "mid"], ["features"], name="features", axis=1),
+        helper.make_node("ReduceMax", ["features", "axis2"], ["fmax"], name="fmax", keepdims=1),
+        helper.make_node("ReduceMean", ["features", "axis2"], ["fmean"], name="fmean", keepdims=1),
+        helper.make_node("Concat", ["fmax", "fmean"], ["stack"], name="stack", axis=2),
+        helper.make_node("Reshape", ["stack", "pooled_shape"], ["pooled"], name="pooled"),
+        helper.make_node("BatchNormalization", ["pooled", "head_scale", "head_bias", "head_mean", "head_var"],
+                         ["normed"], name="head_bn"),
+        helper.make_node("Gemm", ["normed", "w_head", "b_head"], ["logits"], name="head", transB=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], name="softmax"),
+        helper.make_node("Gemm", ["pooled", "w_plain", "b_plain"], ["plain"], name="plain", transB=1),
+    ]
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes, "features", [info("x", TensorProto.FLOAT, ["batch", 6, "frames"])],
+        [info("probs", TensorProto.FLOAT, ["batch", 4]), info("plain", TensorProto.FLOAT, ["batch", 3]),
+         info("features", TensorProto.FLOAT, ["batch", 14, "frames"]),
+         info("pooled", TensorProto.FLOAT, ["batch", 28])],
+        inits + restore_init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+def run_graph(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def test_constant_feature_channels_are_left_out_with_the_same_outputs() -> None:
+    graph = features_graph()
+    lean, dropped = drop_constant_features(graph, "features", "pooled")
+    assert dropped == 4
+    constant = np.array([True, False, True, True, False, True, False] + [False] * 7)
+    rng = np.random.default_rng(5)
+    # Short inputs too: there the zero padding of the convolution reading the constants matters.
+    for batch, frames in ((1, 200), (2, 5), (1, 1)):
+        x = rng.standard_normal((batch, 6, frames)).astype(np.float32)
+        before = dict(zip(["probs", "plain", "features", "pooled"], run_graph(graph, x), strict=True))
+        after = dict(zip(["probs", "plain", "features", "pooled"], run_graph(lean, x), strict=True))
+        np.testing.assert_allclose(after["probs"], before["probs"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(after["plain"], before["plain"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(after["features"], before["features"][:, ~constant], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(after["pooled"], before["pooled"][:, np.repeat(~constant, 2)], rtol=1e-6, atol=1e-6)
+    assert drop_constant_features(lean, "features", "pooled")[1] == 0
+    # Read by an op that cannot take the constants in (an Add), the channels stay.
+    assert drop_constant_features(features_graph(front_reader="Add"), "features", "pooled")[1] == 0
+
+
+def test_shipped_files_pool_no_constant_features() -> None:
+    for path in (resolve_model(DEFAULT_MODEL), resolve_model(DEFAULT_CPU_MODEL)):
+        fp = read_manifest(path).frame_pooling
+        model = onnx.load(str(path))
+        assert drop_constant_features(model, fp.features, fp.pooled)[1] == 0, path
+        (features,) = [o for o in model.graph.output if o.name == fp.features]
+        assert features.type.tensor_type.shape.dim[1].dim_value == 256  # of 753: 497 were constants
 
 
 def test_shipped_files_compute_no_dead_filters() -> None:

@@ -488,7 +488,7 @@ def export_int8(path: Path, calibration: Path, fs: FeatureSet, net: MSDMusicnn, 
     import onnxruntime as ort
 
     from tagger.cli import iter_audio_files
-    from training.optimize import quantize_model_file
+    from training.optimize import drop_constant_features_file, quantize_model_file
 
     audio = list(iter_audio_files([str(calibration)]))
     if not audio:
@@ -497,6 +497,8 @@ def export_int8(path: Path, calibration: Path, fs: FeatureSet, net: MSDMusicnn, 
     info = quantize_model_file(path, target, audio)
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     result = cross_validate_quantized(fs, net, folds, cfg, onnx_fast_path_features(session, fs.tracks))
+    # The CV above read the features as exported; now they lose their constant channels.
+    info["constant_features_dropped"] = drop_constant_features_file(target)
     result["quantization"] = info
     result["calibration"] = str(calibration)
     print(f"int8: accuracy {result['float32']['accuracy']:.3f} → {result['int8']['accuracy']:.3f}, macro F1 "
@@ -559,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     path = export_model(model, manifest(metrics), out / f"{MODEL_NAME}.onnx",
                         extra_outputs=("frame_features", "pooled", *(st.tensor for st in MUSICNN_STAGES)), check=False)
     from training.export import verify_export
-    from training.optimize import optimize_model_file
+    from training.optimize import drop_constant_features_file, optimize_model_file
 
     # The int8 file is made from the graph as exported; then the float32 file gets its exact rewrite.
     int8_path, int8_cv = export_int8(path, Path(args.calibration or Path(args.data) / "fma"), fs, net, folds, cfg)
@@ -568,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
           "(training/optimize.py)")
     diffs = verify_export(model, manifest(metrics), path, 1e-5)
     print("ONNX Runtime vs PyTorch, max |diff|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    # After the check against PyTorch, whose features keep every channel.
+    constant = drop_constant_features_file(path)
+    print(f"left {constant} constant channels out of the frame features (training/optimize.py)")
     report = {"folds": folds.tolist(), "tracks": [t.track_id for t in tracks], "labels": list(GTZAN_GENRES),
               "variants": cv, "shipped": chosen, "int8": int8_cv,
               "python": platform.python_version(), "torch": torch.__version__}

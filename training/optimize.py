@@ -449,6 +449,215 @@ def prune_dead_filters(model: onnx.ModelProto, min_share: float = DEAD_SHARE_WOR
     return model, dropped
 
 
+@dataclass(frozen=True)
+class ConstantChannels:
+    """Which channels (axis 1) of a tensor hold one value at every position, and those values."""
+
+    mask: np.ndarray  # bool [channels]
+    values: np.ndarray  # float64 [channels], meaningful where ``mask``
+
+
+class _ChannelAnalysis:
+    """Follows constant channels from the ``Expand``-ed constants of the dead-filter rewrites through
+    the ops that keep channels apart (Concat and Gather on axis 1, Relu, BatchNormalization, Unsqueeze
+    and Squeeze after the channel axis). Any other op's channels count as varying: the analysis may
+    miss a constant channel, never invent one."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        infos = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+        self.channel_counts = {
+            info.name: dims[1].dim_value for info in infos
+            if len(dims := info.type.tensor_type.shape.dim) >= 2 and dims[1].HasField("dim_value")}
+        self.producer = {out: node for node in model.graph.node for out in node.output}
+        self.constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        self._memo: dict[str, ConstantChannels | None] = {}
+
+    def channels(self, tensor: str) -> ConstantChannels | None:
+        """``tensor``'s constant channels, or None when its channel count is unknown."""
+        if tensor not in self._memo:
+            self._memo[tensor] = self._follow(tensor)
+        return self._memo[tensor]
+
+    def _varying(self, tensor: str) -> ConstantChannels | None:
+        count = self.channel_counts.get(tensor)
+        return None if count is None else ConstantChannels(np.zeros(count, bool), np.zeros(count))
+
+    def _follow(self, tensor: str) -> ConstantChannels | None:
+        node = self.producer.get(tensor)
+        if node is None:
+            return self._varying(tensor)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        const = self.constants
+        if node.op_type == "Expand" and node.input[0] in const:
+            value = const[node.input[0]]
+            if value.ndim >= 2 and all(d == 1 for axis, d in enumerate(value.shape) if axis != 1):
+                return ConstantChannels(np.ones(value.shape[1], bool), value.reshape(-1).astype(np.float64))
+        elif node.op_type == "Concat" and attrs.get("axis") == 1:
+            parts = [self.channels(name) for name in node.input]
+            if all(part is not None for part in parts):
+                return ConstantChannels(np.concatenate([p.mask for p in parts]),  # type: ignore[union-attr]
+                                        np.concatenate([p.values for p in parts]))  # type: ignore[union-attr]
+        elif node.op_type == "Gather" and attrs.get("axis", 0) == 1 and node.input[1] in const:
+            source, index = self.channels(node.input[0]), const[node.input[1]]
+            if source is not None and index.ndim == 1:
+                return ConstantChannels(source.mask[index], source.values[index])
+        elif node.op_type == "Relu":
+            source = self.channels(node.input[0])
+            if source is not None:
+                return ConstantChannels(source.mask, np.maximum(source.values, 0.0))
+        elif node.op_type in ("Unsqueeze", "Squeeze") and len(node.input) == 2 and node.input[1] in const:
+            if all(axis >= 2 for axis in const[node.input[1]].reshape(-1)):  # the channel axis stays 1
+                return self.channels(node.input[0])
+        elif node.op_type == "BatchNormalization" and len(node.output) == 1 and all(
+                name in const for name in node.input[1:5]):
+            source = self.channels(node.input[0])
+            if source is not None:
+                scale, bias, mean, var = (const[name].astype(np.float64) for name in node.input[1:5])
+                normalised = (source.values - mean) / np.sqrt(var + attrs.get("epsilon", 1e-5))
+                return ConstantChannels(source.mask, normalised * scale + bias)
+        return self._varying(tensor)
+
+
+def drop_constant_features(model: onnx.ModelProto, features: str, pooled: str) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` whose frame features ``features`` leave out constant channels (the dead
+    filters' outputs: a constant's max and mean over any window are the constant), so that nothing
+    downstream copies, pools or multiplies them. Returns the model and how many channels were left out.
+
+    The graph must be ``features = Concat(axis 1)``, ``pooled`` [batch, 2·channels] interleaving each
+    channel's max and mean (``Reshape`` to [-1, 2·channels]) read by ``Gemm`` layers, each behind an
+    optional ``BatchNormalization``: a head's bias takes the constant part of its input. A part of the
+    concatenation loses its constant channels when plain convolutions are all that read it besides: a
+    convolution keeps one constant channel, weighted for all of them, so the zero padding at a track's
+    edges counts as before. Anything else leaves the model as it is (0 channels).
+    """
+    analysis = _ChannelAnalysis(model)
+    producer, constants = analysis.producer, analysis.constants
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    concat, reshape = producer.get(features), producer.get(pooled)
+    if (concat is None or concat.op_type != "Concat" or analysis.channels(features) is None
+            or reshape is None or reshape.op_type != "Reshape" or reshape.input[1] not in constants):
+        return model, 0
+    replacement: dict[str, list[onnx.NodeProto]] = {}
+    added: list[onnx.TensorProto] = []
+    parts, dropped, values = [], [], []
+    for name in concat.input:
+        part = analysis.channels(name)
+        assert part is not None  # the concatenation's analysis needed every part
+        convs = [_conv_without_constant_inputs(user, part, constants) if part.mask.any() else None
+                 for user in consumers[name] if user is not concat]
+        values.append(part.values)
+        if not part.mask.any() or any(conv is None for conv in convs):
+            parts.append(name)
+            dropped.append(np.zeros(part.mask.size, bool))
+            continue
+        for conv in convs:
+            replacement[conv[0][1].name] = conv[0]  # type: ignore[index]
+            added += conv[1]  # type: ignore[index]
+        varying = np.flatnonzero(~part.mask).astype(np.int64)
+        added.append(numpy_helper.from_array(varying, f"{name}_varying_channels"))
+        replacement.setdefault(concat.name, []).append(helper.make_node(
+            "Gather", [name, f"{name}_varying_channels"], [f"{name}_varying"], name=f"{name}_varying", axis=1))
+        parts.append(f"{name}_varying")
+        dropped.append(part.mask)
+    drop = np.concatenate(dropped)
+    if not drop.any() or constants[reshape.input[1]].tolist() != [-1, 2 * drop.size]:
+        return model, 0
+    keep = np.repeat(~drop, 2)  # pooled interleaves [max, mean] per channel
+    pooled_values = np.repeat(np.concatenate(values), 2)
+    for user in consumers.get(pooled, []):
+        head = _head_without_constant_inputs(user, consumers, constants, keep, pooled_values)
+        if head is None:
+            return model, 0
+        replacement.update(head[0])
+        added += head[1]
+    replacement.setdefault(concat.name, []).append(
+        helper.make_node("Concat", parts, [features], name=concat.name, axis=1))
+    added.append(numpy_helper.from_array(np.array([-1, int(keep.sum())], np.int64), f"{reshape.name}_kept_shape"))
+    shaped = helper.make_node("Reshape", [reshape.input[0], f"{reshape.name}_kept_shape"], list(reshape.output),
+                              name=reshape.name)
+    shaped.attribute.extend(reshape.attribute)
+    replacement[reshape.name] = [shaped]
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    _splice(model.graph, replacement, set(), [], added)
+    for output in model.graph.output:
+        if output.name in (features, pooled):
+            size = keep.sum() if output.name == pooled else (~drop).sum()
+            output.type.tensor_type.shape.dim[1].dim_value = int(size)
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model)
+    return model, int(drop.sum())
+
+
+def _conv_without_constant_inputs(conv: onnx.NodeProto, part: ConstantChannels,
+                                  constants: dict[str, np.ndarray]
+                                  ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]] | None:
+    """A plain convolution of ``conv.input[0]`` (whose constant channels ``part`` describes) that reads
+    its varying channels and one constant channel carrying every constant channel's weight × value."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    if conv.op_type != "Conv" or not conv.name or attrs.get("group", 1) != 1 or conv.input[1] not in constants or (
+            len(conv.input) > 2 and conv.input[2] not in constants):
+        return None
+    weight = constants[conv.input[1]]
+    varying, fixed = np.flatnonzero(~part.mask), np.flatnonzero(part.mask)
+    carrier = fixed[np.argmax(np.abs(part.values[fixed]))]
+    channels, weights = varying, weight[:, varying]
+    if part.values[carrier] != 0:  # all-zero constants add nothing anywhere
+        scaled = np.tensordot(weight[:, fixed].astype(np.float64), part.values[fixed], axes=([1], [0]))
+        carried = (scaled / part.values[carrier])[:, None].astype(weight.dtype)
+        channels, weights = np.append(varying, carrier), np.concatenate([weight[:, varying], carried], axis=1)
+    n = conv.name
+    init = [numpy_helper.from_array(channels.astype(np.int64), f"{n}_read_channels"),
+            numpy_helper.from_array(np.ascontiguousarray(weights), f"{n}_read_w")]
+    read = helper.make_node("Gather", [conv.input[0], f"{n}_read_channels"], [f"{n}_read"], name=f"{n}_read", axis=1)
+    node = helper.make_node("Conv", [f"{n}_read", f"{n}_read_w", *conv.input[2:]], list(conv.output), name=n)
+    node.attribute.extend(conv.attribute)
+    return [read, node], init
+
+
+def _head_without_constant_inputs(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]],
+                                  constants: dict[str, np.ndarray], keep: np.ndarray, values: np.ndarray
+                                  ) -> tuple[dict[str, list[onnx.NodeProto]], list[onnx.TensorProto]] | None:
+    """``[BatchNormalization →] Gemm`` reading the kept pooled inputs only, the constant ones' part in
+    the Gemm's bias; None for another pattern."""
+    replacement: dict[str, list[onnx.NodeProto]] = {}
+    init: list[onnx.TensorProto] = []
+    gemm = node
+    if not node.name:  # nodes are replaced by name
+        return None
+    if node.op_type == "BatchNormalization":
+        users = consumers.get(node.output[0], [])
+        if len(node.output) != 1 or len(users) != 1 or not all(name in constants for name in node.input[1:5]):
+            return None
+        gemm = users[0]
+        params = [constants[name] for name in node.input[1:5]]
+        scale, bias, mean, var = (p.astype(np.float64) for p in params)
+        eps = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5)
+        values = (values - mean) / np.sqrt(var + eps) * scale + bias
+        names = [f"{node.name}_kept_{i}" for i in range(4)]
+        init += [numpy_helper.from_array(p[keep], name) for p, name in zip(params, names, strict=True)]
+        kept = helper.make_node("BatchNormalization", [node.input[0], *names], list(node.output), name=node.name)
+        kept.attribute.extend(node.attribute)
+        replacement[node.name] = [kept]
+    attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+    if (gemm.op_type != "Gemm" or not gemm.name or len(gemm.input) != 3 or gemm.input[1] not in constants
+            or gemm.input[2] not in constants or attrs.get("transA", 0) != 0 or attrs.get("transB", 0) != 1
+            or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+        return None
+    weight, bias = constants[gemm.input[1]], constants[gemm.input[2]]
+    folded = bias.astype(np.float64) + weight[:, ~keep].astype(np.float64) @ values[~keep]
+    init += [numpy_helper.from_array(np.ascontiguousarray(weight[:, keep]), f"{gemm.name}_kept_w"),
+             numpy_helper.from_array(folded.astype(bias.dtype), f"{gemm.name}_kept_b")]
+    kept_gemm = helper.make_node("Gemm", [gemm.input[0], f"{gemm.name}_kept_w", f"{gemm.name}_kept_b"],
+                                 list(gemm.output), name=gemm.name)
+    kept_gemm.attribute.extend(gemm.attribute)
+    replacement[gemm.name] = [kept_gemm]
+    return replacement, init
+
+
 def _weight_and_bias(conv: onnx.NodeProto, initialisers: dict[str, onnx.TensorProto]
                      ) -> tuple[np.ndarray, np.ndarray]:
     weight = numpy_helper.to_array(initialisers[conv.input[1]])
@@ -527,6 +736,38 @@ def optimize_model_file(path: Path) -> tuple[int, int]:
     if patterns or dropped:
         save_onnx(model, path)
     return len(patterns), dropped
+
+
+def drop_constant_features_file(path: Path, tolerance: float = 1e-5) -> int:
+    """Rewrite the genre-tagger model file ``path`` in place with :func:`drop_constant_features` (at its
+    manifest's frame features and pooled tensor); return how many channels were left out. The
+    manifest's outputs must stay within ``tolerance`` of the file's before on random windows of each
+    view's length and a short one (raises ``ValueError`` otherwise, leaving the file as it was)."""
+    import onnxruntime as ort
+
+    from tagger.model import read_manifest
+    from training.export import save_onnx
+
+    manifest = read_manifest(path)
+    if manifest.frame_pooling is None:
+        return 0
+    model = onnx.load(str(path))
+    rewritten, dropped = drop_constant_features(model, manifest.frame_pooling.features, manifest.frame_pooling.pooled)
+    if not dropped:
+        return 0
+    names = [o.onnx_output for o in manifest.outputs]
+    before, after = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                     for m in (model, rewritten))
+    rng = np.random.default_rng(0)
+    n_mels = next(iter(manifest.front_ends.values())).n_mels
+    for frames in sorted({*(v.window_frames for v in manifest.views), 31}):
+        mel = (3 * rng.random((2, frames, n_mels))).astype(np.float32)
+        for name, old, new in zip(names, before.run(names, {manifest.input: mel}),
+                                  after.run(names, {manifest.input: mel}), strict=True):
+            if (worst := float(np.max(np.abs(old - new)))) > tolerance:
+                raise ValueError(f"{path}: leaving out constant features changes {name} by {worst:.2e}")
+    save_onnx(rewritten, path)
+    return dropped
 
 
 def quantize_model_file(source: Path, target: Path, calibration_audio: list[Path], within: str | None = None,
