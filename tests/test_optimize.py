@@ -14,6 +14,7 @@ from tagger.model import read_manifest
 from tagger.pipeline import Tagger
 from tagger.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL, resolve_model
 from training.optimize import (
+    _ChannelAnalysis,
     _restore_channels,
     calibrate,
     dead_filters,
@@ -256,6 +257,25 @@ def test_constant_feature_channels_are_left_out_with_the_same_outputs() -> None:
     assert drop_constant_features(lean, "features", "pooled")[1] == 0
     # Read by an op that cannot take the constants in (an Add), the channels stay.
     assert drop_constant_features(features_graph(front_reader="Add"), "features", "pooled")[1] == 0
+
+
+def test_a_broadcast_constant_is_constant_on_every_channel_shapes_give() -> None:
+    # Expand of one value to a known shape: every channel constant; to a shape known only at run time:
+    # the channel count is unknown, so the analysis claims nothing.
+    f32 = np.float32
+    inits = [numpy_helper.from_array(np.full((1, 1, 1), 0.5, f32), "value"),
+             numpy_helper.from_array(np.array([2, 3, 4], np.int64), "known_shape")]
+    nodes = [helper.make_node("Expand", ["value", "known_shape"], ["known"], name="known"),
+             helper.make_node("Shape", ["x"], ["x_shape"], name="x_shape"),
+             helper.make_node("Expand", ["value", "x_shape"], ["unknown"], name="unknown")]
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "expand", [info("x", TensorProto.FLOAT, ["batch", "channels", "frames"])],
+                              [info("known", TensorProto.FLOAT, None), info("unknown", TensorProto.FLOAT, None)],
+                              inits)
+    analysis = _ChannelAnalysis(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9))
+    known = analysis.channels("known")
+    assert known is not None and known.mask.tolist() == [True] * 3 and known.values.tolist() == [0.5] * 3
+    assert analysis.channels("unknown") is None
 
 
 def test_shipped_files_pool_no_constant_features() -> None:

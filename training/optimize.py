@@ -493,8 +493,11 @@ class _ChannelAnalysis:
         const = self.constants
         if node.op_type == "Expand" and node.input[0] in const:
             value = const[node.input[0]]
-            if value.ndim >= 2 and all(d == 1 for axis, d in enumerate(value.shape) if axis != 1):
-                return ConstantChannels(np.ones(value.shape[1], bool), value.reshape(-1).astype(np.float64))
+            # Expand keeps a constant's channels, or broadcasts a single one to the count shapes give.
+            count = value.shape[1] if value.ndim >= 2 and value.shape[1] > 1 else self.channel_counts.get(tensor)
+            if value.ndim >= 2 and count and all(d == 1 for axis, d in enumerate(value.shape) if axis != 1):
+                values = np.broadcast_to(value.reshape(-1).astype(np.float64), count)
+                return ConstantChannels(np.ones(count, bool), values.copy())
         elif node.op_type == "Concat" and attrs.get("axis") == 1:
             parts = [self.channels(name) for name in node.input]
             if all(part is not None for part in parts):
