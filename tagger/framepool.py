@@ -202,10 +202,7 @@ class FeatureStream:
         return self._feats.done
 
     def push(self, samples: np.ndarray) -> list[PooledSlice]:
-        return self._push(self.front_end.push(samples))
-
-    def _push(self, frames: np.ndarray) -> list[PooledSlice]:
-        self._append(frames)
+        self._append(self.front_end.push(samples))
         self._compute(final=False)
         return self._collect(end=self._done)
 

@@ -56,9 +56,10 @@ def pooled_conv_graph(weights: list[np.ndarray], biases: list[np.ndarray], use_m
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
 
 
-def run(model: onnx.ModelProto, mel: np.ndarray) -> list[np.ndarray]:
+def run(model: onnx.ModelProto, values: np.ndarray, name: str = "mel") -> list[np.ndarray]:
+    """Every output of ``model`` for ``values`` fed to its input ``name``."""
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"mel": mel})
+    return session.run(None, {name: values})
 
 
 @pytest.fixture
@@ -175,10 +176,7 @@ def test_dead_filters_of_plain_convolutions_are_dropped_when_they_are_many() -> 
     assert [weights[n.input[1]].dims[0] for n in convs] == [6, 8]
     for batch, frames in ((1, 300), (3, 4)):
         x = rng.standard_normal((batch, 8, frames)).astype(np.float32)
-        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-        (before,) = session.run(None, {"x": x})
-        session = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
-        (after,) = session.run(None, {"x": x})
+        (before,), (after,) = run(graph, x, "x"), run(pruned, x, "x")
         np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
     assert prune_dead_filters(pruned)[1] == 0
 
@@ -234,11 +232,6 @@ def features_graph(front_reader: str = "Conv") -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
 
 
-def run_graph(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})
-
-
 def test_constant_feature_channels_are_left_out_with_the_same_outputs() -> None:
     graph = features_graph()
     lean, dropped = drop_constant_features(graph, "features", "pooled")
@@ -248,8 +241,8 @@ def test_constant_feature_channels_are_left_out_with_the_same_outputs() -> None:
     # Short inputs too: there the zero padding of the convolution reading the constants matters.
     for batch, frames in ((1, 200), (2, 5), (1, 1)):
         x = rng.standard_normal((batch, 6, frames)).astype(np.float32)
-        before = dict(zip(["probs", "plain", "features", "pooled"], run_graph(graph, x), strict=True))
-        after = dict(zip(["probs", "plain", "features", "pooled"], run_graph(lean, x), strict=True))
+        before = dict(zip(["probs", "plain", "features", "pooled"], run(graph, x, "x"), strict=True))
+        after = dict(zip(["probs", "plain", "features", "pooled"], run(lean, x, "x"), strict=True))
         np.testing.assert_allclose(after["probs"], before["probs"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(after["plain"], before["plain"], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(after["features"], before["features"][:, ~constant], rtol=1e-6, atol=1e-6)

@@ -136,7 +136,7 @@ def find_max_pooled_convs(model: onnx.ModelProto, within: str | None = None,
             continue
         if not all(_reduces_last_axis(n, initialisers) for n in (high, low)):
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        attrs = _attributes(conv)
         pads = list(attrs.get("pads", [0, 0, 0, 0]))
         if (attrs.get("group", 1) != 1 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
                 or list(attrs.get("strides", [1, 1])) != [1, 1] or list(attrs.get("dilations", [1, 1])) != [1, 1]
@@ -160,7 +160,7 @@ def _ancestors(producer: dict[str, onnx.NodeProto], tensor: str) -> set[str]:
 
 
 def _reduces_last_axis(node: onnx.NodeProto, initialisers: dict[str, onnx.TensorProto]) -> bool:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = _attributes(node)
     if attrs.get("keepdims", 1) != 0:
         return False
     axes = attrs.get("axes")
@@ -298,7 +298,7 @@ POLYPHASE = 16  # time steps folded into channels for the (k × 1) convolutions
 
 def _time_pads(conv: onnx.NodeProto) -> tuple[int, int]:
     """The convolution's zero padding before and after the time axis, in frames."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    attrs = _attributes(conv)
     pads = list(attrs.get("pads", [0, 0, 0, 0]))
     return int(pads[0]), int(pads[2])
 
@@ -428,7 +428,7 @@ def prune_dead_filters(model: onnx.ModelProto, min_share: float = DEAD_SHARE_WOR
         if node.op_type != "Conv" or not node.name or node.input[1] not in initialisers or (
                 len(node.input) > 2 and node.input[2] not in initialisers):
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = _attributes(node)
         if attrs.get("group", 1) != 1:
             continue
         weight, bias = _weight_and_bias(node, initialisers)
@@ -489,7 +489,7 @@ class _ChannelAnalysis:
         node = self.producer.get(tensor)
         if node is None:
             return self._varying(tensor)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = _attributes(node)
         const = self.constants
         if node.op_type == "Expand" and node.input[0] in const:
             value = const[node.input[0]]
@@ -518,9 +518,7 @@ class _ChannelAnalysis:
                 name in const for name in node.input[1:5]):
             source = self.channels(node.input[0])
             if source is not None:
-                scale, bias, mean, var = (const[name].astype(np.float64) for name in node.input[1:5])
-                normalised = (source.values - mean) / np.sqrt(var + attrs.get("epsilon", 1e-5))
-                return ConstantChannels(source.mask, normalised * scale + bias)
+                return ConstantChannels(source.mask, _batch_norm(node, source.values, const))
         return self._varying(tensor)
 
 
@@ -602,7 +600,7 @@ def _conv_without_constant_inputs(conv: onnx.NodeProto, part: ConstantChannels,
                                   ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]] | None:
     """A plain convolution of ``conv.input[0]`` (whose constant channels ``part`` describes) that reads
     its varying channels and one constant channel carrying every constant channel's weight × value."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    attrs = _attributes(conv)
     if conv.op_type != "Conv" or not conv.name or attrs.get("group", 1) != 1 or conv.input[1] not in constants or (
             len(conv.input) > 2 and conv.input[2] not in constants):
         return None
@@ -639,15 +637,13 @@ def _head_without_constant_inputs(node: onnx.NodeProto, consumers: dict[str, lis
             return None
         gemm = users[0]
         params = [constants[name] for name in node.input[1:5]]
-        scale, bias, mean, var = (p.astype(np.float64) for p in params)
-        eps = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5)
-        values = (values - mean) / np.sqrt(var + eps) * scale + bias
+        values = _batch_norm(node, values, constants)
         names = [f"{node.name}_kept_{i}" for i in range(4)]
         init += [numpy_helper.from_array(p[keep], name) for p, name in zip(params, names, strict=True)]
         kept = helper.make_node("BatchNormalization", [node.input[0], *names], list(node.output), name=node.name)
         kept.attribute.extend(node.attribute)
         replacement[node.name] = [kept]
-    attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+    attrs = _attributes(gemm)
     if (gemm.op_type != "Gemm" or not gemm.name or len(gemm.input) != 3 or gemm.input[1] not in constants
             or gemm.input[2] not in constants or attrs.get("transA", 0) != 0 or attrs.get("transB", 0) != 1
             or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
@@ -661,6 +657,17 @@ def _head_without_constant_inputs(node: onnx.NodeProto, consumers: dict[str, lis
     kept_gemm.attribute.extend(gemm.attribute)
     replacement[gemm.name] = [kept_gemm]
     return replacement, init
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _batch_norm(node: onnx.NodeProto, values: np.ndarray, constants: dict[str, np.ndarray]) -> np.ndarray:
+    """The inference ``BatchNormalization`` ``node`` (its parameters in ``constants``) applied to one
+    value per channel, in float64."""
+    scale, bias, mean, var = (constants[name].astype(np.float64) for name in node.input[1:5])
+    return (values - mean) / np.sqrt(var + _attributes(node).get("epsilon", 1e-5)) * scale + bias
 
 
 def _weight_and_bias(conv: onnx.NodeProto, initialisers: dict[str, onnx.TensorProto]
