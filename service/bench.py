@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.events import LiveUpdate
+from service.sinks import Sink, SinkContext, SinkHub, SinkSettings
 from tagger.cli import iter_audio_files
 from tagger.decode import decode_blocks, decode_file
 from tagger.engine import EngineOptions, usable_cores
@@ -96,26 +98,37 @@ def bench_tagging(files: list[Path], tagger: Tagger, name: str) -> tuple[Row, di
     return Row(name, seconds, total, len(files)), results
 
 
+class _LatencyProbe(Sink):
+    """An inline sink placed after the others: block arrival → every sink handed the update, ms."""
+
+    name = "bench-probe"
+    inline = True
+
+    def __init__(self) -> None:
+        super().__init__(SinkSettings(), SinkContext(None))  # type: ignore[arg-type]
+        self.arrival = 0.0
+        self.latencies: list[float] = []
+
+    def live(self, event: LiveUpdate) -> None:
+        self.latencies.append(1000 * (time.perf_counter() - self.arrival))
+
+
 def bench_live(file: Path, tagger: Tagger, seconds: float, block_seconds: float = 0.05) -> Row:
     """Play ``seconds`` of ``file`` in real time through the live path; latency per published hop.
 
+    The live path reports to a :class:`service.sinks.SinkHub` with the ZeroMQ sink, as in the daemon.
     With a fast-path tagger the live path is incremental (each block computes its new frames'
     features); otherwise every completed window runs through the whole network."""
     from service.live import LiveTagger
-    from service.publish import Publisher
+    from service.sinks.zmq import PublishSection, ZmqSink
 
     audio = decode_file(file, tagger.sample_rate)[: int(seconds * tagger.sample_rate)]
     with tempfile.TemporaryDirectory() as tmp:
-        publisher = Publisher(f"ipc://{tmp}/bench")
-        latencies: list[float] = []
-        arrival = [0.0]
-
-        def publish(topic: str, message: dict) -> None:
-            publisher.publish(topic, message)
-            if message["type"] == "live":
-                latencies.append(1000 * (time.perf_counter() - arrival[0]))
-
-        live = LiveTagger(tagger, "bench", tagger.sample_rate, 30.0, 3, publish)
+        probe = _LatencyProbe()
+        hub = SinkHub([ZmqSink(PublishSection(endpoint=f"ipc://{tmp}/bench"), SinkContext(None)),  # type: ignore
+                       probe])
+        hub.start()
+        live = LiveTagger(tagger, "bench", tagger.sample_rate, 30.0, 3, hub)
         block = int(block_seconds * tagger.sample_rate)
         started = time.perf_counter()
         for i, pos in enumerate(range(0, audio.size, block)):
@@ -123,10 +136,11 @@ def bench_live(file: Path, tagger: Tagger, seconds: float, block_seconds: float 
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            arrival[0] = time.perf_counter()
+            probe.arrival = time.perf_counter()
             live.feed(audio[pos:pos + block])
         elapsed = time.perf_counter() - started
-        publisher.close()
+        hub.close(time.monotonic() + 1.0)
+    latencies = probe.latencies
     lat = np.array(latencies) if latencies else np.zeros(1)
     extra = {"hops": len(latencies), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
              "max_ms": float(lat.max()), "block_s": block_seconds}

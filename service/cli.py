@@ -28,12 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="capture live audio from a PortAudio device (name or index; none = default input)")
     daemon.add_argument("--source", help="live source name used in topics (default 'live')")
     daemon.add_argument("--horizon", type=float, help="live ensemble horizon in seconds (0 = whole stream)")
-    daemon.add_argument("--endpoint", help="ZeroMQ PUB endpoint (default tcp://127.0.0.1:5556; '' disables)")
     daemon.add_argument("--library", help="SQLite library file (default <state dir>/library.db)")
     daemon.add_argument("--state-dir", help="state directory (default ~/.local/state/genre-tagger)")
     daemon.add_argument("--model", "-m", help="model name or .onnx path (default: the shipped default model)")
     daemon.add_argument("--device", choices=("auto", "cuda", "cpu"), help="inference device (default auto)")
     daemon.add_argument("--settle", type=float, help="seconds a file must stay unchanged before it is read")
+    from service.sinks import sink_classes
+
+    for sink in sink_classes().values():  # each sink's own flags (--endpoint for ZeroMQ...)
+        sink.add_arguments(daemon)
     daemon.set_defaults(func=cmd_daemon)
 
     listen = sub.add_parser("listen", help="show the daemon's live genre updates (bars), or JSON lines")
@@ -97,12 +100,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         signal.signal(signum, _exit_cleanly)
     from service.config import load_config
     from service.daemon import Daemon
+    from service.sinks import sink_classes
 
     overrides = {
         "daemon": {"model": args.model, "device": args.device, "library": args.library, "state_dir": args.state_dir},
         "folders": {"settle_seconds": args.settle},
         "live": {"source": args.source, "horizon_seconds": args.horizon},
-        "publish": {"endpoint": args.endpoint},
+        **{name: sink.overrides(args) for name, sink in sink_classes().items()},
     }
     if args.live is not None:
         overrides["live"].update(enabled=True, device=args.live)

@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from service.sinks import SinkSettings, sink_classes
+from service.sinks.zmq import PublishSection
 from tagger.errors import ConfigError
+
+CORE_SECTIONS = ("daemon", "tagging", "folders", "live")
+
+
+def default_sink_settings() -> dict[str, SinkSettings]:
+    """Every sink's section with its defaults."""
+    return {name: cls.Settings() for name, cls in sink_classes().items()}
 
 
 @dataclass
@@ -75,22 +84,27 @@ class LiveSection:
 
 
 @dataclass
-class PublishSection:
-    """endpoint: ZeroMQ bind address (tcp:// or ipc://; "" disables publishing). send_hwm: messages
-    queued per subscriber before drops. heartbeat_seconds: interval of `status` messages."""
-
-    endpoint: str = "tcp://127.0.0.1:5556"
-    send_hwm: int = 1000
-    heartbeat_seconds: float = 5.0
-
-
-@dataclass
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     tagging: TaggingSection = field(default_factory=TaggingSection)
     folders: FoldersSection = field(default_factory=FoldersSection)
     live: LiveSection = field(default_factory=LiveSection)
-    publish: PublishSection = field(default_factory=PublishSection)
+    # Each sink's section ([publish], [http]...), by name: see service/sinks/.
+    sinks: dict[str, SinkSettings] = field(default_factory=default_sink_settings)
+
+    @property
+    def publish(self) -> PublishSection:
+        """The ZeroMQ sink's section (its ``heartbeat_seconds`` also paces the daemon's status)."""
+        return self.sinks["publish"]  # type: ignore[return-value]
+
+    def section(self, name: str) -> Any:
+        """A section by its TOML name (core or sink), or None."""
+        if name in CORE_SECTIONS:
+            return getattr(self, name)
+        return self.sinks.get(name)
+
+    def section_names(self) -> list[str]:
+        return [*CORE_SECTIONS, *self.sinks]
 
     @property
     def state_dir(self) -> Path:
@@ -122,11 +136,8 @@ class Config:
         _check(lv.buffer_seconds >= 1.0, "live.buffer_seconds", "must be at least 1 s")
         _check(lv.source.replace("-", "").replace("_", "").isalnum(), "live.source",
                "must be letters, digits, - or _ (it is part of the topic)")
-        p = self.publish
-        _check(not p.endpoint or p.endpoint.startswith(("tcp://", "ipc://", "inproc://")), "publish.endpoint",
-               "must start with tcp://, ipc:// or inproc://")
-        _check(p.send_hwm >= 1, "publish.send_hwm", "must be at least 1")
-        _check(p.heartbeat_seconds > 0, "publish.heartbeat_seconds", "must be positive")
+        for name, settings in self.sinks.items():
+            settings.validate(name)
         _check(bool(self.folders.roots) or lv.enabled, "folders.roots",
                "nothing to do: give a folder to watch or enable live capture")
         return self
@@ -174,9 +185,9 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
 
 
 def _apply(config: Config, section: str, values: dict[str, Any], where: str) -> None:
-    target = getattr(config, section, None)
+    target = config.section(section)
     if target is None or not dataclasses.is_dataclass(target):
-        raise ConfigError(f"{where}: unknown section [{section}]")
+        raise ConfigError(f"{where}: unknown section [{section}] (known: {', '.join(config.section_names())})")
     hints = get_type_hints(type(target))
     for key, value in values.items():
         if key not in hints:
@@ -205,7 +216,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
                 raise ConfigError(f"{path}: '{section}' must be a [section]")
             _apply(config, section, values, str(path))
     env = os.environ if env is None else env
-    sections = {f.name for f in dataclasses.fields(Config)}
+    sections = set(config.section_names())
     for name, value in env.items():
         if not name.startswith("GENRE_TAGGER_") or name == "GENRE_TAGGER_MODELS":
             continue

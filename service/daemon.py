@@ -1,8 +1,10 @@
-"""``genre-tagger daemon``: watched folders and live inputs, tagged into SQLite and published on ZeroMQ.
+"""``genre-tagger daemon``: watched folders and live inputs, tagged into SQLite and handed to the sinks.
 
 Threads: the folder watcher (scan + events → the library queue), one tagging worker (queue → model →
-library → ``track`` messages), one thread per live input, and the heartbeat (``status`` messages,
-systemd STATUS and WATCHDOG). SIGTERM or SIGINT stops it: the track being tagged is abandoned
+library → a ``TrackDone`` event), one thread per live input, the heartbeat (``Status`` events,
+systemd STATUS and WATCHDOG), and one thread per queued sink. Every event goes to one
+:class:`service.sinks.SinkHub`, which knows the sinks (ZeroMQ, HTTP...); the daemon knows none by name.
+SIGTERM or SIGINT stops it: the track being tagged is abandoned
 (it stays queued, nothing half-written), sockets and the library are closed, exit 0.
 """
 
@@ -16,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.config import Config
+from service.events import Status, TrackDone
 from service.folders import FolderWatcher
 from service.library import Library, fingerprint
 from service.live import LiveCapture
 from service.notify import Notifier
-from service.publish import Publisher
+from service.sinks import SinkContext, SinkHub
 from tagger.engine import EngineOptions
 from tagger.errors import Cancelled, DecodeError, TaggerError
-from tagger.pipeline import Tagger, TrackResult
+from tagger.pipeline import Tagger
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +41,7 @@ class Counters:
     last_audio_seconds: float = 0.0
 
 
-class _NullPublisher:
-    dropped = 0
-    subscribers = 0
-
-    def publish(self, topic: str, message: dict) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
+SINKS_CLOSE_S = 1.0  # of the 5 s a service manager allows after SIGTERM: for the sinks' last events
 
 
 class Daemon:
@@ -63,7 +58,10 @@ class Daemon:
             engine_options=EngineOptions(device=c.daemon.device, intra_op_threads=c.daemon.threads,
                                          batch_size=c.daemon.batch_size, chunk_frames=c.daemon.chunk_frames,
                                          memory_arena=c.daemon.memory_arena))
-        self.publisher = Publisher(c.publish.endpoint, c.publish.send_hwm) if c.publish.endpoint else _NullPublisher()
+        labels = {o.name: tuple(o.labels) for o in self.tagger.manifest.outputs}
+        self.hub = SinkHub.from_config(c, SinkContext(c, labels, f"{self.tagger.manifest.name} "
+                                                                 f"{self.tagger.manifest.version}"))
+        self.hub.start()
         c.state_dir.mkdir(parents=True, exist_ok=True)
         self.library = Library(c.library_path, c.tagging.store_top_k)
         if c.tagging.retry_errors:
@@ -72,7 +70,7 @@ class Daemon:
                                      c.folders.scan_on_start) if c.folders.roots else None
         self.live = None
         if c.live.enabled:
-            self.live = LiveCapture(self.tagger, self.publisher.publish, c.live.source, c.live.device,
+            self.live = LiveCapture(self.tagger, self.hub, c.live.source, c.live.device,
                                     c.live.horizon_seconds or None, c.live.hysteresis, c.live.block_seconds,
                                     c.live.buffer_seconds, c.live.sample_rate, c.live.channels, c.tagging.top_k)
         self._worker = threading.Thread(target=self._work, name="tagging", daemon=True)
@@ -87,10 +85,9 @@ class Daemon:
             if self.live:
                 self.live.start(self.stop)
             self._worker.start()
-            where = getattr(self.publisher, "bound", "no publishing")
-            log.info("genre-tagger daemon: model %s %s on %s, library %s, publishing on %s",
+            log.info("genre-tagger daemon: model %s %s on %s, library %s, sinks: %s",
                      self.tagger.manifest.name, self.tagger.manifest.version, self.tagger.provider,
-                     self.config.library_path, where)
+                     self.config.library_path, self.hub.describe())
             self.notifier.ready(self._status_line())
             self._heartbeat_loop()
         finally:
@@ -114,7 +111,7 @@ class Daemon:
             self.watcher.join(1.0)
         if self.live:
             self.live.join(1.0)
-        self.publisher.close()
+        self.hub.close(time.monotonic() + SINKS_CLOSE_S)
         self.library.close()
 
     # -- heartbeat ---------------------------------------------------------------------------------
@@ -142,14 +139,11 @@ class Daemon:
         elapsed = max(1e-6, now - c.last_beat)
         rate = (c.audio_seconds - c.last_audio_seconds) / elapsed
         c.last_beat, c.last_audio_seconds = now, c.audio_seconds
-        message = {"type": "status", "uptime_s": round(now - c.started, 3), "queue_depth": self.library.pending_count(),
-                   "tagged": c.tagged, "errors": c.errors, "audio_seconds": round(c.audio_seconds, 3),
-                   "realtime_factor": round(rate, 3), "provider": self.tagger.provider,
-                   "model": f"{self.tagger.manifest.name} {self.tagger.manifest.version}",
-                   "dropped_messages": self.publisher.dropped}
-        if self.live:
-            message["live"] = {self.live.source: self.live.status.as_dict()}
-        self.publisher.publish("status", message)
+        self.hub.status(Status(
+            uptime_s=now - c.started, queue_depth=self.library.pending_count(), tagged=c.tagged, errors=c.errors,
+            audio_seconds=c.audio_seconds, realtime_factor=rate, provider=self.tagger.provider,
+            model=f"{self.tagger.manifest.name} {self.tagger.manifest.version}", dropped_messages=self.hub.dropped,
+            live={self.live.source: self.live.status.as_dict()} if self.live else {}, sinks=self.hub.counts()))
         self.notifier.status(self._status_line())
 
     # -- tagging worker ----------------------------------------------------------------------------
@@ -193,21 +187,13 @@ class Daemon:
             return
         if current != row.fingerprint:
             return  # changed while we read it: the watcher queues it again with its new content
-        if library.record_result(row.id, result, current):
+        if library.record_result(row.id, result, current):  # the library first, then the sinks
             self.counters.tagged += 1
             self.counters.audio_seconds += result.duration_s
-            self.publisher.publish("track", {"type": "track", "ok": True, "status": "tagged", "track_id": row.id,
-                                             **_track_fields(result, self.config.tagging.top_k)})
+            self.hub.track(TrackDone(row.id, str(path), result, top_k=self.config.tagging.top_k))
 
     def _fail(self, library: Library, track_id: int, path: Path, reason: str, force: bool = False) -> None:
         log.warning("%s: %s", path, reason)
         library.record_error(track_id, reason, force=force)
         self.counters.errors += 1
-        self.publisher.publish("track", {"type": "track", "path": str(path), "ok": False, "status": "error",
-                                         "error": reason, "track_id": track_id})
-
-
-def _track_fields(result: TrackResult, top_k: int) -> dict:
-    d = result.as_dict(top_k)
-    d.pop("ok")
-    return d
+        self.hub.track(TrackDone(track_id, str(path), error=reason, top_k=self.config.tagging.top_k))

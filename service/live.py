@@ -2,9 +2,10 @@
 
 The PortAudio callback only copies samples into a preallocated ring buffer: it never blocks, never
 allocates and never runs inference. A consumer thread downmixes, resamples to the model's rate (FFmpeg's
-swresample through PyAV), feeds a :class:`tagger.TagStream` with a recent horizon, and publishes a
-``live.<source>`` update for every hop and a ``change.<source>`` event when the top genre changes and
-holds for ``hysteresis`` hops. A lost or failing device is reopened with exponential backoff.
+swresample through PyAV), feeds a :class:`tagger.TagStream` with a recent horizon, and hands its sink
+(the daemon's :class:`service.sinks.SinkHub`) a :class:`service.events.LiveUpdate` for every hop and a
+:class:`service.events.GenreChanged` when the top genre changes and holds for ``hysteresis`` hops.
+A lost or failing device is reopened with exponential backoff.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import av
 import numpy as np
 
+from service.events import GenreChanged, LiveUpdate
 from tagger.pipeline import SliceResult, Tagger
 
 log = logging.getLogger(__name__)
@@ -130,27 +132,37 @@ class LiveStatus:
         return d
 
 
+class LiveSink(Protocol):
+    """What a live source reports to: a :class:`service.sinks.Sink` or the daemon's hub."""
+
+    def live(self, event: LiveUpdate) -> None: ...
+
+    def genre_changed(self, event: GenreChanged) -> None: ...
+
+
 class LiveTagger:
-    """Tag an endless stream of (possibly multichannel) blocks; publish updates and changes.
+    """Tag an endless stream of (possibly multichannel) blocks; report updates and changes to ``sink``.
 
     Independent of PortAudio, so files, sockets or tests can drive it too.
     """
 
     def __init__(self, tagger: Tagger, source: str, rate_in: int, horizon_seconds: float | None,
-                 hysteresis: int, publish: Callable[[str, dict], object], top_k: int = 5) -> None:
+                 hysteresis: int, sink: LiveSink, top_k: int = 5) -> None:
         self.tagger = tagger
         self.source = source
         # Incremental inference where the model allows it: per block, only the new frames' features.
         self.stream = tagger.stream(horizon_seconds=horizon_seconds, eager=True, fast=tagger.fast)
         self.resample = StreamResampler(rate_in, tagger.sample_rate)
         self.changes = ChangeDetector(hysteresis)
-        self.publish = publish
+        self.sink = sink
         self.top_k = top_k
         self.horizon_seconds = horizon_seconds
-        self.first_output = tagger.manifest.outputs[0].name
+        self.labels = {o.name: tuple(o.labels) for o in tagger.manifest.outputs}
 
     def feed(self, block: np.ndarray, captured_at: float | None = None) -> list[SliceResult]:
-        """Add frames [n] or [n, channels] at the input rate; publish if slices completed."""
+        """Add frames [n] or [n, channels] at the input rate; report to the sink if slices completed.
+
+        ``captured_at``: :func:`time.monotonic` when the newest frame was captured (for ``latency_ms``)."""
         mono = block.mean(axis=1) if block.ndim == 2 else block
         results = self.stream.feed(self.resample(mono))
         if results:
@@ -158,31 +170,17 @@ class LiveTagger:
         return results
 
     def _publish(self, results: list[SliceResult], captured_at: float | None) -> None:
-        estimate = self.stream.estimate()
-        top = estimate[self.first_output]
-        message = {
-            "type": "live", "source": self.source, "stream_s": round(self.stream.seconds_in, 3),
-            "horizon_s": self.horizon_seconds,
-            "slices": [{"view": r.view, "start_s": round(r.start_s, 3), "end_s": round(r.end_s, 3),
-                        "probabilities": {out: _scores(self.tagger, out, p) for out, p in r.probabilities.items()}}
-                       for r in results],
-            "ensemble": {name: est.as_dict(self.top_k) for name, est in estimate.items()},
-            "top": top.top, "confidence": round(top.confidence, 6),
-        }
-        if captured_at is not None:
-            message["latency_ms"] = round(1000 * (time.monotonic() - captured_at), 3)
-        self.publish(f"live.{self.source}", message)
-        change = self.changes.update(top.top)
+        update = LiveUpdate(
+            source=self.source, stream_s=self.stream.seconds_in, horizon_s=self.horizon_seconds,
+            slices=tuple(results), estimates=self.stream.estimate(), labels=self.labels, top_k=self.top_k,
+            latency_ms=1000 * (time.monotonic() - captured_at) if captured_at is not None else None)
+        self.sink.live(update)
+        change = self.changes.update(update.top)
         if change:
             previous, current = change
-            self.publish(f"change.{self.source}", {
-                "type": "genre_changed", "source": self.source, "stream_s": round(self.stream.seconds_in, 3),
-                "previous": previous, "current": current, "confidence": round(top.confidence, 6)})
-
-
-def _scores(tagger: Tagger, output: str, probs: np.ndarray) -> dict[str, float]:
-    labels = tagger.manifest.output(output).labels
-    return {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}
+            self.sink.genre_changed(GenreChanged(
+                source=self.source, stream_s=update.stream_s, previous=previous, current=current,
+                confidence=update.confidence, uncertain=update.uncertain, music=update.music))
 
 
 class LiveCapture:
@@ -193,12 +191,12 @@ class LiveCapture:
         sample_rate, channels: 0 for the device's own.
     """
 
-    def __init__(self, tagger: Tagger, publish: Callable[[str, dict], object], source: str = "live",
+    def __init__(self, tagger: Tagger, sink: LiveSink, source: str = "live",
                  device: str = "", horizon_seconds: float | None = 30.0, hysteresis: int = 3,
                  block_seconds: float = 0.05, buffer_seconds: float = 30.0, sample_rate: int = 0,
                  channels: int = 0, top_k: int = 5) -> None:
         self.tagger = tagger
-        self.publish = publish
+        self.sink = sink
         self.source = source
         self.device: int | str | None = (int(device) if device.isdigit() else device) if device else None
         self.horizon_seconds = horizon_seconds
@@ -244,7 +242,7 @@ class LiveCapture:
         rate = self.sample_rate or int(info["default_samplerate"])
         channels = self.channels or max(1, min(2, int(info["max_input_channels"])))
         ring = RingBuffer(int(self.buffer_seconds * rate), channels)
-        live = LiveTagger(self.tagger, self.source, rate, self.horizon_seconds, self.hysteresis, self.publish,
+        live = LiveTagger(self.tagger, self.source, rate, self.horizon_seconds, self.hysteresis, self.sink,
                           self.top_k)
         failed = threading.Event()
 

@@ -1,0 +1,357 @@
+"""Sinks: where the daemon's events go (ZeroMQ, the HTTP display, a text file, Icecast...).
+
+A sink is a :class:`Sink` subclass in a module of this package, configured by its own TOML section
+(``[<name>]``, its :class:`SinkSettings`). The daemon builds every active sink into one
+:class:`SinkHub` and hands each event to the hub; it knows no sink by name. Adding a sink means a new
+module here (found by :func:`sink_classes`) and its section in ``service/genre-tagger.toml``.
+
+The hub calls an ``inline`` sink directly in the producer's thread (only for sinks that can never
+block: the ZeroMQ publisher). Every other sink gets its own bounded queue and thread, so a slow or
+stuck sink costs only its own dropped events (the oldest go first, counted) and never delays the
+live path or the tagging worker. Exceptions are caught and logged per sink; a sink that keeps failing
+is suspended with an exponential backoff (events meanwhile are dropped and counted), then tried again.
+
+The library is not a sink: the tagging worker records a result first and only then tells the hub.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib
+import logging
+import pkgutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from service.events import Event, GenreChanged, LiveUpdate, Status, TrackDone
+from tagger.errors import ConfigError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from service.config import Config
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+FAILURES_BEFORE_BACKOFF = 3  # consecutive failures a sink may have before it is suspended
+DEFAULT_QUEUE = 1000
+
+
+@dataclass
+class SinkSettings:
+    """A sink's TOML section: subclasses add their keys, each with its default and unit."""
+
+    def active(self) -> bool:
+        """Whether the daemon should build this sink (sinks are off unless ``enabled``)."""
+        return bool(getattr(self, "enabled", False))
+
+    def validate(self, section: str) -> None:
+        """Raise :class:`ConfigError` naming ``section.key`` for a bad value."""
+        queue = getattr(self, "queue", DEFAULT_QUEUE)
+        check(isinstance(queue, int) and queue >= 1, f"{section}.queue", "must be at least 1")
+
+
+@dataclass
+class QueuedSinkSettings(SinkSettings):
+    """enabled: turn the sink on (off by default). queue: events waiting for the sink before the
+    oldest are dropped (and counted)."""
+
+    enabled: bool = False
+    queue: int = DEFAULT_QUEUE
+
+
+def check(ok: bool, key: str, message: str) -> None:
+    """Raise the daemon's one-line configuration error for ``key`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"config {key}: {message}")
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink may need from the daemon besides its own settings.
+
+    Attributes:
+        config: the daemon's whole configuration (read-only by convention).
+        labels: each model output's labels, in order.
+        model: the model's name and version.
+    """
+
+    config: Config
+    labels: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    model: str = ""
+
+
+class Sink:
+    """An event consumer. Every method is a no-op; override what the sink needs.
+
+    Class attributes:
+        name: the TOML section (one word, so ``GENRE_TAGGER_<NAME>_<KEY>`` still parses).
+        Settings: the section's dataclass (a :class:`SinkSettings` subclass).
+        inline: call it in the producer's thread; only for sinks that can never block.
+    """
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type[SinkSettings]] = SinkSettings
+    inline: ClassVar[bool] = False
+
+    def __init__(self, settings: SinkSettings, context: SinkContext) -> None:
+        self.settings = settings
+        self.context = context
+
+    @classmethod
+    def check_environment(cls) -> None:
+        """Raise :class:`ConfigError` when an enabled sink cannot work here (a missing package...)."""
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this sink's ``genre-tagger daemon`` flags (optional)."""
+
+    @classmethod
+    def overrides(cls, args: argparse.Namespace) -> dict[str, Any]:
+        """This section's keys set by the flags of :meth:`add_arguments` (None values are ignored)."""
+        return {}
+
+    def start(self) -> None:
+        """Open what the sink needs (sockets, servers); called once before the first event."""
+
+    def describe(self) -> str:
+        """A few words for the daemon's start-up line, e.g. 'ZeroMQ on tcp://127.0.0.1:5556'."""
+        return self.name
+
+    @property
+    def dropped(self) -> int:
+        """Events this sink's own consumers missed (beyond the hub's queue drops)."""
+        return 0
+
+    def track(self, event: TrackDone) -> None:
+        pass
+
+    def live(self, event: LiveUpdate) -> None:
+        pass
+
+    def genre_changed(self, event: GenreChanged) -> None:
+        pass
+
+    def status(self, event: Status) -> None:
+        pass
+
+    def close(self, deadline: float) -> None:
+        """Release everything by ``deadline`` (a :func:`time.monotonic` value)."""
+
+
+_HANDLERS: dict[type, str] = {TrackDone: "track", LiveUpdate: "live", GenreChanged: "genre_changed",
+                              Status: "status"}
+
+
+def sink_classes() -> dict[str, type[Sink]]:
+    """Every sink of this package, by section name (each module of the package is imported once)."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    found: dict[str, type[Sink]] = {}
+    pending = list(Sink.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.name and cls.__module__.startswith(f"{__name__}."):  # not a test's or the bench's own
+            found[cls.name] = cls
+    return dict(sorted(found.items()))
+
+
+@dataclass
+class SinkCounts:
+    delivered: int = 0
+    dropped: int = 0  # by the hub: the queue was full, or the sink was suspended
+    errors: int = 0
+    consecutive_failures: int = 0
+    suspended_until: float = 0.0  # monotonic time; 0 = not suspended
+    backoff: float = BACKOFF_START_S
+    last_error: str = ""
+
+
+class _Slot:
+    """One sink with its counts and, unless it is inline, its queue and thread."""
+
+    def __init__(self, sink: Sink, queue_size: int) -> None:
+        self.sink = sink
+        self.counts = SinkCounts()
+        self.inline = sink.inline
+        self.queue: collections.deque[Event] = collections.deque()
+        self.queue_size = queue_size
+        self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)
+        self.closing = False
+        self.thread: threading.Thread | None = None
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    def offer(self, event: Event) -> None:
+        if self.inline:
+            if self.counts.suspended_until and time.monotonic() < self.counts.suspended_until:
+                self.counts.dropped += 1
+                return
+            self.deliver(event)
+            return
+        with self.lock:
+            if self.closing:
+                return
+            if len(self.queue) >= self.queue_size:
+                self.queue.popleft()
+                self.counts.dropped += 1
+            self.queue.append(event)
+            self.ready.notify()
+
+    def deliver(self, event: Event) -> None:
+        try:
+            getattr(self.sink, _HANDLERS[type(event)])(event)
+        except Exception as exc:
+            self._failed(exc)
+        else:
+            c = self.counts
+            c.delivered += 1
+            if c.consecutive_failures:
+                log.info("sink %s works again", self.sink.name)
+            c.consecutive_failures, c.suspended_until, c.backoff = 0, 0.0, BACKOFF_START_S
+
+    def _failed(self, exc: Exception) -> None:
+        c = self.counts
+        c.errors += 1
+        c.consecutive_failures += 1
+        c.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        if c.consecutive_failures == 1:
+            log.warning("sink %s failed: %s", self.sink.name, c.last_error, exc_info=log.isEnabledFor(logging.DEBUG))
+        if c.consecutive_failures >= FAILURES_BEFORE_BACKOFF:
+            c.suspended_until = time.monotonic() + c.backoff
+            log.warning("sink %s failed %d times in a row (%s); suspended for %.1f s", self.sink.name,
+                        c.consecutive_failures, c.last_error, c.backoff)
+            c.backoff = min(BACKOFF_MAX_S, c.backoff * 2)
+
+    # -- the queued sink's thread --------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.inline:
+            return
+        self.thread = threading.Thread(target=self._run, name=f"sink-{self.sink.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                while not self.queue and not self.closing:
+                    self.ready.wait()
+                if not self.queue:
+                    return  # closing, and everything was delivered
+                event = self.queue.popleft()
+            wait = self.counts.suspended_until - time.monotonic()
+            if wait > 0:
+                with self.lock:  # suspended: wait (a close wakes us), then try this event again
+                    self.ready.wait_for(lambda: self.closing, wait)
+                    if self.closing:
+                        self.counts.dropped += 1 + len(self.queue)
+                        self.queue.clear()
+                        return
+            self.deliver(event)
+
+    def stop(self, deadline: float) -> None:
+        """Let the thread deliver what is queued until ``deadline``, then drop (and count) the rest."""
+        if self.thread is None:
+            return
+        with self.lock:
+            self.closing = True
+            self.ready.notify_all()
+        self.thread.join(max(0.0, deadline - time.monotonic()))
+        if self.thread.is_alive():
+            with self.lock:
+                self.counts.dropped += len(self.queue)
+                self.queue.clear()
+            log.warning("sink %s did not finish in time; its last events are dropped", self.sink.name)
+
+    def snapshot(self) -> dict[str, Any]:
+        c = self.counts
+        out: dict[str, Any] = {"delivered": c.delivered, "dropped": c.dropped + self.sink.dropped, "errors": c.errors}
+        if not self.inline:
+            out["queued"] = len(self.queue)
+        if c.suspended_until and time.monotonic() < c.suspended_until:
+            out["suspended_s"] = round(c.suspended_until - time.monotonic(), 1)
+        if c.last_error:
+            out["last_error"] = c.last_error
+        return out
+
+
+class SinkHub:
+    """Fans each event out to every sink: inline ones directly, the others through their own queue.
+
+    The hub is itself shaped like a :class:`Sink` (``track``, ``live``, ``genre_changed``, ``status``),
+    so a producer (the tagging worker, a :class:`service.live.LiveTagger`) takes either.
+    """
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.slots = [_Slot(s, getattr(s.settings, "queue", DEFAULT_QUEUE)) for s in sinks]
+        self._started = False
+
+    @classmethod
+    def from_config(cls, config: Config, context: SinkContext,
+                    classes: dict[str, type[Sink]] | None = None) -> SinkHub:
+        """Build (not start) every active sink of ``config``. A sink that cannot be built raises."""
+        sinks: list[Sink] = []
+        for name, sink_cls in (classes or sink_classes()).items():
+            settings = config.sinks.get(name)
+            if settings is None or not settings.active():
+                continue
+            sink_cls.check_environment()
+            sinks.append(sink_cls(settings, context))
+        return cls(sinks)
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return [slot.sink for slot in self.slots]
+
+    def start(self) -> None:
+        """Start every sink (in order; if one fails, the ones started are closed and the error raised)."""
+        started: list[_Slot] = []
+        try:
+            for slot in self.slots:
+                slot.sink.start()
+                started.append(slot)
+        except BaseException:
+            for slot in started:
+                slot.sink.close(time.monotonic() + 1.0)
+            raise
+        for slot in self.slots:
+            slot.start()
+        self._started = True
+
+    def describe(self) -> str:
+        return ", ".join(s.sink.describe() for s in self.slots) or "no sinks"
+
+    def emit(self, event: Event) -> None:
+        for slot in self.slots:
+            slot.offer(event)
+
+    track: Callable[[TrackDone], None] = emit  # type: ignore[assignment]
+    live: Callable[[LiveUpdate], None] = emit  # type: ignore[assignment]
+    genre_changed: Callable[[GenreChanged], None] = emit  # type: ignore[assignment]
+    status: Callable[[Status], None] = emit  # type: ignore[assignment]
+
+    def counts(self) -> dict[str, dict[str, Any]]:
+        """Per sink: delivered, dropped (queue full, suspended, or its own consumers), errors, queued."""
+        return {slot.sink.name: slot.snapshot() for slot in self.slots}
+
+    @property
+    def dropped(self) -> int:
+        return sum(slot.counts.dropped + slot.sink.dropped for slot in self.slots)
+
+    def close(self, deadline: float) -> None:
+        """Drain the queues and close every sink by ``deadline`` (monotonic seconds); never raises."""
+        for slot in self.slots:
+            slot.stop(deadline)
+        for slot in self.slots:
+            try:
+                slot.sink.close(deadline)
+            except Exception as exc:
+                log.warning("sink %s did not close cleanly: %s", slot.sink.name, exc)

@@ -1,0 +1,171 @@
+"""The sink hub: inline and queued delivery, bounded queues that drop the oldest, failures that stay
+inside their sink, backoff, a close that fits the SIGTERM budget; the events' one JSON form."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon_helpers import VALIDATOR, Subscriber
+
+from service.config import Config, load_config
+from service.events import GenreChanged, LiveUpdate, Status, TrackDone
+from service.live import LiveTagger
+from service.sinks import Sink, SinkContext, SinkHub, SinkSettings, sink_classes
+from service.sinks.zmq import PublishSection, ZmqSink
+from tagger import Tagger
+from tagger.errors import ConfigError
+
+
+def _status(i: int = 0) -> Status:
+    return Status(uptime_s=float(i), queue_depth=0, tagged=i, errors=0, audio_seconds=0.0, realtime_factor=0.0,
+                  provider="CPUExecutionProvider", model="m 1")
+
+
+class Recorder(Sink):
+    name = "recorder"
+
+    def __init__(self, inline: bool = False, delay: float = 0.0, fail: bool = False, queue: int = 1000) -> None:
+        settings = SinkSettings()
+        settings.queue = queue  # type: ignore[attr-defined]
+        super().__init__(settings, SinkContext(Config()))
+        self.inline = inline  # type: ignore[misc]
+        self.delay = delay
+        self.fail = fail
+        self.events: list = []
+        self.threads: set[str] = set()
+        self.closed = False
+
+    def status(self, event: Status) -> None:
+        self.threads.add(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("disk on fire")
+        self.events.append(event)
+
+    def close(self, deadline: float) -> None:
+        self.closed = True
+
+
+def test_inline_sinks_run_in_the_caller_and_queued_ones_in_their_own_thread() -> None:
+    inline, queued = Recorder(inline=True), Recorder()
+    hub = SinkHub([inline, queued])
+    hub.start()
+    for i in range(5):
+        hub.status(_status(i))
+    hub.close(time.monotonic() + 5)
+    assert [e.tagged for e in inline.events] == [e.tagged for e in queued.events] == list(range(5))
+    assert inline.threads == {threading.current_thread().name}
+    assert queued.threads == {"sink-recorder"}
+    assert inline.closed and queued.closed
+    assert hub.counts()["recorder"]["delivered"] == 5
+
+
+def test_a_slow_sink_drops_its_oldest_events_counted_and_never_delays_the_producer() -> None:
+    slow, fast = Recorder(delay=0.05, queue=10), Recorder(inline=True)
+    hub = SinkHub([slow, fast])
+    hub.start()
+    started = time.perf_counter()
+    for i in range(200):
+        hub.status(_status(i))
+    elapsed = time.perf_counter() - started
+    counts = hub.slots[0].snapshot()
+    hub.close(time.monotonic() + 2)
+    print(f"\n200 events offered in {1000 * elapsed:.1f} ms; the slow sink dropped {counts['dropped']}")
+    assert elapsed < 1.0  # 200 × 50 ms = 10 s if the producer waited on the slow sink
+    assert len(fast.events) == 200
+    assert counts["dropped"] >= 150
+    assert slow.events[-1].tagged == 199  # the newest survive, the oldest went
+    assert len(slow.events) + hub.slots[0].counts.dropped == 200
+
+
+def test_a_failing_sink_is_logged_counted_suspended_and_the_others_go_on(caplog) -> None:
+    bad, good = Recorder(fail=True), Recorder()
+    hub = SinkHub([bad, good])
+    hub.start()
+    for i in range(20):
+        hub.status(_status(i))
+    deadline = time.monotonic() + 10
+    while len(good.events) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    bad_counts = hub.slots[0].snapshot()
+    hub.close(time.monotonic() + 1)
+    assert len(good.events) == 20
+    assert bad_counts["errors"] >= 3 and bad_counts["last_error"] == "RuntimeError: disk on fire"
+    assert "suspended_s" in bad_counts  # three failures in a row: backing off, not hammering
+    assert bad_counts["errors"] < 20
+    warnings = [r.getMessage() for r in caplog.records if "recorder" in r.getMessage()]
+    assert any("failed: RuntimeError: disk on fire" in w for w in warnings)
+    assert any("suspended for 0.5 s" in w for w in warnings)
+
+
+def test_close_keeps_to_its_deadline_with_a_stuck_sink() -> None:
+    stuck = Recorder(delay=30.0)
+    hub = SinkHub([stuck])
+    hub.start()
+    for i in range(3):
+        hub.status(_status(i))
+    started = time.monotonic()
+    hub.close(started + 0.5)
+    assert time.monotonic() - started < 1.5
+    assert hub.counts()["recorder"]["dropped"] >= 1
+
+
+def test_sinks_are_found_configured_and_validated_per_section() -> None:
+    classes = sink_classes()
+    assert classes["publish"] is ZmqSink and "recorder" not in classes  # a test's sink is not the daemon's
+    config = load_config(None, env={"GENRE_TAGGER_PUBLISH_SEND_HWM": "7"}, validate=False)
+    assert config.publish.send_hwm == 7 and config.sinks["publish"] is config.publish
+    with pytest.raises(ConfigError, match=r"config publish\.send_hwm: must be at least 1"):
+        load_config(None, env={}, overrides={"publish": {"send_hwm": 0}}, extra_roots=["."])
+    with pytest.raises(ConfigError, match=r"unknown section \[nosuch\]"):
+        load_config(None, env={}, overrides={"nosuch": {"x": 1}})
+    hub = SinkHub.from_config(load_config(None, env={}, overrides={"publish": {"endpoint": ""}}, validate=False),
+                              SinkContext(Config()))
+    assert hub.sinks == [] and hub.describe() == "no sinks"
+
+
+def test_every_event_is_one_message_the_schema_validates_on_zeromq(tiny_model: Path, tmp_path: Path) -> None:
+    sink = ZmqSink(PublishSection(endpoint=f"ipc://{tmp_path}/pub"), SinkContext(Config()))
+    hub = SinkHub([sink])
+    hub.start()
+    sub = Subscriber(sink.publisher.bound)  # type: ignore[union-attr]
+    time.sleep(0.3)
+    tagger = Tagger(tiny_model)
+    collected: list = []
+
+    class Collect:
+        def live(self, e: LiveUpdate) -> None:
+            collected.append(e)
+            hub.live(e)
+
+        def genre_changed(self, e: GenreChanged) -> None:
+            collected.append(e)
+            hub.genre_changed(e)
+
+    live = LiveTagger(tagger, "radio", tagger.sample_rate, 10.0, 1, Collect(), top_k=2)
+    rng = np.random.default_rng(0)
+    live.feed(rng.standard_normal(6 * tagger.sample_rate).astype(np.float32) * 0.1, time.monotonic())
+    hub.track(TrackDone(3, "/music/a.flac", error="not a readable audio file"))
+    hub.status(_status())
+    sub.wait_for(lambda msgs: any(m["type"] == "status" for _, m in msgs), 10)
+    hub.close(time.monotonic() + 1)
+    sub.close()
+    topics = [t for t, _ in sub.messages]
+    assert "live.radio" in topics and "change.radio" in topics and "track" in topics and "status" in topics
+    update = next(e for e in collected if isinstance(e, LiveUpdate))
+    topic, message = update.as_message()
+    assert topic == "live.radio" and message["music"] is True and message["top"] == update.top
+    assert message is update.as_message()[1]  # built once, shared by every sink
+    assert all(len(est["scores"]) == 2 for est in message["ensemble"].values())
+    changed = next(m for t, m in sub.messages if t == "change.radio")
+    assert changed["previous"] is None and changed["uncertain"] == update.uncertain
+    failed = next(m for t, m in sub.messages if t == "track")
+    assert failed == {**failed, "ok": False, "status": "error", "error": "not a readable audio file", "track_id": 3}
+    for _, m in sub.messages:
+        VALIDATOR.validate(m)  # Subscriber validates too; explicit here
