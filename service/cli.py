@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     daemon.add_argument("--model", "-m", help="model name or .onnx path (default: the shipped default model)")
     daemon.add_argument("--device", choices=("auto", "cuda", "cpu"), help="inference device (default auto)")
     daemon.add_argument("--settle", type=float, help="seconds a file must stay unchanged before it is read")
+    daemon.add_argument("--print-config", action="store_true",
+                        help="print the commented example configuration (every key and its default) and exit")
     from service.sinks import sink_classes
 
     for sink in sink_classes().values():  # each sink's own flags (--endpoint for ZeroMQ...)
@@ -92,9 +94,19 @@ def _exit_cleanly(signum: int, frame) -> None:
     raise SystemExit(0)
 
 
+def example_config() -> str:
+    """The commented example configuration shipped with the package (``service/genre-tagger.toml``)."""
+    from importlib import resources
+
+    return resources.files("service").joinpath("genre-tagger.toml").read_text(encoding="utf-8")
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     import signal
 
+    if args.print_config:
+        sys.stdout.write(example_config())
+        return EXIT_OK
     # A stop request while the model loads ends the process cleanly too; Daemon.run takes over after.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)

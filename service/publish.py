@@ -12,18 +12,18 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import zmq
 
 SCHEMA_ID = "genre-tagger.messages/1"
-SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "messages-v1.json"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 
 
 def load_schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text())
+    """The JSON schema of every message (package data, so it travels with an installed wheel)."""
+    return json.loads(resources.files("service").joinpath("schema", "messages-v1.json").read_text(encoding="utf-8"))
 
 
 class Publisher:

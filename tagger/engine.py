@@ -59,6 +59,23 @@ class EngineOptions:
     blas_threads: int = 1
 
 
+ONNXRUNTIME_BUILDS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def installed_onnxruntime_builds() -> list[str]:
+    """The ONNX Runtime distributions installed here: one, or two (a broken mix: both own ``onnxruntime/``)."""
+    from importlib import metadata
+
+    found = []
+    for name in ONNXRUNTIME_BUILDS:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
 def limit_blas_threads(threads: int) -> None:
     """Limit numpy's BLAS to ``threads`` threads for the rest of the process."""
     from threadpoolctl import threadpool_limits
@@ -123,12 +140,16 @@ class Engine:
 
     def _create_session(self) -> ort.InferenceSession:
         device = self.options.device
+        if len(installed_onnxruntime_builds()) > 1:
+            log.warning("both onnxruntime and onnxruntime-gpu are installed: they overwrite each other's files; "
+                        "keep one (`make install-cpu` or `make install-gpu`, see the README)")
         if device not in ("auto", "cuda", "cpu"):
             raise ModelError(f"device {device!r} is not one of auto, cuda, cpu")
         if device == "cpu":
             return self._cpu_session()
         if CUDA not in ort.get_available_providers():
-            reason = "this onnxruntime build has no CUDA provider"
+            reason = ("this ONNX Runtime build has no CUDA provider (the CPU build is installed: "
+                      "`make install-gpu` swaps in the GPU build, see the README)")
         else:
             # ORT logs its own CUDA loading failure at error level: silence it, we report it once below.
             previous = ort.get_default_logger_severity() if hasattr(ort, "get_default_logger_severity") else 2

@@ -1,14 +1,18 @@
 """Finding model files: by path, or by name in the model directories.
 
 Search order for a name: each directory in ``$GENRE_TAGGER_MODELS`` (``:``-separated), the user's
-``~/.local/share/genre-tagger/models``, then the ``models/`` directory shipped with genre-tagger.
-A name ``foo`` matches ``foo.onnx``.
+``~/.local/share/genre-tagger/models``, then the models shipped with genre-tagger. A name ``foo``
+matches ``foo.onnx``.
+
+The shipped models live in the repository's ``models/`` folder; the wheel carries them as the package
+data ``tagger/models/`` (see ``pyproject.toml``), found with :mod:`importlib.resources`.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from tagger.errors import ModelError
@@ -17,7 +21,19 @@ DEFAULT_MODEL = "msd-musicnn-gtzan"
 # The same model with its front end's convolutions in int8: what a CPU runs when no model is named (its
 # card has the accuracy before and after; GPUs keep the float32 file).
 DEFAULT_CPU_MODEL = "msd-musicnn-gtzan-int8"
-SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def shipped_models_dir() -> Path:
+    """The folder of the models shipped with genre-tagger.
+
+    An installed wheel has them as package data, ``tagger/models``; an editable install (a checkout,
+    ``pip install -e .``) imports ``tagger`` from the repository, whose ``models/`` folder sits beside it.
+    """
+    package = resources.files("tagger")
+    packaged = package.joinpath("models")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(str(package)).parent / "models"
 
 
 def model_dirs() -> list[Path]:
@@ -25,7 +41,7 @@ def model_dirs() -> list[Path]:
     dirs = [Path(p).expanduser() for p in os.environ.get("GENRE_TAGGER_MODELS", "").split(":") if p]
     data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
     dirs.append(data_home / "genre-tagger" / "models")
-    dirs.append(SHIPPED_MODELS_DIR)
+    dirs.append(shipped_models_dir())
     return dirs
 
 
