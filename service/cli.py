@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tagger.chart import bar
 from tagger.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
+from tagger.ensemble import NO_MUSIC
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:5556"
 
@@ -62,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--min-score", type=float, default=0.0, help="minimum probability of that label (0..1)")
     ls.add_argument("--output", help="model output to search (default: all)")
     ls.add_argument("--status", default="tagged", help="tagged, pending, error, deleted, or 'any' (default tagged)")
+    ls.add_argument("--no-music", action="store_true",
+                    help="only the tracks the model's music detector called no music (talk, silence, noise)")
     ls.add_argument("--limit", type=int, default=0, help="at most this many rows")
     ls.add_argument("--json", action="store_true")
     show = lsub.add_parser("show", help="one track with all its genres and per-view results")
@@ -167,6 +170,9 @@ def _stats(library, args) -> int:
         return EXIT_OK
     print(f"library {stats['path']} (schema {stats['schema_version']})")
     print("  " + ", ".join(f"{n} {status}" for status, n in stats["tracks"].items()))
+    music = stats["music"]
+    print(f"  tagged: {music['music']} music, {music['no_music']} no music"
+          + (f", {music['unknown']} without a music detector" if music["unknown"] else ""))
     for output, labels in stats["top_genres"].items():
         total = sum(labels.values())
         print(f"  {output}: top genre of {total} tracks")
@@ -177,12 +183,20 @@ def _stats(library, args) -> int:
 
 def _list(library, args) -> int:
     status = None if args.status == "any" else args.status
-    rows = library.search(args.genre, args.min_score, args.output, status, args.limit or None)
+    rows = library.search(args.genre, args.min_score, args.output, status, args.limit or None,
+                          music=False if args.no_music else None)
+    shown: set[int] = set()
     for r in rows:
         if args.json:
             print(json.dumps(r))
         elif r["status"] == "error":
             print(f"{r['path']}\terror: {r['error']}")
+        elif r["music"] is False:
+            if r["id"] in shown:  # one line per track, not per output
+                continue
+            shown.add(r["id"])
+            sure = "" if r["music_probability"] is None else f" {100 * (1 - r['music_probability']):.0f} %"
+            print(f"{r['path']}\t\t{NO_MUSIC}{sure}")
         else:
             score = f"{r['label']} {100 * r['score']:.0f} %" if r["label"] else r["status"]
             print(f"{r['path']}\t{r['output'] or ''}\t{score}")

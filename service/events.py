@@ -84,6 +84,7 @@ class LiveUpdate:
         labels: each output's labels, in the order of the slices' probability vectors.
         top_k: labels per output in the message.
         music: False when the model hears no music (then ``top`` is "no music"); True without a detector.
+        music_probability: the detector's mean probability of music over the horizon (None without one).
         latency_ms: from the newest block's capture to this event (None when unknown).
     """
 
@@ -95,6 +96,7 @@ class LiveUpdate:
     labels: Mapping[str, Sequence[str]]
     top_k: int = 5
     music: bool = True
+    music_probability: float | None = None
     latency_ms: float | None = None
     ts: float = field(default_factory=_now)
 
@@ -105,10 +107,14 @@ class LiveUpdate:
 
     @property
     def top(self) -> str:
-        return self.first.top
+        """The first output's top genre, or "no music" (tagger.ensemble.NO_MUSIC) when it is not music."""
+        return self.first.top if self.music else "no music"
 
     @property
     def confidence(self) -> float:
+        """The top genre's probability; for "no music", the probability that it is not music."""
+        if not self.music:
+            return 1.0 - (self.music_probability or 0.0)
         return float(self.first.confidence)
 
     @property
@@ -125,6 +131,7 @@ class LiveUpdate:
                        for r in self.slices],
             "ensemble": {name: est.as_dict(self.top_k) for name, est in self.estimates.items()},
             "top": self.top, "confidence": round(self.confidence, 6), "music": self.music,
+            "music_probability": None if self.music_probability is None else round(self.music_probability, 6),
         }
         if self.latency_ms is not None:
             message["latency_ms"] = round(self.latency_ms, 3)

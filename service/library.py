@@ -1,14 +1,17 @@
 """The SQLite library: tracks, their genres, per-view results, and the durable work queue.
 
-Schema (version 2; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
+Schema (version 3; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
 
 ``tracks``
     id, path (unique), size (bytes), mtime (seconds), fingerprint (see :func:`fingerprint`),
     duration_s, status (``pending`` | ``tagged`` | ``error`` | ``deleted``), error (one line),
-    model, model_version, tagged_at (ISO 8601 UTC), queued_at, attempts, tag_count.
+    model, model_version, tagged_at (ISO 8601 UTC), queued_at, attempts, tag_count,
+    music (1, or 0 when the model's music detector heard no music; NULL for rows tagged before v3 or by
+    a model without a detector), music_probability (0..1 or NULL).
 ``genres``
     track_id, output (model output name), label, score (0..1), rank (1 = best), decided (0/1).
-    The best ``store_top_k`` labels of each output, plus every decided one.
+    The best ``store_top_k`` labels of each output, plus every decided one. A track that is not music
+    has no decided genre (its genres are kept, undecided, for inspection).
 ``track_views``
     track_id, output, view, slices, scores (JSON object label → score, best first).
 
@@ -33,7 +36,7 @@ import sqlite_utils
 
 from tagger.pipeline import TrackResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 FINGERPRINT_CHUNK = 64 * 1024
 
@@ -95,7 +98,17 @@ def _v1_to_v2(db: sqlite_utils.Database) -> None:
         db["tracks"].add_column("tag_count", int, not_null_default=0)
 
 
-MIGRATIONS = {1: _v1_to_v2}
+def _v2_to_v3(db: sqlite_utils.Database) -> None:
+    # v3 records the music detector's answer ("no music" is a result, not a genre).
+    columns = db["tracks"].columns_dict
+    if "music" not in columns:
+        db["tracks"].add_column("music", int)
+    if "music_probability" not in columns:
+        db["tracks"].add_column("music_probability", float)
+    db["tracks"].create_index(["music"], if_not_exists=True)
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(db: sqlite_utils.Database) -> int:
@@ -258,9 +271,11 @@ class Library:
             self.db.execute("DELETE FROM genres WHERE track_id = ?", [track_id])
             self.db.execute("DELETE FROM track_views WHERE track_id = ?", [track_id])
             genre_rows, view_rows = [], []
+            music = getattr(result, "music", True)
             for output, est in result.outputs.items():
                 for rank, s in enumerate(est.scores, start=1):
-                    decided = s.label in est.decided
+                    # Genres of silence, talk or noise are never decided (and never tags).
+                    decided = music and s.label in est.decided
                     if rank <= self.store_top_k or decided:
                         genre_rows.append((track_id, output, s.label, s.score, rank, int(decided)))
                 for view, scores in est.per_view.items():
@@ -270,8 +285,10 @@ class Library:
             self.db.conn.executemany("INSERT INTO track_views VALUES (?, ?, ?, ?, ?)", view_rows)
             self.db.execute(
                 "UPDATE tracks SET status = 'tagged', error = NULL, duration_s = ?, model = ?, model_version = ?, "
-                "tagged_at = ?, attempts = attempts + 1, tag_count = tag_count + 1 WHERE id = ?",
-                [result.duration_s, result.model, result.model_version, now_iso(), track_id])
+                "tagged_at = ?, attempts = attempts + 1, tag_count = tag_count + 1, music = ?, music_probability = ? "
+                "WHERE id = ?",
+                [result.duration_s, result.model, result.model_version, now_iso(), int(music),
+                 getattr(result, "music_probability", None), track_id])
         return True
 
     def record_error(self, track_id: int, message: str, force: bool = False) -> None:
@@ -297,13 +314,21 @@ class Library:
         by_output: dict[str, dict[str, int]] = {}
         for output, label, n in top:
             by_output.setdefault(output, {})[label] = n
+        music = dict(self.db.execute("SELECT music, count(*) FROM tracks WHERE status = 'tagged' GROUP BY music"
+                                     ).fetchall())
         return {"tracks": {s: counts.get(s, 0) for s in STATUSES}, "top_genres": by_output,
+                "music": {"music": music.get(1, 0), "no_music": music.get(0, 0), "unknown": music.get(None, 0)},
                 "schema_version": SCHEMA_VERSION, "path": str(self.path)}
 
     def search(self, label: str | None = None, min_score: float = 0.0, output: str | None = None,
-               status: str | None = TAGGED, limit: int | None = None) -> Iterator[dict]:
-        """Tracks (best first) with ``label`` at ``min_score`` or more; all tracks when label is None."""
-        sql = ["SELECT t.id, t.path, t.status, t.duration_s, t.error, g.output, g.label, g.score FROM tracks t"]
+               status: str | None = TAGGED, limit: int | None = None, music: bool | None = None) -> Iterator[dict]:
+        """Tracks (best first) with ``label`` at ``min_score`` or more; all tracks when label is None.
+
+        A genre search leaves out tracks that are not music (their genres mean nothing). ``music``:
+        only tracks the detector called music (True; rows without an answer count as music) or not (False).
+        """
+        sql = ["SELECT t.id, t.path, t.status, t.duration_s, t.error, g.output, g.label, g.score, t.music, "
+               "t.music_probability FROM tracks t"]
         args: list = []
         if label is not None:
             sql.append("JOIN genres g ON g.track_id = t.id AND lower(g.label) = lower(?) AND g.score >= ?")
@@ -316,16 +341,25 @@ class Library:
             if output:
                 sql.append("AND g.output = ?")
                 args.append(output)
+        where = []
         if status:
-            sql.append("WHERE t.status = ?")
+            where.append("t.status = ?")
             args.append(status)
+        if label is not None and music is None:
+            music = True
+        if music is not None:
+            where.append("coalesce(t.music, 1) = ?")
+            args.append(int(music))
+        if where:
+            sql.append("WHERE " + " AND ".join(where))
         sql.append("ORDER BY g.score DESC, t.path" if label is not None else "ORDER BY t.path, g.output")
         if limit:
             sql.append("LIMIT ?")
             args.append(limit)
         for r in self.db.execute(" ".join(sql), args):
             yield {"id": r[0], "path": r[1], "status": r[2], "duration_s": r[3], "error": r[4], "output": r[5],
-                   "label": r[6], "score": r[7]}
+                   "label": r[6], "score": r[7], "music": None if r[8] is None else bool(r[8]),
+                   "music_probability": r[9]}
 
     def track(self, path_or_id: str | int) -> dict | None:
         key = "id" if isinstance(path_or_id, int) or str(path_or_id).isdigit() else "path"

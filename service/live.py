@@ -173,6 +173,7 @@ class LiveTagger:
         update = LiveUpdate(
             source=self.source, stream_s=self.stream.seconds_in, horizon_s=self.horizon_seconds,
             slices=tuple(results), estimates=self.stream.estimate(), labels=self.labels, top_k=self.top_k,
+            music=self.stream.music(), music_probability=self.stream.music_probability(),
             latency_ms=1000 * (time.monotonic() - captured_at) if captured_at is not None else None)
         self.sink.live(update)
         change = self.changes.update(update.top)

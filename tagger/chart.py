@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from tagger.ensemble import OutputEstimate
+from tagger.ensemble import NO_MUSIC, OutputEstimate
 
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 
@@ -36,11 +36,16 @@ def render_output(est: OutputEstimate, top_k: int, width: int | None = None) -> 
 
 
 def render_track(name: str, duration_s: float, outputs: dict[str, OutputEstimate], top_k: int,
-                 width: int | None = None) -> str:
-    """The whole chart for one track."""
+                 width: int | None = None, music: bool = True, music_probability: float | None = None) -> str:
+    """The whole chart for one track. When the model's music detector says it is not ``music``, one
+    "no music" line stands instead of the genre bars (genres of silence or speech mean nothing)."""
     first = next(iter(outputs.values()))
     slices = ", ".join(f"{v} ×{n}" for v, n in first.slices.items())
     lines = [f"{name}  ({duration_s:.1f} s; slices {slices}; threshold {100 * first.threshold:.0f} %)"]
+    if not music:
+        sure = "" if music_probability is None else f" ({100 * (1 - music_probability):.1f} % sure)"
+        lines.append(f"  → {NO_MUSIC}{sure}")
+        return "\n".join(lines)
     for est in outputs.values():
         lines.extend(render_output(est, top_k, width))
     return "\n".join(lines)

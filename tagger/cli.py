@@ -127,7 +127,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(result.as_dict(args.top_k)), flush=True)
                 else:
-                    progress.write(render_track(str(path), result.duration_s, result.outputs, args.top_k) + "\n")
+                    progress.write(render_track(str(path), result.duration_s, result.outputs, args.top_k,
+                                                music=result.music,
+                                                music_probability=result.music_probability) + "\n")
             progress.update(1)
     if failed and (show_progress or len(files) > 1):
         print(f"genre-tagger: {failed} of {len(files)} files failed", file=sys.stderr)

@@ -18,6 +18,9 @@ from tagger.model import OutputSpec
 
 DEFAULT_THRESHOLD = 0.6
 DEFAULT_TOP_K = 5
+# What every consumer shows instead of a genre when the model's music detector says the audio is not
+# music (silence, noise, speech, applause...): an answer, never a genre label.
+NO_MUSIC = "no music"
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,17 @@ Manifest (format 1)::
       "front_ends": {"mel16k": {...}},        # see tagger.frontend.FrontEndConfig
       "views": [{"name": "2.56s", "front_end": "mel16k", "window_frames": 160, "hop_frames": 80}],
       "outputs": [{"name": "genre", "onnx_output": "genre", "kind": "softmax", "labels": [...],
-                   "title": "Genre (GTZAN)"}]
+                   "title": "Genre (GTZAN)"}],
+      "music": {"output": "music", "threshold": 0.5}   # optional: the music detector
     }
 
 ``kind`` is ``softmax`` (one label per track, probabilities summing to 1) or ``sigmoid``
-(multi-label, independent probabilities). Outputs are probabilities, not logits.
+(multi-label, independent probabilities). Outputs are probabilities, not logits, and already
+calibrated: a runtime shows them as they are.
+
+``music`` (optional) names a one-label sigmoid output that is the probability that a slice is music:
+a track or a stretch of a stream whose mean is below ``threshold`` is "no music" (silence, noise,
+speech, applause...). That output is not a genre: runtimes report it beside the genres, not among them.
 """
 
 from __future__ import annotations
@@ -103,6 +109,15 @@ class FramePooling:
 
 
 @dataclass(frozen=True)
+class MusicDetector:
+    """The model's music detector: ``output`` (one-label sigmoid) and the mean probability below which
+    audio is "no music"."""
+
+    output: str
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
 class ModelManifest:
     """The parsed, validated manifest of a model file."""
 
@@ -118,6 +133,12 @@ class ModelManifest:
     training_data: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     frame_pooling: FramePooling | None = None
+    music: MusicDetector | None = None
+
+    @property
+    def genre_outputs(self) -> tuple[OutputSpec, ...]:
+        """The outputs that name genres (every output but the music detector)."""
+        return tuple(o for o in self.outputs if self.music is None or o.name != self.music.output)
 
     def view_seconds(self, view: ViewSpec) -> tuple[float, float]:
         """Return (window, hop) of a view in seconds."""
@@ -151,6 +172,8 @@ class ModelManifest:
         }
         if self.frame_pooling:
             doc["frame_pooling"] = asdict(self.frame_pooling)
+        if self.music:
+            doc["music"] = asdict(self.music)
         return json.dumps(doc, indent=1, sort_keys=False)
 
     @classmethod
@@ -227,12 +250,26 @@ class ModelManifest:
                 raise ModelError(f"{source}: bad frame_pooling {fp!r}: {exc}") from None
             if frame_pooling.pooling != "max_mean_interleaved":
                 raise ModelError(f"{source}: frame_pooling.pooling {frame_pooling.pooling!r} is not supported")
+        music = None
+        if doc.get("music") is not None:
+            md = doc["music"]
+            try:
+                music = MusicDetector(str(md["output"]), float(md.get("threshold", 0.5)))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ModelError(f"{source}: bad music {md!r}: {exc}") from None
+            spec = next((o for o in outputs if o.name == music.output), None)
+            if spec is None or spec.kind != "sigmoid" or len(spec.labels) != 1:
+                raise ModelError(f"{source}: music output {music.output!r} must be a one-label sigmoid output")
+            if not 0.0 < music.threshold < 1.0:
+                raise ModelError(f"{source}: music threshold {music.threshold} is not within (0, 1)")
+            if len(outputs) < 2:
+                raise ModelError(f"{source}: a model needs a genre output besides its music detector")
         return cls(
             name=str(doc["name"]), version=str(doc["version"]), input=str(doc["input"]),
             front_ends=front_ends, views=tuple(views), outputs=tuple(outputs),
             description=str(doc.get("description", "")), licence=str(doc.get("licence", "")),
             provenance=str(doc.get("provenance", "")), training_data=str(doc.get("training_data", "")),
-            metrics=dict(doc.get("metrics", {})), frame_pooling=frame_pooling,
+            metrics=dict(doc.get("metrics", {})), frame_pooling=frame_pooling, music=music,
         )
 
 

@@ -45,6 +45,10 @@ class TrackResult:
         model, model_version: the model that produced it; ``provider`` the ONNX Runtime provider.
         elapsed_s: wall time spent, in seconds.
         slices: the per-slice results, when asked for (``keep_slices``).
+        music: False when the model's music detector says the file is not music (its genres then mean
+            nothing); True when it is music or the model has no detector.
+        music_probability: the detector's mean probability of music over the file (0..1), None
+            without a detector.
     """
 
     path: str
@@ -55,12 +59,16 @@ class TrackResult:
     provider: str
     elapsed_s: float
     slices: list[SliceResult] = field(default_factory=list)
+    music: bool = True
+    music_probability: float | None = None
 
     def as_dict(self, top_k: int | None = None) -> dict:
         return {
             "path": self.path,
             "ok": True,
             "duration_s": round(self.duration_s, 3),
+            "music": self.music,
+            "music_probability": None if self.music_probability is None else round(self.music_probability, 6),
             "model": self.model,
             "model_version": self.model_version,
             "provider": self.provider,
@@ -151,8 +159,28 @@ class TagStream:
         return self.estimate()
 
     def estimate(self) -> dict[str, OutputEstimate]:
+        """Each genre output's running estimate (the music detector's is :meth:`music_probability`)."""
         t = self.tagger
-        return self.ensemble.estimate(t.threshold, t.top_k, t.aliases)
+        estimate = self.ensemble.estimate(t.threshold, t.top_k, t.aliases)
+        detector = t.manifest.music
+        if detector is not None:
+            estimate.pop(detector.output, None)
+        return estimate
+
+    def music_probability(self) -> float | None:
+        """The music detector's mean probability over the stream (or its horizon); None without a detector
+        or before the first slice."""
+        detector = self.tagger.manifest.music
+        if detector is None:
+            return None
+        mean = self.ensemble.combined(detector.output)
+        return None if mean is None else float(mean[0])
+
+    def music(self) -> bool:
+        """False when the music detector's mean is below the model's threshold (True without a detector)."""
+        p = self.music_probability()
+        detector = self.tagger.manifest.music
+        return p is None or detector is None or p >= detector.threshold
 
     def _infer(self, force: bool) -> list[SliceResult]:
         results: list[SliceResult] = []
@@ -261,4 +289,5 @@ class Tagger:
         if not outputs:
             raise TaggerError(f"{path}: too short to tag")
         return TrackResult(str(path), stream.seconds_in, outputs, self.manifest.name, self.manifest.version,
-                           self.provider, time.perf_counter() - started, stream.slices)
+                           self.provider, time.perf_counter() - started, stream.slices, stream.music(),
+                           stream.music_probability())

@@ -61,3 +61,30 @@ def export_tiny(path: Path, genres=GENRES, tags=TAGS, name: str = "tiny-test") -
 
     net = SpectralCentroidNet(FRONT_END.n_mels, len(genres), len(tags))
     return export_model(net, manifest(genres, tags, name), path)
+
+
+class LoudnessMusicNet(torch.nn.Module):
+    """:class:`SpectralCentroidNet` plus a music detector that calls quiet input "no music": the
+    probability of music rises with the slice's mean log-mel level (silence 0 → about 0.05)."""
+
+    def __init__(self, n_mels: int = 48, n_genres: int = 3, n_tags: int = 4) -> None:
+        super().__init__()
+        self.net = SpectralCentroidNet(n_mels, n_genres, n_tags)
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        genre, tags = self.net(mel)
+        level = mel.mean(dim=(1, 2)).unsqueeze(1)
+        return genre, tags, torch.sigmoid(6.0 * (level - 0.5))
+
+
+def export_tiny_music(path: Path, name: str = "tiny-music") -> Path:
+    """A tiny model with a music detector (``music`` output, threshold 0.5)."""
+    from dataclasses import replace
+
+    from tagger.model import MusicDetector
+    from training.export import export_model
+
+    base = manifest(name=name)
+    spec = replace(base, outputs=(*base.outputs, OutputSpec("music", "music", "sigmoid", ("music",), "Music")),
+                   music=MusicDetector("music", 0.5))
+    return export_model(LoudnessMusicNet(FRONT_END.n_mels), spec, path)

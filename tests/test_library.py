@@ -127,3 +127,50 @@ def test_library_cli(tagged_library: Path, tmp_path: Path) -> None:
     assert len({r["path"] for r in table}) == 3
     missing = run_cli("library", "--library", str(tmp_path / "none.db"), "stats")
     assert missing.returncode == 2 and "no library" in missing.stderr
+
+
+def test_no_music_is_stored_never_decided_and_listed(tmp_path: Path, realworld: Path) -> None:
+    import numpy as np
+    from conftest import encode
+
+    from models import export_tiny_music
+
+    tagger = Tagger(export_tiny_music(tmp_path / "tiny-music.onnx"))
+    music = tmp_path / "music"
+    music.mkdir()
+    song = music / "song.opus"
+    shutil.copy(sorted(realworld.rglob("*.opus"))[0], song)
+    silence = encode(np.zeros(8 * 16000, np.float32), 16000, music / "silence.wav", "pcm_s16le", "wav")
+    library = Library(tmp_path / "library.db")
+    for path in (song, silence):
+        library.discover(path)
+        row = library.next_pending()
+        assert library.record_result(row.id, tagger.tag_file(path), row.fingerprint)
+    quiet = library.track(str(silence))
+    assert quiet["music"] == 0 and quiet["music_probability"] < 0.5
+    assert not any(g["decided"] for g in quiet["genres"])  # a genre of silence is never decided
+    assert library.track(str(song))["music"] == 1
+    assert library.stats()["music"] == {"music": 1, "no_music": 1, "unknown": 0}
+    # A genre search leaves the silence out, whatever its genre scores.
+    assert {r["path"] for r in library.search("low", 0.0)} <= {str(song)}
+    library.close()
+    lib = ["library", "--library", str(tmp_path / "library.db")]
+    listed = run_cli(*lib, "list", "--no-music").stdout.splitlines()
+    assert len(listed) == 1 and listed[0].startswith(str(silence)) and "no music" in listed[0]
+    assert "1 music, 1 no music" in run_cli(*lib, "stats").stdout
+
+
+def test_migration_to_version_3_keeps_old_rows_unknown(tmp_path: Path) -> None:
+    db = tmp_path / "v2.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE tracks (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER, mtime FLOAT, "
+                 "fingerprint TEXT, duration_s FLOAT, status TEXT NOT NULL, error TEXT, model TEXT, model_version "
+                 "TEXT, tagged_at TEXT, queued_at TEXT, attempts INTEGER DEFAULT 0, tag_count INTEGER DEFAULT 0)")
+    conn.execute("INSERT INTO tracks (path, status) VALUES ('/x.mp3', 'tagged')")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    library = Library(db)
+    rows = library.db.execute("SELECT path, music, music_probability FROM tracks").fetchall()
+    assert rows == [("/x.mp3", None, None)]
+    library.close()

@@ -349,7 +349,7 @@ class Architecture:
 
 
 def _musicnn_front_end() -> FrontEndConfig:
-    from training.default_model import MUSICNN_FRONT_END
+    from training.musicnn import MUSICNN_FRONT_END
 
     return MUSICNN_FRONT_END
 

@@ -120,6 +120,44 @@ def load_gtzan(root: str | Path) -> list[Track]:
     return tracks
 
 
+# An unmatched clip joins the artist of a clip of its genre at most this many GTZAN ids away.
+ARTIST_NEIGHBOUR_IDS = 2
+
+
+def load_gtzan_by_artist(roots: Iterable[str | Path]) -> list[Track]:
+    """GTZAN clips from several folders (``gtzan``, ``gtzan-excerpts``), grouped by their ``artist`` column.
+
+    A clip without an artist joins the artist of the nearest clip of its genre (across every folder) at
+    most :data:`ARTIST_NEIGHBOUR_IDS` ids away (neighbouring GTZAN ids are usually one artist, so this keeps
+    the likely same artist on one side of a split); failing that it is a group of its own, named by its
+    genre and its block of ten ids (``unknown:jazz:0004`` for jazz.00047), shared with any other unmatched
+    clip of that block.
+    """
+    rows: list[tuple[Track, str]] = []
+    for root in roots:
+        root = Path(root)
+        table = root / "labels.csv"
+        if not table.is_file():
+            raise FileNotFoundError(f"{table}: no such file (the artist grouping needs labels.csv)")
+        with table.open(newline="") as f:
+            artists = {row.get("gtzan_id") or Path(row["path"]).stem: row.get("artist", "").strip()
+                       for row in csv.DictReader(f)}
+        rows += [(t, artists.get(t.track_id, "")) for t in load_gtzan(root)]
+    known = [(t.label, gtzan_number(t.track_id), a) for t, a in rows if a]
+    tracks = []
+    for track, artist in rows:
+        if not artist:
+            number = gtzan_number(track.track_id)
+            near = sorted((abs(n - number), a) for label, n, a in known
+                          if label == track.label and abs(n - number) <= ARTIST_NEIGHBOUR_IDS)
+            artist = near[0][1] if near else f"unknown:{track.label}:{number // 10:04d}"
+        tracks.append(Track(track.path, track.label, f"artist:{artist}", track.track_id, track.split))
+    ids = [t.track_id for t in tracks]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the same GTZAN id appears in two folders")
+    return tracks
+
+
 def read_fma_tracks_csv(path: str | Path) -> list[dict[str, str]]:
     """Rows of FMA's ``tracks.csv`` as flat dicts keyed ``"track_id"`` and ``"<top>/<column>"``
     (``"track/genre_top"``, ``"set/split"``, ``"set/subset"``, ``"artist/id"``, …).

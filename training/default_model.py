@@ -31,8 +31,7 @@ from tqdm import tqdm
 
 from tagger.decode import decode_file
 from tagger.framepool import pool_windows
-from tagger.frontend import FrontEndConfig
-from tagger.model import FramePooling, FrameStage, ModelManifest, OutputSpec, ViewSpec
+from tagger.model import FramePooling, ModelManifest, OutputSpec
 from tagger.views import build_streams
 from training.augment import gaussian_noise, pitch_shift
 from training.datasets import GTZAN_GENRES, Track, contiguous_folds, load_gtzan
@@ -40,6 +39,9 @@ from training.metrics import classification_report, plot_confusion
 from training.musicnn import (
     MSD_GENRE_TAGS,
     MSD_TAGS,
+    MUSICNN_FRONT_END,
+    MUSICNN_STAGES,
+    MUSICNN_VIEWS,
     MSDMusicnn,
     MusicnnBackbone,
     fetch_musicnn_wheel,
@@ -50,17 +52,7 @@ MODEL_NAME = "msd-musicnn-gtzan"
 MODEL_VERSION = "1.0.0"
 SEED = 20261121
 
-# musicnn's front end, as its training used it (see the reference README): the model file carries it.
-MUSICNN_FRONT_END = FrontEndConfig(
-    sample_rate=16000, n_fft=512, hop_length=256, win_length=512, window="hann", center=True, n_mels=96,
-    fmin=0.0, fmax=8000.0, mel_scale="slaney", mel_norm="slaney", power=2.0, log="log10_1p",
-    log_multiplier=10000.0, round_float16=True,
-)
-# 2.56 s and 5.12 s windows (160 and 320 frames of 16 ms), half-window hops.
-VIEWS = (ViewSpec("2.56s", "musicnn", 160, 80), ViewSpec("5.12s", "musicnn", 320, 160))
-# The backbone's parts a streaming runtime computes once per frame (see tagger.model.FramePooling).
-MUSICNN_STAGES = (FrameStage("timbral_features", MusicnnBackbone.TIMBRAL_CONTEXT),
-                  FrameStage("temporal_features", MusicnnBackbone.TEMPORAL_CONTEXT))
+VIEWS = MUSICNN_VIEWS
 AUGMENTATIONS = ("none", "noise", "pitch-2", "pitch+2")
 
 

@@ -164,8 +164,7 @@ def export_trained(net: torch.nn.Module, spec, labels: tuple[str, ...], path: st
     transfer = isinstance(net, MusicnnTransfer)
     frame_pooling = None
     if transfer:
-        from training.default_model import MUSICNN_STAGES
-        from training.musicnn import MusicnnBackbone
+        from training.musicnn import MUSICNN_STAGES, MusicnnBackbone
 
         frame_pooling = FramePooling("frame_features", "pooled", "max_mean_interleaved", MusicnnBackbone.CONTEXT,
                                      MUSICNN_STAGES, MusicnnBackbone.MID_CONTEXT)

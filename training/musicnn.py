@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tagger.frontend import FrontEndConfig
+from tagger.model import FrameStage, ViewSpec
 from training.tf_checkpoint import Checkpoint
 
 TF_BN_EPS = 1e-3
@@ -283,3 +285,16 @@ class MSDVgg(nn.Module):
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
+
+
+# musicnn's front end, as its training used it (see the reference README): model files carry it.
+MUSICNN_FRONT_END = FrontEndConfig(
+    sample_rate=16000, n_fft=512, hop_length=256, win_length=512, window="hann", center=True, n_mels=96,
+    fmin=0.0, fmax=8000.0, mel_scale="slaney", mel_norm="slaney", power=2.0, log="log10_1p",
+    log_multiplier=10000.0, round_float16=True,
+)
+# The backbone's parts a streaming runtime computes once per frame (see tagger.model.FramePooling).
+MUSICNN_STAGES = (FrameStage("timbral_features", MusicnnBackbone.TIMBRAL_CONTEXT),
+                  FrameStage("temporal_features", MusicnnBackbone.TEMPORAL_CONTEXT))
+# The default model's views: 2.56 s and 5.12 s windows (160 and 320 frames of 16 ms), half-window hops.
+MUSICNN_VIEWS = (ViewSpec("2.56s", "musicnn", 160, 80), ViewSpec("5.12s", "musicnn", 320, 160))
