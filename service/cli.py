@@ -76,6 +76,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     m3u.add_argument("--output", help="model output (default: any)")
     export_csv = lsub.add_parser("export-csv", help="write every tagged track's genres as CSV")
     export_csv.add_argument("out", help="CSV file to write ('-' for stdout)")
+    restore = lsub.add_parser("restore-tags", help="put back the genre tags files had before genre-tagger wrote them")
+    restore.add_argument("paths", nargs="*", metavar="PATH", help="only files at or under these paths (default: all)")
+    restore.add_argument("--run", metavar="ID|last",
+                         help="undo this run of tag writes and the later ones (default: every run)")
+    restore.add_argument("--dry-run", action="store_true", help="print before → after, write nothing")
+    restore.add_argument("--force", action="store_true",
+                         help="also restore files whose genres someone changed after genre-tagger wrote them")
+    retag = lsub.add_parser("retag", help="tag again the tracks an older model (or another one) tagged, and "
+                                          "rewrite the genres genre-tagger wrote into their files")
+    retag.add_argument("--outdated", action="store_true", required=True,
+                       help="the tracks whose model or model version is not the current model's")
+    retag.add_argument("--model", "-m", help="the current model (default: the daemon's)")
+    retag.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    retag.add_argument("--write-tags", action="store_true",
+                       help="also write genres into files genre-tagger has not written before (under --policy)")
+    retag.add_argument("--policy", choices=("if-empty", "merge", "replace"), default="if-empty",
+                       help="with --write-tags, for files never written before (default if-empty); files written "
+                            "before keep the policy they were written with")
+    retag.add_argument("--limit", type=int, default=0, help="stop after this many tracks (default: all)")
+    retag.add_argument("--dry-run", action="store_true", help="list the outdated tracks, change nothing")
+    retag.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="progress bar on stderr (default: on on a terminal)")
     library.set_defaults(func=cmd_library)
 
     bench = sub.add_parser("bench", help="benchmark decode, front end, tagging (fast and naive), live and daemon")
@@ -244,8 +266,177 @@ def _export_csv(library, args) -> int:
     return EXIT_OK
 
 
+def _restore_tags(library, args) -> int:
+    from service.tagwriter import FAILED, SKIPPED, restore_tags
+
+    run_id = None
+    if args.run == "last":
+        run_id = library.last_tag_run()
+        if run_id is None:
+            print("genre-tagger: no tag writes to undo", file=sys.stderr)
+            return EXIT_OK
+    elif args.run is not None:
+        if not args.run.isdigit():
+            print(f"genre-tagger: error: --run {args.run}: not a run id or 'last'", file=sys.stderr)
+            return EXIT_USAGE
+        run_id = int(args.run)
+    paths = [str(Path(p).expanduser().absolute()) for p in args.paths]
+    outcomes = restore_tags(library, run_id, paths, args.dry_run, args.force)
+    for o in outcomes:
+        print(o.line(), file=sys.stderr if o.action in (FAILED, SKIPPED) else sys.stdout)
+    failed = sum(o.action in (FAILED, SKIPPED) for o in outcomes)
+    print(f"genre-tagger: {len(outcomes) - failed} of {len(outcomes)} files restored or already so"
+          + (" (dry run)" if args.dry_run else ""), file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _low_priority() -> None:
+    """Background work: the lowest CPU priority, and the idle I/O class where ionice exists."""
+    import contextlib
+    import os
+    import shutil
+    import subprocess
+
+    with contextlib.suppress(OSError):
+        os.nice(19)
+    if shutil.which("ionice"):
+        subprocess.run(["ionice", "-c", "3", "-p", str(os.getpid())], capture_output=True, check=False)
+
+
+def _retag(library, args) -> int:
+    from tqdm import tqdm
+
+    from service.config import load_config
+    from service.library import fingerprint
+    from service.tagwriter import FAILED, SKIPPED, WRITTEN, TagWriter, WriteSettings
+    from tagger.engine import EngineOptions
+    from tagger.errors import TaggerError
+    from tagger.pipeline import Tagger
+
+    config = load_config(args.config, validate=False)
+    tagger = Tagger(args.model or config.daemon.model or None, threshold=config.tagging.threshold,
+                    top_k=config.tagging.top_k, engine_options=EngineOptions(device=args.device))
+    name, version = tagger.manifest.name, tagger.manifest.version
+    if args.dry_run:
+        rows = library.db.execute("SELECT path, model, model_version FROM tracks WHERE status = 'tagged' AND "
+                                  "(model IS NOT ? OR model_version IS NOT ?) ORDER BY path", [name, version])
+        n = 0
+        for path, model, model_version in rows:
+            n += 1
+            print(f"{path}\t{model} {model_version} → {name} {version}")
+        print(f"genre-tagger: {n} tracks are outdated (dry run)", file=sys.stderr)
+        return EXIT_OK
+    queued = library.queue_outdated(name, version)
+    remaining = library.queued_below(0)
+    total = min(remaining, args.limit) if args.limit else remaining
+    print(f"genre-tagger: {queued} tracks newly queued, {total} to re-tag with {name} {version}", file=sys.stderr)
+    _low_priority()
+    writer = TagWriter(library, WriteSettings(args.policy, threshold=config.tagging.threshold), "library retag",
+                       tagger.manifest)
+    show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    done = failed = written = 0
+    skip: set[int] = set()
+    with tqdm(total=total, unit="track", disable=not show_progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        while not args.limit or done + failed < args.limit:
+            row = library.next_pending(skip, below_priority=0)
+            if row is None:
+                break
+            path = Path(row.path)
+            try:
+                result = tagger.tag_file(path)
+                current = fingerprint(path)
+            except (TaggerError, OSError) as exc:
+                failed += 1
+                library.record_error(row.id, str(exc))
+                bar.write(f"genre-tagger: error: {exc}", file=sys.stderr)
+                bar.update(1)
+                continue
+            if current != row.fingerprint or not library.record_result(row.id, result, current):
+                skip.add(row.id)  # changed meanwhile: the daemon (or the next run) tags its new content
+                bar.update(1)
+                continue
+            done += 1
+            last = library.last_tag_write(row.id)
+            if last is not None or args.write_tags:
+                settings = WriteSettings.from_dict(last["settings"]) if last else writer.settings
+                outcome = writer.write(row.id, path, result.outputs, name, version, current,
+                                       getattr(result, "music", True), settings)
+                written += outcome.action == WRITTEN
+                if outcome.action != WRITTEN:
+                    bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED) else sys.stdout)
+                else:
+                    bar.write(outcome.line())
+            bar.update(1)
+    left = library.queued_below(0)
+    print(f"genre-tagger: {done} re-tagged, {written} files' tags rewritten, {failed} failed, {left} left "
+          "(run again to resume)" if left else
+          f"genre-tagger: {done} re-tagged, {written} files' tags rewritten, {failed} failed", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
 _LIBRARY_COMMANDS = {"stats": _stats, "list": _list, "show": _show, "export-m3u": _export_m3u,
-                     "export-csv": _export_csv}
+                     "export-csv": _export_csv, "restore-tags": _restore_tags, "retag": _retag}
+
+
+def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str, str]) -> int:
+    """``genre-tagger tag --write-tags``: tag each file, record it in the library, write its genres."""
+    from tqdm import tqdm
+
+    from service.config import load_config
+    from service.library import Library, fingerprint
+    from service.tagwriter import FAILED, SKIPPED, TagWriter, WriteSettings
+    from tagger.cli import engine_options
+    from tagger.errors import TaggerError
+    from tagger.pipeline import Tagger
+
+    # The library keeps the model's own labels (as the daemon's does); aliases apply to what is written.
+    tagger = Tagger(args.model, threshold=args.threshold, top_k=args.top_k, hop_fraction=args.hop,
+                    engine_options=engine_options(args))
+    path = Path(args.library).expanduser() if args.library else load_config(validate=False).library_path
+    library = Library(path)
+    try:
+        settings = WriteSettings(args.policy or "if-empty", tuple(args.tag_output), args.threshold, aliases,
+                                 dry_run=args.dry_run)
+        command = "tag --write-tags " + " ".join(str(f) for f in args.inputs)
+        writer = TagWriter(library, settings, command, tagger.manifest)
+        show_progress = args.progress if args.progress is not None else (len(files) > 1 and sys.stderr.isatty())
+        failed = 0
+        with tqdm(total=len(files), unit="file", disable=not show_progress, file=sys.stderr,
+                  dynamic_ncols=True) as bar:
+            for file in files:
+                file = file.expanduser().absolute()
+                try:
+                    st = file.stat()
+                    before_fp = fingerprint(file, st.st_size)
+                    result = tagger.tag_file(file)
+                    if fingerprint(file) != before_fp:
+                        raise TaggerError(f"{file}: changed while it was being tagged, tags not written")
+                except (TaggerError, OSError) as exc:
+                    failed += 1
+                    message = str(exc) if isinstance(exc, TaggerError) else f"{file}: {exc.strerror or exc}"
+                    bar.write(f"genre-tagger: error: {message}", file=sys.stderr)
+                    bar.update(1)
+                    continue
+                music = getattr(result, "music", True)
+                if args.dry_run:
+                    known = library.get(file)
+                    track_id = known.id if known else None
+                else:
+                    track_id = library.record_file_result(file, result, st.st_size, st.st_mtime, before_fp)
+                outcome = writer.write(track_id, file, result.outputs, result.model, result.model_version,
+                                       before_fp, music)
+                if outcome.action in (FAILED, SKIPPED):
+                    failed += 1
+                if args.json:
+                    print(json.dumps({**result.as_dict(args.top_k), "tags": outcome.as_dict()}), flush=True)
+                else:
+                    bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED) else sys.stdout)
+                bar.update(1)
+    finally:
+        library.close()
+    if failed and len(files) > 1:
+        print(f"genre-tagger: {failed} of {len(files)} files failed or were skipped", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def cmd_listen(args: argparse.Namespace) -> int:

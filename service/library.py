@@ -1,19 +1,27 @@
 """The SQLite library: tracks, their genres, per-view results, and the durable work queue.
 
-Schema (version 3; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
+Schema (version 4; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
 
 ``tracks``
     id, path (unique), size (bytes), mtime (seconds), fingerprint (see :func:`fingerprint`),
     duration_s, status (``pending`` | ``tagged`` | ``error`` | ``deleted``), error (one line),
     model, model_version, tagged_at (ISO 8601 UTC), queued_at, attempts, tag_count,
     music (1, or 0 when the model's music detector heard no music; NULL for rows tagged before v3 or by
-    a model without a detector), music_probability (0..1 or NULL).
+    a model without a detector), music_probability (0..1 or NULL),
+    priority (the queue takes higher first; ``retag --outdated`` queues at -1, behind new files).
 ``genres``
     track_id, output (model output name), label, score (0..1), rank (1 = best), decided (0/1).
     The best ``store_top_k`` labels of each output, plus every decided one. A track that is not music
     has no decided genre (its genres are kept, undecided, for inspection).
 ``track_views``
     track_id, output, view, slices, scores (JSON object label → score, best first).
+``tag_runs``
+    id, started_at, command: one ``tag --write-tags`` / ``library retag`` run (or a daemon's life).
+``tag_writes``
+    id, run_id, track_id, path, written_at, before and after (JSON :class:`tagger.filetags.GenreState`:
+    the file's genre tags before and after the write), policy, settings (JSON: outputs, threshold,
+    aliases), model, model_version, size, mtime, fingerprint (the file after the write), restored_at.
+    ``library restore-tags`` puts ``before`` back.
 
 Pending rows are the queue: a restart resumes them. Each track's result is written in one
 transaction (genres replaced, status set), so a crash never leaves a half-written track. WAL mode
@@ -36,7 +44,7 @@ import sqlite_utils
 
 from tagger.pipeline import TrackResult
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 FINGERPRINT_CHUNK = 64 * 1024
 
@@ -108,7 +116,22 @@ def _v2_to_v3(db: sqlite_utils.Database) -> None:
     db["tracks"].create_index(["music"], if_not_exists=True)
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(db: sqlite_utils.Database) -> None:
+    # v4: the genres written into files (history for restore-tags) and a queue priority (retag --outdated).
+    if "priority" not in db["tracks"].columns_dict:
+        db["tracks"].add_column("priority", int, not_null_default=0)
+    db["tag_runs"].create({"id": int, "started_at": str, "command": str}, pk="id", if_not_exists=True)
+    db["tag_writes"].create({
+        "id": int, "run_id": int, "track_id": int, "path": str, "written_at": str, "before": str, "after": str,
+        "policy": str, "settings": str, "model": str, "model_version": str, "size": int, "mtime": float,
+        "fingerprint": str, "restored_at": str,
+    }, pk="id", foreign_keys=[("run_id", "tag_runs", "id")], if_not_exists=True)
+    db["tag_writes"].create_index(["track_id", "id"], if_not_exists=True)
+    db["tag_writes"].create_index(["run_id"], if_not_exists=True)
+    db["tracks"].create_index(["status", "priority", "id"], if_not_exists=True)
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate(db: sqlite_utils.Database) -> int:
@@ -190,7 +213,7 @@ class Library:
                 "INSERT INTO tracks (path, size, mtime, fingerprint, status, error, queued_at, attempts) "
                 "VALUES (?, ?, ?, ?, 'pending', NULL, ?, 0) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
                 "mtime = excluded.mtime, fingerprint = excluded.fingerprint, status = 'pending', error = NULL, "
-                "queued_at = excluded.queued_at, attempts = 0",
+                "queued_at = excluded.queued_at, attempts = 0, priority = 0",
                 [str(path), st.st_size, st.st_mtime, fp, now_iso()])
         return "queued"
 
@@ -244,9 +267,12 @@ class Library:
             self.mark_deleted(p)
         return len(gone)
 
-    def next_pending(self, exclude: set[int] | None = None) -> TrackRow | None:
+    def next_pending(self, exclude: set[int] | None = None, below_priority: int | None = None) -> TrackRow | None:
+        """The next queued track: higher priority first, then oldest (``below_priority``: only lower ones)."""
+        where = "" if below_priority is None else f" AND priority < {int(below_priority)}"
         rows = self.db.execute("SELECT id, path, size, mtime, fingerprint, status, error FROM tracks "
-                               "WHERE status = 'pending' ORDER BY id LIMIT ?", [1 + len(exclude or ())]).fetchall()
+                               f"WHERE status = 'pending'{where} ORDER BY priority DESC, id LIMIT ?",
+                               [1 + len(exclude or ())]).fetchall()
         for r in rows:
             if not exclude or r[0] not in exclude:
                 return TrackRow(*r)
@@ -268,28 +294,48 @@ class Library:
             row = self.db.execute("SELECT status, fingerprint FROM tracks WHERE id = ?", [track_id]).fetchone()
             if not row or row[0] != PENDING or (expected_fingerprint and row[1] != expected_fingerprint):
                 return False
-            self.db.execute("DELETE FROM genres WHERE track_id = ?", [track_id])
-            self.db.execute("DELETE FROM track_views WHERE track_id = ?", [track_id])
-            genre_rows, view_rows = [], []
-            music = getattr(result, "music", True)
-            for output, est in result.outputs.items():
-                for rank, s in enumerate(est.scores, start=1):
-                    # Genres of silence, talk or noise are never decided (and never tags).
-                    decided = music and s.label in est.decided
-                    if rank <= self.store_top_k or decided:
-                        genre_rows.append((track_id, output, s.label, s.score, rank, int(decided)))
-                for view, scores in est.per_view.items():
-                    view_rows.append((track_id, output, view, est.slices.get(view, 0),
-                                      json.dumps({s.label: round(s.score, 6) for s in scores})))
-            self.db.conn.executemany("INSERT INTO genres VALUES (?, ?, ?, ?, ?, ?)", genre_rows)
-            self.db.conn.executemany("INSERT INTO track_views VALUES (?, ?, ?, ?, ?)", view_rows)
-            self.db.execute(
-                "UPDATE tracks SET status = 'tagged', error = NULL, duration_s = ?, model = ?, model_version = ?, "
-                "tagged_at = ?, attempts = attempts + 1, tag_count = tag_count + 1, music = ?, music_probability = ? "
-                "WHERE id = ?",
-                [result.duration_s, result.model, result.model_version, now_iso(), int(music),
-                 getattr(result, "music_probability", None), track_id])
+            self._store_result(track_id, result)
         return True
+
+    def record_file_result(self, path: str | Path, result: TrackResult, size: int, mtime: float,
+                           fp: str) -> int:
+        """Record a file tagged outside the queue (``tag --write-tags``) as tagged; returns its track id.
+
+        ``size``, ``mtime`` and ``fp`` describe the file as it was read.
+        """
+        with self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                "INSERT INTO tracks (path, size, mtime, fingerprint, status, queued_at, attempts) VALUES "
+                "(?, ?, ?, ?, 'pending', ?, 0) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
+                "mtime = excluded.mtime, fingerprint = excluded.fingerprint, status = 'pending', error = NULL",
+                [str(path), size, mtime, fp, now_iso()])
+            (track_id,) = self.db.execute("SELECT id FROM tracks WHERE path = ?", [str(path)]).fetchone()
+            self._store_result(track_id, result)
+        return track_id
+
+    def _store_result(self, track_id: int, result: TrackResult) -> None:
+        self.db.execute("DELETE FROM genres WHERE track_id = ?", [track_id])
+        self.db.execute("DELETE FROM track_views WHERE track_id = ?", [track_id])
+        genre_rows, view_rows = [], []
+        music = getattr(result, "music", True)
+        for output, est in result.outputs.items():
+            for rank, s in enumerate(est.scores, start=1):
+                # Genres of silence, talk or noise are never decided (and never tags).
+                decided = music and s.label in est.decided
+                if rank <= self.store_top_k or decided:
+                    genre_rows.append((track_id, output, s.label, s.score, rank, int(decided)))
+            for view, scores in est.per_view.items():
+                view_rows.append((track_id, output, view, est.slices.get(view, 0),
+                                  json.dumps({s.label: round(s.score, 6) for s in scores})))
+        self.db.conn.executemany("INSERT INTO genres VALUES (?, ?, ?, ?, ?, ?)", genre_rows)
+        self.db.conn.executemany("INSERT INTO track_views VALUES (?, ?, ?, ?, ?)", view_rows)
+        self.db.execute(
+            "UPDATE tracks SET status = 'tagged', error = NULL, duration_s = ?, model = ?, model_version = ?, "
+            "tagged_at = ?, attempts = attempts + 1, tag_count = tag_count + 1, music = ?, music_probability = ?, "
+            "priority = 0 WHERE id = ?",
+            [result.duration_s, result.model, result.model_version, now_iso(), int(music),
+             getattr(result, "music_probability", None), track_id])
 
     def record_error(self, track_id: int, message: str, force: bool = False) -> None:
         """Mark a pending track failed with a one-line reason (``force``: whatever its status)."""
@@ -302,6 +348,86 @@ class Library:
         with self.db.conn:
             cur = self.db.execute("UPDATE tracks SET status = 'pending', error = NULL WHERE status = 'error'")
         return cur.rowcount
+
+    # -- genres written into files, and re-tagging -------------------------------------------------
+
+    def start_tag_run(self, command: str) -> int:
+        """A new run of tag writes (what ``restore-tags --run`` undoes); returns its id."""
+        with self.db.conn:
+            cur = self.db.execute("INSERT INTO tag_runs (started_at, command) VALUES (?, ?)", [now_iso(), command])
+        return int(cur.lastrowid)
+
+    def record_tag_write(self, run_id: int, track_id: int, path: str | Path, before: dict, after: dict,
+                         policy: str, settings: dict, model: str, model_version: str, size: int, mtime: float,
+                         fp: str) -> None:
+        """Remember a write about to replace ``path`` and the file's new size, mtime and fingerprint, in one
+        transaction, so the folder watcher recognises the rewritten file as the tagged one."""
+        with self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                "INSERT INTO tag_writes (run_id, track_id, path, written_at, before, after, policy, settings, model, "
+                "model_version, size, mtime, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, track_id, str(path), now_iso(), json.dumps(before), json.dumps(after), policy,
+                 json.dumps(settings), model, model_version, size, mtime, fp])
+            self.db.execute("UPDATE tracks SET size = ?, mtime = ?, fingerprint = ? WHERE id = ?",
+                            [size, mtime, fp, track_id])
+
+    def file_rewritten(self, track_id: int, size: int, mtime: float, fp: str) -> None:
+        """A file genre-tagger rewrote (restore-tags): its new size, mtime and fingerprint."""
+        with self.db.conn:
+            self.db.execute("UPDATE tracks SET size = ?, mtime = ?, fingerprint = ? WHERE id = ?",
+                            [size, mtime, fp, track_id])
+
+    def last_tag_write(self, track_id: int) -> dict | None:
+        """The newest write into this track's file that was not undone (its ``after`` is what we wrote)."""
+        rows = list(self.db.query("SELECT * FROM tag_writes WHERE track_id = ? AND restored_at IS NULL "
+                                  "ORDER BY id DESC LIMIT 1", [track_id]))
+        return _decode_write(rows[0]) if rows else None
+
+    def tag_writes(self, run_id: int | None = None, paths: list[str] | None = None) -> list[dict]:
+        """Writes not yet undone, oldest first: those of one run, or all; only under ``paths`` if given."""
+        sql = "SELECT * FROM tag_writes WHERE restored_at IS NULL"
+        args: list = []
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            args.append(run_id)
+        rows = [_decode_write(r) for r in self.db.query(sql + " ORDER BY id", args)]
+        if paths:
+            prefixes = [str(Path(p)) for p in paths]
+            rows = [r for r in rows if any(r["path"] == p or r["path"].startswith(p.rstrip(os.sep) + os.sep)
+                                           for p in prefixes)]
+        return rows
+
+    def last_tag_run(self) -> int | None:
+        row = self.db.execute("SELECT max(run_id) FROM tag_writes WHERE restored_at IS NULL").fetchone()
+        return row[0] if row else None
+
+    def mark_restored(self, write_ids: list[int]) -> None:
+        with self.db.conn:
+            self.db.conn.executemany("UPDATE tag_writes SET restored_at = ? WHERE id = ?",
+                                     [(now_iso(), i) for i in write_ids])
+
+    def queue_outdated(self, model: str, version: str, priority: int = -1) -> int:
+        """Queue (behind every other pending file) the tagged tracks another model or version tagged."""
+        with self.db.conn:
+            cur = self.db.execute("UPDATE tracks SET status = 'pending', priority = ?, attempts = 0, queued_at = ? "
+                                  "WHERE status = 'tagged' AND (model IS NOT ? OR model_version IS NOT ?)",
+                                  [priority, now_iso(), model, version])
+        return cur.rowcount
+
+    def queued_below(self, priority: int = 0) -> int:
+        """Pending tracks queued below ``priority`` (re-tags waiting their turn)."""
+        return self.db.execute("SELECT count(*) FROM tracks WHERE status = 'pending' AND priority < ?",
+                               [priority]).fetchone()[0]
+
+    def stored_genres(self, track_id: int) -> dict[str, list[tuple[str, float, bool]]]:
+        """Each output's stored (label, score, decided) rows, best first."""
+        out: dict[str, list[tuple[str, float, bool]]] = {}
+        for output, label, score, decided in self.db.execute(
+                "SELECT output, label, score, decided FROM genres WHERE track_id = ? ORDER BY output, rank",
+                [track_id]):
+            out.setdefault(output, []).append((label, score, bool(decided)))
+        return out
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -373,6 +499,11 @@ class Library:
             "SELECT output, view, slices, scores FROM track_views WHERE track_id = ? ORDER BY output, view",
             [track["id"]])]
         return track
+
+
+def _decode_write(row: dict) -> dict:
+    return {**row, "before": json.loads(row["before"]), "after": json.loads(row["after"]),
+            "settings": json.loads(row["settings"] or "{}")}
 
 
 def wait_for_writer(path: str | Path, seconds: float = 5.0) -> None:

@@ -100,12 +100,18 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
     aliases = _load_alias_file(args.alias_file) if args.alias_file else {}
     aliases.update(_parse_aliases(args.alias))
+    if args.policy and not (args.write_tags or args.dry_run):
+        raise TaggerError("--policy: only applies with --write-tags or --dry-run")
     tagger = Tagger(args.model, threshold=args.threshold, top_k=args.top_k, aliases=aliases,
                     hop_fraction=args.hop, engine_options=engine_options(args))
     files = list(iter_audio_files(args.inputs))
     if not files:
         print("genre-tagger: no audio files found in the given paths", file=sys.stderr)
         return EXIT_SOME_FAILED
+    if args.write_tags or args.dry_run:
+        from service.cli import tag_and_write
+
+        return tag_and_write(args, files, aliases)
     if args.verbose:
         note = f" ({tagger.engine.fallback_reason})" if tagger.engine.fallback_reason else ""
         print(f"model {tagger.manifest.name} {tagger.manifest.version} on {tagger.provider}{note}",
@@ -198,6 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--alias-file", help="JSON object mapping model labels to your names")
     tag.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on stderr (default: on for several files on a terminal)")
+    tag.add_argument("--write-tags", action="store_true",
+                     help="write the decided genres into the files' own genre tags (and remember the old ones "
+                          "in the library, for `library restore-tags`)")
+    tag.add_argument("--dry-run", action="store_true",
+                     help="with --write-tags: print each file's genres before → after, write nothing")
+    tag.add_argument("--policy", choices=("if-empty", "merge", "replace"), default=None,
+                     help="files that already have genres: if-empty (default) writes only where there are none "
+                          "(or only ours), merge adds ours after theirs, replace writes ours alone")
+    tag.add_argument("--tag-output", action="append", default=[], metavar="OUTPUT",
+                     help="model output whose decided labels are written (repeatable; default: the first)")
+    tag.add_argument("--library", help="SQLite library that keeps the old tags (default: the daemon's)")
     tag.set_defaults(func=cmd_tag)
 
     models = sub.add_parser("models", help="list the installed models, or inspect one")

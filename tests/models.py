@@ -18,9 +18,9 @@ GENRES = ("low", "mid", "high")
 TAGS = ("bright", "dark", "busy", "calm")
 
 
-def manifest(genres=GENRES, tags=TAGS, name: str = "tiny-test") -> ModelManifest:
+def manifest(genres=GENRES, tags=TAGS, name: str = "tiny-test", version: str = "0.0.1") -> ModelManifest:
     return ModelManifest(
-        name=name, version="0.0.1", input="mel", front_ends={"mel16k": FRONT_END},
+        name=name, version=version, input="mel", front_ends={"mel16k": FRONT_END},
         views=(ViewSpec("2.56s", "mel16k", 160, 80), ViewSpec("5.12s", "mel16k", 320, 160)),
         outputs=(OutputSpec("genre", "genre", "softmax", tuple(genres), "Genre"),
                  OutputSpec("tags", "tags", "sigmoid", tuple(tags), "Tags")),
@@ -56,11 +56,11 @@ class SpectralCentroidNet(torch.nn.Module):
         return torch.softmax(self.genre(features), dim=-1), torch.sigmoid(self.tags(features))
 
 
-def export_tiny(path: Path, genres=GENRES, tags=TAGS, name: str = "tiny-test") -> Path:
+def export_tiny(path: Path, genres=GENRES, tags=TAGS, name: str = "tiny-test", version: str = "0.0.1") -> Path:
     from training.export import export_model
 
     net = SpectralCentroidNet(FRONT_END.n_mels, len(genres), len(tags))
-    return export_model(net, manifest(genres, tags, name), path)
+    return export_model(net, manifest(genres, tags, name, version), path)
 
 
 class LoudnessMusicNet(torch.nn.Module):

@@ -1,0 +1,256 @@
+"""Genres into the audio files' own tags, remembered in the library so a run can be undone.
+
+:class:`TagWriter` decides what a file should hold (:func:`tagger.filetags.plan_genres` under the
+policy), writes it atomically (:func:`tagger.filetags.write_state`) and, just before the rewritten
+file replaces the old one, records in the library the genre tags before and after and the file's
+new size, mtime and fingerprint: the daemon's folder watcher then sees the rewritten file as the
+tagged one and does not queue it again. :func:`restore_tags` puts the recorded ``before`` back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.library import Library, fingerprint
+from tagger.ensemble import OutputEstimate, summarise
+from tagger.filetags import (
+    DEFAULT_POLICY,
+    POLICIES,
+    FileSkipped,
+    GenreState,
+    TagWriteError,
+    decided_genres,
+    plan_genres,
+    provenance_value,
+    read_state,
+    unique,
+    with_genres,
+    write_state,
+)
+from tagger.model import ModelManifest
+
+WRITTEN, UNCHANGED, KEPT, UNDECIDED, SKIPPED, FAILED, DRY_RUN, RESTORED = (
+    "written", "unchanged", "kept", "undecided", "skipped", "error", "dry-run", "restored")
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    """How genres go into files.
+
+    Attributes:
+        policy: ``if-empty`` (default), ``merge`` or ``replace`` (see :func:`tagger.filetags.plan_genres`).
+        outputs: the model outputs whose decided labels are written (empty: the model's first output).
+        threshold: the probability a label needs (0..1); the model's probabilities are calibrated.
+        aliases: model label → the user's genre name.
+        dry_run: say what would change, write nothing.
+    """
+
+    policy: str = DEFAULT_POLICY
+    outputs: tuple[str, ...] = ()
+    threshold: float = 0.6
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise TagWriteError(f"policy {self.policy!r} is not one of {', '.join(POLICIES)}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise TagWriteError(f"threshold {self.threshold} is not within 0..1")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "outputs": list(self.outputs), "threshold": self.threshold,
+                "aliases": dict(self.aliases)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WriteSettings:
+        return cls(data.get("policy", DEFAULT_POLICY), tuple(data.get("outputs") or ()),
+                   float(data.get("threshold", 0.6)), dict(data.get("aliases") or {}))
+
+
+@dataclass
+class Outcome:
+    """What happened to one file; :meth:`line` is the user's one line about it."""
+
+    path: str
+    action: str
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    reason: str = ""
+
+    def line(self) -> str:
+        def show(genres: tuple[str, ...]) -> str:
+            return "; ".join(genres) if genres else "(none)"
+
+        change = f"{show(self.before)} → {show(self.after)}"
+        if self.action in (WRITTEN, RESTORED):
+            return f"{self.path}: {change}"
+        if self.action == DRY_RUN:
+            return f"{self.path}: {change} (dry run)"
+        if self.action == UNCHANGED:
+            return f"{self.path}: {show(self.before)} (already so)"
+        return f"{self.path}: {self.action}: {self.reason}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "action": self.action, "before": list(self.before), "after": list(self.after),
+                "reason": self.reason}
+
+
+def reestimate(outputs: Mapping[str, OutputEstimate], manifest: ModelManifest, threshold: float,
+               aliases: Mapping[str, str] | None) -> dict[str, OutputEstimate]:
+    """The same probabilities judged at ``threshold`` with ``aliases`` (outputs made without aliases)."""
+    result = {}
+    for spec in manifest.outputs:
+        est = outputs.get(spec.name)
+        if est is None:
+            continue
+        by_label = {s.label: s.score for s in est.scores}
+        probs = np.array([by_label.get(label, 0.0) for label in spec.labels])
+        result[spec.name] = summarise(spec, probs, {}, est.slices, threshold, len(spec.labels), aliases)
+    return result
+
+
+def ours(last_write: Mapping[str, Any] | None) -> tuple[str, ...] | None:
+    """The genres genre-tagger added with its last write (those of ``after`` not in ``before``)."""
+    if last_write is None:
+        return None
+    before = {g.casefold() for g in last_write["before"].get("genres") or ()}
+    return unique(g for g in last_write["after"].get("genres") or () if g.casefold() not in before)
+
+
+class TagWriter:
+    """Writes decided genres into files and records each write in the library.
+
+    Args:
+        library: the library (its thread's connection).
+        settings: policy, outputs, threshold, aliases, dry run.
+        command: what started this run (kept with the run, for ``restore-tags``).
+        manifest: the model's manifest (to judge results at the settings' threshold and aliases).
+    """
+
+    def __init__(self, library: Library, settings: WriteSettings, command: str, manifest: ModelManifest) -> None:
+        self.library = library
+        self.settings = settings
+        self.command = command
+        self.manifest = manifest
+        self.run_id: int | None = None
+        names = {o.name for o in manifest.outputs}
+        for name in settings.outputs:
+            if name not in names:
+                raise TagWriteError(f"output {name!r} is not one of model {manifest.name}'s "
+                                    f"({', '.join(o.name for o in manifest.outputs)})")
+
+    def genres(self, outputs: Mapping[str, OutputEstimate], music: bool = True) -> tuple[str, ...]:
+        """The genres a result allows under these settings (nothing for uncertain or non-music results)."""
+        judged = reestimate(outputs, self.manifest, self.settings.threshold, self.settings.aliases)
+        return decided_genres(judged, self.settings.outputs or None, music)
+
+    def write(self, track_id: int | None, path: str | Path, outputs: Mapping[str, OutputEstimate], model: str,
+              model_version: str, expected_fingerprint: str | None, music: bool = True,
+              settings: WriteSettings | None = None) -> Outcome:
+        """Write one tagged file's genres (``settings`` overrides the writer's for this file)."""
+        settings = settings or self.settings
+        path = str(path)
+        if settings is not self.settings:
+            judged = reestimate(outputs, self.manifest, settings.threshold, settings.aliases)
+            new = decided_genres(judged, settings.outputs or None, music)
+        else:
+            new = self.genres(outputs, music)
+        if not new:
+            why = "not music" if not music else "no genre reached the threshold"
+            return Outcome(path, UNDECIDED, reason=f"{why}, tags left alone")
+        try:
+            current = read_state(path)
+            last = None if track_id is None else self.library.last_tag_write(track_id)
+            planned = plan_genres(current, new, settings.policy, ours(last))
+            if planned is None:
+                return Outcome(path, KEPT, current.genres, current.genres,
+                               f"has its own genres ({'; '.join(current.genres)}), kept under policy "
+                               f"{settings.policy}")
+            target = with_genres(current, planned, provenance_value(model, model_version))
+            if target == current:
+                return Outcome(path, UNCHANGED, current.genres, current.genres)
+            if settings.dry_run or track_id is None:
+                return Outcome(path, DRY_RUN, current.genres, target.genres)
+            if expected_fingerprint is not None and fingerprint(path) != expected_fingerprint:
+                raise FileSkipped(f"{path}: changed since it was tagged, tags not written (it will be tagged again)")
+
+            def record(temp: Path, st: os.stat_result) -> None:
+                if self.run_id is None:
+                    self.run_id = self.library.start_tag_run(self.command)
+                self.library.record_tag_write(self.run_id, track_id, path, current.as_dict(), target.as_dict(),
+                                              settings.policy, settings.as_dict(), model, model_version,
+                                              st.st_size, st.st_mtime, fingerprint(temp, st.st_size))
+
+            done = write_state(path, target, expected=current, before_replace=record)
+        except FileSkipped as exc:
+            return Outcome(path, SKIPPED, reason=_reason(exc, path))
+        except (TagWriteError, OSError) as exc:
+            return Outcome(path, FAILED, reason=_reason(exc, path))
+        return Outcome(path, WRITTEN if done.changed else UNCHANGED, current.genres, target.genres)
+
+
+def _reason(exc: BaseException, path: str) -> str:
+    text = str(exc)
+    for prefix in (f"{path}: ", f"{os.path.realpath(path)}: "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+def restore_tags(library: Library, run_id: int | None = None, paths: Sequence[str] | None = None,
+                 dry_run: bool = False, force: bool = False) -> list[Outcome]:
+    """Put back the genre tags files had before genre-tagger wrote them.
+
+    Args:
+        run_id: undo this run and every later one (None: every write, back to the files' own tags).
+        paths: only files at or under these paths.
+        dry_run: say what would change, write nothing.
+        force: restore even files whose genres were changed by someone else since genre-tagger wrote them.
+    """
+    writes = library.tag_writes(None, list(paths) if paths else None)
+    if run_id is not None:
+        writes = [w for w in writes if w["run_id"] >= run_id]
+    by_track: dict[int, list[dict]] = {}
+    for w in writes:
+        by_track.setdefault(w["track_id"], []).append(w)
+    outcomes = []
+    for track_id, history in by_track.items():
+        first, last = history[0], history[-1]
+        path = last["path"]
+        row = library.track(track_id)
+        if row and row["path"] != path and Path(row["path"]).exists():
+            path = row["path"]  # the file moved since; its row followed it
+        original = GenreState.from_dict(first["before"])
+        ids = [w["id"] for w in history]
+        try:
+            current = read_state(path)
+            if current == original:
+                if not dry_run:
+                    library.mark_restored(ids)
+                outcomes.append(Outcome(path, UNCHANGED, current.genres, current.genres))
+                continue
+            written = GenreState.from_dict(last["after"])
+            if current.genres != written.genres and not force:
+                raise FileSkipped(f"{path}: genres changed since genre-tagger wrote them "
+                                  f"({'; '.join(current.genres) or 'none'}), left alone (--force restores anyway)")
+            if dry_run:
+                outcomes.append(Outcome(path, DRY_RUN, current.genres, original.genres))
+                continue
+
+            def record(temp: Path, st: os.stat_result, track_id: int = track_id) -> None:
+                library.file_rewritten(track_id, st.st_size, st.st_mtime, fingerprint(temp, st.st_size))
+
+            write_state(path, original, expected=current, before_replace=record)
+            library.mark_restored(ids)
+            outcomes.append(Outcome(path, RESTORED, current.genres, original.genres))
+        except FileSkipped as exc:
+            outcomes.append(Outcome(path, SKIPPED, reason=_reason(exc, path)))
+        except (TagWriteError, OSError) as exc:
+            outcomes.append(Outcome(path, FAILED, reason=_reason(exc, path)))
+    return outcomes
