@@ -393,7 +393,8 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
     tagger = Tagger(args.model, threshold=args.threshold, top_k=args.top_k, hop_fraction=args.hop,
                     engine_options=engine_options(args))
     path = Path(args.library).expanduser() if args.library else load_config(validate=False).library_path
-    library = Library(path)
+    # A dry run changes nothing, not even a library that does not exist yet.
+    library = None if args.dry_run and not path.is_file() else Library(path)
     try:
         settings = WriteSettings(args.policy or "if-empty", tuple(args.tag_output), args.threshold, aliases,
                                  dry_run=args.dry_run)
@@ -418,7 +419,9 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
                     bar.update(1)
                     continue
                 music = getattr(result, "music", True)
-                if args.dry_run:
+                if library is None:
+                    track_id = None
+                elif args.dry_run:
                     known = library.get(file)
                     track_id = known.id if known else None
                 else:
@@ -433,7 +436,8 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
                     bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED) else sys.stdout)
                 bar.update(1)
     finally:
-        library.close()
+        if library is not None:
+            library.close()
     if failed and len(files) > 1:
         print(f"genre-tagger: {failed} of {len(files)} files failed or were skipped", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK

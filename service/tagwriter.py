@@ -127,13 +127,14 @@ class TagWriter:
     """Writes decided genres into files and records each write in the library.
 
     Args:
-        library: the library (its thread's connection).
+        library: the library (its thread's connection); None for a dry run without one.
         settings: policy, outputs, threshold, aliases, dry run.
         command: what started this run (kept with the run, for ``restore-tags``).
         manifest: the model's manifest (to judge results at the settings' threshold and aliases).
     """
 
-    def __init__(self, library: Library, settings: WriteSettings, command: str, manifest: ModelManifest) -> None:
+    def __init__(self, library: Library | None, settings: WriteSettings, command: str,
+                 manifest: ModelManifest) -> None:
         self.library = library
         self.settings = settings
         self.command = command
@@ -166,7 +167,7 @@ class TagWriter:
             return Outcome(path, UNDECIDED, reason=f"{why}, tags left alone")
         try:
             current = read_state(path)
-            last = None if track_id is None else self.library.last_tag_write(track_id)
+            last = None if track_id is None or self.library is None else self.library.last_tag_write(track_id)
             planned = plan_genres(current, new, settings.policy, ours(last))
             if planned is None:
                 return Outcome(path, KEPT, current.genres, current.genres,
@@ -175,17 +176,19 @@ class TagWriter:
             target = with_genres(current, planned, provenance_value(model, model_version))
             if target == current:
                 return Outcome(path, UNCHANGED, current.genres, current.genres)
-            if settings.dry_run or track_id is None:
+            if settings.dry_run or track_id is None or self.library is None:
                 return Outcome(path, DRY_RUN, current.genres, target.genres)
             if expected_fingerprint is not None and fingerprint(path) != expected_fingerprint:
                 raise FileSkipped(f"{path}: changed since it was tagged, tags not written (it will be tagged again)")
 
+            library = self.library
+
             def record(temp: Path, st: os.stat_result) -> None:
                 if self.run_id is None:
-                    self.run_id = self.library.start_tag_run(self.command)
-                self.library.record_tag_write(self.run_id, track_id, path, current.as_dict(), target.as_dict(),
-                                              settings.policy, settings.as_dict(), model, model_version,
-                                              st.st_size, st.st_mtime, fingerprint(temp, st.st_size))
+                    self.run_id = library.start_tag_run(self.command)
+                library.record_tag_write(self.run_id, track_id, path, current.as_dict(), target.as_dict(),
+                                         settings.policy, settings.as_dict(), model, model_version,
+                                         st.st_size, st.st_mtime, fingerprint(temp, st.st_size))
 
             done = write_state(path, target, expected=current, before_replace=record)
         except FileSkipped as exc:

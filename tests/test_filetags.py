@@ -1,0 +1,296 @@
+"""Genres into the files' own tags: every format, read back by mutagen and FFmpeg, nothing else touched,
+atomic under kill -9, undone by restore-tags, redone by retag --outdated."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mutagen
+import mutagen.mp4
+import pytest
+from filetag_helpers import add_tags, ffmpeg_genre, pcm_digest, snapshot
+
+from service.library import Library
+from tagger.ensemble import LabelScore, OutputEstimate
+from tagger.filetags import (
+    FileSkipped,
+    GenreState,
+    audio_digest,
+    decided_genres,
+    plan_genres,
+    read_state,
+    write_state,
+)
+
+FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav")
+# FFmpeg joins Vorbis comments' several GENRE fields with ';' and reads only the first value of an ID3v2.4
+# TCON frame or an MP4 ©gen atom (mutagen, beets, Navidrome, Jellyfin and Mixxx read them all).
+FFMPEG_SEES_ALL = {"flac", "ogg", "opus"}
+
+
+@pytest.fixture()
+def tagged_files(format_files: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """A copy of the excerpt in every format, with ordinary tags and cover art but no genre."""
+    files = {}
+    for suffix in FORMATS:
+        path = tmp_path / f"song.{suffix}"
+        shutil.copy(format_files[suffix], path)
+        add_tags(path)
+        files[suffix] = path
+    return files
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_write_reads_back_everywhere_and_touches_nothing_else(tagged_files: dict[str, Path], suffix: str) -> None:
+    path = tagged_files[suffix]
+    before, pcm, packets = snapshot(path), pcm_digest(path), audio_digest(path)
+    assert read_state(path) == GenreState()
+
+    done = write_state(path, GenreState(("Hip-Hop", "Jazz"), "tiny-test 0.0.1"))
+    assert done.changed
+    assert read_state(path) == GenreState(("Hip-Hop", "Jazz"), "tiny-test 0.0.1")
+    assert list(_mutagen_genres(path)) == ["Hip-Hop", "Jazz"]  # mutagen's own view, multi-valued
+    assert ffmpeg_genre(path) == ("Hip-Hop;Jazz" if suffix in FFMPEG_SEES_ALL else "Hip-Hop")
+    assert snapshot(path) == before  # titles, comments, custom fields, cover art: identical
+    assert pcm_digest(path) == pcm and audio_digest(path) == packets
+
+    mtime = path.stat().st_mtime_ns
+    assert not write_state(path, GenreState(("Hip-Hop", "Jazz"), "tiny-test 0.0.1")).changed
+    assert path.stat().st_mtime_ns == mtime  # idempotent: not even rewritten
+    assert not list(path.parent.glob(".*genre-tagger-tmp"))
+
+
+def _mutagen_genres(path: Path) -> list[str]:
+    tags = mutagen.File(path).tags
+    if hasattr(tags, "getall"):
+        return list(tags["TCON"].text)
+    if isinstance(tags, mutagen.mp4.MP4Tags):
+        return list(tags["©gen"])
+    return list(tags["genre"])
+
+
+def test_vorbis_fields_keep_their_place_and_spelling(tagged_files: dict[str, Path]) -> None:
+    path = tagged_files["flac"]
+    f = mutagen.File(path)
+    f.tags["genre"] = ["Rock"]  # a lower-case field name, before ALBUM and MOOD
+    f.save()
+    order = [k for k, _ in mutagen.File(path).tags]
+    write_state(path, GenreState(("Rock", "Metal"), "m 1"))
+    pairs = list(mutagen.File(path).tags)
+    assert [k for k, _ in pairs if k != "GENRE_TAGGER_MODEL"] == [*order[:order.index("genre") + 1], "genre",
+                                                                   *order[order.index("genre") + 1:]]
+    assert [v for k, v in pairs if k == "genre"] == ["Rock", "Metal"]
+
+
+def test_m4a_freeform_genre_atom_follows_when_present(tagged_files: dict[str, Path], tmp_path: Path) -> None:
+    path = tmp_path / "freeform.m4a"
+    shutil.copy(tagged_files["m4a"], path)
+    add_tags(path, freeform_genre=("Electronic",))
+    assert read_state(path) == GenreState(("Electronic",), None, ("Electronic",))  # read when ©gen is absent
+    write_state(path, GenreState(("Pop", "Disco"), "m 1", ("Pop", "Disco")))
+    tags = mutagen.File(path).tags
+    assert tags["©gen"] == ["Pop", "Disco"]
+    assert [bytes(v) for v in tags["----:com.apple.iTunes:GENRE"]] == [b"Pop", b"Disco"]
+
+
+def test_files_that_must_not_be_written_are_skipped_with_a_reason(tagged_files: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    import fcntl
+
+    target = GenreState(("Jazz",), "m 1")
+    read_only = tagged_files["mp3"]
+    read_only.chmod(0o444)
+    if os.geteuid() != 0:  # root may write anyway; the mode still says no
+        assert not os.access(read_only, os.W_OK)
+    with pytest.raises(FileSkipped, match="read-only file"):
+        write_state(read_only, target)
+    read_only.chmod(0o644)
+
+    locked = tagged_files["flac"]
+    with open(locked, "rb") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(FileSkipped, match="locked by another program"):
+            write_state(locked, target)
+
+    linked = tagged_files["ogg"]
+    os.link(linked, tmp_path / "second-name.ogg")
+    with pytest.raises(FileSkipped, match="2 hard links"):
+        write_state(linked, target)
+
+    changed = tagged_files["opus"]
+    with pytest.raises(FileSkipped, match="changed since"):
+        write_state(changed, target, expected=GenreState(("Somebody else's",)))
+    for path in (read_only, locked, linked, changed):
+        assert read_state(path) == GenreState()
+
+
+def test_a_symlink_stays_a_link_to_the_rewritten_file(tagged_files: dict[str, Path], tmp_path: Path) -> None:
+    link = tmp_path / "link.wav"
+    link.symlink_to(tagged_files["wav"])
+    write_state(link, GenreState(("Blues",), "m 1"))
+    assert link.is_symlink() and read_state(tagged_files["wav"]).genres == ("Blues",)
+
+
+def test_policies() -> None:
+    empty, users, ours_only = GenreState(), GenreState(("Rock", "Post-Punk")), GenreState(("metal",), "m 1")
+    assert plan_genres(empty, ["metal"], "if-empty") == ("metal",)
+    assert plan_genres(users, ["metal"], "if-empty") is None  # never clobbers what the user curated
+    assert plan_genres(ours_only, ["jazz"], "if-empty", ours=("metal",)) == ("jazz",)  # ours may be updated
+    assert plan_genres(users, ["rock", "metal"], "merge") == ("Rock", "Post-Punk", "metal")  # user's spelling kept
+    merged_before = GenreState(("Rock", "metal"), "m 1")
+    assert plan_genres(merged_before, ["jazz"], "merge", ours=("metal",)) == ("Rock", "jazz")
+    assert plan_genres(users, ["metal", "Metal"], "replace") == ("metal",)
+    assert plan_genres(users, [], "replace") is None  # nothing decided: nothing written
+
+
+def _estimate(scores: dict[str, float], threshold: float, multi: bool) -> OutputEstimate:
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    decided = [label for label, s in ranked if s >= threshold][: None if multi else 1]
+    return OutputEstimate("x", "x", multi, [LabelScore(label, s) for label, s in ranked], ranked[0][0], ranked[0][1],
+                          0.0, decided, not decided, [] if decided else [ranked[0][0]], threshold)
+
+
+def test_only_decided_music_becomes_a_tag() -> None:
+    genre = _estimate({"rock": 0.81, "pop": 0.19}, 0.6, False)
+    tags = _estimate({"guitar": 0.9, "punk": 0.7, "jazz": 0.2}, 0.6, True)
+    unsure = _estimate({"rock": 0.5, "pop": 0.5}, 0.6, False)
+    assert decided_genres({"genre": genre, "tags": tags}) == ("rock",)
+    assert decided_genres({"genre": genre, "tags": tags}, ["genre", "tags"]) == ("guitar", "rock", "punk")
+    assert decided_genres({"genre": unsure}) == ()
+    assert decided_genres({"genre": genre}, music=False) == ()
+    assert decided_genres({"genre": genre.as_dict()}) == ("rock",)  # the message form too
+
+
+KILL_LOOP = """
+import sys
+from pathlib import Path
+from tagger.filetags import GenreState, write_state
+paths = [Path(p) for p in sys.argv[1:]]
+states = [GenreState(("Old Genre",), "tiny-test 0.0.1"), GenreState(("New", "Genres"), "tiny-test 0.0.2")]
+print("ready", flush=True)
+i = 0
+while True:
+    for p in paths:
+        write_state(p, states[i % 2])
+    i += 1
+"""
+
+
+def test_kill_9_during_writes_leaves_each_file_old_or_new(tagged_files: dict[str, Path]) -> None:
+    paths = list(tagged_files.values())
+    old, new = GenreState(("Old Genre",), "tiny-test 0.0.1"), GenreState(("New", "Genres"), "tiny-test 0.0.2")
+    for p in paths:
+        write_state(p, old)
+    packets = {p: audio_digest(p) for p in paths}
+    others = {p: snapshot(p) for p in paths}
+    rng = random.Random(15)
+    seen = set()
+    for _ in range(22):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_LOOP, *map(str, paths)], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.8))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        for p in paths:
+            state = read_state(p)  # never unreadable
+            assert state in (old, new), (p, state)
+            seen.add(state)
+            assert audio_digest(p) == packets[p]
+    assert seen == {old, new}
+    for p in paths:  # the temp copies of killed writers go on the next write
+        write_state(p, old)
+        assert snapshot(p) == others[p]
+    assert not list(paths[0].parent.glob(".*genre-tagger-tmp"))
+
+
+# -- the command line: tag --write-tags, restore-tags, retag --outdated ------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "tagger.cli", *args], capture_output=True, text=True, timeout=300)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models import export_tiny
+
+    return export_tiny(tmp_path_factory.mktemp("models-v2") / "tiny-test.onnx", version="0.0.2")
+
+
+def test_write_tags_dry_run_idempotent_restore_and_retag(tagged_files: dict[str, Path], tiny_model: Path,
+                                                         tiny_v2: Path, tmp_path: Path) -> None:
+    db = tmp_path / "library.db"
+    files = [tagged_files[s] for s in ("mp3", "flac", "opus", "m4a")]
+    add_tags(tagged_files["flac"], genres=("Shoegaze",))  # a user's genre, kept under if-empty
+    originals = {p: (snapshot(p), read_state(p)) for p in files}
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    common = ["--model", str(tiny_model), "--threshold", "0.3", "--library", str(db), "--alias", "mid=Middle"]
+
+    dry = cli("tag", "--dry-run", *common, *map(str, files))
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("(dry run)") == 3 and "kept under policy if-empty" in dry.stdout
+    assert {p: p.stat().st_mtime_ns for p in files} == mtimes and not db.exists()
+
+    first = cli("tag", "--write-tags", *common, *map(str, files))
+    assert first.returncode == 0, first.stderr
+    written = {p: read_state(p) for p in files}
+    assert written[tagged_files["flac"]] == originals[tagged_files["flac"]][1]
+    for p in files:
+        if p != tagged_files["flac"]:
+            assert written[p].provenance == "tiny-test 0.0.1"
+            assert len(written[p].genres) == 1 and written[p].genres[0] in ("low", "Middle", "high")
+            assert snapshot(p) == originals[p][0]
+    assert _discover(db, files) == ["unchanged"] * 4  # the daemon's watcher sees the tagged files
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    again = cli("tag", "--write-tags", *common, *map(str, files))
+    assert again.returncode == 0 and again.stdout.count("(already so)") == 3
+    assert {p: p.stat().st_mtime_ns for p in files} == mtimes
+
+    # A newer model: only the tracks tagged by 0.0.1 are re-tagged, and their file tags follow.
+    cli("tag", "--write-tags", *[a if a != str(tiny_model) else str(tiny_v2) for a in common], str(files[0]))
+    counts = _tag_counts(db)
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    retag = cli("library", "--library", str(db), "retag", "--outdated", "--model", str(tiny_v2))
+    assert retag.returncode == 0, retag.stderr
+    assert "3 re-tagged" in retag.stderr
+    after = _tag_counts(db)
+    assert {p for p in files if after[str(p)] != counts[str(p)]} == set(files[1:])
+    assert {v for _, v in _models(db).values()} == {"0.0.2"}
+    assert files[0].stat().st_mtime_ns == mtimes[files[0]]
+    for p in (files[2], files[3]):
+        assert read_state(p).provenance == "tiny-test 0.0.2"
+    assert read_state(tagged_files["flac"]) == originals[tagged_files["flac"]][1]  # still the user's
+
+    restore = cli("library", "--library", str(db), "restore-tags")
+    assert restore.returncode == 0, restore.stderr
+    for p in files:
+        assert (snapshot(p), read_state(p)) == originals[p]
+    assert _discover(db, files) == ["unchanged"] * 4
+
+
+def _discover(db: Path, files: list[Path]) -> list[str]:
+    library = Library(db)
+    try:
+        return [library.discover(p) for p in files]
+    finally:
+        library.close()
+
+
+def _tag_counts(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT path, tag_count FROM tracks"))
+
+
+def _models(db: Path) -> dict[str, tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        return {p: (m, v) for p, m, v in conn.execute("SELECT path, model, model_version FROM tracks")}
