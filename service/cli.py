@@ -360,7 +360,7 @@ def _retag(library, args) -> int:
             if last is not None or args.write_tags:
                 settings = WriteSettings.from_dict(last["settings"]) if last else writer.settings
                 outcome = writer.write(row.id, path, result.outputs, name, version, current,
-                                       getattr(result, "music", True), settings)
+                                       result.music, settings)
                 written += outcome.action == WRITTEN
                 if outcome.action != WRITTEN:
                     bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED) else sys.stdout)
@@ -418,7 +418,7 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
                     bar.write(f"genre-tagger: error: {message}", file=sys.stderr)
                     bar.update(1)
                     continue
-                music = getattr(result, "music", True)
+                music = result.music
                 if library is None:
                     track_id = None
                 elif args.dry_run:
