@@ -332,7 +332,7 @@ def _retag(library, args) -> int:
     print(f"genre-tagger: {queued} tracks newly queued, {total} to re-tag with {name} {version}", file=sys.stderr)
     _low_priority()
     writer = TagWriter(library, WriteSettings(args.policy, threshold=config.tagging.threshold), "library retag",
-                       tagger.manifest)
+                       [o.name for o in tagger.manifest.outputs])
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
     done = failed = written = 0
     skip: set[int] = set()
@@ -399,7 +399,7 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
         settings = WriteSettings(args.policy or "if-empty", tuple(args.tag_output), args.threshold, aliases,
                                  dry_run=args.dry_run)
         command = "tag --write-tags " + " ".join(str(f) for f in args.inputs)
-        writer = TagWriter(library, settings, command, tagger.manifest)
+        writer = TagWriter(library, settings, command, [o.name for o in tagger.manifest.outputs])
         show_progress = args.progress if args.progress is not None else (len(files) > 1 and sys.stderr.isatty())
         failed = 0
         with tqdm(total=len(files), unit="file", disable=not show_progress, file=sys.stderr,

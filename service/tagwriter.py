@@ -33,7 +33,7 @@ from tagger.filetags import (
     with_genres,
     write_state,
 )
-from tagger.model import ModelManifest
+from tagger.model import OutputSpec
 
 WRITTEN, UNCHANGED, KEPT, UNDECIDED, SKIPPED, FAILED, DRY_RUN, RESTORED = (
     "written", "unchanged", "kept", "undecided", "skipped", "error", "dry-run", "restored")
@@ -101,17 +101,19 @@ class Outcome:
                 "reason": self.reason}
 
 
-def reestimate(outputs: Mapping[str, OutputEstimate], manifest: ModelManifest, threshold: float,
+def reestimate(outputs: Mapping[str, OutputEstimate], threshold: float,
                aliases: Mapping[str, str] | None) -> dict[str, OutputEstimate]:
-    """The same probabilities judged at ``threshold`` with ``aliases`` (outputs made without aliases)."""
+    """The same probabilities judged at ``threshold`` with ``aliases`` (from estimates made without aliases).
+
+    An estimate lists every label of its output with its probability, so it is judged again exactly as
+    the tagger would have judged it with these settings (:func:`tagger.ensemble.summarise`).
+    """
     result = {}
-    for spec in manifest.outputs:
-        est = outputs.get(spec.name)
-        if est is None:
-            continue
-        by_label = {s.label: s.score for s in est.scores}
-        probs = np.array([by_label.get(label, 0.0) for label in spec.labels])
-        result[spec.name] = summarise(spec, probs, {}, est.slices, threshold, len(spec.labels), aliases)
+    for name, est in outputs.items():
+        labels = tuple(s.label for s in est.scores)
+        spec = OutputSpec(name, name, "sigmoid" if est.multi_label else "softmax", labels, est.title)
+        probs = np.array([s.score for s in est.scores])
+        result[name] = summarise(spec, probs, {}, est.slices, threshold, len(labels), aliases)
     return result
 
 
@@ -130,26 +132,26 @@ class TagWriter:
         library: the library (its thread's connection); None for a dry run without one.
         settings: policy, outputs, threshold, aliases, dry run.
         command: what started this run (kept with the run, for ``restore-tags``).
-        manifest: the model's manifest (to judge results at the settings' threshold and aliases).
+        output_names: the model's outputs, to check the settings' against now (else at the first write).
     """
 
     def __init__(self, library: Library | None, settings: WriteSettings, command: str,
-                 manifest: ModelManifest) -> None:
+                 output_names: Sequence[str] | None = None) -> None:
         self.library = library
         self.settings = settings
         self.command = command
-        self.manifest = manifest
         self.run_id: int | None = None
-        names = {o.name for o in manifest.outputs}
-        for name in settings.outputs:
-            if name not in names:
-                raise TagWriteError(f"output {name!r} is not one of model {manifest.name}'s "
-                                    f"({', '.join(o.name for o in manifest.outputs)})")
+        if output_names is not None:
+            for name in settings.outputs:
+                if name not in output_names:
+                    raise TagWriteError(f"--tag-output {name}: not an output of the model ({', '.join(output_names)})")
 
-    def genres(self, outputs: Mapping[str, OutputEstimate], music: bool = True) -> tuple[str, ...]:
+    def genres(self, outputs: Mapping[str, OutputEstimate], music: bool = True,
+               settings: WriteSettings | None = None) -> tuple[str, ...]:
         """The genres a result allows under these settings (nothing for uncertain or non-music results)."""
-        judged = reestimate(outputs, self.manifest, self.settings.threshold, self.settings.aliases)
-        return decided_genres(judged, self.settings.outputs or None, music)
+        settings = settings or self.settings
+        judged = reestimate(outputs, settings.threshold, settings.aliases)
+        return decided_genres(judged, settings.outputs or None, music)
 
     def write(self, track_id: int | None, path: str | Path, outputs: Mapping[str, OutputEstimate], model: str,
               model_version: str, expected_fingerprint: str | None, music: bool = True,
@@ -157,11 +159,10 @@ class TagWriter:
         """Write one tagged file's genres (``settings`` overrides the writer's for this file)."""
         settings = settings or self.settings
         path = str(path)
-        if settings is not self.settings:
-            judged = reestimate(outputs, self.manifest, settings.threshold, settings.aliases)
-            new = decided_genres(judged, settings.outputs or None, music)
-        else:
-            new = self.genres(outputs, music)
+        try:
+            new = self.genres(outputs, music, settings)
+        except TagWriteError as exc:
+            return Outcome(path, FAILED, reason=str(exc))
         if not new:
             why = "not music" if not music else "no genre reached the threshold"
             return Outcome(path, UNDECIDED, reason=f"{why}, tags left alone")

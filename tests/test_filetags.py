@@ -294,3 +294,48 @@ def _tag_counts(db: Path) -> dict[str, int]:
 def _models(db: Path) -> dict[str, tuple[str, str]]:
     with sqlite3.connect(db) as conn:
         return {p: (m, v) for p, m, v in conn.execute("SELECT path, model, model_version FROM tracks")}
+
+
+# -- the daemon's [tags] sink ------------------------------------------------------------------------------------
+
+
+def test_daemon_writes_tags_once_and_does_not_retag_its_own_writes(tagged_files: dict[str, Path], tiny_model: Path,
+                                                                    tmp_path: Path) -> None:
+    from daemon_helpers import query, start_daemon, stop_daemon, wait_until
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for suffix in ("mp3", "flac"):
+        shutil.copy(tagged_files[suffix], music / f"song.{suffix}")
+    originals = {p: snapshot(p) for p in music.iterdir()}
+    state = tmp_path / "state"
+    env = {"GENRE_TAGGER_TAGS_WRITE": "true", "GENRE_TAGGER_TAGS_THRESHOLD": "0.3"}
+    daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0.2", endpoint="", env=env)
+    db = state / "library.db"
+    try:
+        assert wait_until(lambda: query(db, "SELECT count(*) FROM tag_writes")[0][0] == 2, 120), \
+            (state.parent / "state.log").read_text()
+        time.sleep(4.0)  # the watcher has seen the renames by now (settle 0.2 s)
+        rows = query(db, "SELECT status, tag_count FROM tracks")
+        assert rows == [("tagged", 1), ("tagged", 1)]  # tagged once: its own tag writes queue nothing
+        assert query(db, "SELECT count(*) FROM tag_writes")[0][0] == 2
+    finally:
+        assert stop_daemon(daemon) == 0
+    for path, before in originals.items():
+        state_now = read_state(path)
+        assert state_now.provenance == "tiny-test 0.0.1" and state_now.genres[0] in ("low", "mid", "high")
+        assert snapshot(path) == before
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("POLICY", "clobber", "config tags.policy: must be one of if-empty, merge, replace"),
+    ("THRESHOLD", "1.5", "config tags.threshold: must be within 0..1"),
+    ("ALIASES", "hiphop", "config tags.aliases: 'hiphop' is not LABEL=NAME"),
+])
+def test_tags_section_errors_name_the_key(tmp_path: Path, key: str, value: str, message: str) -> None:
+    from service.config import load_config
+    from tagger.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        load_config(env={f"GENRE_TAGGER_TAGS_{key}": value}, extra_roots=[str(tmp_path)])
+    assert str(error.value).startswith(message)

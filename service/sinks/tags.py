@@ -1,0 +1,121 @@
+"""The tags sink: the daemon writes each tagged file's decided genres into the file's own tags.
+
+Off unless ``[tags] write = true``: the daemon never touches a user's files unless asked. Queued (its
+own thread): a write reads and rewrites a file, which may take a while on a slow disk. Each write goes
+through :class:`service.tagwriter.TagWriter`, which records the file's new size, mtime and fingerprint
+in the library before the rewritten file replaces the old one, so the folder watcher sees the file
+as already tagged and never queues it again because of its new tags. A file whose library row is no
+longer ``tagged`` (it changed and was queued again) or whose content changed since it was tagged is
+left alone: its next result will be written.
+
+``retag_outdated`` queues at start, behind every other file, the tracks an older model (or another
+one) tagged; the worker re-tags them and this sink rewrites their files' genres under this section's
+settings (``genre-tagger library retag --outdated`` does the same from the command line, each file
+under the settings it was last written with).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from service.events import TrackDone
+from service.library import TAGGED, Library
+from service.sinks import DEFAULT_QUEUE, Sink, SinkContext, SinkSettings, check
+from service.tagwriter import FAILED, SKIPPED, WRITTEN, TagWriter, WriteSettings
+from tagger.errors import ConfigError
+from tagger.filetags import POLICIES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TagsSection(SinkSettings):
+    """write: write decided genres into the files' own tags (default false). policy: if-empty (only
+    files without genres, or with genre-tagger's own), merge (theirs, then ours) or replace. outputs:
+    model outputs whose decided labels are written (empty: the model's first). threshold: the
+    probability a label needs, 0..1 (0 = [tagging] threshold). aliases: "label=Name" strings, the
+    names written. retag_outdated: at start, queue the tracks another model or version tagged,
+    behind all other work. queue: tracks waiting to be written before the oldest are dropped."""
+
+    write: bool = False
+    policy: str = "if-empty"
+    outputs: list[str] = field(default_factory=list)
+    threshold: float = 0.0
+    aliases: list[str] = field(default_factory=list)
+    retag_outdated: bool = False
+    queue: int = DEFAULT_QUEUE
+
+    def active(self) -> bool:
+        return self.write or self.retag_outdated
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(self.policy in POLICIES, f"{section}.policy", f"must be one of {', '.join(POLICIES)}")
+        check(0.0 <= self.threshold <= 1.0, f"{section}.threshold", "must be within 0..1 (0 = [tagging] threshold)")
+        for alias in self.aliases:
+            check("=" in alias and alias.split("=", 1)[0].strip() and alias.split("=", 1)[1].strip(),
+                  f"{section}.aliases", f"{alias!r} is not LABEL=NAME")
+
+    def alias_map(self) -> dict[str, str]:
+        return {a.split("=", 1)[0].strip(): a.split("=", 1)[1].strip() for a in self.aliases}
+
+
+class TagsSink(Sink):
+    name: ClassVar[str] = "tags"
+    Settings: ClassVar[type[SinkSettings]] = TagsSection
+    inline: ClassVar[bool] = False
+
+    def __init__(self, settings: TagsSection, context: SinkContext) -> None:
+        super().__init__(settings, context)
+        unknown = [o for o in settings.outputs if context.labels and o not in context.labels]
+        if unknown:
+            raise ConfigError(f"config tags.outputs: {', '.join(unknown)} is not an output of the model "
+                              f"({', '.join(context.labels)})")
+        self.library: Library | None = None
+        self.writer: TagWriter | None = None
+        self.written = 0
+
+    def start(self) -> None:
+        settings: TagsSection = self.settings  # type: ignore[assignment]
+        config = self.context.config
+        self.library = Library(config.library_path, config.tagging.store_top_k)
+        write = WriteSettings(settings.policy, tuple(settings.outputs),
+                              settings.threshold or config.tagging.threshold, settings.alias_map())
+        self.writer = TagWriter(self.library, write, "daemon", list(self.context.labels) or None)
+        if settings.retag_outdated and " " in self.context.model:
+            model, version = self.context.model.rsplit(" ", 1)
+            queued = self.library.queue_outdated(model, version)
+            if queued:
+                log.info("%d tracks tagged by another model or version queued to be re-tagged with %s", queued,
+                         self.context.model)
+
+    def describe(self) -> str:
+        settings: TagsSection = self.settings  # type: ignore[assignment]
+        if not settings.write:
+            return "re-tag outdated tracks (file tags not written)"
+        return f"genres into file tags (policy {settings.policy})"
+
+    def track(self, event: TrackDone) -> None:
+        settings: TagsSection = self.settings  # type: ignore[assignment]
+        if not settings.write or event.result is None or self.library is None or self.writer is None:
+            return
+        row = self.library.get(event.path)
+        if row is None or row.status != TAGGED or row.id != event.track_id:
+            return  # changed, moved or deleted since: its next result is written instead
+        result = event.result
+        outcome = self.writer.write(row.id, event.path, result.outputs, result.model, result.model_version,
+                                    row.fingerprint, event.music)
+        if outcome.action == WRITTEN:
+            self.written += 1
+            log.info("tags: %s", outcome.line())
+        elif outcome.action in (SKIPPED, FAILED):
+            log.warning("tags: %s", outcome.line())
+        else:
+            log.debug("tags: %s", outcome.line())
+
+    def close(self, deadline: float) -> None:
+        if self.library is not None:
+            self.library.close()
+            self.library = None
