@@ -92,7 +92,7 @@ tag: $(RUNTIME_STAMP)
 	$(BIN)/genre-tagger tag $(MUSIC)
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check tagger training service tests
+	$(BIN)/ruff check tagger training service tests beetsplug
 
 test: $(DEV_STAMP) lint
 	$(BIN)/python -m pytest

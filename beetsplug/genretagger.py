@@ -1,0 +1,250 @@
+"""genretagger: beets genres from genre-tagger's audio model.
+
+Sets beets' multi-valued ``genres`` field (beets ≥ 2.7) from what genre-tagger hears in each file: on
+import (``auto: yes``) and with ``beet genretag [QUERY]``. Only decided genres are set: a label's
+calibrated probability must reach ``threshold``, an uncertain or not-music result changes nothing.
+``policy`` says what happens to genres an item already has: ``if-empty`` (default) sets genres only on
+items without any (or with the ones this plugin set), ``merge`` keeps theirs and adds ours after them,
+``replace`` sets ours alone. The names are the model's labels through ``aliases``.
+
+genre-tagger's library (the daemon's, or ``library``) is the cache: a file it already tagged, unchanged
+since and by the same model, is not run through the model again; files the plugin tags are recorded
+there. Configuration (``config.yaml``)::
+
+    plugins: genretagger
+    genretagger:
+        auto: yes            # on import
+        model: ''            # model name or .onnx path ('' = genre-tagger's default model)
+        device: auto         # auto, cuda or cpu
+        threshold: 0.6       # probability a genre needs (0..1)
+        policy: if-empty     # if-empty, merge or replace
+        outputs: []          # model outputs to use ([] = the first, 'genre')
+        aliases: {}          # model label: your name, e.g. {hiphop: Hip-Hop}
+        library: ''          # genre-tagger's library ('' = the daemon's default)
+
+Load it from an installed genre-tagger (``beetsplug`` is a namespace package) or point beets'
+``pluginpath`` at this folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from beets import ui
+from beets.library import Item
+from beets.plugins import BeetsPlugin
+
+OURS_FIELD = "genretagger_genres"  # the genres this plugin set last ("; "-separated): ours to update
+MODEL_FIELD = "genretagger_model"  # "model version" that decided them
+SEPARATOR = "; "
+
+
+class GenreTaggerPlugin(BeetsPlugin):
+    def __init__(self, name: str = "genretagger") -> None:
+        super().__init__(name)
+        self.config.add({"auto": True, "model": "", "device": "auto", "threshold": 0.6, "policy": "if-empty",
+                         "outputs": [], "aliases": {}, "library": ""})
+        if self.config["auto"].get(bool):
+            self.import_stages = [self.imported]
+        # After beets moved and wrote an import's files (beets calls no plugin twice at once, so our own
+        # writes refresh the cache themselves).
+        self.register_listener("import_task_files", self.import_task_files)
+        self._tagger: Any = None
+        self._library: Any = None
+        self._models: set[tuple[str, str]] | None = None
+
+    # -- settings -------------------------------------------------------------------------------------
+
+    def _settings(self, policy: str | None = None, threshold: float | None = None) -> Any:
+        from service.tagwriter import WriteSettings
+
+        aliases = {str(k): str(v) for k, v in (self.config["aliases"].get(dict) or {}).items()}
+        return WriteSettings(policy or self.config["policy"].as_str(), tuple(self.config["outputs"].as_str_seq()),
+                             self.config["threshold"].as_number() if threshold is None else threshold, aliases)
+
+    def _library_path(self) -> Path:
+        configured = self.config["library"].as_str()
+        if configured:
+            return Path(configured).expanduser()
+        from service.config import load_config
+
+        return load_config(validate=False).library_path
+
+    def _open_library(self) -> Any:
+        if self._library is None:
+            from service.library import Library
+
+            self._library = Library(self._library_path())
+        return self._library
+
+    def _model_names(self) -> set[tuple[str, str]]:
+        """(name, version) of the model files this configuration runs: the cache's valid entries."""
+        if self._models is None:
+            from tagger.model import read_manifest
+            from tagger.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL, resolve_model
+
+            model = self.config["model"].as_str()
+            names = [model] if model else [DEFAULT_MODEL, DEFAULT_CPU_MODEL]
+            self._models = set()
+            for name in names:
+                try:
+                    manifest = read_manifest(resolve_model(name))
+                except Exception:  # the CPU twin may not be installed
+                    continue
+                self._models.add((manifest.name, manifest.version))
+        return self._models
+
+    def _load_tagger(self) -> Any:
+        if self._tagger is None:
+            from tagger.engine import EngineOptions
+            from tagger.pipeline import Tagger
+
+            self._tagger = Tagger(self.config["model"].as_str() or None, threshold=self._settings().threshold,
+                                  engine_options=EngineOptions(device=self.config["device"].as_str()))
+        return self._tagger
+
+    # -- deciding an item's genres --------------------------------------------------------------------
+
+    def result_for(self, path: str) -> tuple[dict, bool, str, str, bool]:
+        """(outputs, music, model, version, cached) for a file: from genre-tagger's library, or the model."""
+        from service.library import TAGGED, fingerprint
+
+        library = self._open_library()
+        st = os.stat(path)
+        fp = fingerprint(path, st.st_size)
+        row = library.get(path)
+        if row is not None and row.status == TAGGED and row.fingerprint == fp:
+            track = library.track(row.id) or {}
+            if (track.get("model"), track.get("model_version")) in self._model_names():
+                outputs = _estimates(track.get("genres") or [], self._load_kinds(), self._settings().threshold)
+                if outputs:
+                    return outputs, track.get("music") != 0, track["model"], track["model_version"], True
+        result = self._load_tagger().tag_file(path)
+        if fingerprint(path) == fp:
+            library.record_file_result(path, result, st.st_size, st.st_mtime, fp)
+        return result.outputs, result.music, result.model, result.model_version, False
+
+    def _load_kinds(self) -> dict[str, bool]:
+        """Each output's multi-label flag, in the model's order, from its manifest (no model is loaded)."""
+        from tagger.model import read_manifest
+        from tagger.registry import DEFAULT_MODEL, resolve_model
+
+        manifest = read_manifest(resolve_model(self.config["model"].as_str() or DEFAULT_MODEL))
+        return {o.name: o.multi_label for o in manifest.outputs}
+
+    def genres_for(self, item: Item, settings: Any) -> tuple[list[str] | None, str]:
+        """The genres ``item`` should have under ``settings`` (None: leave them), and a reason to log."""
+        from service.tagwriter import TagWriter
+        from tagger.errors import TaggerError
+        from tagger.filetags import GenreState, plan_genres, provenance_value, unique
+
+        path = os.fsdecode(item.path)
+        try:
+            outputs, music, model, version, cached = self.result_for(path)
+        except (TaggerError, OSError) as exc:
+            return None, f"cannot tag: {exc}"
+        new = TagWriter(None, settings, "beets").genres(outputs, music, settings)
+        source = "genre-tagger library" if cached else f"model {model} {version}"
+        if not new:
+            return None, ("not music" if not music else "no genre reached the threshold") + f" ({source})"
+        current = GenreState(tuple(item.get("genres") or ()))
+        set_before = item.get(OURS_FIELD)
+        ours = tuple(g for g in set_before.split(SEPARATOR) if g) if set_before else None
+        planned = plan_genres(current, new, settings.policy, ours)
+        if planned is None:
+            return None, f"has its own genres, kept under policy {settings.policy} ({source})"
+        item[OURS_FIELD] = SEPARATOR.join(unique(g for g in planned if g.casefold() in {n.casefold() for n in new}))
+        item[MODEL_FIELD] = provenance_value(model, version)
+        return list(planned), source
+
+    def process(self, item: Item, settings: Any, write: bool, pretend: bool = False, show: bool = False) -> None:
+        """Set ``item``'s genres; ``show`` prints each change (the command), else logs it (the import)."""
+        before = list(item.get("genres") or ())
+        genres, reason = self.genres_for(item, settings)
+        if genres is None:
+            self._log.info("{}: {}", item, reason)
+            return
+        if genres == before:
+            self._log.debug("{}: genres already {} ({})", item, genres, reason)
+            if not pretend:
+                item.store()
+            return
+        item.genres = genres
+        change = f"{item}: {'; '.join(before) or '(none)'} → {'; '.join(genres)} ({reason})"
+        if show:
+            ui.print_(change + (" (pretend)" if pretend else ""))
+        else:
+            self._log.info("{}", change)
+        if not pretend:
+            item.try_sync(write=write, move=False)
+            if write:
+                self._refresh_cache(os.fsdecode(item.path))
+
+    # -- beets hooks ----------------------------------------------------------------------------------
+
+    def imported(self, session: Any, task: Any) -> None:
+        # beets writes the files of an autotagged import itself; an as-is import is written here.
+        beets_writes = bool(getattr(task, "apply", False))
+        write = ui.should_write() and not beets_writes
+        settings = self._settings()
+        for item in task.imported_items():
+            self.process(item, settings, write)
+
+    def import_task_files(self, session: Any, task: Any) -> None:
+        for item in task.imported_items():
+            self._refresh_cache(os.fsdecode(item.path))
+
+    def _refresh_cache(self, file: str) -> None:
+        """beets rewrote a file's tags (the audio is the same): keep its genre-tagger cache entry valid."""
+        from service.library import TAGGED, fingerprint
+
+        if self._library is None or not os.path.isfile(file):
+            return
+        row = self._library.get(file)
+        if row is not None and row.status == TAGGED:
+            st = os.stat(file)
+            self._library.file_rewritten(row.id, st.st_size, st.st_mtime, fingerprint(file, st.st_size))
+
+    def commands(self) -> list[ui.Subcommand]:
+        cmd = ui.Subcommand("genretag", help="set genres from genre-tagger's audio model")
+        cmd.parser.add_option("-p", "--pretend", action="store_true", help="show the changes, change nothing")
+        cmd.parser.add_option("-w", "--write", action="store_true", default=None,
+                              help="write the new genres into the files (default: import.write)")
+        cmd.parser.add_option("-W", "--nowrite", action="store_false", dest="write",
+                              help="do not write the files' tags")
+        cmd.parser.add_option("--policy", choices=("if-empty", "merge", "replace"),
+                              help="items that already have genres (default: the config's policy)")
+        cmd.parser.add_option("--threshold", type="float", help="probability a genre needs, 0..1")
+
+        def run(lib: Any, opts: Any, args: Sequence[str]) -> None:
+            from tagger.errors import TaggerError
+
+            try:
+                settings = self._settings(opts.policy, opts.threshold)
+            except TaggerError as exc:
+                raise ui.UserError(str(exc)) from None
+            write = ui.should_write(opts.write)
+            for item in lib.items(args):
+                self.process(item, settings, write, opts.pretend, show=True)
+
+        cmd.func = run
+        return [cmd]
+
+
+def _estimates(rows: list[dict], kinds: dict[str, bool], threshold: float) -> dict:
+    """OutputEstimates from a library track's stored genre rows (each output's best labels)."""
+    from tagger.ensemble import LabelScore, OutputEstimate
+
+    by_output: dict[str, list[LabelScore]] = {}
+    for r in rows:
+        by_output.setdefault(r["output"], []).append(LabelScore(r["label"], float(r["score"])))
+    outputs = {}
+    for name in sorted(by_output, key=lambda n: list(kinds).index(n) if n in kinds else len(kinds)):
+        scores = sorted(by_output[name], key=lambda s: -s.score)  # in the model's output order
+        outputs[name] = OutputEstimate(name, name, kinds.get(name, False), scores, scores[0].label, scores[0].score,
+                                       0.0, [], True, [], threshold)
+    return outputs
+

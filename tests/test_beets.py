@@ -1,0 +1,97 @@
+"""The beets plugin against real beets from PyPI, on real files: import, `beet ls -f '$genres'`, genretag,
+the tags beets writes, and genre-tagger's library as the cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import mutagen
+import pytest
+from filetag_helpers import add_tags
+
+from tagger import Tagger
+
+REPO = Path(__file__).resolve().parent.parent
+BEET = Path(sys.executable).parent / "beet"
+
+
+def beet(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BEETSDIR": str(home), "HOME": str(home)}
+    proc = subprocess.run([str(BEET), "-c", str(home / "config.yaml"), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def listing(home: Path) -> dict[str, str]:
+    out = beet(home, "ls", "-f", "$path|$genres").stdout
+    return {Path(line.split("|")[0]).name: line.split("|", 1)[1] for line in out.splitlines()}
+
+
+@pytest.fixture()
+def beets_home(format_files: dict[str, Path], tiny_model: Path, tmp_path: Path) -> Path:
+    music = tmp_path / "music"
+    music.mkdir()
+    for suffix in ("mp3", "flac", "opus"):
+        shutil.copy(format_files[suffix], music / f"song.{suffix}")
+        add_tags(music / f"song.{suffix}", genres=("Shoegaze",) if suffix == "flac" else ())
+    home = tmp_path / "beets"
+    home.mkdir()
+    (home / "config.yaml").write_text(f"""
+directory: {tmp_path / "lib"}
+library: {home / "beets.db"}
+plugins: [genretagger]
+pluginpath: [{REPO / "beetsplug"}]
+import:
+    write: yes
+    copy: no
+genretagger:
+    model: {tiny_model}
+    threshold: 0.3
+    aliases: {{mid: Middle}}
+    library: {tmp_path / "genre-tagger.db"}
+""")
+    return home
+
+
+def test_import_sets_multivalued_genres_writes_them_and_genretag_merges(beets_home: Path, tiny_model: Path,
+                                                                      tmp_path: Path) -> None:
+    music = tmp_path / "music"
+    tagger = Tagger(tiny_model, threshold=0.3, aliases={"mid": "Middle"})
+    expected = {p.name: tagger.tag_file(p).outputs["genre"].decided for p in music.iterdir()}
+    assert all(len(v) == 1 for v in expected.values())
+
+    beet(beets_home, "import", "-A", "-q", str(music))
+    genres = listing(beets_home)
+    assert genres["song.mp3"] == expected["song.mp3"][0] and genres["song.opus"] == expected["song.opus"][0]
+    assert genres["song.flac"] == "Shoegaze"  # if-empty: the user's genre is kept
+    assert list(mutagen.File(music / "song.mp3").tags["TCON"].text) == expected["song.mp3"]  # written on import
+    assert mutagen.File(music / "song.opus").tags["GENRE"] == expected["song.opus"]
+
+    pretend = beet(beets_home, "genretag", "--policy", "replace", "-p")
+    assert f"Shoegaze → {expected['song.flac'][0]}" in pretend.stdout
+    assert listing(beets_home) == genres  # pretend changed nothing
+
+    beet(beets_home, "genretag", "--policy", "merge", "-w", "format:FLAC")
+    merged = listing(beets_home)
+    assert merged["song.flac"] == f"Shoegaze; {expected['song.flac'][0]}"  # beets' multi-valued field
+    assert mutagen.File(music / "song.flac").tags["GENRE"] == ["Shoegaze", expected["song.flac"][0]]
+    flex = beet(beets_home, "ls", "-f", "$genretagger_model", "format:FLAC").stdout.strip()
+    assert flex == "tiny-test 0.0.1"
+
+    # genre-tagger's library is the cache: every file was run through the model once, even after beets
+    # rewrote its tags.
+    with sqlite3.connect(tmp_path / "genre-tagger.db") as conn:
+        counts = dict(conn.execute("SELECT path, tag_count FROM tracks"))
+    assert sorted(Path(p).name for p in counts) == sorted(expected) and set(counts.values()) == {1}
+
+
+def test_the_plugin_loads_from_the_installed_namespace_package() -> None:
+    code = "import beetsplug.genretagger as p; print(p.GenreTaggerPlugin.__name__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert proc.returncode == 0 and proc.stdout.strip() == "GenreTaggerPlugin", proc.stderr
