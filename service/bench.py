@@ -11,6 +11,7 @@ total is kept).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sqlite3
@@ -91,8 +92,7 @@ def bench_tagging(files: list[Path], tagger: Tagger, name: str) -> tuple[Row, di
         for f in files:
             r = tagger.tag_file(f)
             total += r.duration_s
-            results[str(f)] = {k: np.array([s.score for s in sorted(v.scores, key=lambda s: s.label)])
-                               for k, v in r.outputs.items()}
+            results[str(f)] = _scores(r)
 
     seconds = _timed(run)
     return Row(name, seconds, total, len(files)), results
@@ -187,6 +187,50 @@ def bench_daemon(files: list[Path], model: str | None) -> Row:
                {"files_per_s": len(files) / elapsed, "peak_rss_mb": peak_kb / 1024})
 
 
+def bench_jobs(files: list[Path], model: str | None, device: str, job_counts: list[int], repeat: int
+               ) -> tuple[list[Row], dict]:
+    """``tag`` over all ``files`` with each job count in ``job_counts``, ``repeat`` rounds interleaved
+    (1 job, 2 jobs, … then again), each count's fastest round kept; its results compared file by file
+    with the first count's (the same numbers are expected: each file runs the same sessions)."""
+    from tagger.parallel import engine_options_for_jobs, tag_files
+
+    taggers = {n: Tagger(model, engine_options=engine_options_for_jobs(EngineOptions(device=device), n))
+               for n in job_counts}
+    runs: dict[int, list[tuple[float, float]]] = {n: [] for n in job_counts}
+    results: dict[int, dict[str, dict[str, np.ndarray]]] = {}
+    audio = 0.0
+    for _ in range(max(1, repeat)):
+        for n in job_counts:
+            cpu, started = _cpu_with_children(), time.perf_counter()
+            outcomes = list(tag_files(taggers[n], files, n))  # the worker processes are reaped when it ends
+            runs[n].append((time.perf_counter() - started, _cpu_with_children() - cpu))
+            results[n] = {str(o.path): _scores(o.result) for o in outcomes if o.result is not None}
+            audio = sum(o.result.duration_s for o in outcomes if o.result is not None)
+    rows = []
+    for n in job_counts:
+        wall, cpu = min(runs[n])
+        threads = taggers[n].engine.options.intra_op_threads or "auto"
+        where = f"this process + {n - 1} worker process{'es' if n > 2 else ''}" if n > 1 else "this process"
+        rows.append(Row(f"tag --jobs {n} ({where})", wall, audio, len(files),
+                        {"cpu_s": cpu, "cpu_per_wall": cpu / wall, "intra_op_threads": threads,
+                         "runs_s": " ".join(f"{w:.2f}" for w, _ in runs[n])}))
+    base = job_counts[0]
+    comparison = {f"{n}_vs_{base}": {"speedup": rows[0].seconds / row.seconds,
+                                     **compare(results[n], results[base])}
+                  for n, row in zip(job_counts[1:], rows[1:], strict=True)}
+    return rows, comparison
+
+
+def _cpu_with_children() -> float:
+    """CPU seconds of this process and of its children that have ended (every thread)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _scores(result) -> dict[str, np.ndarray]:
+    return {k: np.array([s.score for s in sorted(v.scores, key=lambda s: s.label)]) for k, v in result.outputs.items()}
+
+
 def _hwm_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -238,7 +282,7 @@ def best_of(jobs: list[Callable[[list[Path]], tuple[Row, dict]]], files: list[Pa
 
 
 def run_bench(folder: str, model: str | None, device: str, live_seconds: float, out: Path | None,
-              skip_daemon: bool = False, repeat: int = 3) -> dict:
+              skip_daemon: bool = False, repeat: int = 3, job_counts: list[int] | None = None) -> dict:
     files = list(iter_audio_files([folder]))
     if not files:
         raise SystemExit(f"genre-tagger bench: no audio files in {folder}")
@@ -267,6 +311,10 @@ def run_bench(folder: str, model: str | None, device: str, live_seconds: float, 
         rows.extend(bench_live(files[0], t, live_seconds) for t in ([fast] if fast.fast else []) + [naive])
     if not skip_daemon:
         rows.append(bench_daemon(files, model))
+    jobs_comparison = None
+    if job_counts:
+        job_rows, jobs_comparison = bench_jobs(files, model, device, job_counts, repeat)
+        rows.extend(job_rows)
     report = {
         "machine": {"cores": usable_cores(), "cpu": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "provider": fast.provider},
@@ -277,6 +325,8 @@ def run_bench(folder: str, model: str | None, device: str, live_seconds: float, 
     if fast.fast:
         report["fast_vs_naive"] = compare(fast_results, naive_results)
         report["model_cpu_s"] = {**model_cpu, "naive_over_fast": model_cpu["naive"] / max(model_cpu["fast"], 1e-9)}
+    if jobs_comparison is not None:
+        report["jobs"] = jobs_comparison
     decode = rows[0].realtime
     report["ratios"] = {r.name: r.realtime / decode for r in rows[1:] if "live" not in r.name}
     if out:
@@ -300,6 +350,10 @@ def print_report(report: dict) -> None:
         m = report["model_cpu_s"]
         print(f"the model's CPU time (beyond decode + front end): fast {m['fast']:.2f} s, naive {m['naive']:.2f} s "
               f"({m['naive_over_fast']:.2f}×)")
+    for name, c in report.get("jobs", {}).items():
+        print(f"jobs {name.replace('_vs_', ' vs ')}: {c['speedup']:.2f}× the files per second; per file max |Δp| "
+              + ", ".join(f"{k} {v:.2g}" for k, v in c["max_abs_diff"].items()) + "; same top label "
+              + ", ".join(f"{k} {v}" for k, v in c["top_label_agreement"].items()))
     if "fast_vs_naive" in report:
         c = report["fast_vs_naive"]
         print("fast vs naive, track level: max |Δp| " + ", ".join(f"{k} {v:.4f}" for k, v in c["max_abs_diff"].items())

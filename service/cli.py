@@ -110,6 +110,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--no-daemon", action="store_true", help="skip the daemon end-to-end row")
     bench.add_argument("--repeat", type=int, default=3,
                        help="runs of each file row, interleaved file by file; each file's fastest counts (default 3)")
+    bench.add_argument("--jobs", default="1,2,N", metavar="LIST",
+                       help="job counts for the `tag --jobs` rows, N = the default (one per core); '' skips them "
+                            "(default 1,2,N)")
     bench.add_argument("--out", default="bench-results/bench.json",
                        help="JSON report (default bench-results/bench.json)")
     bench.set_defaults(func=cmd_bench)
@@ -158,9 +161,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     print_report(run_bench(args.folder, args.model, args.device, args.live_seconds, out, args.no_daemon,
-                           args.repeat))
+                           args.repeat, _job_counts(args.jobs)))
     print(f"report: {out}")
     return EXIT_OK
+
+
+def _job_counts(text: str) -> list[int]:
+    """'1,2,N' → [1, 2, default jobs], in order, without repeats."""
+    from tagger.parallel import default_jobs
+
+    counts: list[int] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            n = default_jobs() if item.upper() == "N" else int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--jobs {text!r}: {item!r} is not a number or N") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"--jobs {text!r}: {item} must be at least 1")
+        if n not in counts:
+            counts.append(n)
+    return counts
 
 
 def _library_path(args: argparse.Namespace) -> Path:

@@ -89,6 +89,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="slices per inference call (default 32)")
 
 
+def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", "-j", type=_positive_int, default=None,
+                        help="files tagged at once, on threads sharing one model (default: one per core)")
+
+
 def engine_options(args: argparse.Namespace) -> EngineOptions:
     return EngineOptions(device=args.device, intra_op_threads=args.threads, batch_size=args.batch_size)
 
@@ -96,14 +101,13 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
 def cmd_tag(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from tagger.parallel import default_jobs, engine_options_for_jobs, tag_files
     from tagger.pipeline import Tagger
 
     aliases = _load_alias_file(args.alias_file) if args.alias_file else {}
     aliases.update(_parse_aliases(args.alias))
     if args.policy and not (args.write_tags or args.dry_run):
         raise TaggerError("--policy: only applies with --write-tags or --dry-run")
-    tagger = Tagger(args.model, threshold=args.threshold, top_k=args.top_k, aliases=aliases,
-                    hop_fraction=args.hop, engine_options=engine_options(args))
     files = list(iter_audio_files(args.inputs))
     if not files:
         print("genre-tagger: no audio files found in the given paths", file=sys.stderr)
@@ -112,30 +116,32 @@ def cmd_tag(args: argparse.Namespace) -> int:
         from service.cli import tag_and_write
 
         return tag_and_write(args, files, aliases)
+    jobs = min(args.jobs or default_jobs(), len(files))
+    tagger = Tagger(args.model, threshold=args.threshold, top_k=args.top_k, aliases=aliases,
+                    hop_fraction=args.hop, engine_options=engine_options_for_jobs(engine_options(args), jobs))
     if args.verbose:
         note = f" ({tagger.engine.fallback_reason})" if tagger.engine.fallback_reason else ""
-        print(f"model {tagger.manifest.name} {tagger.manifest.version} on {tagger.provider}{note}",
-              file=sys.stderr)
+        print(f"model {tagger.manifest.name} {tagger.manifest.version} on {tagger.provider}{note}, "
+              f"{jobs} job{'s' if jobs > 1 else ''}", file=sys.stderr)
     show_progress = args.progress if args.progress is not None else (len(files) > 1 and sys.stderr.isatty())
     failed = 0
+    # Results come out in the order of the inputs, whichever job finishes first.
     with tqdm(total=len(files), unit="file", disable=not show_progress, file=sys.stderr,
               dynamic_ncols=True) as progress:
-        for path in files:
-            progress.set_postfix_str(path.name[-30:], refresh=False)
-            try:
-                result = tagger.tag_file(path)
-            except TaggerError as exc:
+        for outcome in tag_files(tagger, files, jobs):
+            progress.set_postfix_str(outcome.path.name[-30:], refresh=False)
+            if outcome.result is None:
                 failed += 1
-                progress.write(f"genre-tagger: error: {exc}", file=sys.stderr)
+                progress.write(f"genre-tagger: error: {outcome.error}", file=sys.stderr)
                 if args.json:
-                    print(json.dumps({"path": str(path), "ok": False, "error": str(exc)}), flush=True)
+                    print(json.dumps({"path": str(outcome.path), "ok": False, "error": outcome.error}), flush=True)
+            elif args.json:
+                print(json.dumps(outcome.result.as_dict(args.top_k)), flush=True)
             else:
-                if args.json:
-                    print(json.dumps(result.as_dict(args.top_k)), flush=True)
-                else:
-                    progress.write(render_track(str(path), result.duration_s, result.outputs, args.top_k,
-                                                music=result.music,
-                                                music_probability=result.music_probability) + "\n")
+                result = outcome.result
+                progress.write(render_track(str(outcome.path), result.duration_s, result.outputs, args.top_k,
+                                            music=result.music, music_probability=result.music_probability)
+                               + "\n")
             progress.update(1)
     if failed and (show_progress or len(files) > 1):
         print(f"genre-tagger: {failed} of {len(files)} files failed", file=sys.stderr)
@@ -192,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     tag = sub.add_parser("tag", help="tag audio files and folders, printing a confidence chart per file")
     tag.add_argument("inputs", nargs="+", metavar="FILE|DIR", help="audio files, or folders to search")
     add_engine_arguments(tag)
+    add_jobs_argument(tag)
     tag.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
     tag.add_argument("--top-k", type=_positive_int, default=DEFAULT_TOP_K,
                      help=f"labels to show per output (default {DEFAULT_TOP_K})")

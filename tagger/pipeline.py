@@ -229,6 +229,10 @@ class Tagger:
             raise ConfigError(f"threshold {threshold} must be within 0..1")
         if top_k < 1:
             raise ConfigError("top_k must be at least 1")
+        # What builds the same tagger in another process (tagger.parallel's workers).
+        self.arguments = {"model": model, "threshold": threshold, "top_k": top_k, "aliases": dict(aliases or {}),
+                          "hop_fraction": hop_fraction, "engine_options": engine_options,
+                          "block_seconds": block_seconds, "fast": fast}
         # No model named: the default, whose int8 file runs instead when the session is on the CPU.
         self.engine = Engine(resolve_model(model), engine_options, None if model else default_cpu_model())
         self.manifest: ModelManifest = self.engine.manifest
@@ -258,6 +262,12 @@ class Tagger:
     @property
     def provider(self) -> str:
         return self.engine.provider
+
+    def prepare(self) -> None:
+        """Load every session tagging files will use, now: before the tagger is shared between threads
+        (:mod:`tagger.parallel`), which may then run them at once."""
+        if self.fast:
+            _ = self.frame_runner
 
     def stream(self, horizon_seconds: float | None = None, eager: bool = True, keep_slices: bool = False,
                on_slice: Callable[[SliceResult], None] | None = None, fast: bool = False) -> TagStream:

@@ -31,6 +31,10 @@ def test_bench_reports_every_stage_as_a_table_and_json(excerpt, tmp_path: Path) 
                          "same model, naive (every window through the whole net)"]
     assert names[5].startswith("live, incremental") and names[6].startswith("live, per window")
     assert names[7].startswith("daemon end to end")
+    # `tag --jobs` rows (1, 2 and the default count, without repeats), each file's results as one job's.
+    assert names[8] == "tag --jobs 1 (this process)" and names[9].startswith("tag --jobs 2 (this process + 1 worker")
+    assert report["jobs"]["2_vs_1"]["speedup"] > 0
+    assert report["jobs"]["2_vs_1"]["max_abs_diff"] == {"genre": 0.0, "msd_genres": 0.0}
     assert all(r["audio_seconds"] > 0 and r["seconds"] > 0 for r in report["rows"])
     for row in report["rows"][:5]:  # the file rows: each file's fastest of 3 interleaved runs, every round kept
         runs = [float(t) for t in row["extra"]["runs_s"].split()]

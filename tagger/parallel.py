@@ -1,0 +1,271 @@
+"""Several files at once: worker processes, each with the model loaded once.
+
+Processes rather than threads: ONNX Runtime runs with the GIL released, but PyAV holds it while it
+demuxes, decodes and resamples, which is about half of a file's CPU time on the fast path (py-spy
+``--gil``, 6 realworld tracks: 3.0 of 5.6 CPU-seconds). Threads sharing one model then queue for the
+GIL: on 2 cores two threads tagged 1.06× the files per second of one, two processes 1.3-1.4×
+(``docs/scaling.md``). Each worker process costs one more copy of ONNX Runtime and the model (about
+140 MB with the default model).
+
+One job runs in the calling process, without any worker (exactly the code path of a plain
+:meth:`Tagger.tag_file` loop). With several, one of them still runs here (it starts at once, while the
+workers load their model) and the others in worker processes; each gets one intra-op thread
+(:func:`engine_options_for_jobs`): the cores are split between files instead of inside one call.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tagger.engine import EngineOptions, usable_cores
+from tagger.errors import Cancelled, TaggerError
+
+if TYPE_CHECKING:
+    from tagger.pipeline import Tagger, TrackResult
+
+log = logging.getLogger(__name__)
+
+# Files each worker may have queued beyond the one being handed out, when results come back in input
+# order: enough that one long file does not leave the other workers idle.
+ORDERED_LOOKAHEAD = 4
+# A pool whose workers died this many times stops (a model that loads here but not in a worker, say).
+MAX_RESTARTS = 3
+
+
+def default_jobs(cores: int | None = None) -> int:
+    """Files tagged at once by default: one per usable core.
+
+    With one intra-op thread per job a job keeps a little more than one core busy (its decoding thread
+    runs beside the model), so one job per core leaves no core idle without oversubscribing the machine.
+    """
+    return max(1, cores if cores is not None else usable_cores())
+
+
+def engine_options_for_jobs(options: EngineOptions, jobs: int, cores: int | None = None) -> EngineOptions:
+    """``options`` for one of ``jobs`` workers.
+
+    One job keeps the model's own default (every core but the decoding one). With several, and no thread
+    count set by the user, each session gets the cores left per job less the decoding thread, at least
+    one: ``max(1, cores // jobs - 1)``.
+    """
+    if jobs <= 1 or options.intra_op_threads:
+        return options
+    cores = cores if cores is not None else usable_cores()
+    return replace(options, intra_op_threads=max(1, cores // jobs - 1))
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """One file's result, or the one-line error that stopped it (exactly one of the two is set)."""
+
+    index: int
+    path: Path
+    result: TrackResult | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+def tag_one(tagger: Tagger, index: int, path: Path, cancelled: Callable[[], bool] | None = None,
+            **tag_options: Any) -> FileOutcome:
+    """Tag one file; a bad file (:class:`TaggerError`, :class:`OSError`) becomes an error outcome.
+    :class:`Cancelled` is raised, not turned into an outcome."""
+    try:
+        return FileOutcome(index, path, tagger.tag_file(path, cancelled=cancelled, **tag_options))
+    except Cancelled:
+        raise
+    except TaggerError as exc:
+        return FileOutcome(index, path, error=str(exc))
+    except OSError as exc:
+        return FileOutcome(index, path, error=f"{path}: {exc.strerror or exc}")
+
+
+# -- worker processes --------------------------------------------------------------------------------
+
+_worker_tagger: Tagger | None = None
+
+
+def _init_worker(arguments: dict[str, Any], nice: int) -> None:
+    global _worker_tagger
+    # Ctrl-C reaches the whole process group: the parent decides what stops, workers do not die mid-file.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice > 0:
+        os.nice(nice)
+    from tagger.pipeline import Tagger
+
+    _worker_tagger = Tagger(**arguments)
+    _worker_tagger.prepare()
+
+
+def _tag_in_worker(index: int, path: Path, tag_options: dict[str, Any]) -> FileOutcome:
+    assert _worker_tagger is not None, "worker used before its initialiser ran"
+    return tag_one(_worker_tagger, index, path, **tag_options)
+
+
+class WorkerPool:
+    """Tags files on ``jobs`` slots: one in this process with ``tagger`` itself, the others in ``jobs - 1``
+    worker processes, each holding a :class:`~tagger.pipeline.Tagger` built like ``tagger``
+    (:attr:`Tagger.arguments`, with :func:`engine_options_for_jobs`).
+
+    The local slot starts at once, while the workers load their model (a second or two), and the model
+    is in memory ``jobs`` times, not ``jobs + 1``. :meth:`submit` queues a file and returns a future of
+    its :class:`FileOutcome`; free slots take files in the order they were submitted. A worker that dies
+    (a crash in a decoder, the out-of-memory killer) is replaced; its file is tried once more in the new
+    worker and, if that dies too, ends as an error outcome. ``nice`` lowers the priority of the local
+    slot's thread and of the workers (live audio in the same daemon keeps its own). :meth:`close` stops
+    everything at once; files being tagged are abandoned.
+    """
+
+    def __init__(self, tagger: Tagger, jobs: int, nice: int = 0) -> None:
+        arguments = dict(tagger.arguments)
+        arguments["engine_options"] = engine_options_for_jobs(arguments.get("engine_options") or EngineOptions(),
+                                                              jobs)
+        self.tagger = tagger
+        self.arguments = arguments
+        self.jobs = max(1, jobs)
+        self.nice = nice
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._restarts = 0
+        self._executor: ProcessPoolExecutor | None = self._start() if self.jobs > 1 else None
+        tagger.prepare()
+        self._slots = [threading.Thread(target=self._run_slot, args=(i,), name=f"tag-{i}", daemon=True)
+                       for i in range(self.jobs)]
+        for slot in self._slots:
+            slot.start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # spawn, not fork: this process has ONNX Runtime's and other threads, which a forked child would lack.
+        return ProcessPoolExecutor(self.jobs - 1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.arguments, self.nice))
+
+    def submit(self, index: int, path: Path, **tag_options: Any) -> Future[FileOutcome]:
+        future: Future[FileOutcome] = Future()
+        self._queue.put((index, Path(path), tag_options, future))
+        return future
+
+    def _run_slot(self, slot: int) -> None:
+        if slot == 0:
+            _lower_thread_priority(self.nice)
+        while not self._stop.is_set():
+            try:
+                index, path, options, future = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                if slot == 0:
+                    outcome = tag_one(self.tagger, index, path, self._stop.is_set, **options)
+                else:
+                    outcome = self._in_worker(index, path, options)
+            except BaseException as exc:  # Cancelled, or a bug: handed to whoever waits on the file
+                future.set_exception(exc)
+            else:
+                future.set_result(outcome)
+
+    def _in_worker(self, index: int, path: Path, options: dict[str, Any]) -> FileOutcome:
+        for attempt in range(2):
+            with self._lock:
+                if self._stop.is_set() or self._executor is None:
+                    raise Cancelled(f"{path}: cancelled")
+                executor = self._executor
+            try:
+                return executor.submit(_tag_in_worker, index, path, options).result()
+            except BrokenProcessPool:
+                if self._stop.is_set():
+                    raise Cancelled(f"{path}: cancelled") from None
+                self._replace(executor)
+                if attempt:
+                    return FileOutcome(index, path, error=f"{path}: the worker process tagging it died twice "
+                                                          "(a crash in the decoder, or out of memory)")
+        raise AssertionError("unreachable")
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is not broken:  # another slot replaced it already
+                return
+            self._restarts += 1
+            if self._restarts > MAX_RESTARTS:
+                self._executor = None
+                raise TaggerError(f"the tagging worker processes died {self._restarts} times: giving up "
+                                  "(--jobs 1 shows the error in this process)")
+            log.warning("a tagging worker process died: starting new ones")
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._start()
+
+    def close(self) -> None:
+        """Stop now: the local slot at its next decoded block, the worker processes killed."""
+        self._stop.set()
+        with self._lock:
+            executor, self._executor = self._executor, None
+        while True:
+            try:
+                *_, future = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            future.cancel()
+        if executor is not None:
+            processes = list(getattr(executor, "_processes", {}).values())
+            executor.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in processes:
+                process.join(5)
+        for slot in self._slots:
+            slot.join(10)
+
+
+def _lower_thread_priority(nice: int) -> None:
+    """Lower this thread's scheduling priority by ``nice`` (Linux keeps one per thread; threads it starts
+    inherit it). Ignored where it is not permitted."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as exc:
+        log.debug("cannot lower the priority of thread %d: %s", tid, exc)
+
+
+def tag_files(tagger: Tagger, paths: Iterable[str | Path], jobs: int, **tag_options: Any) -> Iterator[FileOutcome]:
+    """Tag ``paths`` on ``jobs`` worker processes; yield each outcome in the order of ``paths``.
+
+    The order is the input order whatever the completion order, so a run is reproducible, and each file's
+    result is the one a single job gives (the same model file, the same per-call arithmetic). At most
+    ``jobs · ORDERED_LOOKAHEAD`` files are in flight. Leaving early (an exception in the consumer, Ctrl-C)
+    stops the workers at once. One job runs here, in this process. ``tag_options`` go to
+    :meth:`Tagger.tag_file`.
+    """
+    items = ((i, Path(p)) for i, p in enumerate(paths))
+    if jobs <= 1:
+        for index, path in items:
+            yield tag_one(tagger, index, path, **tag_options)
+        return
+    pool = WorkerPool(tagger, jobs)
+    in_flight: deque[Future[FileOutcome]] = deque()
+    try:
+        for index, path in items:
+            in_flight.append(pool.submit(index, path, **tag_options))
+            while len(in_flight) >= jobs * ORDERED_LOOKAHEAD:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+    finally:
+        pool.close()

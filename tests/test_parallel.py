@@ -1,0 +1,88 @@
+"""Several files at once (``tag --jobs``, :mod:`tagger.parallel`): the same results per file as one job,
+in the input order, bad files as errors in their place, and a worker that dies is replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DATA
+
+from tagger.engine import EngineOptions
+from tagger.parallel import WorkerPool, default_jobs, engine_options_for_jobs, tag_files
+from tagger.pipeline import Tagger
+
+
+def _tag_json(*args: str) -> tuple[int, list[dict], str]:
+    proc = subprocess.run([sys.executable, "-m", "tagger.cli", "tag", "--json", *args], capture_output=True,
+                          text=True, timeout=900)
+    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
+
+
+def _without_timing(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "elapsed_s"}
+
+
+def test_jobs_give_the_same_results_per_file_in_the_input_order(tmp_path: Path) -> None:
+    folder = tmp_path / "music"
+    folder.mkdir()
+    # Real clips of different lengths and formats, so that files finish out of order, and a bad one.
+    sources = sorted((DATA / "fma").glob("*.mp3"))[:4] + sorted((DATA / "gtzan" / "jazz").glob("*.flac"))[:2]
+    for i, src in enumerate(sources):
+        (folder / f"{i:02d}{src.suffix}").symlink_to(src)
+    (folder / "03b.mp3").write_text("not audio at all\n" * 100)
+    code1, one, err1 = _tag_json("--jobs", "1", str(folder))
+    code3, three, err3 = _tag_json("--jobs", "3", str(folder))
+    assert code1 == code3 == 1, (err1, err3)
+    assert [r["path"] for r in one] == [r["path"] for r in three] == sorted(str(p) for p in folder.iterdir())
+    assert [_without_timing(r) for r in one] == [_without_timing(r) for r in three]  # probabilities bit for bit
+    bad = next(r for r in three if r["path"].endswith("03b.mp3"))
+    assert not bad["ok"] and "not a readable audio file" in bad["error"]
+    assert sum(r["ok"] for r in three) == len(sources)
+    assert err3.count("genre-tagger: error:") == 1 and "1 of 7 files failed" in err3
+
+
+def test_thread_and_job_arithmetic() -> None:
+    assert default_jobs(cores=8) == 8 and default_jobs(cores=1) == 1
+    options = EngineOptions()
+    assert engine_options_for_jobs(options, 1, cores=2) is options  # one job: the model's own default
+    assert engine_options_for_jobs(options, 2, cores=2).intra_op_threads == 1
+    assert engine_options_for_jobs(options, 2, cores=16).intra_op_threads == 7
+    assert engine_options_for_jobs(EngineOptions(intra_op_threads=3), 4, cores=16).intra_op_threads == 3
+
+
+def test_a_worker_process_that_dies_is_replaced_and_its_file_tried_again(tiny_model: Path, realworld: Path) -> None:
+    tagger = Tagger(tiny_model)
+    track = realworld / "asc-music" / "frontiers.mp3"
+    pool = WorkerPool(tagger, jobs=2)
+    try:
+        # Keep the local slot busy so that the next file goes to the worker process, then kill the worker.
+        local = pool.submit(0, track)
+        remote = pool.submit(1, track)
+        deadline = time.monotonic() + 300
+        while not (remote.running() and pool._executor._processes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        processes = list(pool._executor._processes.values())  # the worker, started for this file
+        assert len(processes) == 1 and not remote.done()
+        os.kill(processes[0].pid, signal.SIGKILL)
+        first, second = local.result(timeout=600), remote.result(timeout=600)
+    finally:
+        pool.close()
+    assert first.ok and second.ok, (first.error, second.error)
+    assert second.result.outputs["genre"].scores == first.result.outputs["genre"].scores
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_tag_files_stops_the_workers_when_the_consumer_leaves(tiny_model: Path, realworld: Path, jobs: int) -> None:
+    tagger = Tagger(tiny_model)
+    files = sorted(realworld.rglob("*.ogg"))
+    outcomes = tag_files(tagger, files, jobs)
+    first = next(outcomes)
+    outcomes.close()  # what a Ctrl-C or a broken pipe does to the generator
+    assert first.ok and first.path == files[0]
