@@ -5,8 +5,8 @@ demuxes, decodes and resamples, which is about half of a file's CPU time on the 
 ``--gil``, 6 realworld tracks: 3.0 of 5.6 CPU-seconds). Threads sharing one model then queue for the
 GIL: on a loaded 2-core machine two threads sharing one model used 15 % more CPU for the same files
 than one thread (GIL hand-overs) where a worker process used 2 % more, and two separate ``tag``
-processes ran 1.4× the files per second of one (``docs/scaling.md`` has the runs). Each worker process costs one more copy of ONNX Runtime and the model (about
-140 MB with the default model).
+processes ran 1.4× the files per second of one (issue #18; ``docs/scaling.md`` has the runs). Each
+worker process costs one more copy of ONNX Runtime and the model (about 140 MB with the default model).
 
 One job runs in the calling process, without any worker (exactly the code path of a plain
 :meth:`Tagger.tag_file` loop). With several, one of them still runs here (it starts at once, while the
