@@ -198,7 +198,8 @@ def cmd_library(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"genre-tagger: error: {path}: no library (has the daemon run?)", file=sys.stderr)
         return EXIT_USAGE
-    library = Library(path)
+    # Queries never write, so a read-only file or folder is fine for them; restore-tags and retag write.
+    library = Library(path, readonly=args.library_command not in _WRITING_COMMANDS)
     try:
         return _LIBRARY_COMMANDS[args.library_command](library, args)
     finally:
@@ -224,6 +225,8 @@ def _stats(library, args) -> int:
 
 
 def _list(library, args) -> int:
+    from service.library import printable
+
     status = None if args.status == "any" else args.status
     rows = library.search(args.genre, args.min_score, args.output, status, args.limit or None,
                           music=False if args.no_music else None)
@@ -232,16 +235,16 @@ def _list(library, args) -> int:
         if args.json:
             print(json.dumps(r))
         elif r["status"] == "error":
-            print(f"{r['path']}\terror: {r['error']}")
+            print(f"{printable(r['path'])}\terror: {r['error']}")
         elif r["music"] is False:
             if r["id"] in shown:  # one line per track, not per output
                 continue
             shown.add(r["id"])
             sure = "" if r["music_probability"] is None else f" {100 * (1 - r['music_probability']):.0f} %"
-            print(f"{r['path']}\t\t{NO_MUSIC}{sure}")
+            print(f"{printable(r['path'])}\t\t{NO_MUSIC}{sure}")
         else:
             score = f"{r['label']} {100 * r['score']:.0f} %" if r["label"] else r["status"]
-            print(f"{r['path']}\t{r['output'] or ''}\t{score}")
+            print(f"{printable(r['path'])}\t{r['output'] or ''}\t{score}")
     return EXIT_OK
 
 
@@ -257,7 +260,7 @@ def _show(library, args) -> int:
 def _export_m3u(library, args) -> int:
     rows = list(library.search(args.genre, args.min_score, args.output))
     seen: set[str] = set()
-    with open(args.out, "w", encoding="utf-8") as f:
+    with open(args.out, "w", encoding="utf-8", errors="surrogateescape") as f:  # paths byte for byte
         f.write("#EXTM3U\n")
         for r in rows:
             if r["path"] in seen:
@@ -270,7 +273,10 @@ def _export_m3u(library, args) -> int:
 
 
 def _export_csv(library, args) -> int:
-    out = sys.stdout if args.out == "-" else open(args.out, "w", newline="", encoding="utf-8")  # noqa: SIM115
+    from service.library import fs_path
+
+    out = sys.stdout if args.out == "-" else open(args.out, "w", newline="", encoding="utf-8",  # noqa: SIM115
+                                                  errors="surrogateescape")
     try:
         writer = csv.writer(out)
         writer.writerow(["path", "duration_s", "model", "model_version", "tagged_at", "output", "rank", "label",
@@ -279,7 +285,7 @@ def _export_csv(library, args) -> int:
                 "SELECT t.path, t.duration_s, t.model, t.model_version, t.tagged_at, g.output, g.rank, g.label, "
                 "g.score, g.decided FROM tracks t JOIN genres g ON g.track_id = t.id WHERE t.status = 'tagged' "
                 "ORDER BY t.path, g.output, g.rank"):
-            writer.writerow(row)
+            writer.writerow((fs_path(row[0]), *row[1:]))
     finally:
         if out is not sys.stdout:
             out.close()
@@ -394,6 +400,7 @@ def _retag(library, args) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+_WRITING_COMMANDS = frozenset(("restore-tags", "retag"))
 _LIBRARY_COMMANDS = {"stats": _stats, "list": _list, "show": _show, "export-m3u": _export_m3u,
                      "export-csv": _export_csv, "restore-tags": _restore_tags, "retag": _retag}
 

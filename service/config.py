@@ -9,6 +9,7 @@ Validation happens once at start and names the offending key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -117,35 +118,53 @@ class Config:
         return self.state_dir / "library.db"
 
     def validate(self) -> Config:
+        """Check every value; raise one :class:`ConfigError` naming all the bad keys at once."""
+        errors: list[str] = []
+
+        def check(ok: bool, key: str, message: str, value: Any = None) -> None:
+            if not ok:
+                errors.append(f"{key}: {message}" + ("" if value is None else f" (got {value!r})"))
+
         t = self.tagging
-        _check(0.0 <= t.threshold <= 1.0, "tagging.threshold", "must be within 0..1")
-        _check(t.top_k >= 1, "tagging.top_k", "must be at least 1")
-        _check(t.store_top_k >= 1, "tagging.store_top_k", "must be at least 1")
-        _check(0.0 <= t.hop <= 1.0, "tagging.hop", "must be within 0..1 (0 = the model's)")
-        _check(self.daemon.device in ("auto", "cuda", "cpu"), "daemon.device", "must be auto, cuda or cpu")
-        _check(self.daemon.threads >= 0, "daemon.threads", "must be 0 (one per core) or more")
-        _check(self.daemon.batch_size >= 1, "daemon.batch_size", "must be at least 1")
-        _check(self.daemon.chunk_frames >= 64, "daemon.chunk_frames", "must be at least 64")
-        _check(self.folders.settle_seconds >= 0, "folders.settle_seconds", "must not be negative")
+        check(0.0 <= t.threshold <= 1.0, "tagging.threshold", "must be within 0..1", t.threshold)
+        check(t.top_k >= 1, "tagging.top_k", "must be at least 1", t.top_k)
+        check(t.store_top_k >= 1, "tagging.store_top_k", "must be at least 1", t.store_top_k)
+        check(0.0 <= t.hop <= 1.0, "tagging.hop", "must be within 0..1 (0 = the model's)", t.hop)
+        d = self.daemon
+        check(d.device in ("auto", "cuda", "cpu"), "daemon.device", "must be auto, cuda or cpu", d.device)
+        check(0 <= d.threads <= MAX_THREADS, "daemon.threads",
+              f"must be within 0..{MAX_THREADS} (0 = one per core; this machine has {os.cpu_count()})", d.threads)
+        check(1 <= d.batch_size <= 4096, "daemon.batch_size", "must be within 1..4096", d.batch_size)
+        check(64 <= d.chunk_frames <= 1 << 20, "daemon.chunk_frames", "must be within 64..1048576", d.chunk_frames)
+        check(0 <= self.folders.settle_seconds <= 86400, "folders.settle_seconds", "must be within 0..86400 s",
+              self.folders.settle_seconds)
         for root in self.folders.roots:
-            _check(Path(root).expanduser().is_dir(), "folders.roots", f"{root!r} is not a directory")
+            check(Path(root).expanduser().is_dir(), "folders.roots", f"{root!r} is not a directory")
         lv = self.live
-        _check(lv.horizon_seconds >= 0, "live.horizon_seconds", "must not be negative")
-        _check(lv.hysteresis >= 1, "live.hysteresis", "must be at least 1")
-        _check(0.001 <= lv.block_seconds <= 1.0, "live.block_seconds", "must be within 0.001..1 s")
-        _check(lv.buffer_seconds >= 1.0, "live.buffer_seconds", "must be at least 1 s")
-        _check(lv.source.replace("-", "").replace("_", "").isalnum(), "live.source",
-               "must be letters, digits, - or _ (it is part of the topic)")
+        check(0 <= lv.horizon_seconds <= 86400, "live.horizon_seconds", "must be within 0..86400 s (0 = whole stream)",
+              lv.horizon_seconds)
+        check(1 <= lv.hysteresis <= 1000, "live.hysteresis", "must be within 1..1000", lv.hysteresis)
+        check(0.001 <= lv.block_seconds <= 1.0, "live.block_seconds", "must be within 0.001..1 s", lv.block_seconds)
+        check(1.0 <= lv.buffer_seconds <= 3600, "live.buffer_seconds", "must be within 1..3600 s", lv.buffer_seconds)
+        check(lv.source.replace("-", "").replace("_", "").isalnum(), "live.source",
+              "must be letters, digits, - or _ (it is part of the topic)", lv.source)
+        check(lv.sample_rate == 0 or 4000 <= lv.sample_rate <= 768_000, "live.sample_rate",
+              "must be 0 (the device's) or within 4000..768000 Hz", lv.sample_rate)
+        check(0 <= lv.channels <= 64, "live.channels", "must be within 0..64 (0 = the device's)", lv.channels)
         for name, settings in self.sinks.items():
-            settings.validate(name)
-        _check(bool(self.folders.roots) or lv.enabled, "folders.roots",
-               "nothing to do: give a folder to watch or enable live capture")
+            try:
+                settings.validate(name)
+            except ConfigError as exc:
+                errors.append(str(exc).removeprefix("config "))
+        check(bool(self.folders.roots) or lv.enabled, "folders.roots",
+              "nothing to do: give a folder to watch or enable live capture")
+        if errors:
+            raise ConfigError("config " + "; ".join(errors))
         return self
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config {key}: {message}")
+# ONNX Runtime threads beyond this are refused (a typo like 100000 would hang creating them).
+MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
@@ -174,7 +193,10 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"config {key}: {value!r} is not a finite number")
+            return number
         if kind is str:
             if not isinstance(value, str | int | float) or isinstance(value, bool):
                 raise ValueError(value)
@@ -206,9 +228,12 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     if path:
         path = Path(path).expanduser()
         try:
-            doc = tomllib.loads(path.read_text())
+            doc = tomllib.loads(path.read_bytes().decode("utf-8"))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                              f"{exc.start}); TOML files are UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML ({exc})") from None
         for section, values in doc.items():

@@ -20,15 +20,18 @@ from pathlib import Path
 from service.config import Config
 from service.events import Status, TrackDone
 from service.folders import FolderWatcher
-from service.library import Library, fingerprint
+from service.library import Library, LibraryError, LibraryStopped, blocked_message, fingerprint
 from service.live import LiveCapture
 from service.notify import Notifier
 from service.sinks import SinkContext, SinkHub
 from tagger.engine import EngineOptions
 from tagger.errors import Cancelled, DecodeError, TaggerError
+from tagger.isolated import IsolatedDecoder
 from tagger.pipeline import Tagger
 
 log = logging.getLogger(__name__)
+# Seconds between WAL checkpoints (truncating the -wal file) from the heartbeat.
+CHECKPOINT_SECONDS = 60.0
 
 
 @dataclass
@@ -62,8 +65,13 @@ class Daemon:
         self.hub = SinkHub.from_config(c, SinkContext(c, labels, f"{self.tagger.manifest.name} "
                                                                  f"{self.tagger.manifest.version}"))
         self.hub.start()
-        c.state_dir.mkdir(parents=True, exist_ok=True)
-        self.library = Library(c.library_path, c.tagging.store_top_k)
+        try:
+            c.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LibraryError(f"{c.state_dir}: cannot create the state folder ({exc.strerror or exc})") from None
+        self.library = Library(c.library_path, c.tagging.store_top_k, stop=self.stop)
+        # Files are decoded in a child process: a decoder crash or hang costs that file, never the daemon.
+        self.decoder = IsolatedDecoder()
         if c.tagging.retry_errors:
             self.library.requeue_errors()
         self.watcher = FolderWatcher(c.folders.roots, c.library_path, c.folders.settle_seconds, self.wake.set,
@@ -111,6 +119,7 @@ class Daemon:
             self.watcher.join(1.0)
         if self.live:
             self.live.join(1.0)
+        self.decoder.close()
         self.hub.close(time.monotonic() + SINKS_CLOSE_S)
         self.library.close()
 
@@ -121,17 +130,26 @@ class Daemon:
         if self.notifier.watchdog_seconds:
             interval = min(interval, self.notifier.watchdog_seconds / 2)
         self._beat()
+        last_checkpoint = time.monotonic()
         while not self.stop.wait(interval):
             if not self._worker.is_alive():
                 log.error("the tagging worker died; stopping so that the service manager restarts us")
                 raise RuntimeError("tagging worker died")
-            self._beat()
+            try:
+                self._beat()
+                if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
+                    self.library.checkpoint()  # keeps the WAL bounded
+                    last_checkpoint = time.monotonic()
+            except Exception:  # a heartbeat that fails once must not stop the next ones
+                log.exception("heartbeat failed")
             self.notifier.watchdog()
 
     def _status_line(self) -> str:
         c = self.counters
-        return (f"{c.tagged} tagged, {c.errors} errors, {self.library.pending_count()} queued; "
+        line = (f"{c.tagged} tagged, {c.errors} errors, {self.library.pending_count()} queued; "
                 f"model {self.tagger.manifest.name} on {self.tagger.provider}")
+        waiting = blocked_message(self.config.library_path)
+        return f"{waiting}; {line}" if waiting else line
 
     def _beat(self) -> None:
         c = self.counters
@@ -143,13 +161,14 @@ class Daemon:
             uptime_s=now - c.started, queue_depth=self.library.pending_count(), tagged=c.tagged, errors=c.errors,
             audio_seconds=c.audio_seconds, realtime_factor=rate, provider=self.tagger.provider,
             model=f"{self.tagger.manifest.name} {self.tagger.manifest.version}", dropped_messages=self.hub.dropped,
-            live={self.live.source: self.live.status.as_dict()} if self.live else {}, sinks=self.hub.counts()))
+            live={self.live.source: self.live.status.as_dict()} if self.live else {}, sinks=self.hub.counts(),
+            library=blocked_message(self.config.library_path)))
         self.notifier.status(self._status_line())
 
     # -- tagging worker ----------------------------------------------------------------------------
 
     def _work(self) -> None:
-        library = Library(self.config.library_path, self.config.tagging.store_top_k)
+        library = Library(self.config.library_path, self.config.tagging.store_top_k, stop=self.stop)
         try:
             while not self.stop.is_set():
                 row = library.next_pending()
@@ -158,6 +177,8 @@ class Daemon:
                     self.wake.clear()
                     continue
                 self._tag_one(library, row)
+        except LibraryStopped:
+            pass  # stopping while the library could not be written: the track stays queued
         except Exception:
             log.exception("tagging worker failed")
             raise
@@ -170,7 +191,7 @@ class Daemon:
             self._fail(library, row.id, path, row.error)
             return
         try:
-            result = self.tagger.tag_file(path, cancelled=self.stop.is_set)
+            result = self.tagger.tag_file(path, cancelled=self.stop.is_set, decode=self.decoder.blocks)
         except Cancelled:
             return  # stays pending: done again after the restart
         except (TaggerError, OSError) as exc:
@@ -178,7 +199,8 @@ class Daemon:
             self._fail(library, row.id, path, reason)
             return
         if not path.exists():
-            self._fail(library, row.id, path, "the file vanished while it was being read", force=True)
+            # Only this path's error: a same-content file that took the row over meanwhile is not failed.
+            self._fail(library, row.id, path, "the file vanished while it was being read", force=True, only_path=True)
             return
         try:
             current = fingerprint(path)
@@ -192,8 +214,10 @@ class Daemon:
             self.counters.audio_seconds += result.duration_s
             self.hub.track(TrackDone(row.id, str(path), result, top_k=self.config.tagging.top_k))
 
-    def _fail(self, library: Library, track_id: int, path: Path, reason: str, force: bool = False) -> None:
+    def _fail(self, library: Library, track_id: int, path: Path, reason: str, force: bool = False,
+              only_path: bool = False) -> None:
         log.warning("%s: %s", path, reason)
-        library.record_error(track_id, reason, force=force)
+        if not library.record_error(track_id, reason, force=force, path=path if only_path else None) and only_path:
+            return
         self.counters.errors += 1
         self.hub.track(TrackDone(track_id, str(path), error=reason, top_k=self.config.tagging.top_k))

@@ -187,6 +187,8 @@ class Status:
         audio_seconds: audio tagged since start. realtime_factor: audio seconds tagged per wall second
         since the last heartbeat. dropped_messages: events some consumer missed (every sink's drops).
         live: per live source, its capture status. sinks: per sink, its counts (see SinkHub.counts).
+        library: while the library cannot be written, why and for how long ("library locked by another
+        process for 42 s"); None when it is writable.
     """
 
     uptime_s: float
@@ -200,6 +202,7 @@ class Status:
     dropped_messages: int = 0
     live: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sinks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    library: str | None = None
     ts: float = field(default_factory=_now)
 
     @cached_property
@@ -213,6 +216,8 @@ class Status:
             message["live"] = {name: dict(s) for name, s in self.live.items()}
         if self.sinks:
             message["sinks"] = {name: dict(s) for name, s in self.sinks.items()}
+        if self.library:
+            message["library"] = self.library
         return message
 
     def as_message(self) -> Message:

@@ -2,9 +2,14 @@
 
 A file is queued only once it is stable: closed after writing and unchanged for
 ``min(0.5, settle_seconds)``, or with size and mtime unchanged for ``settle_seconds``; so a file being
-copied is never read half-way. Unchanged files are never queued twice (same path, size and mtime,
-or the same content fingerprint after a move); renames and moves carry the tags along; deletions
-mark the track ``deleted``.
+copied is never read half-way. A file seen being written but not yet closed waits for its close (a
+slow writer's pauses do not count), or at most :data:`OPEN_FILE_MAX_WAIT_SECONDS` unchanged. Unchanged
+files are never queued twice (same path, size and mtime, or the same content fingerprint after a move);
+renames and moves carry the tags along; deletions mark the track ``deleted``.
+
+Nothing stops discovery: an error on one path is logged with the path and the watcher goes on. Only
+regular files are read; FIFOs, sockets, devices, dangling symlinks, symlink loops and unreadable
+folders get an ``error`` row saying why (and one log line), so the library explains every absence.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -27,11 +33,16 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from service.library import Library
+from service.library import Library, LibraryError, LibraryStopped, printable
 from tagger.cli import AUDIO_EXTENSIONS
+from tagger.decode import file_problem
 
 log = logging.getLogger(__name__)
 CLOSED_SETTLE_SECONDS = 0.5
+# A file seen being written and not closed since is read once closed, or once unchanged this long (s).
+OPEN_FILE_MAX_WAIT_SECONDS = 30.0
+# Seconds between attempts to open the library when it cannot be opened at all.
+REOPEN_SECONDS = 5.0
 
 
 def is_audio(path: str | Path) -> bool:
@@ -45,6 +56,7 @@ class _Candidate:
     mtime: float
     since: float
     closed: bool = False
+    writing: bool = False  # modified since its last close: a writer still has it open
 
 
 class _Handler(FileSystemEventHandler):
@@ -78,13 +90,24 @@ class FolderWatcher:
         self._observer = Observer()
         self._thread: threading.Thread | None = None
         self.scanned = threading.Event()
-        self.counts = {"queued": 0, "unchanged": 0, "moved": 0, "deleted": 0}
+        self.counts = {"queued": 0, "unchanged": 0, "moved": 0, "deleted": 0, "skipped": 0}
+        self._sees_closes = True  # inotify reports closes; a polling observer does not
 
     def start(self, stop: threading.Event) -> None:
         handler = _Handler(self._events)
-        for root in self.roots:
-            self._observer.schedule(handler, str(root), recursive=True)
-        self._observer.start()  # before the scan, so nothing created during it is missed
+        try:
+            for root in self.roots:
+                self._observer.schedule(handler, str(root), recursive=True)
+            self._observer.start()  # before the scan, so nothing created during it is missed
+        except OSError as exc:  # inotify watches exhausted, say: poll instead of going blind
+            from watchdog.observers.polling import PollingObserver
+
+            log.warning("cannot watch the folders with inotify (%s); polling them instead", exc.strerror or exc)
+            self._observer = PollingObserver(timeout=max(1.0, self.settle_seconds))
+            self._sees_closes = False
+            for root in self.roots:
+                self._observer.schedule(handler, str(root), recursive=True)
+            self._observer.start()
         self._thread = threading.Thread(target=self._run, args=(stop,), name="folders", daemon=True)
         self._thread.start()
 
@@ -95,11 +118,19 @@ class FolderWatcher:
             self._thread.join(timeout)
 
     def _run(self, stop: threading.Event) -> None:
-        library = Library(self.library_path)
+        library = None
+        while library is None and not stop.is_set():
+            try:
+                library = Library(self.library_path, stop=stop)
+            except (LibraryError, LibraryStopped) as exc:
+                log.error("folder watcher: %s; retrying in %.0f s", exc, REOPEN_SECONDS)
+                stop.wait(REOPEN_SECONDS)
+        if library is None:
+            return
         try:
             if self.scan_on_start:
                 for root in self.roots:
-                    self._scan(library, root, stop)
+                    self._guarded(str(root), self._scan, library, root, stop)
             self.scanned.set()
             while not stop.is_set():
                 try:
@@ -107,33 +138,73 @@ class FolderWatcher:
                 except queue.Empty:
                     event = None
                 if event is not None:
-                    self._handle(library, event)
-                self._promote_stable(library)
-        except Exception:  # keep the daemon informed rather than dying silently
-            log.exception("folder watcher failed")
-            raise
+                    self._guarded(os.fsdecode(event.src_path), self._handle, library, event)
+                self._guarded("", self._promote_stable, library)
+        except LibraryStopped:
+            pass  # stopping while the library was locked or the disk full: the files are found again at start
         finally:
+            self.scanned.set()
             library.close()
 
+    def _guarded(self, path: str, step: Callable, *args) -> None:
+        """Run one discovery step; any error is logged with its path and discovery goes on."""
+        try:
+            step(*args)
+        except LibraryStopped:
+            raise
+        except Exception as exc:  # the watcher must outlive any one path
+            log.error("folder watcher: %s: %s: %s (continuing)", printable(path) or "(pending files)",
+                      type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+
     def _scan(self, library: Library, root: Path, stop: threading.Event) -> None:
+        started = time.monotonic()
+        before = dict(self.counts)
         seen: set[str] = set()
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if stop.is_set():
-                    return
-                path = os.path.join(dirpath, name)
-                if is_audio(path):
-                    seen.add(path)
-                    self._consider(library, path, closed=False, from_scan=True)
+        found = 0
+        for path in self._walk(library, str(root)):
+            if stop.is_set():
+                return
+            seen.add(path)
+            found += 1
+            self._guarded(path, self._consider, library, path, False, True)
         gone = library.mark_missing_under(root, seen)
         self.counts["deleted"] += gone
+        done = {k: self.counts[k] - before[k] for k in self.counts}
+        log.info("scanned %s: %d audio files in %.1f s (%d queued, %d unchanged, %d moved, %d gone, %d skipped)",
+                 printable(str(root)), found, time.monotonic() - started, done["queued"], done["unchanged"],
+                 done["moved"], gone, done["skipped"])
 
-    def _consider(self, library: Library, path: str, closed: bool, from_scan: bool = False) -> None:
+    def _walk(self, library: Library, top: str):
+        """Audio file paths under ``top`` (hidden folders skipped); unreadable folders are recorded."""
+
+        def unreadable(exc: OSError) -> None:
+            folder = os.fsdecode(exc.filename) if exc.filename else top
+            self._guarded(folder, self._skip, library, folder, f"cannot read folder: {exc.strerror or exc}")
+
+        for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if is_audio(path):
+                    yield path
+
+    def _skip(self, library: Library, path: str, reason: str) -> None:
+        self._candidates.pop(path, None)
+        if library.record_skipped(path, reason):
+            self.counts["skipped"] += 1
+            log.warning("skipping %s: %s", printable(path), reason)
+
+    def _consider(self, library: Library, path: str, closed: bool, from_scan: bool = False,
+                  modified: bool = False) -> None:
         try:
             st = os.stat(path)
         except OSError:
             self._candidates.pop(path, None)
+            if os.path.islink(path):  # dangling, or a loop: say so; a vanished file needs no row
+                self._skip(library, path, file_problem(path) or "unreadable symbolic link")
+            return
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever, a device never end
+            self._skip(library, path, file_problem(path) or "not a regular file")
             return
         now = time.time()
         if from_scan and now - st.st_mtime >= self.settle_seconds:
@@ -142,13 +213,20 @@ class FolderWatcher:
         known = self._candidates.get(path)
         if known and known.size == st.st_size and known.mtime == st.st_mtime:
             known.closed = known.closed or closed
+            known.writing = (known.writing or modified) and not closed
         else:
-            self._candidates[path] = _Candidate(st.st_size, st.st_mtime, time.monotonic(), closed)
+            writing = (modified or (known is not None and known.writing)) and not closed
+            self._candidates[path] = _Candidate(st.st_size, st.st_mtime, time.monotonic(), closed, writing)
 
     def _promote_stable(self, library: Library) -> None:
         now = time.monotonic()
         for path, cand in list(self._candidates.items()):
-            wait = min(CLOSED_SETTLE_SECONDS, self.settle_seconds) if cand.closed else self.settle_seconds
+            if cand.closed:
+                wait = min(CLOSED_SETTLE_SECONDS, self.settle_seconds)
+            elif cand.writing:
+                wait = max(self.settle_seconds, OPEN_FILE_MAX_WAIT_SECONDS)
+            else:
+                wait = self.settle_seconds
             if now - cand.since < wait:
                 continue
             try:
@@ -157,16 +235,16 @@ class FolderWatcher:
                 del self._candidates[path]
                 continue
             if (st.st_size, st.st_mtime) != (cand.size, cand.mtime):
-                self._candidates[path] = _Candidate(st.st_size, st.st_mtime, now, False)
+                self._candidates[path] = _Candidate(st.st_size, st.st_mtime, now, False, cand.writing)
                 continue
             del self._candidates[path]
-            self._discover(library, path)
+            self._guarded(path, self._discover, library, path)
 
     def _discover(self, library: Library, path: str) -> None:
         try:
             outcome = library.discover(path)
         except OSError as exc:  # vanished or unreadable between stat and fingerprint
-            log.info("skipping %s: %s", path, exc.strerror or exc)
+            log.info("skipping %s: %s", printable(path), exc.strerror or exc)
             if os.path.exists(path):
                 library.discover_unreadable(path, f"cannot read: {exc.strerror or exc}")
                 self.on_queued()
@@ -181,21 +259,16 @@ class FolderWatcher:
             dest = os.fsdecode(event.dest_path)
             library.moved_tree(src, dest)
             if self._inside(dest):
-                for dirpath, _, filenames in os.walk(dest):
-                    for name in filenames:
-                        path = os.path.join(dirpath, name)
-                        if is_audio(path):
-                            self._consider(library, path, closed=False)
+                for path in self._walk(library, dest):
+                    self._guarded(path, self._consider, library, path, False)
             return
         if isinstance(event, DirDeletedEvent):
             library.mark_deleted_tree(src)
             return
         if event.is_directory:
             if event.event_type == "created":  # a folder moved in from outside: scan it
-                for dirpath, _, filenames in os.walk(src):
-                    for name in filenames:
-                        if is_audio(os.path.join(dirpath, name)):
-                            self._consider(library, os.path.join(dirpath, name), closed=False)
+                for path in self._walk(library, src):
+                    self._guarded(path, self._consider, library, path, False)
             return
         if event.event_type == "moved":
             dest = os.fsdecode(event.dest_path)
@@ -215,7 +288,8 @@ class FolderWatcher:
             if library.mark_deleted(src):
                 self.counts["deleted"] += 1
         elif event.event_type in ("created", "modified", "closed"):
-            self._consider(library, src, closed=isinstance(event, FileClosedEvent))
+            self._consider(library, src, closed=isinstance(event, FileClosedEvent),
+                           modified=event.event_type == "modified" and self._sees_closes)
 
     def _inside(self, path: str) -> bool:
         p = Path(path)

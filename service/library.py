@@ -1,6 +1,6 @@
 """The SQLite library: tracks, their genres, per-view results, and the durable work queue.
 
-Schema (version 4; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
+Schema (version 5; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
 
 ``tracks``
     id, path (unique), size (bytes), mtime (seconds), fingerprint (see :func:`fingerprint`),
@@ -26,27 +26,47 @@ Schema (version 4; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades ol
 Pending rows are the queue: a restart resumes them. Each track's result is written in one
 transaction (genres replaced, status set), so a crash never leaves a half-written track. WAL mode
 and a busy timeout keep readers (your scripts, a beets or Mixxx export) unblocked.
+
+Every write retries, with backoff, while the file is locked by another process (a backup, an open
+``sqlite3`` session) or the disk is full: the caller's work waits in memory, and
+:func:`blocked` tells the daemon's status what the library is waiting for. Paths that are not valid
+UTF-8 are stored losslessly as BLOBs of the file name's bytes (readers get ``bytes`` for those rows).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import sqlite_utils
 
+from tagger.errors import TaggerError
 from tagger.pipeline import TrackResult
 
-SCHEMA_VERSION = 4
-BUSY_TIMEOUT_MS = 10_000
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA_VERSION = 5
+# How long SQLite itself waits for a lock (ms) before a write is retried here, with backoff.
+BUSY_TIMEOUT_MS = 2_000
+RETRY_MAX_DELAY_S = 2.0
+# A "still waiting" log line at most this often (s) while the library cannot be written.
+BLOCKED_LOG_INTERVAL_S = 30.0
+# The WAL is truncated to this size (bytes) at each checkpoint.
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 FINGERPRINT_CHUNK = 64 * 1024
+# Same-content rows whose file is stat-ed (outside any write transaction) to find a move's source.
+TWIN_CANDIDATES = 8
 
 PENDING, TAGGED, ERROR, DELETED = "pending", "tagged", "error", "deleted"
 STATUSES = (PENDING, TAGGED, ERROR, DELETED)
@@ -67,6 +87,63 @@ def fingerprint(path: str | Path, size: int | None = None) -> str:
     return digest.hexdigest()
 
 
+class LibraryError(TaggerError):
+    """A library file that cannot be opened or written (one line: the path and the reason)."""
+
+
+class LibraryStopped(TaggerError):
+    """A write abandoned because the daemon is stopping while the library was blocked."""
+
+
+# SQLite's primary result codes that mean "wait and try again" (the lock holder or the disk will
+# change), with the words the status uses.
+_TRANSIENT = {5: "locked by another process", 6: "locked by another process", 13: "disk full",
+              10: "disk I/O error (disk full?)"}
+_blocked_lock = threading.Lock()
+_blocked: dict[str, tuple[float, str]] = {}
+
+
+def blocked(path: str | Path) -> tuple[float, str] | None:
+    """(seconds, reason) the library at ``path`` has been unwritable for in this process, or None."""
+    with _blocked_lock:
+        entry = _blocked.get(str(path))
+    return None if entry is None else (time.monotonic() - entry[0], entry[1])
+
+
+def blocked_message(path: str | Path) -> str | None:
+    """"library locked by another process for 42 s" (or "… disk full …"), or None when writable."""
+    state = blocked(path)
+    return None if state is None else f"library {state[1]} for {state[0]:.0f} s"
+
+
+def _transient(exc: sqlite3.Error) -> str | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return _TRANSIENT.get(code & 0xFF)
+    text = str(exc)
+    return "locked by another process" if "locked" in text else "disk full" if "full" in text else None
+
+
+def db_path(path: str | Path) -> str | bytes:
+    """The value stored in ``tracks.path``: text, or the name's bytes when it is not valid UTF-8."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
+def fs_path(value: str | bytes) -> str:
+    """A ``tracks.path`` value back to a file-system path string (surrogate-escaped when not UTF-8)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def printable(path: str | bytes) -> str:
+    """A path fit for any terminal or log: undecodable bytes as ``\\xNN``."""
+    return os.fsencode(fs_path(path)).decode("utf-8", "backslashreplace")
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -80,6 +157,10 @@ class TrackRow:
     fingerprint: str | None
     status: str
     error: str | None
+
+    @classmethod
+    def of(cls, row: tuple) -> TrackRow:
+        return cls(row[0], fs_path(row[1]), *row[2:])
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
@@ -131,7 +212,13 @@ def _v3_to_v4(db: sqlite_utils.Database) -> None:
     db["tracks"].create_index(["status", "priority", "id"], if_not_exists=True)
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(db: sqlite_utils.Database) -> None:
+    # v5: same-content lookups by (fingerprint, status) in the index, whatever the number of twins.
+    db["tracks"].create_index(["fingerprint", "status"], if_not_exists=True)
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+OUR_TABLES = frozenset(("tracks", "genres", "track_views", "tag_runs", "tag_writes"))
 
 
 def migrate(db: sqlite_utils.Database) -> int:
@@ -139,6 +226,12 @@ def migrate(db: sqlite_utils.Database) -> int:
     found = db.execute("PRAGMA user_version").fetchone()[0]
     if found > SCHEMA_VERSION:
         raise RuntimeError(f"library schema version {found} is newer than this genre-tagger ({SCHEMA_VERSION})")
+    if found == SCHEMA_VERSION:
+        return found  # nothing to write: opening never waits for another process's lock
+    tables = set(db.table_names())
+    if found == 0 and tables and not tables <= OUR_TABLES:
+        raise RuntimeError(f"an SQLite database, but not a genre-tagger library (tables: "
+                           f"{', '.join(sorted(tables)[:5])})")
     with db.conn:
         if found == 0:
             _create_v1(db)
@@ -153,41 +246,131 @@ def migrate(db: sqlite_utils.Database) -> int:
 
 
 class Library:
-    """The library database. One instance per thread (SQLite connections are not shared)."""
+    """The library database. One instance per thread (SQLite connections are not shared).
 
-    def __init__(self, path: str | Path, store_top_k: int = 10) -> None:
+    Args:
+        path: the SQLite file (created, with its folder, unless ``readonly``).
+        store_top_k: labels per output kept for each track.
+        readonly: open without ever writing (``library`` queries; works on a read-only file or folder).
+        stop: set when the owner is shutting down: a write blocked by a lock or a full disk then
+            raises :class:`LibraryStopped` instead of waiting on.
+
+    Raises :class:`LibraryError` (one line) for a file that cannot be opened or is not a library.
+    """
+
+    def __init__(self, path: str | Path, store_top_k: int = 10, readonly: bool = False,
+                 stop: threading.Event | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                               check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
-        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self.db.enable_wal()
-        self.db.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable at checkpoints, never corrupt
-        self.db.execute("PRAGMA foreign_keys = ON")
-        migrate(self.db)
         self.store_top_k = store_top_k
+        self.readonly = readonly
+        self.stop = stop
+        try:
+            self.db = sqlite_utils.Database(self._connect())
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            if readonly:
+                self._check_readable()
+            else:
+                self._retry(self._prepare)
+        except (sqlite3.Error, RuntimeError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if "file is not a database" in reason:
+                reason = "not a genre-tagger library (not an SQLite database)"
+            raise LibraryError(f"{printable(str(self.path))}: cannot open the library: {reason}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:
+                # A WAL file in a read-only folder with no -shm beside it: readable only as immutable
+                # (no writer can be running there, it could not write either).
+                return sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+
+    def _prepare(self) -> None:
+        if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable at checkpoints, never corrupt
+        self.db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        migrate(self.db)
+
+    def _check_readable(self) -> None:
+        found = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = set(self.db.table_names())
+        if "tracks" not in tables:
+            raise RuntimeError("not a genre-tagger library (no tracks table)")
+        if found > SCHEMA_VERSION:
+            raise RuntimeError(f"library schema version {found} is newer than this genre-tagger ({SCHEMA_VERSION})")
 
     def close(self) -> None:
         self.db.conn.close()
 
+    # -- writing through locks and full disks ----------------------------------------------------------
+
+    def _retry(self, write: Callable[[], T]) -> T:
+        """Run ``write`` (one whole transaction) until SQLite takes it; wait out locks and full disks."""
+        delay, first, last_log = 0.05, None, 0.0
+        while True:
+            try:
+                result = write()
+            except sqlite3.OperationalError as exc:
+                reason = _transient(exc)
+                if reason is None:
+                    raise
+                now = time.monotonic()
+                if first is None:
+                    first = now - BUSY_TIMEOUT_MS / 1000 if "locked" in reason else now
+                    with _blocked_lock:
+                        _blocked.setdefault(str(self.path), (first, reason))
+                if now - last_log >= BLOCKED_LOG_INTERVAL_S:
+                    log.warning("library %s for %.0f s (%s); the work waits in memory and is retried",
+                                reason, now - first, self.path)
+                    last_log = now
+                if self.stop is not None and self.stop.wait(delay):
+                    raise LibraryStopped(f"{self.path}: stopping while the library is {reason}") from None
+                if self.stop is None:
+                    time.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX_DELAY_S)
+                continue
+            if first is not None:
+                log.warning("library writable again after %.0f s", time.monotonic() - first)
+                with _blocked_lock:
+                    _blocked.pop(str(self.path), None)
+            return result
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (bounded disk use); skipped while busy."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError as exc:
+            if _transient(exc) is None:
+                raise
+
     # -- the queue ---------------------------------------------------------------------------------
 
+    _COLUMNS = "id, path, size, mtime, fingerprint, status, error"
+
     def get(self, path: str | Path) -> TrackRow | None:
-        row = self.db.execute("SELECT id, path, size, mtime, fingerprint, status, error FROM tracks WHERE path = ?",
-                              [str(path)]).fetchone()
-        return TrackRow(*row) if row else None
+        row = self.db.execute(f"SELECT {self._COLUMNS} FROM tracks WHERE path = ?", [db_path(path)]).fetchone()
+        return TrackRow.of(row) if row else None
 
     def by_fingerprint(self, fp: str) -> list[TrackRow]:
-        rows = self.db.execute("SELECT id, path, size, mtime, fingerprint, status, error FROM tracks "
-                               "WHERE fingerprint = ? ORDER BY id", [fp]).fetchall()
-        return [TrackRow(*r) for r in rows]
+        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM tracks WHERE fingerprint = ? ORDER BY id", [fp])
+        return [TrackRow.of(r) for r in rows.fetchall()]
 
     def discover(self, path: str | Path) -> str:
         """Record a stable file; queue it unless it is known unchanged. Returns what was done.
 
-        ``unchanged``: same path, size and mtime. ``moved``: a known file (same fingerprint) whose old
-        path no longer exists; its row follows it, tags kept. ``queued``: new or changed.
+        ``unchanged``: same path, size and mtime. ``moved``: a known file (same size and fingerprint)
+        whose old path no longer exists; its row follows it, tags kept (an error is not: the new file
+        is tried afresh). ``queued``: new or changed.
         """
         path = Path(path)
         st = path.stat()
@@ -195,74 +378,132 @@ class Library:
         if known and known.size == st.st_size and known.mtime == st.st_mtime and known.status != DELETED:
             return "unchanged"
         fp = fingerprint(path, st.st_size)
-        with self.db.conn:
-            self.db.execute("BEGIN IMMEDIATE")
-            if known and known.fingerprint == fp and known.status in (TAGGED, PENDING):
-                self.db.execute("UPDATE tracks SET size = ?, mtime = ? WHERE id = ?",
-                                [st.st_size, st.st_mtime, known.id])
-                return "unchanged"
-            if not known:
-                for twin in self.by_fingerprint(fp):
-                    if twin.status == DELETED or not Path(twin.path).exists():
-                        self.db.execute("UPDATE tracks SET path = ?, size = ?, mtime = ?, status = CASE WHEN "
-                                        "status = 'deleted' AND model IS NOT NULL THEN 'tagged' WHEN status = "
-                                        "'deleted' THEN 'pending' ELSE status END WHERE id = ?",
-                                        [str(path), st.st_size, st.st_mtime, twin.id])
+        # A move's source: a deleted twin (indexed), else a recent twin whose file is gone, found
+        # before the write transaction so that no stat happens while the library is locked.
+        source = None if known else self._vanished_twin(fp, st.st_size)
+        key = db_path(path)
+
+        def write() -> str:
+            with self.db.conn:
+                self.db.execute("BEGIN IMMEDIATE")
+                current = self.get(path)
+                if current and current.fingerprint == fp and current.status in (TAGGED, PENDING):
+                    self.db.execute("UPDATE tracks SET size = ?, mtime = ? WHERE id = ?",
+                                    [st.st_size, st.st_mtime, current.id])
+                    return "unchanged"
+                if not current and source is not None:
+                    moved = self.db.execute(
+                        "UPDATE tracks SET path = ?, size = ?, mtime = ?, error = NULL, status = CASE "
+                        "WHEN status IN ('deleted', 'tagged') AND model IS NOT NULL THEN 'tagged' ELSE 'pending' END, "
+                        "attempts = CASE WHEN status = 'error' THEN 0 ELSE attempts END "
+                        "WHERE id = ? AND path = ? AND fingerprint = ?",
+                        [key, st.st_size, st.st_mtime, source.id, db_path(source.path), fp]).rowcount
+                    if moved:
                         return "moved"
-            self.db.execute(
-                "INSERT INTO tracks (path, size, mtime, fingerprint, status, error, queued_at, attempts) "
-                "VALUES (?, ?, ?, ?, 'pending', NULL, ?, 0) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
-                "mtime = excluded.mtime, fingerprint = excluded.fingerprint, status = 'pending', error = NULL, "
-                "queued_at = excluded.queued_at, attempts = 0, priority = 0",
-                [str(path), st.st_size, st.st_mtime, fp, now_iso()])
-        return "queued"
+                self.db.execute(
+                    "INSERT INTO tracks (path, size, mtime, fingerprint, status, error, queued_at, attempts) "
+                    "VALUES (?, ?, ?, ?, 'pending', NULL, ?, 0) ON CONFLICT(path) DO UPDATE SET "
+                    "size = excluded.size, mtime = excluded.mtime, fingerprint = excluded.fingerprint, "
+                    "status = 'pending', error = NULL, queued_at = excluded.queued_at, attempts = 0, priority = 0",
+                    [key, st.st_size, st.st_mtime, fp, now_iso()])
+                return "queued"
+
+        return self._retry(write)
+
+    def _vanished_twin(self, fp: str, size: int) -> TrackRow | None:
+        row = self.db.execute(f"SELECT {self._COLUMNS} FROM tracks WHERE fingerprint = ? AND status = 'deleted' "
+                              "AND size = ? ORDER BY id DESC LIMIT 1", [fp, size]).fetchone()
+        if row:
+            return TrackRow.of(row)
+        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM tracks "
+                               "WHERE fingerprint = ? ORDER BY id DESC LIMIT ?", [fp, TWIN_CANDIDATES]).fetchall()
+        for twin in map(TrackRow.of, rows):
+            if twin.status != DELETED and twin.size == size and not os.path.lexists(twin.path):
+                return twin
+        return None
 
     def moved(self, src: str | Path, dest: str | Path) -> bool:
         """A rename or move seen by the watcher: the row follows the file. False if src was unknown."""
-        with self.db.conn:
-            self.db.execute("BEGIN IMMEDIATE")
-            known = self.get(src)
-            if not known:
-                return False
-            self.db.execute("DELETE FROM tracks WHERE path = ? AND id != ?", [str(dest), known.id])
-            self.db.execute("UPDATE tracks SET path = ? WHERE id = ?", [str(dest), known.id])
-        return True
+
+        def write() -> bool:
+            with self.db.conn:
+                self.db.execute("BEGIN IMMEDIATE")
+                known = self.get(src)
+                if not known:
+                    return False
+                self.db.execute("DELETE FROM genres WHERE track_id IN (SELECT id FROM tracks WHERE path = ? "
+                                "AND id != ?)", [db_path(dest), known.id])
+                self.db.execute("DELETE FROM track_views WHERE track_id IN (SELECT id FROM tracks WHERE path = ? "
+                                "AND id != ?)", [db_path(dest), known.id])
+                self.db.execute("DELETE FROM tracks WHERE path = ? AND id != ?", [db_path(dest), known.id])
+                self.db.execute("UPDATE tracks SET path = ? WHERE id = ?", [db_path(dest), known.id])
+            return True
+
+        return self._retry(write)
 
     def moved_tree(self, src: str | Path, dest: str | Path) -> int:
         """A folder was renamed or moved: every track under it follows."""
         prefix = str(src).rstrip(os.sep) + os.sep
-        with self.db.conn:
-            cur = self.db.execute("UPDATE tracks SET path = ? || substr(path, ?) WHERE substr(path, 1, ?) = ?",
-                                  [str(dest).rstrip(os.sep) + os.sep, len(prefix) + 1, len(prefix), prefix])
-        return cur.rowcount
+
+        def write() -> int:
+            with self.db.conn:
+                return self.db.execute(
+                    "UPDATE tracks SET path = ? || substr(path, ?) WHERE substr(path, 1, ?) = ?",
+                    [str(dest).rstrip(os.sep) + os.sep, len(prefix) + 1, len(prefix), prefix]).rowcount
+
+        return self._retry(write)
 
     def mark_deleted_tree(self, root: str | Path) -> int:
         prefix = str(root).rstrip(os.sep) + os.sep
-        with self.db.conn:
-            cur = self.db.execute("UPDATE tracks SET status = 'deleted' WHERE status != 'deleted' "
-                                  "AND substr(path, 1, ?) = ?", [len(prefix), prefix])
-        return cur.rowcount
+
+        def write() -> int:
+            with self.db.conn:
+                return self.db.execute("UPDATE tracks SET status = 'deleted' WHERE status != 'deleted' "
+                                       "AND substr(path, 1, ?) = ?", [len(prefix), prefix]).rowcount
+
+        return self._retry(write)
 
     def discover_unreadable(self, path: str | Path, message: str) -> None:
         """Queue a file that exists but cannot be read, so it ends as an error with its reason."""
-        with self.db.conn:
-            self.db.execute(
-                "INSERT INTO tracks (path, size, mtime, status, error, queued_at, attempts) VALUES "
-                "(?, 0, 0, 'pending', ?, ?, 0) ON CONFLICT(path) DO UPDATE SET status = 'pending', "
-                "error = excluded.error", [str(path), message, now_iso()])
+
+        def write() -> None:
+            with self.db.conn:
+                self.db.execute(
+                    "INSERT INTO tracks (path, size, mtime, status, error, queued_at, attempts) VALUES "
+                    "(?, 0, 0, 'pending', ?, ?, 0) ON CONFLICT(path) DO UPDATE SET status = 'pending', "
+                    "error = excluded.error", [db_path(path), message, now_iso()])
+
+        self._retry(write)
+
+    def record_skipped(self, path: str | Path, reason: str) -> bool:
+        """A path that will not be read (not a regular file, a dangling symlink, an unreadable folder):
+        an ``error`` row with the reason, so the library says why the file is not there. Returns
+        whether the row is new or its reason changed."""
+
+        def write() -> bool:
+            with self.db.conn:
+                return self.db.execute(
+                    "INSERT INTO tracks (path, size, mtime, status, error, queued_at, attempts) VALUES "
+                    "(?, 0, 0, 'error', ?, ?, 0) ON CONFLICT(path) DO UPDATE SET status = 'error', "
+                    "error = excluded.error, fingerprint = NULL WHERE status != 'error' OR error IS NOT excluded.error",
+                    [db_path(path), reason, now_iso()]).rowcount > 0
+
+        return self._retry(write)
 
     def mark_deleted(self, path: str | Path) -> bool:
-        with self.db.conn:
-            cur = self.db.execute("UPDATE tracks SET status = 'deleted' WHERE path = ? AND status != 'deleted'",
-                                  [str(path)])
-        return cur.rowcount > 0
+        def write() -> bool:
+            with self.db.conn:
+                return self.db.execute("UPDATE tracks SET status = 'deleted' WHERE path = ? AND status != 'deleted'",
+                                       [db_path(path)]).rowcount > 0
+
+        return self._retry(write)
 
     def mark_missing_under(self, root: str | Path, seen: set[str]) -> int:
         """Mark deleted every known track under ``root`` not in ``seen`` (after a full scan)."""
         prefix = str(Path(root)) + os.sep
         rows = self.db.execute("SELECT path FROM tracks WHERE status != 'deleted' AND substr(path, 1, ?) = ?",
                                [len(prefix), prefix]).fetchall()
-        gone = [p for (p,) in rows if p not in seen and not Path(p).exists()]
+        gone = [p for p in (fs_path(r) for (r,) in rows) if p not in seen and not os.path.lexists(p)]
         for p in gone:
             self.mark_deleted(p)
         return len(gone)
@@ -270,12 +511,11 @@ class Library:
     def next_pending(self, exclude: set[int] | None = None, below_priority: int | None = None) -> TrackRow | None:
         """The next queued track: higher priority first, then oldest (``below_priority``: only lower ones)."""
         where = "" if below_priority is None else f" AND priority < {int(below_priority)}"
-        rows = self.db.execute("SELECT id, path, size, mtime, fingerprint, status, error FROM tracks "
-                               f"WHERE status = 'pending'{where} ORDER BY priority DESC, id LIMIT ?",
-                               [1 + len(exclude or ())]).fetchall()
+        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM tracks WHERE status = 'pending'{where} "
+                               "ORDER BY priority DESC, id LIMIT ?", [1 + len(exclude or ())]).fetchall()
         for r in rows:
             if not exclude or r[0] not in exclude:
-                return TrackRow(*r)
+                return TrackRow.of(r)
         return None
 
     def pending_count(self) -> int:
@@ -287,15 +527,20 @@ class Library:
         """Write a track's genres and mark it tagged, in one transaction.
 
         Returns False (and writes nothing) when the row changed meanwhile (a file modified or deleted
-        while it was being tagged): it will be tagged again from its new state.
+        while it was being tagged): it will be tagged again from its new state. While the library is
+        locked or the disk full, waits with the result in memory (see :meth:`_retry`).
         """
-        with self.db.conn:
-            self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute("SELECT status, fingerprint FROM tracks WHERE id = ?", [track_id]).fetchone()
-            if not row or row[0] != PENDING or (expected_fingerprint and row[1] != expected_fingerprint):
-                return False
-            self._store_result(track_id, result)
-        return True
+
+        def write() -> bool:
+            with self.db.conn:
+                self.db.execute("BEGIN IMMEDIATE")
+                row = self.db.execute("SELECT status, fingerprint FROM tracks WHERE id = ?", [track_id]).fetchone()
+                if not row or row[0] != PENDING or (expected_fingerprint and row[1] != expected_fingerprint):
+                    return False
+                self._store_result(track_id, result)
+            return True
+
+        return self._retry(write)
 
     def record_file_result(self, path: str | Path, result: TrackResult, size: int, mtime: float,
                            fp: str) -> int:
@@ -303,16 +548,19 @@ class Library:
 
         ``size``, ``mtime`` and ``fp`` describe the file as it was read.
         """
-        with self.db.conn:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute(
-                "INSERT INTO tracks (path, size, mtime, fingerprint, status, queued_at, attempts) VALUES "
-                "(?, ?, ?, ?, 'pending', ?, 0) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
-                "mtime = excluded.mtime, fingerprint = excluded.fingerprint, status = 'pending', error = NULL",
-                [str(path), size, mtime, fp, now_iso()])
-            (track_id,) = self.db.execute("SELECT id FROM tracks WHERE path = ?", [str(path)]).fetchone()
-            self._store_result(track_id, result)
-        return track_id
+        def write() -> int:
+            with self.db.conn:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute(
+                    "INSERT INTO tracks (path, size, mtime, fingerprint, status, queued_at, attempts) VALUES "
+                    "(?, ?, ?, ?, 'pending', ?, 0) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
+                    "mtime = excluded.mtime, fingerprint = excluded.fingerprint, status = 'pending', error = NULL",
+                    [db_path(path), size, mtime, fp, now_iso()])
+                (track_id,) = self.db.execute("SELECT id FROM tracks WHERE path = ?", [db_path(path)]).fetchone()
+                self._store_result(track_id, result)
+            return track_id
+
+        return self._retry(write)
 
     def _store_result(self, track_id: int, result: TrackResult) -> None:
         self.db.execute("DELETE FROM genres WHERE track_id = ?", [track_id])
@@ -337,46 +585,71 @@ class Library:
             [result.duration_s, result.model, result.model_version, now_iso(), int(music),
              getattr(result, "music_probability", None), track_id])
 
-    def record_error(self, track_id: int, message: str, force: bool = False) -> None:
-        """Mark a pending track failed with a one-line reason (``force``: whatever its status)."""
+    def record_error(self, track_id: int, message: str, force: bool = False, path: str | Path | None = None) -> bool:
+        """Mark a pending track failed with a one-line reason (``force``: whatever its status).
+
+        With ``path``, only while the row still has that path: a row that followed a move to another
+        file meanwhile does not inherit the error of the file that vanished. Returns whether it was marked.
+        """
         condition = "" if force else " AND status = 'pending'"
-        with self.db.conn:
-            self.db.execute("UPDATE tracks SET status = 'error', error = ?, attempts = attempts + 1 "
-                            f"WHERE id = ?{condition}", [message.splitlines()[0][:500], track_id])
+        args: list = [message.splitlines()[0][:500], track_id]
+        if path is not None:
+            condition += " AND path = ?"
+            args.append(db_path(path))
+
+        def write() -> bool:
+            with self.db.conn:
+                return self.db.execute("UPDATE tracks SET status = 'error', error = ?, attempts = attempts + 1 "
+                                       f"WHERE id = ?{condition}", args).rowcount > 0
+
+        return self._retry(write)
 
     def requeue_errors(self) -> int:
-        with self.db.conn:
-            cur = self.db.execute("UPDATE tracks SET status = 'pending', error = NULL WHERE status = 'error'")
-        return cur.rowcount
+        def write() -> int:
+            with self.db.conn:
+                return self.db.execute("UPDATE tracks SET status = 'pending', error = NULL WHERE status = 'error' "
+                                       "AND fingerprint IS NOT NULL").rowcount
+
+        return self._retry(write)
 
     # -- genres written into files, and re-tagging -------------------------------------------------
 
     def start_tag_run(self, command: str) -> int:
         """A new run of tag writes (what ``restore-tags --run`` undoes); returns its id."""
-        with self.db.conn:
-            cur = self.db.execute("INSERT INTO tag_runs (started_at, command) VALUES (?, ?)", [now_iso(), command])
-        return int(cur.lastrowid)
+        def write() -> int:
+            with self.db.conn:
+                return int(self.db.execute("INSERT INTO tag_runs (started_at, command) VALUES (?, ?)",
+                                           [now_iso(), command]).lastrowid)
+
+        return self._retry(write)
 
     def record_tag_write(self, run_id: int, track_id: int, path: str | Path, before: dict, after: dict,
                          policy: str, settings: dict, model: str, model_version: str, size: int, mtime: float,
                          fp: str) -> None:
         """Remember a write about to replace ``path`` and the file's new size, mtime and fingerprint, in one
         transaction, so the folder watcher recognises the rewritten file as the tagged one."""
-        with self.db.conn:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute(
-                "INSERT INTO tag_writes (run_id, track_id, path, written_at, before, after, policy, settings, model, "
-                "model_version, size, mtime, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, track_id, str(path), now_iso(), json.dumps(before), json.dumps(after), policy,
-                 json.dumps(settings), model, model_version, size, mtime, fp])
-            self.db.execute("UPDATE tracks SET size = ?, mtime = ?, fingerprint = ? WHERE id = ?",
-                            [size, mtime, fp, track_id])
+        def write() -> None:
+            with self.db.conn:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute(
+                    "INSERT INTO tag_writes (run_id, track_id, path, written_at, before, after, policy, settings, "
+                    "model, model_version, size, mtime, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, track_id, db_path(path), now_iso(), json.dumps(before), json.dumps(after), policy,
+                     json.dumps(settings), model, model_version, size, mtime, fp])
+                self.db.execute("UPDATE tracks SET size = ?, mtime = ?, fingerprint = ? WHERE id = ?",
+                                [size, mtime, fp, track_id])
+
+        self._retry(write)
 
     def file_rewritten(self, track_id: int, size: int, mtime: float, fp: str) -> None:
         """A file genre-tagger rewrote (restore-tags): its new size, mtime and fingerprint."""
-        with self.db.conn:
-            self.db.execute("UPDATE tracks SET size = ?, mtime = ?, fingerprint = ? WHERE id = ?",
-                            [size, mtime, fp, track_id])
+
+        def write() -> None:
+            with self.db.conn:
+                self.db.execute("UPDATE tracks SET size = ?, mtime = ?, fingerprint = ? WHERE id = ?",
+                                [size, mtime, fp, track_id])
+
+        self._retry(write)
 
     def last_tag_write(self, track_id: int) -> dict | None:
         """The newest write into this track's file that was not undone (its ``after`` is what we wrote)."""
@@ -403,17 +676,23 @@ class Library:
         return row[0] if row else None
 
     def mark_restored(self, write_ids: list[int]) -> None:
-        with self.db.conn:
-            self.db.conn.executemany("UPDATE tag_writes SET restored_at = ? WHERE id = ?",
-                                     [(now_iso(), i) for i in write_ids])
+        def write() -> None:
+            with self.db.conn:
+                self.db.conn.executemany("UPDATE tag_writes SET restored_at = ? WHERE id = ?",
+                                         [(now_iso(), i) for i in write_ids])
+
+        self._retry(write)
 
     def queue_outdated(self, model: str, version: str, priority: int = -1) -> int:
         """Queue (behind every other pending file) the tagged tracks another model or version tagged."""
-        with self.db.conn:
-            cur = self.db.execute("UPDATE tracks SET status = 'pending', priority = ?, attempts = 0, queued_at = ? "
-                                  "WHERE status = 'tagged' AND (model IS NOT ? OR model_version IS NOT ?)",
-                                  [priority, now_iso(), model, version])
-        return cur.rowcount
+        def write() -> int:
+            with self.db.conn:
+                return self.db.execute(
+                    "UPDATE tracks SET status = 'pending', priority = ?, attempts = 0, queued_at = ? "
+                    "WHERE status = 'tagged' AND (model IS NOT ? OR model_version IS NOT ?)",
+                    [priority, now_iso(), model, version]).rowcount
+
+        return self._retry(write)
 
     def queued_below(self, priority: int = 0) -> int:
         """Pending tracks queued below ``priority`` (re-tags waiting their turn)."""
@@ -483,16 +762,18 @@ class Library:
             sql.append("LIMIT ?")
             args.append(limit)
         for r in self.db.execute(" ".join(sql), args):
-            yield {"id": r[0], "path": r[1], "status": r[2], "duration_s": r[3], "error": r[4], "output": r[5],
+            yield {"id": r[0], "path": fs_path(r[1]), "status": r[2], "duration_s": r[3], "error": r[4], "output": r[5],
                    "label": r[6], "score": r[7], "music": None if r[8] is None else bool(r[8]),
                    "music_probability": r[9]}
 
     def track(self, path_or_id: str | int) -> dict | None:
-        key = "id" if isinstance(path_or_id, int) or str(path_or_id).isdigit() else "path"
-        rows = list(self.db.query(f"SELECT * FROM tracks WHERE {key} = ?", [path_or_id]))
+        rows = list(self.db.query("SELECT * FROM tracks WHERE path = ?", [db_path(str(path_or_id))]))
+        if not rows and (isinstance(path_or_id, int) or str(path_or_id).isdigit()):
+            rows = list(self.db.query("SELECT * FROM tracks WHERE id = ?", [int(path_or_id)]))
         if not rows:
             return None
         track = rows[0]
+        track["path"] = fs_path(track["path"])
         track["genres"] = list(self.db.query("SELECT output, label, score, rank, decided FROM genres "
                                              "WHERE track_id = ? ORDER BY output, rank", [track["id"]]))
         track["views"] = [{**v, "scores": json.loads(v["scores"])} for v in self.db.query(
@@ -502,7 +783,7 @@ class Library:
 
 
 def _decode_write(row: dict) -> dict:
-    return {**row, "before": json.loads(row["before"]), "after": json.loads(row["after"]),
+    return {**row, "path": fs_path(row["path"]), "before": json.loads(row["before"]), "after": json.loads(row["after"]),
             "settings": json.loads(row["settings"] or "{}")}
 
 

@@ -80,11 +80,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int:
+    # A typo like 100000 would hang creating threads; more than a few per core never helps.
+    import os
+
+    limit = max(64, 4 * (os.cpu_count() or 1))
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: not a whole number") from None
+    if not 0 <= value <= limit:
+        raise argparse.ArgumentTypeError(f"{text}: must be within 0..{limit} (0 = one per usable core; "
+                                         f"this machine has {os.cpu_count()})")
+    return value
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", help="model name or .onnx path (default: the shipped default model)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="where to run the model (default: auto = CUDA when it works, else CPU)")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=_threads, default=0,
                         help="ONNX Runtime intra-op threads (default: 0 = one per usable core)")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="slices per inference call (default 32)")
 
@@ -245,6 +260,10 @@ def _register_plugins(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # File names need not be UTF-8: print their undecodable bytes as \xNN rather than fail on them.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

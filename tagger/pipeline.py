@@ -8,13 +8,13 @@ estimate (live audio, or a file read block by block).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tagger.decode import DEFAULT_BLOCK_SECONDS, decode_blocks, read_ahead
+from tagger.decode import DEFAULT_BLOCK_SECONDS, MIN_TRACK_SECONDS, decode_blocks, read_ahead
 from tagger.engine import Engine, EngineOptions
 from tagger.ensemble import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Ensemble, OutputEstimate
 from tagger.errors import Cancelled, ConfigError, TaggerError
@@ -280,21 +280,27 @@ class Tagger:
         return TagStream(self, horizon_seconds, eager, keep_slices, on_slice, fast and self.supports_fast)
 
     def tag_file(self, path: str | Path, keep_slices: bool = False,
-                 cancelled: Callable[[], bool] | None = None) -> TrackResult:
+                 cancelled: Callable[[], bool] | None = None,
+                 decode: Callable[[str | Path, int, float], Iterator[np.ndarray]] | None = None) -> TrackResult:
         """Tag a whole file: the mean of every slice of every view.
 
         Raises :class:`DecodeError` for a bad file, and :class:`Cancelled` when ``cancelled()`` turns
-        true (checked between decoded blocks).
+        true (checked between decoded blocks). ``decode(path, sample_rate, block_seconds)`` yields the
+        mono blocks (default :func:`tagger.decode.decode_blocks`, in this process; the daemon passes
+        :meth:`tagger.isolated.IsolatedDecoder.blocks`, so that no file can crash it).
         """
         started = time.perf_counter()
         stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast)
         # Decoding runs in its own thread, the front end and the model in this one: on 2 cores that
         # balances the two (11 realworld tracks, per-file best of 5: 11.48 s with the front end in the
         # decoding thread, 10.63 s here).
-        for block in read_ahead(decode_blocks(path, self.sample_rate, self.block_seconds)):
+        for block in read_ahead((decode or decode_blocks)(path, self.sample_rate, self.block_seconds)):
             if cancelled is not None and cancelled():
                 raise Cancelled(f"{path}: cancelled")
             stream.feed(block)
+        if stream.seconds_in < MIN_TRACK_SECONDS:  # looped to fill a window, a click would get a genre
+            raise TaggerError(f"{path}: too short to tag ({stream.seconds_in:.2f} s of audio, "
+                              f"at least {MIN_TRACK_SECONDS} s needed)")
         outputs = stream.finish()
         if not outputs:
             raise TaggerError(f"{path}: too short to tag")

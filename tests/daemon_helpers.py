@@ -105,14 +105,31 @@ def query(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
 
 
 def holds_open(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` has ``path`` open (fds that close while we look are skipped)."""
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+    """Whether process ``pid`` or one of its children (the decoding process) has ``path`` open (fds
+    and processes that go away while we look are skipped)."""
+    for proc in [pid, *children(pid)]:
         try:
-            if os.readlink(fd) == str(path):
-                return True
+            fds = list(Path(f"/proc/{proc}/fd").iterdir())
+        except (FileNotFoundError, PermissionError):
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == str(path):
+                    return True
+            except (FileNotFoundError, PermissionError):
+                continue
+    return False
+
+
+def children(pid: int) -> list[int]:
+    """Direct child process ids of ``pid``."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(c) for c in task.read_text().split()]
         except FileNotFoundError:
             continue
-    return False
+    return found
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.library import SCHEMA_VERSION, Library, fingerprint
+from service.library import SCHEMA_VERSION, Library, LibraryError, fingerprint
 from tagger import Tagger
 
 
@@ -84,7 +84,7 @@ def test_migration_from_version_1(tmp_path: Path) -> None:
     conn.execute("PRAGMA user_version = 99")
     conn.commit()
     conn.close()
-    with pytest.raises(RuntimeError, match="newer than this genre-tagger"):
+    with pytest.raises(LibraryError, match="newer than this genre-tagger"):
         Library(db)
 
 
