@@ -13,6 +13,7 @@ from pathlib import Path
 from tagger.chart import bar
 from tagger.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from tagger.ensemble import NO_MUSIC
+from tagger.errors import ConfigError, TaggerError
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:5556"
 
@@ -50,7 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     listen.add_argument("--json", action="store_true", help="one JSON object per message, with its topic")
     listen.add_argument("--count", type=int, default=0, help="exit after this many messages (default: never)")
     listen.add_argument("--timeout", type=float, default=0.0, help="exit after this many seconds (default: never)")
+    listen.add_argument("--server-key", metavar="KEY|FILE",
+                        help="the daemon's CURVE public key (Z85, or its .key file), when it uses CURVE")
+    listen.add_argument("--client-key", metavar="FILE",
+                        help="this client's CURVE secret certificate (.key_secret; its public key is in the "
+                             "daemon's curve_clients)")
     listen.set_defaults(func=cmd_listen)
+
+    keys = sub.add_parser("keys", help="make a CURVE key pair for the daemon or a client (ZeroMQ security)",
+                          description="Writes DIR/NAME.key (public: give it to the other side) and "
+                                      "DIR/NAME.key_secret (keep it private).")
+    keys.add_argument("folder", metavar="DIR", help="folder to write the two certificate files to")
+    keys.add_argument("--name", default="genre-tagger", help="file name of the pair (default genre-tagger)")
+    keys.set_defaults(func=cmd_keys)
 
     library = sub.add_parser("library", help="query the tag library: stats, list, show, export")
     library.add_argument("--library", help="SQLite library file (default: the daemon's)")
@@ -470,19 +483,70 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def cmd_listen(args: argparse.Namespace) -> int:
+NO_DAEMON_SECONDS = 3.0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    import zmq.auth
+
+    folder = Path(args.folder).expanduser()
+    for suffix in (".key", ".key_secret"):
+        if (folder / f"{args.name}{suffix}").exists():
+            print(f"genre-tagger: error: {folder / (args.name + suffix)}: already exists (not overwritten)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        public, secret = zmq.auth.create_certificates(folder, args.name)
+        Path(secret).chmod(0o600)
+    except OSError as exc:
+        print(f"genre-tagger: error: {args.folder}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"public key  {public}  ({zmq.auth.load_certificate(public)[0].decode()})")
+    print(f"secret key  {secret}  (keep it private)")
+    return EXIT_OK
+
+
+def _listen_socket(args: argparse.Namespace):
     import zmq
 
-    from service.publish import SCHEMA_ID
+    from service.publish import check_endpoint, read_key
 
+    check_endpoint(args.endpoint, "endpoint")
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
+    if args.server_key or args.client_key:
+        if not (args.server_key and args.client_key):
+            raise TaggerError("--server-key and --client-key go together (the daemon's public key, and yours)")
+        try:
+            sock.curve_serverkey = read_key(args.server_key)
+            sock.curve_secretkey = read_key(args.client_key, secret=True)
+            sock.curve_publickey = read_key(args.client_key)
+        except ConfigError as exc:
+            raise TaggerError(f"--server-key/--client-key: {exc}") from None
     sock.connect(args.endpoint)
-    for topic in args.topic or [""]:
+    return sock
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from service.publish import SCHEMA_ID
+
+    sock = _listen_socket(args)
+    topics = args.topic or [""]
+    for topic in topics:
         sock.subscribe(topic.encode())
-    deadline = time.monotonic() + args.timeout if args.timeout else None
+    # The daemon replays its latest status to a new subscriber at once: that is how we know it is there,
+    # even when the topics asked for are quiet.
+    wants_status = any("status".startswith(t) for t in topics)
+    if not wants_status:
+        sock.subscribe(b"status")
+    started = time.monotonic()
+    deadline = started + args.timeout if args.timeout else None
     received = 0
+    heard = False
+    warned = False
     last_seq: int | None = None
+    shown: dict[str, float] = {}  # per topic, the ts of the newest message shown (replays may repeat it)
     gaps = 0
     interactive = sys.stdout.isatty() and not args.json
     try:
@@ -490,50 +554,92 @@ def cmd_listen(args: argparse.Namespace) -> int:
             wait_ms = 200 if deadline is None else max(0, int(1000 * (deadline - time.monotonic())))
             if deadline is not None and wait_ms == 0:
                 break
+            if not heard and not warned and time.monotonic() - started > NO_DAEMON_SECONDS:
+                warned = True
+                print(f"genre-tagger: no daemon answers at {args.endpoint} (nothing in {NO_DAEMON_SECONDS:.0f} s); "
+                      "is `genre-tagger daemon` running and publishing there? Still waiting (Ctrl-C stops)",
+                      file=sys.stderr, flush=True)
             if not sock.poll(min(wait_ms, 200)):
                 continue
-            topic, body = sock.recv_multipart()
+            topic_bytes, body = sock.recv_multipart()
+            topic = topic_bytes.decode(errors="replace")
             message = json.loads(body)
-            received += 1
-            seq = message.get("seq")
-            if isinstance(seq, int) and last_seq is not None and seq > last_seq + 1 and not args.topic:
-                gaps += seq - last_seq - 1
-            last_seq = seq if isinstance(seq, int) else last_seq
+            if not heard and warned:
+                print(f"genre-tagger: connected to the daemon at {args.endpoint}", file=sys.stderr, flush=True)
+            heard = True
             if message.get("schema") != SCHEMA_ID:
                 print(f"genre-tagger: warning: unknown message schema {message.get('schema')!r}", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"topic": topic.decode(), **message}), flush=True)
+            if message.get("replay"):
+                if message.get("ts", 0) <= shown.get(topic, -1):
+                    continue  # already shown when it was new
             else:
-                print(render_message(topic.decode(), message, interactive), flush=True)
+                seq = message.get("seq")
+                if isinstance(seq, int) and last_seq is not None and seq > last_seq + 1 and not args.topic:
+                    gaps += seq - last_seq - 1
+                last_seq = seq if isinstance(seq, int) else last_seq
+            shown[topic] = max(shown.get(topic, -1), message.get("ts", 0))
+            if topic == "status" and not wants_status:
+                continue
+            received += 1
+            if args.json:
+                print(json.dumps({"topic": topic, **message}), flush=True)
+            else:
+                print(render_message(topic, message, interactive), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
         sock.close()
     if gaps:
         print(f"genre-tagger: {gaps} messages were dropped before reaching this listener", file=sys.stderr)
+    if not heard and deadline is not None:
+        print(f"genre-tagger: no daemon answered at {args.endpoint} in {args.timeout:g} s", file=sys.stderr)
+        return EXIT_SOME_FAILED
     return EXIT_OK
+
+
+def _estimate_text(estimate: dict, music: bool = True) -> str:
+    """'jazz (72 %)', 'uncertain: jazz / blues (56 %)' below the threshold, or 'no music (90 %)'."""
+    confidence = f"({100 * estimate['confidence']:.0f} %)"
+    if not music:
+        return f"{NO_MUSIC} {confidence}"
+    if estimate.get("uncertain"):
+        candidates = estimate.get("candidates") or [estimate["top"]]
+        return f"uncertain: {' / '.join(candidates)} {confidence}"
+    return f"{estimate['top']} {confidence}"
 
 
 def render_message(topic: str, message: dict, clear: bool = False) -> str:
     kind = message.get("type")
+    music = message.get("music", True)
     if kind == "live":
-        lines = [f"{topic}  {message['stream_s']:.1f} s  → {message['top']} ({100 * message['confidence']:.0f} %)"
+        first = next(iter(message["ensemble"].values()), None)
+        if first is None or not music:
+            headline = f"{NO_MUSIC} ({100 * message['confidence']:.0f} %)" if not music else message["top"]
+        else:
+            headline = _estimate_text(first)
+        lines = [f"{topic}  {message['stream_s']:.1f} s  → {headline}"
                  + (f"  latency {message['latency_ms']:.0f} ms" if "latency_ms" in message else "")]
         for est in message["ensemble"].values():
             lines.append(f"  {est['title']}")
             width = max(len(label) for label in est["scores"])
             for label, score in est["scores"].items():
-                lines.append(f"    {label.ljust(width)} {bar(score, 40)} {100 * score:5.1f} %")
+                mark = "✔" if label in est.get("decided", ()) else " "
+                lines.append(f"  {mark} {label.ljust(width)} {bar(score, 40)} {100 * score:5.1f} %")
         text = "\n".join(lines)
         return ("\x1b[H\x1b[2J" + text) if clear else text
     if kind == "genre_changed":
-        return f"{topic}  genre changed at {message['stream_s']:.1f} s: {message['previous']} → {message['current']}"
+        current = message["current"] + (" (uncertain)" if message.get("uncertain") else "")
+        return f"{topic}  genre changed at {message['stream_s']:.1f} s: {message['previous']} → {current}"
     if kind == "track":
         if not message["ok"]:
             return f"track  {message['path']}: error: {message['error']}"
         first = next(iter(message["outputs"].values()))
-        return f"track  {message['path']}: {first['top']} ({100 * first['confidence']:.0f} %)"
+        return f"track  {message['path']}: {_estimate_text(first, music)}"
     if kind == "status":
-        return (f"status  up {message['uptime_s']:.0f} s, {message['queue_depth']} queued, {message['tagged']} tagged, "
+        text = (f"status  up {message['uptime_s']:.0f} s, {message['queue_depth']} queued, {message['tagged']} tagged, "
                 f"{message['errors']} errors, {message['provider']}, {message['dropped_messages']} dropped")
+        for source, live in (message.get("live") or {}).items():
+            state = "running" if live.get("running") else "stopped"
+            text += f"; live {source} {state}" + (f" ({live['error']})" if live.get("error") else "")
+        return text
     return f"{topic}  {json.dumps(message)}"

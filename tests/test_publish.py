@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import time
 
+import pytest
 import zmq
 from daemon_helpers import VALIDATOR, Subscriber
 
-from service.publish import Publisher
+from service.publish import Curve, Publisher, check_endpoint, is_local
+from tagger.errors import ConfigError
 
 
 def _status(i: int) -> dict:
@@ -62,9 +67,121 @@ def test_messages_carry_schema_seq_and_time(tmp_path) -> None:
 
 
 def test_binding_a_busy_endpoint_is_a_clear_error(tmp_path) -> None:
-    import pytest
-
     first = Publisher("tcp://127.0.0.1:0")
-    with pytest.raises(OSError, match="cannot bind ZeroMQ endpoint"):
+    with pytest.raises(ConfigError, match="cannot bind ZeroMQ endpoint: address already in use"):
         Publisher(first.bound)
     first.close()
+
+
+@pytest.mark.parametrize(("endpoint", "message"), [
+    ("tcp://127.0.0.1:99999", "port '99999' is not a number within 0..65535"),
+    ("tcp://127.0.0.1:http", "port 'http' is not a number"),
+    ("tcp://127.0.0.1", "must be tcp://HOST:PORT"),
+    ("udp://127.0.0.1:5556", "must start with tcp://, ipc:// or inproc://"),
+    ("ipc:///no/such/folder/pub", "folder '/no/such/folder' does not exist"),
+])
+def test_endpoints_zeromq_would_misread_are_refused_before_binding(endpoint: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        check_endpoint(endpoint)
+    assert endpoint in str(error.value)
+
+
+def test_a_host_that_is_not_this_machines_is_a_clear_bind_error() -> None:
+    with pytest.raises(ConfigError, match=re.escape("'no-such-host.invalid' is not an address or network interface")):
+        Publisher("tcp://no-such-host.invalid:0")
+    with pytest.raises(ConfigError, match=re.escape("'192.0.2.1' is not an address of this machine")):
+        Publisher("tcp://192.0.2.1:0")
+
+
+def test_binding_beyond_loopback_without_curve_warns(caplog) -> None:
+    assert is_local("tcp://127.0.0.1:5556") and is_local("tcp://[::1]:5556") and is_local("ipc:///run/x")
+    assert not is_local("tcp://0.0.0.0:5556") and not is_local("tcp://*:5556") and not is_local("tcp://eth0:5556")
+    with caplog.at_level(logging.WARNING, logger="service.publish"):
+        publisher = Publisher("tcp://0.0.0.0:0")
+    publisher.close()
+    assert any("without CURVE" in r.getMessage() for r in caplog.records)
+
+
+def _drain(sock: zmq.Socket, seconds: float) -> list[tuple[str, dict, float]]:
+    got = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if sock.poll(int(left * 1000) + 1):
+            topic, body = sock.recv_multipart()
+            got.append((topic.decode(), json.loads(body), time.monotonic()))
+    return got
+
+
+def test_a_late_subscriber_gets_the_latest_status_and_each_live_source_at_once(tmp_path) -> None:
+    publisher = Publisher(f"ipc://{tmp_path}/lvc")
+    early = zmq.Context.instance().socket(zmq.SUB)
+    early.setsockopt(zmq.LINGER, 0)
+    early.connect(publisher.bound)
+    early.subscribe(b"")
+    time.sleep(0.3)
+    for i in range(3):
+        publisher.publish("status", _status(i))
+        publisher.publish("live.radio", {"type": "x", "n": i})
+        publisher.publish("live.decks", {"type": "x", "n": 10 + i})
+    publisher.publish("track", {"type": "x", "n": 99})
+    seen = _drain(early, 0.5)
+    late = zmq.Context.instance().socket(zmq.SUB)
+    late.setsockopt(zmq.LINGER, 0)
+    connected = time.monotonic()
+    late.connect(publisher.bound)
+    late.subscribe(b"")
+    got = _drain(late, 1.5)
+    latest = {topic: (m["replay"], m.get("tagged", m.get("n")), round(at - connected, 3)) for topic, m, at in got}
+    print(f"\nlate subscriber got {latest}")
+    assert set(latest) == {"status", "live.radio", "live.decks"}  # events (track) are not replayed
+    assert latest["status"][:2] == (True, 2) and latest["live.radio"][:2] == (True, 2)
+    assert latest["live.decks"][:2] == (True, 12)
+    assert all(at < 1.0 for _, _, at in latest.values())
+    seen += _drain(early, 0.5)
+    replays = [m for _, m, _ in seen if m.get("replay")]  # the early one may see copies: marked, same seq
+    assert all(any(o["seq"] == r["seq"] and not o.get("replay") for _, o, _ in seen) for r in replays)
+    late.close()
+    early.close()
+    publisher.close()
+
+
+def test_curve_lets_only_listed_clients_in(tmp_path) -> None:
+    import zmq.auth
+
+    for name in ("daemon", "friend", "stranger"):
+        zmq.auth.create_certificates(tmp_path, name)
+    curve = Curve(str(tmp_path / "daemon.key_secret"), (str(tmp_path / "friend.key"),))
+    publisher = Publisher("tcp://127.0.0.1:0", curve=curve)
+    server_public, _ = zmq.auth.load_certificate(tmp_path / "daemon.key")
+
+    def subscriber(name: str | None) -> zmq.Socket:
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        if name:
+            sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(tmp_path / f"{name}.key_secret")
+            sock.curve_serverkey = server_public
+        sock.connect(publisher.bound)
+        sock.subscribe(b"")
+        return sock
+
+    friend, stranger, plain = subscriber("friend"), subscriber("stranger"), subscriber(None)
+    time.sleep(1.0)
+    for i in range(5):
+        publisher.publish("status", _status(i))
+    counts = {name: len(_drain(sock, 1.0)) for name, sock in (("friend", friend), ("stranger", stranger),
+                                                                 ("plain", plain))}
+    print(f"\nmessages received: {counts}")
+    assert counts["friend"] >= 5 and counts["stranger"] == 0 and counts["plain"] == 0
+    for sock in (friend, stranger, plain):
+        sock.close()
+    publisher.close()
+
+
+def test_curve_settings_errors_name_the_key(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"curve_secret_key: '.*missing\.key_secret': cannot read"):
+        Publisher("tcp://127.0.0.1:0", curve=Curve(str(tmp_path / "missing.key_secret"), ("x",)))
+    import zmq.auth
+
+    zmq.auth.create_certificates(tmp_path, "daemon")
+    with pytest.raises(ConfigError, match="curve_clients: 'not-a-key': cannot read CURVE certificate"):
+        Publisher("tcp://127.0.0.1:0", curve=Curve(str(tmp_path / "daemon.key_secret"), ("not-a-key",)))

@@ -7,29 +7,40 @@ the live path publishes in its own thread with no queue in between and its laten
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from service.events import GenreChanged, LiveUpdate, Status, TrackDone
-from service.publish import DEFAULT_ENDPOINT, Publisher
+from service.publish import DEFAULT_ENDPOINT, Curve, Publisher, check_endpoint
 from service.sinks import Sink, SinkContext, SinkSettings, check
 
 
 @dataclass
 class PublishSection(SinkSettings):
     """endpoint: ZeroMQ bind address (tcp:// or ipc://; "" disables publishing). send_hwm: messages
-    queued per subscriber before drops. heartbeat_seconds: interval of `status` messages."""
+    queued per subscriber before drops. heartbeat_seconds: interval of `status` messages.
+    curve_secret_key: the daemon's secret CURVE certificate file ("" = no CURVE). curve_clients: the
+    client public keys (Z85 strings or certificate files) allowed to connect when CURVE is on."""
 
     endpoint: str = DEFAULT_ENDPOINT
     send_hwm: int = 1000
     heartbeat_seconds: float = 5.0
+    curve_secret_key: str = ""
+    curve_clients: list[str] = field(default_factory=list)
+
+    def curve(self) -> Curve | None:
+        return Curve(self.curve_secret_key, tuple(self.curve_clients)) if self.curve_secret_key else None
 
     def active(self) -> bool:
         return bool(self.endpoint)
 
     def validate(self, section: str) -> None:
-        check(not self.endpoint or self.endpoint.startswith(("tcp://", "ipc://", "inproc://")),
-              f"{section}.endpoint", "must start with tcp://, ipc:// or inproc://")
+        if self.endpoint:
+            check_endpoint(self.endpoint, f"{section}.endpoint")
+        check(not self.curve_clients or bool(self.curve_secret_key), f"{section}.curve_clients",
+              "needs curve_secret_key (the daemon's own secret certificate) too")
+        check(not self.curve_secret_key or bool(self.curve_clients), f"{section}.curve_clients",
+              "list the client public keys allowed to connect (CURVE is on: curve_secret_key is set)")
         check(self.send_hwm >= 1, f"{section}.send_hwm", "must be at least 1")
         check(self.heartbeat_seconds > 0, f"{section}.heartbeat_seconds", "must be positive")
 
@@ -53,7 +64,7 @@ class ZmqSink(Sink):
 
     def start(self) -> None:
         settings: PublishSection = self.settings  # type: ignore[assignment]
-        self.publisher = Publisher(settings.endpoint, settings.send_hwm)
+        self.publisher = Publisher(settings.endpoint, settings.send_hwm, settings.curve())
 
     def describe(self) -> str:
         return f"ZeroMQ on {self.publisher.bound}" if self.publisher else "ZeroMQ (not started)"

@@ -1,0 +1,102 @@
+"""`genre-tagger listen`: a late listener learns the current state at once, silence says so, and results
+below the threshold are marked uncertain as `tag` marks them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import zmq
+from daemon_helpers import Subscriber, free_endpoint, query, start_daemon, stop_daemon, wait_until
+from test_live import pulse_sink  # noqa: F401  (the PulseAudio null sink fixture)
+
+
+def _listen(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tagger.cli", "listen", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_listen_says_plainly_when_no_daemon_answers() -> None:
+    endpoint = free_endpoint()  # nothing listens there
+    started = time.monotonic()
+    proc = _listen(endpoint, "--timeout", "5")
+    took = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith(f"genre-tagger: no daemon answers at {endpoint} (nothing in 3 s)"), proc.stderr
+    assert lines[-1] == f"genre-tagger: no daemon answered at {endpoint} in 5 s"
+    assert proc.stdout == "" and took < 30
+
+
+def test_a_late_listener_gets_the_last_status_and_each_live_genre_within_1_s(
+        pulse_sink: str, tiny_model: Path, tmp_path: Path, realworld: Path) -> None:  # noqa: F811
+    music = tmp_path / "music"
+    music.mkdir()
+    (music / "menu.opus").write_bytes((realworld / "warzone2100-music" / "menu.opus").read_bytes())
+    endpoint = free_endpoint()
+    env = {"PULSE_SOURCE": f"{pulse_sink}.monitor", "GENRE_TAGGER_PUBLISH_HEARTBEAT_SECONDS": "2"}
+    daemon = start_daemon(tmp_path / "state", tiny_model, "--folder", str(music), "--settle", "0.2", "--live", "pulse",
+                          "--source", "radio", endpoint=endpoint, env=env)
+    player = None
+    watcher = Subscriber(endpoint, ("live.radio",))
+    try:
+        player = subprocess.Popen(["paplay", f"--device={pulse_sink}", str(music / "menu.opus")])
+        db = tmp_path / "state" / "library.db"
+        assert wait_until(lambda: query(db, "SELECT count(*) FROM tracks WHERE status = 'tagged'")[0][0] == 1, 120), \
+            daemon.log_path.read_text()
+        assert watcher.wait_for(lambda msgs: len(msgs) >= 2, 60), daemon.log_path.read_text()
+        time.sleep(2.5)  # a heartbeat after the scan: the last status counts the track
+
+        late = zmq.Context.instance().socket(zmq.SUB)
+        late.setsockopt(zmq.LINGER, 0)
+        connected = time.monotonic()
+        late.connect(endpoint)
+        late.subscribe(b"")
+        first_seen: dict[str, tuple[float, bool]] = {}
+        while time.monotonic() - connected < 3.0 and len(first_seen) < 2:
+            if late.poll(100):
+                topic, body = late.recv_multipart()
+                first_seen.setdefault(topic.decode(), (time.monotonic() - connected, json.loads(body).get("replay")))
+        late.close()
+        print(f"\nlate subscriber: first message per topic after connecting (s, replayed) {first_seen}")
+        assert first_seen["status"][0] < 1.0 and first_seen["live.radio"][0] < 1.0
+        assert first_seen["status"][1] and first_seen["live.radio"][1]  # the cache's, not the next heartbeat
+
+        proc = _listen(endpoint, "--timeout", "1")
+        out = proc.stdout
+        assert proc.returncode == 0, proc.stderr
+        assert out.startswith("status  up") and "1 tagged" in out and "live radio running" in out, out
+        assert any(line.startswith("live.radio") for line in out.splitlines()), out
+
+        as_json = _listen(endpoint, "--json", "--timeout", "1", "--topic", "live.")
+        messages = [json.loads(line) for line in as_json.stdout.splitlines()]
+        assert messages and messages[0]["topic"] == "live.radio" and messages[0]["replay"] is True
+        assert all(m["topic"] != "status" for m in messages)  # asked for live. only
+    finally:
+        if player is not None:
+            player.kill()
+            player.wait()
+        watcher.close()
+        assert stop_daemon(daemon) == 0
+
+
+def test_lines_mark_results_below_the_threshold_uncertain() -> None:
+    from service.cli import render_message
+
+    estimate = {"title": "Genre", "multi_label": False, "top": "jazz", "confidence": 0.56, "margin": 0.3,
+                "decided": [], "uncertain": True, "candidates": ["jazz", "classical"], "threshold": 0.6,
+                "scores": {"jazz": 0.56, "classical": 0.26}}
+    message = {"type": "track", "path": "/m/a.flac", "ok": True, "outputs": {"genre": estimate}}
+    assert render_message("track", message) == "track  /m/a.flac: uncertain: jazz / classical (56 %)"
+    decided = {**estimate, "uncertain": False, "decided": ["jazz"], "confidence": 0.72}
+    assert render_message("track", {**message, "outputs": {"genre": decided}}) == "track  /m/a.flac: jazz (72 %)"
+    assert render_message("track", {**message, "music": False}).endswith(": no music (56 %)")
+    live = {"type": "live", "source": "radio", "stream_s": 12.0, "slices": [], "ensemble": {"genre": estimate},
+            "top": "jazz", "confidence": 0.56, "horizon_s": 30.0}
+    headline = render_message("live.radio", live).splitlines()[0]
+    assert headline == "live.radio  12.0 s  → uncertain: jazz / classical (56 %)"
+    assert render_message("live.radio", {**live, "ensemble": {"genre": decided}, "confidence": 0.72}
+                          ).splitlines()[0] == "live.radio  12.0 s  → jazz (72 %)"
