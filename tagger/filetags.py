@@ -18,8 +18,12 @@ Where each format keeps its genres, and what genre-tagger writes there:
     ``----:com.apple.iTunes:GENRE_TAGGER_MODEL``.
 ``wav``
     An ID3v2.4 chunk (``id3 ``), as for mp3: mutagen and FFmpeg read it, and it holds several genres. A
-    RIFF ``LIST/INFO`` chunk (``IGNR``) is left exactly as it is (mutagen cannot write it and it holds a
-    single string); FFmpeg reads both, so a file with both shows FFmpeg's merge of the two.
+    RIFF ``LIST/INFO`` chunk (``IGNR``) is left byte for byte (mutagen cannot write it and it holds a
+    single string); FFmpeg reads both, and the chunk later in the file wins (a new ID3 chunk goes at the
+    end, an existing one stays where it is).
+
+FFmpeg (and PyAV's ``metadata``) joins several Vorbis ``GENRE`` fields with ``;`` but reports only the
+first value of an ID3v2.4 ``TCON`` or MP4 ``©gen`` list; mutagen, TagLib and beets read every value.
 
 Safety (:func:`write_state`): the tags are written into a copy beside the file (a hidden
 ``.NAME.PID.genre-tagger-tmp``), the copy is checked (tags read back, every other tag and picture

@@ -169,6 +169,72 @@ def test_only_decided_music_becomes_a_tag() -> None:
     assert decided_genres({"genre": genre.as_dict()}) == ("rock",)  # the message form too
 
 
+def test_an_id3v23_tag_is_upgraded_with_its_other_frames_intact(tagged_files: dict[str, Path]) -> None:
+    from mutagen.id3 import ID3
+
+    path = tagged_files["mp3"]
+    tags = ID3(path)
+    tags.save(v2_version=3)  # as many taggers still write them (the year as TYER)
+    before = {k: str(v) for k, v in ID3(path).items() if k != "TCON"}
+    write_state(path, GenreState(("Rock", "Jazz"), "m 1"))
+    after = ID3(path)
+    assert after.version == (2, 4, 0) and list(after["TCON"].text) == ["Rock", "Jazz"]
+    assert {k: str(v) for k, v in after.items() if k not in ("TCON", "TXXX:GENRE_TAGGER_MODEL")} == before
+
+
+def test_a_wav_riff_info_chunk_is_left_byte_for_byte(tagged_files: dict[str, Path], tmp_path: Path) -> None:
+    import struct
+
+    path = tmp_path / "info.wav"
+    data = bytearray(tagged_files["wav"].read_bytes())
+    info = b"INFO" + b"IGNR" + struct.pack("<I", 6) + b"Blues\x00" + b"INAM" + struct.pack("<I", 4) + b"Tit\x00"
+    chunk = b"LIST" + struct.pack("<I", len(info)) + info
+    data += chunk
+    data[4:8] = struct.pack("<I", len(data) - 8)
+    path.write_bytes(bytes(data))
+    assert ffmpeg_genre(path) == "Blues"
+    write_state(path, GenreState(("Jazz", "Funk"), "m 1"))
+    assert chunk in path.read_bytes()  # the INFO chunk is untouched; the genres go into the ID3 chunk
+    assert read_state(path).genres == ("Jazz", "Funk")
+    # FFmpeg reads both chunks, the later one in the file winning: here the INFO chunk after the ID3 one.
+    assert ffmpeg_genre(path) == "Blues"
+
+
+def test_a_file_changed_since_it_was_tagged_is_skipped(tagged_files: dict[str, Path], tmp_path: Path) -> None:
+    from service.library import fingerprint
+    from service.tagwriter import SKIPPED, TagWriter, WriteSettings
+
+    path = tagged_files["flac"]
+    tagged_fp = fingerprint(path)
+    f = mutagen.File(path)
+    f.tags["COMMENT"] = "edited after tagging"
+    f.save()
+    library = Library(tmp_path / "library.db")
+    try:
+        writer = TagWriter(library, WriteSettings(threshold=0.6), "test")
+        outputs = {"genre": _estimate({"rock": 0.9, "pop": 0.1}, 0.6, False)}
+        outcome = writer.write(1, path, outputs, "m", "1", tagged_fp)
+    finally:
+        library.close()
+    assert outcome.action == SKIPPED and "changed since it was tagged" in outcome.line()
+    assert read_state(path) == GenreState()
+
+
+def test_no_music_writes_no_genre(format_files: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+    from conftest import encode
+
+    from models import export_tiny_music
+
+    model = export_tiny_music(tmp_path / "tiny-music.onnx")
+    quiet = encode(np.zeros(44100 * 12, dtype=np.float32), 44100, tmp_path / "silence.flac", "flac", "flac")
+    proc = cli("tag", "--write-tags", "--model", str(model), "--threshold", "0.3", "--library",
+               str(tmp_path / "library.db"), str(quiet))
+    assert proc.returncode == 0, proc.stderr
+    assert "not music, tags left alone" in proc.stdout
+    assert read_state(quiet) == GenreState()
+
+
 KILL_LOOP = """
 import sys
 from pathlib import Path
@@ -230,7 +296,7 @@ def tiny_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_write_tags_dry_run_idempotent_restore_and_retag(tagged_files: dict[str, Path], tiny_model: Path,
                                                          tiny_v2: Path, tmp_path: Path) -> None:
     db = tmp_path / "library.db"
-    files = [tagged_files[s] for s in ("mp3", "flac", "opus", "m4a")]
+    files = [tagged_files[s] for s in ("mp3", "flac", "opus", "m4a", "ogg", "wav")]
     add_tags(tagged_files["flac"], genres=("Shoegaze",))  # a user's genre, kept under if-empty
     originals = {p: (snapshot(p), read_state(p)) for p in files}
     mtimes = {p: p.stat().st_mtime_ns for p in files}
@@ -238,7 +304,7 @@ def test_write_tags_dry_run_idempotent_restore_and_retag(tagged_files: dict[str,
 
     dry = cli("tag", "--dry-run", *common, *map(str, files))
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.count("(dry run)") == 3 and "kept under policy if-empty" in dry.stdout
+    assert dry.stdout.count("(dry run)") == 5 and "kept under policy if-empty" in dry.stdout
     assert {p: p.stat().st_mtime_ns for p in files} == mtimes and not db.exists()
 
     first = cli("tag", "--write-tags", *common, *map(str, files))
@@ -250,10 +316,10 @@ def test_write_tags_dry_run_idempotent_restore_and_retag(tagged_files: dict[str,
             assert written[p].provenance == "tiny-test 0.0.1"
             assert len(written[p].genres) == 1 and written[p].genres[0] in ("low", "Middle", "high")
             assert snapshot(p) == originals[p][0]
-    assert _discover(db, files) == ["unchanged"] * 4  # the daemon's watcher sees the tagged files
+    assert _discover(db, files) == ["unchanged"] * 6  # the daemon's watcher sees the tagged files
     mtimes = {p: p.stat().st_mtime_ns for p in files}
     again = cli("tag", "--write-tags", *common, *map(str, files))
-    assert again.returncode == 0 and again.stdout.count("(already so)") == 3
+    assert again.returncode == 0 and again.stdout.count("(already so)") == 5
     assert {p: p.stat().st_mtime_ns for p in files} == mtimes
 
     # A newer model: only the tracks tagged by 0.0.1 are re-tagged, and their file tags follow.
@@ -262,12 +328,12 @@ def test_write_tags_dry_run_idempotent_restore_and_retag(tagged_files: dict[str,
     mtimes = {p: p.stat().st_mtime_ns for p in files}
     retag = cli("library", "--library", str(db), "retag", "--outdated", "--model", str(tiny_v2))
     assert retag.returncode == 0, retag.stderr
-    assert "3 re-tagged" in retag.stderr
+    assert "5 re-tagged" in retag.stderr
     after = _tag_counts(db)
     assert {p for p in files if after[str(p)] != counts[str(p)]} == set(files[1:])
     assert {v for _, v in _models(db).values()} == {"0.0.2"}
     assert files[0].stat().st_mtime_ns == mtimes[files[0]]
-    for p in (files[2], files[3]):
+    for p in files[2:]:
         assert read_state(p).provenance == "tiny-test 0.0.2"
     assert read_state(tagged_files["flac"]) == originals[tagged_files["flac"]][1]  # still the user's
 
@@ -275,7 +341,7 @@ def test_write_tags_dry_run_idempotent_restore_and_retag(tagged_files: dict[str,
     assert restore.returncode == 0, restore.stderr
     for p in files:
         assert (snapshot(p), read_state(p)) == originals[p]
-    assert _discover(db, files) == ["unchanged"] * 4
+    assert _discover(db, files) == ["unchanged"] * 6
 
 
 def _discover(db: Path, files: list[Path]) -> list[str]:
@@ -300,7 +366,7 @@ def _models(db: Path) -> dict[str, tuple[str, str]]:
 
 
 def test_daemon_writes_tags_once_and_does_not_retag_its_own_writes(tagged_files: dict[str, Path], tiny_model: Path,
-                                                                    tmp_path: Path) -> None:
+                                                                    tiny_v2: Path, tmp_path: Path) -> None:
     from daemon_helpers import query, start_daemon, stop_daemon, wait_until
 
     music = tmp_path / "music"
@@ -325,6 +391,19 @@ def test_daemon_writes_tags_once_and_does_not_retag_its_own_writes(tagged_files:
         state_now = read_state(path)
         assert state_now.provenance == "tiny-test 0.0.1" and state_now.genres[0] in ("low", "mid", "high")
         assert snapshot(path) == before
+
+    # A new model version with retag_outdated: both tracks re-tagged in the background, tags rewritten, once.
+    env["GENRE_TAGGER_TAGS_RETAG_OUTDATED"] = "true"
+    daemon = start_daemon(state, tiny_v2, "--folder", str(music), "--settle", "0.2", endpoint="", env=env)
+    try:
+        assert wait_until(lambda: query(db, "SELECT count(*) FROM tag_writes")[0][0] == 4, 120), \
+            (state.parent / "state.log").read_text()
+        time.sleep(4.0)
+        assert query(db, "SELECT status, tag_count, model_version FROM tracks") == [("tagged", 2, "0.0.2")] * 2
+    finally:
+        assert stop_daemon(daemon) == 0
+    for path, before in originals.items():
+        assert read_state(path).provenance == "tiny-test 0.0.2" and snapshot(path) == before
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
