@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -419,46 +420,52 @@ _LIBRARY_COMMANDS = {"stats": _stats, "list": _list, "show": _show, "export-m3u"
 
 
 def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str, str]) -> int:
-    """``genre-tagger tag --write-tags``: tag each file, record it in the library, write its genres."""
+    """``genre-tagger tag --write-tags``: tag the files (``--jobs`` at once), record each in the library,
+    write its genres. A file whose content changes between the start and its write is left alone."""
     from tqdm import tqdm
 
     from service.config import load_config
     from service.library import Library, fingerprint
     from service.tagwriter import FAILED, SKIPPED, TagWriter, WriteSettings
     from tagger.cli import engine_options
-    from tagger.errors import TaggerError
+    from tagger.parallel import default_jobs, engine_options_for_jobs, tag_files
     from tagger.pipeline import Tagger
 
+    jobs = min(args.jobs or default_jobs(), len(files))
     # The library keeps the model's own labels (as the daemon's does); aliases apply to what is written.
     tagger = Tagger(args.model, threshold=args.threshold, top_k=args.top_k, hop_fraction=args.hop,
-                    engine_options=engine_options(args))
+                    engine_options=engine_options_for_jobs(engine_options(args), jobs))
     path = Path(args.library).expanduser() if args.library else load_config(validate=False).library_path
     # A dry run changes nothing, not even a library that does not exist yet.
     library = None if args.dry_run and not path.is_file() else Library(path)
+    failed = 0
     try:
         settings = WriteSettings(args.policy or "if-empty", tuple(args.tag_output), args.threshold, aliases,
                                  dry_run=args.dry_run)
         command = "tag --write-tags " + " ".join(str(f) for f in args.inputs)
         writer = TagWriter(library, settings, command, [o.name for o in tagger.manifest.outputs])
         show_progress = args.progress if args.progress is not None else (len(files) > 1 and sys.stderr.isatty())
-        failed = 0
+        readable: dict[Path, tuple[os.stat_result, str]] = {}
         with tqdm(total=len(files), unit="file", disable=not show_progress, file=sys.stderr,
                   dynamic_ncols=True) as bar:
             for file in files:
                 file = file.expanduser().absolute()
-                try:
+                try:  # what each file is before it is tagged: its write must find it so
                     st = file.stat()
-                    before_fp = fingerprint(file, st.st_size)
-                    result = tagger.tag_file(file)
-                    if fingerprint(file) != before_fp:
-                        raise TaggerError(f"{file}: changed while it was being tagged, tags not written")
-                except (TaggerError, OSError) as exc:
+                    readable[file] = (st, fingerprint(file, st.st_size))
+                except OSError as exc:
                     failed += 1
-                    message = str(exc) if isinstance(exc, TaggerError) else f"{file}: {exc.strerror or exc}"
-                    bar.write(f"genre-tagger: error: {message}", file=sys.stderr)
+                    bar.write(f"genre-tagger: error: {file}: {exc.strerror or exc}", file=sys.stderr)
+                    bar.update(1)
+            for outcome in tag_files(tagger, list(readable), jobs):
+                file, result = outcome.path, outcome.result
+                bar.set_postfix_str(file.name[-30:], refresh=False)
+                if result is None:
+                    failed += 1
+                    bar.write(f"genre-tagger: error: {outcome.error}", file=sys.stderr)
                     bar.update(1)
                     continue
-                music = result.music
+                st, before_fp = readable[file]
                 if library is None:
                     track_id = None
                 elif args.dry_run:
@@ -466,14 +473,14 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
                     track_id = known.id if known else None
                 else:
                     track_id = library.record_file_result(file, result, st.st_size, st.st_mtime, before_fp)
-                outcome = writer.write(track_id, file, result.outputs, result.model, result.model_version,
-                                       before_fp, music)
-                if outcome.action in (FAILED, SKIPPED):
+                written = writer.write(track_id, file, result.outputs, result.model, result.model_version,
+                                       before_fp, result.music)
+                if written.action in (FAILED, SKIPPED):
                     failed += 1
                 if args.json:
-                    print(json.dumps({**result.as_dict(args.top_k), "tags": outcome.as_dict()}), flush=True)
+                    print(json.dumps({**result.as_dict(args.top_k), "tags": written.as_dict()}), flush=True)
                 else:
-                    bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED) else sys.stdout)
+                    bar.write(written.line(), file=sys.stderr if written.action in (FAILED, SKIPPED) else sys.stdout)
                 bar.update(1)
     finally:
         if library is not None:
