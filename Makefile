@@ -12,8 +12,9 @@ GPU_STAMP     := $(VENV)/.onnxruntime-gpu
 
 .PHONY: run tag test lint install install-dev install-gpu install-cpu swap-to-gpu system-deps default-model wheel clean
 
-# Debian packages for live capture and its tests (PortAudio, ALSA's PulseAudio route, a PulseAudio server).
-SYSTEM_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils
+# Debian packages for live capture and its tests (PortAudio, ALSA's PulseAudio route, a PulseAudio server),
+# and the sqlite3 shell the README's library example uses (tests/test_readme.py runs it).
+SYSTEM_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils sqlite3
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -45,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     daemon.set_defaults(func=cmd_daemon)
 
     listen = sub.add_parser("listen", help="show the daemon's live genre updates (bars), or JSON lines")
-    listen.add_argument("endpoint", nargs="?", default=DEFAULT_LISTEN,
-                        help=f"where to connect (default {DEFAULT_LISTEN})")
+    listen.add_argument("endpoint", nargs="?", default=None,
+                        help=f"where to connect (default: $GENRE_TAGGER_PUBLISH_ENDPOINT, the daemon's, else "
+                             f"{DEFAULT_LISTEN})")
     listen.add_argument("--topic", "-t", action="append", default=None,
                         help="topic prefix to subscribe to (repeatable; default: everything)")
     listen.add_argument("--json", action="store_true", help="one JSON object per message, with its topic")
@@ -514,12 +515,28 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def listen_endpoint(given: str | None) -> str:
+    """Where ``listen`` connects: as given, else where the daemon's environment says it publishes."""
+    if given:
+        return given
+    endpoint = os.environ.get("GENRE_TAGGER_PUBLISH_ENDPOINT") or DEFAULT_LISTEN
+    scheme, _, rest = endpoint.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme == "tcp" and host in ("*", "0.0.0.0", "[::]"):  # bound on every address: connect to this machine
+        return f"tcp://127.0.0.1:{port}"
+    return endpoint
+
+
 def _listen_socket(args: argparse.Namespace):
     import zmq
 
     from service.publish import check_endpoint, read_key
 
-    check_endpoint(args.endpoint, "endpoint")
+    args.endpoint = listen_endpoint(args.endpoint)
+    try:
+        check_endpoint(args.endpoint, "listen")
+    except ConfigError as exc:
+        raise TaggerError(str(exc)) from None
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     if args.server_key or args.client_key:

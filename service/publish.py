@@ -66,14 +66,14 @@ def load_schema() -> dict:
     return json.loads(resources.files("service").joinpath("schema", "messages-v1.json").read_text(encoding="utf-8"))
 
 
-def check_endpoint(endpoint: str, key: str = "publish.endpoint") -> str:
+def check_endpoint(endpoint: str, key: str = "config publish.endpoint") -> str:
     """``endpoint`` if ZeroMQ can bind it as meant, else :class:`ConfigError` naming it and why.
 
     ``tcp://HOST:PORT`` needs a port within 0..65535 (0 or ``*``: the system picks one; ZeroMQ itself
     would silently pick one for 99999); ``ipc://PATH`` needs PATH's folder to exist.
     """
     scheme, sep, rest = endpoint.partition("://")
-    where = f"config {key}: {endpoint!r}"
+    where = f"{key}: {endpoint!r}"
     if not sep or scheme not in ("tcp", "ipc", "inproc"):
         raise ConfigError(f"{where}: must start with tcp://, ipc:// or inproc://")
     if scheme == "tcp":

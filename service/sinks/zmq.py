@@ -36,7 +36,7 @@ class PublishSection(SinkSettings):
 
     def validate(self, section: str) -> None:
         if self.endpoint:
-            check_endpoint(self.endpoint, f"{section}.endpoint")
+            check_endpoint(self.endpoint, f"config {section}.endpoint")
         check(not self.curve_clients or bool(self.curve_secret_key), f"{section}.curve_clients",
               "needs curve_secret_key (the daemon's own secret certificate) too")
         check(not self.curve_secret_key or bool(self.curve_clients), f"{section}.curve_clients",
