@@ -28,8 +28,8 @@ first value of an ID3v2.4 ``TCON`` or MP4 ``©gen`` list; mutagen, TagLib and be
 Safety (:func:`write_state`): the tags are written into a copy beside the file (a hidden
 ``.NAME.PID.genre-tagger-tmp``), the copy is checked (tags read back, every other tag and picture
 identical, the demuxed audio packets byte-identical), flushed to disk, and renamed over the file; a
-kill at any moment leaves the old file or the new one. Mode and owner are kept; the modification
-time is the write's, so players and servers notice the new tags. Files that are read-only, locked
+kill at any moment leaves the old file or the new one. Mode, owner and extended attributes are kept;
+the modification time is the write's, so players and servers notice the new tags. Files that are read-only, locked
 by another program (``flock``), or hard-linked (a rename would split the links) are skipped.
 """
 
@@ -499,6 +499,11 @@ def _copy(src: Path, dest: Path, st: os.stat_result) -> None:
     if os.geteuid() == 0 or st.st_uid == os.geteuid():
         with contextlib.suppress(OSError):  # the group may not be ours to give
             os.chown(dest, st.st_uid, st.st_gid)
+    # Extended attributes (ACLs, user.* labels, SELinux contexts) follow where the filesystem allows.
+    with contextlib.suppress(OSError):
+        for name in os.listxattr(src):
+            with contextlib.suppress(OSError):
+                os.setxattr(dest, name, os.getxattr(src, name))
 
 
 def _verify(path: Path, temp: Path, target: GenreState, others: list | None, digest: str | None) -> None:

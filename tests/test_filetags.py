@@ -3,6 +3,7 @@ atomic under kill -9, undone by restore-tags, redone by retag --outdated."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -51,6 +52,10 @@ def tagged_files(format_files: dict[str, Path], tmp_path: Path) -> dict[str, Pat
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_write_reads_back_everywhere_and_touches_nothing_else(tagged_files: dict[str, Path], suffix: str) -> None:
     path = tagged_files[suffix]
+    path.chmod(0o640)
+    with contextlib.suppress(OSError):  # where the filesystem has user attributes
+        os.setxattr(path, "user.origin", b"ripped")
+    xattrs = {n: os.getxattr(path, n) for n in os.listxattr(path)}
     before, pcm, packets = snapshot(path), pcm_digest(path), audio_digest(path)
     assert read_state(path) == GenreState()
 
@@ -61,6 +66,7 @@ def test_write_reads_back_everywhere_and_touches_nothing_else(tagged_files: dict
     assert ffmpeg_genre(path) == ("Hip-Hop;Jazz" if suffix in FFMPEG_SEES_ALL else "Hip-Hop")
     assert snapshot(path) == before  # titles, comments, custom fields, cover art: identical
     assert pcm_digest(path) == pcm and audio_digest(path) == packets
+    assert path.stat().st_mode & 0o7777 == 0o640 and {n: os.getxattr(path, n) for n in os.listxattr(path)} == xattrs
 
     mtime = path.stat().st_mtime_ns
     assert not write_state(path, GenreState(("Hip-Hop", "Jazz"), "tiny-test 0.0.1")).changed
