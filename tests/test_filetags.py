@@ -343,6 +343,10 @@ def test_write_tags_dry_run_idempotent_restore_and_retag(tagged_files: dict[str,
         assert read_state(p).provenance == "tiny-test 0.0.2"
     assert read_state(tagged_files["flac"]) == originals[tagged_files["flac"]][1]  # still the user's
 
+    undo_retag = cli("library", "--library", str(db), "restore-tags", "--run", "last")  # the retag run alone
+    assert undo_retag.returncode == 0, undo_retag.stderr
+    assert all(read_state(p) == written[p] for p in files[1:]) and read_state(files[0]).provenance.endswith("0.0.2")
+
     restore = cli("library", "--library", str(db), "restore-tags")
     assert restore.returncode == 0, restore.stderr
     for p in files:
