@@ -155,7 +155,7 @@ class GenreTaggerPlugin(BeetsPlugin):
         ours = tuple(g for g in set_before.split(SEPARATOR) if g) if set_before else None
         planned = plan_genres(current, new, settings.policy, ours)
         if planned is None:
-            return None, f"has its own genres, kept under policy {settings.policy} ({source})"
+            return None, f"its own genres kept (policy {settings.policy}; {source})"
         item[OURS_FIELD] = SEPARATOR.join(unique(g for g in planned if g.casefold() in {n.casefold() for n in new}))
         item[MODEL_FIELD] = provenance_value(model, version)
         return list(planned), source

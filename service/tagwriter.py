@@ -94,6 +94,8 @@ class Outcome:
             return f"{self.path}: {change} (dry run)"
         if self.action == UNCHANGED:
             return f"{self.path}: {show(self.before)} (already so)"
+        if self.action == KEPT:
+            return f"{self.path}: {show(self.before)} kept ({self.reason})"
         return f"{self.path}: {self.action}: {self.reason}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -172,8 +174,7 @@ class TagWriter:
             planned = plan_genres(current, new, settings.policy, ours(last))
             if planned is None:
                 return Outcome(path, KEPT, current.genres, current.genres,
-                               f"has its own genres ({'; '.join(current.genres)}), kept under policy "
-                               f"{settings.policy}")
+                               f"its own genres, policy {settings.policy}")
             target = with_genres(current, planned, provenance_value(model, model_version))
             if target == current:
                 return Outcome(path, UNCHANGED, current.genres, current.genres)
