@@ -465,12 +465,12 @@ def write_state(path: str | Path, target: GenreState, *, expected: GenreState | 
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
             new_stat = os.stat(temp)
-            if before_replace is not None:
-                before_replace(temp, new_stat)
             now = os.fstat(lock_fd)
             if (now.st_size, now.st_mtime_ns) != (original_stat.st_size, original_stat.st_mtime_ns) or \
                     os.stat(path).st_ino != original_stat.st_ino:
                 raise FileSkipped(f"{path}: changed while its tags were being written, tags not written")
+            if before_replace is not None:
+                before_replace(temp, new_stat)
             os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(OSError):
