@@ -16,6 +16,8 @@ from tagger.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from tagger.ensemble import NO_MUSIC
 from tagger.errors import ConfigError, TaggerError
 
+# The settings bench-coverage compares with full coverage (service.bench_coverage's; here --help needs no numpy).
+DEFAULT_COVERAGES = ("excerpts:3x30", "excerpts:3x20", "excerpts:3x10", "excerpts:2x10", "excerpts:1x10")
 DEFAULT_LISTEN = "tcp://127.0.0.1:5556"
 
 
@@ -132,6 +134,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="JSON report (default bench-results/bench.json)")
     bench.set_defaults(func=cmd_bench)
 
+    coverage = sub.add_parser("bench-coverage", help="excerpts against full coverage: agreement, max |Δp|, speed")
+    coverage.add_argument("folders", nargs="+", metavar="DIR", help="audio folders (a labels.csv is used if present)")
+    coverage.add_argument("--coverages", default=",".join(DEFAULT_COVERAGES), metavar="LIST",
+                          help=f"excerpt settings compared with full coverage (default {','.join(DEFAULT_COVERAGES)})")
+    coverage.add_argument("--model", "-m", help="model name or .onnx path (default: the shipped default model)")
+    coverage.add_argument("--out", default="bench-results/coverage.json",
+                          help="JSON report (default bench-results/coverage.json)")
+    coverage.set_defaults(func=cmd_bench_coverage)
+
 
 def _exit_cleanly(signum: int, frame) -> None:
     raise SystemExit(0)
@@ -179,6 +190,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            args.repeat, _job_counts(args.jobs)))
     print(f"report: {out}")
     return EXIT_OK
+
+
+def cmd_bench_coverage(args: argparse.Namespace) -> int:
+    from service.bench_coverage import main
+
+    return main(args.folders, [c for c in args.coverages.split(",") if c.strip()], Path(args.out), args.model)
 
 
 def _job_counts(text: str) -> list[int]:

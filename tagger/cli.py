@@ -106,7 +106,23 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", "-j", type=_positive_int, default=None,
-                        help="files tagged at once, on threads sharing one model (default: one per core)")
+                        help="files tagged at once: this process and worker processes (default: one per core)")
+
+
+def add_coverage_argument(parser: argparse.ArgumentParser, default: str | None = "full") -> None:
+    parser.add_argument("--coverage", type=_coverage, default=default, metavar="full|excerpts:KxS",
+                        help="how much of each track to analyse: all of it, or K excerpts of S seconds spread "
+                             "over it, read by seeking (e.g. excerpts:3x30; shorter tracks in full)"
+                             + (f" (default {default})" if default else ""))
+
+
+def _coverage(text: str) -> str:
+    from tagger.coverage import Coverage
+
+    try:
+        return str(Coverage.parse(text))
+    except TaggerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
@@ -133,7 +149,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
         return tag_and_write(args, files, aliases)
     jobs = min(args.jobs or default_jobs(), len(files))
     tagger = Tagger(args.model, threshold=args.threshold, top_k=args.top_k, aliases=aliases,
-                    hop_fraction=args.hop, engine_options=engine_options_for_jobs(engine_options(args), jobs))
+                    hop_fraction=args.hop, engine_options=engine_options_for_jobs(engine_options(args), jobs),
+                    coverage=args.coverage)
     if args.verbose:
         note = f" ({tagger.engine.fallback_reason})" if tagger.engine.fallback_reason else ""
         print(f"model {tagger.manifest.name} {tagger.manifest.version} on {tagger.provider}{note}, "
@@ -214,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("inputs", nargs="+", metavar="FILE|DIR", help="audio files, or folders to search")
     add_engine_arguments(tag)
     add_jobs_argument(tag)
+    add_coverage_argument(tag)
     tag.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
     tag.add_argument("--top-k", type=_positive_int, default=DEFAULT_TOP_K,
                      help=f"labels to show per output (default {DEFAULT_TOP_K})")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tagger.coverage import Coverage, Segment, decode_coverage
 from tagger.decode import DEFAULT_BLOCK_SECONDS, MIN_TRACK_SECONDS, decode_blocks, read_ahead
 from tagger.engine import Engine, EngineOptions
 from tagger.ensemble import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Ensemble, OutputEstimate
@@ -49,6 +50,9 @@ class TrackResult:
             nothing); True when it is music or the model has no detector.
         music_probability: the detector's mean probability of music over the file (0..1), None
             without a detector.
+        coverage: what was analysed: ``full``, or ``excerpts:KxS`` (:mod:`tagger.coverage`; a track too
+            short for its excerpts is analysed in full and says ``full``); ``analysed_s`` the seconds of
+            audio analysed, and ``duration_s`` then the container's length of the track.
     """
 
     path: str
@@ -61,6 +65,8 @@ class TrackResult:
     slices: list[SliceResult] = field(default_factory=list)
     music: bool = True
     music_probability: float | None = None
+    coverage: str = "full"
+    analysed_s: float | None = None
 
     def as_dict(self, top_k: int | None = None) -> dict:
         return {
@@ -73,6 +79,8 @@ class TrackResult:
             "model_version": self.model_version,
             "provider": self.provider,
             "elapsed_s": round(self.elapsed_s, 3),
+            "coverage": self.coverage,
+            "analysed_s": round(self.duration_s if self.analysed_s is None else self.analysed_s, 3),
             "outputs": {name: est.as_dict(top_k) for name, est in self.outputs.items()},
         }
 
@@ -107,21 +115,41 @@ class TagStream:
         # Sources of slices: one FeatureStream (fast path: pooled windows) or one FrontEndStream per
         # front end (per-window frames); both offer push(samples) and finish().
         self._fast = fast
-        self._sources: list[FeatureStream | FrontEndStream]
-        if fast:
-            (front_end,) = {v.front_end for v in tagger.views}
-            self._sources = [FeatureStream(tagger.frame_runner, manifest.front_ends[front_end], tagger.views,
-                                           tagger.engine.options.chunk_frames, eager=eager)]
-        else:
-            self._sources = list(build_streams(manifest.front_ends, tagger.views))
-        self.ensemble = Ensemble(manifest.outputs, [v.name for v in tagger.views], horizon_seconds)
         self.eager = eager
+        self._sources = self._new_sources()
+        self._offset_s = 0.0  # where the current stretch of audio starts in the track (coverage excerpts)
+        self.ensemble = Ensemble(manifest.outputs, [v.name for v in tagger.views], horizon_seconds)
         self.keep_slices = keep_slices
         self.on_slice = on_slice
         self.slices: list[SliceResult] = []
         self._pending: dict[str, list[Slice | PooledSlice]] = {v.name: [] for v in tagger.views}
         self.samples_in = 0
         self._finished = False
+
+    def _new_sources(self) -> list[FeatureStream | FrontEndStream]:
+        tagger, manifest = self.tagger, self.tagger.manifest
+        if self._fast:
+            (front_end,) = {v.front_end for v in tagger.views}
+            return [FeatureStream(tagger.frame_runner, manifest.front_ends[front_end], tagger.views,
+                                  tagger.engine.options.chunk_frames, eager=self.eager)]
+        return list(build_streams(manifest.front_ends, tagger.views))
+
+    def next_segment(self, start_s: float) -> None:
+        """The samples fed next start at ``start_s`` seconds of the track and do not follow those fed so far
+        (coverage excerpts): the current stretch's tail is covered as at the end of a stream, its slices
+        are run, and the front end and windows start afresh, so that no window spans the gap. The
+        ensemble keeps averaging over every stretch. Before any sample it only sets where they start."""
+        if self._finished:
+            raise RuntimeError("next_segment() after finish()")
+        if self.samples_in == 0:
+            self._offset_s = start_s
+            return
+        for source in self._sources:
+            for s in source.finish():
+                self._pending[s.view].append(s)
+        self._infer(force=True)
+        self._sources = self._new_sources()
+        self._offset_s = start_s
 
     @property
     def sample_rate(self) -> int:
@@ -195,8 +223,9 @@ class TagStream:
                     outputs = self.tagger.engine.run(np.stack([s.frames for s in chunk]))
                 for i, s in enumerate(chunk):
                     probs = {name: values[i] for name, values in outputs.items()}
-                    self.ensemble.add(view, s.end_s, probs)
-                    results.append(SliceResult(view, s.start_s, s.end_s, probs))
+                    start_s, end_s = s.start_s + self._offset_s, s.end_s + self._offset_s
+                    self.ensemble.add(view, end_s, probs)
+                    results.append(SliceResult(view, start_s, end_s, probs))
         if self.keep_slices:
             self.slices.extend(results)
         if self.on_slice:
@@ -219,12 +248,15 @@ class Tagger:
         block_seconds: decoding block length, in seconds.
         fast: tag files with the frame-pooling fast path when the model supports it (default);
             False runs every window through the whole network (the reference semantics).
+        coverage: how much of each file :meth:`tag_file` analyses: ``"full"`` (default) or
+            ``"excerpts:KxS"`` (:mod:`tagger.coverage`).
     """
 
     def __init__(self, model: str | Path | None = None, *, threshold: float = DEFAULT_THRESHOLD,
                  top_k: int = DEFAULT_TOP_K, aliases: Mapping[str, str] | None = None,
                  hop_fraction: float | None = None, engine_options: EngineOptions | None = None,
-                 block_seconds: float = DEFAULT_BLOCK_SECONDS, fast: bool = True) -> None:
+                 block_seconds: float = DEFAULT_BLOCK_SECONDS, fast: bool = True,
+                 coverage: str | Coverage = "full") -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold {threshold} must be within 0..1")
         if top_k < 1:
@@ -232,7 +264,8 @@ class Tagger:
         # What builds the same tagger in another process (tagger.parallel's workers).
         self.arguments = {"model": model, "threshold": threshold, "top_k": top_k, "aliases": dict(aliases or {}),
                           "hop_fraction": hop_fraction, "engine_options": engine_options,
-                          "block_seconds": block_seconds, "fast": fast}
+                          "block_seconds": block_seconds, "fast": fast, "coverage": str(coverage)}
+        self.coverage = Coverage.parse(coverage)
         # No model named: the default, whose int8 file runs instead when the session is on the CPU.
         self.engine = Engine(resolve_model(model), engine_options, None if model else default_cpu_model())
         self.manifest: ModelManifest = self.engine.manifest
@@ -281,22 +314,35 @@ class Tagger:
 
     def tag_file(self, path: str | Path, keep_slices: bool = False,
                  cancelled: Callable[[], bool] | None = None,
-                 decode: Callable[[str | Path, int, float], Iterator[np.ndarray]] | None = None) -> TrackResult:
-        """Tag a whole file: the mean of every slice of every view.
+                 decode: Callable[..., Iterator[np.ndarray | Segment]] | None = None,
+                 coverage: str | Coverage | None = None) -> TrackResult:
+        """Tag a file: the mean of every slice of every view, over the whole file or over the excerpts
+        ``coverage`` (default: the tagger's) asks for (:mod:`tagger.coverage`).
 
         Raises :class:`DecodeError` for a bad file, and :class:`Cancelled` when ``cancelled()`` turns
         true (checked between decoded blocks). ``decode(path, sample_rate, block_seconds)`` yields the
         mono blocks (default :func:`tagger.decode.decode_blocks`, in this process; the daemon passes
-        :meth:`tagger.isolated.IsolatedDecoder.blocks`, so that no file can crash it).
+        :meth:`tagger.isolated.IsolatedDecoder.blocks`, so that no file can crash it); with excerpts it
+        is called with ``coverage=`` too and yields as :func:`tagger.coverage.decode_coverage` does.
         """
         started = time.perf_counter()
+        coverage = self.coverage if coverage is None else Coverage.parse(coverage)
         stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast)
         # Decoding runs in its own thread, the front end and the model in this one: on 2 cores that
         # balances the two (11 realworld tracks, per-file best of 5: 11.48 s with the front end in the
         # decoding thread, 10.63 s here).
-        for block in read_ahead((decode or decode_blocks)(path, self.sample_rate, self.block_seconds)):
+        if coverage.full:
+            blocks = (decode or decode_blocks)(path, self.sample_rate, self.block_seconds)
+        else:
+            blocks = (decode or decode_coverage)(path, self.sample_rate, self.block_seconds, coverage=str(coverage))
+        track_s: float | None = None  # the container's length, when excerpts were read
+        for block in read_ahead(blocks):
             if cancelled is not None and cancelled():
                 raise Cancelled(f"{path}: cancelled")
+            if isinstance(block, Segment):  # an excerpt starts: no window spans the gap before it
+                stream.next_segment(block.start_s)
+                track_s = block.track_s
+                continue
             stream.feed(block)
         if stream.seconds_in < MIN_TRACK_SECONDS:  # looped to fill a window, a click would get a genre
             raise TaggerError(f"{path}: too short to tag ({stream.seconds_in:.2f} s of audio, "
@@ -304,6 +350,9 @@ class Tagger:
         outputs = stream.finish()
         if not outputs:
             raise TaggerError(f"{path}: too short to tag")
-        return TrackResult(str(path), stream.seconds_in, outputs, self.manifest.name, self.manifest.version,
+        analysed_s = stream.seconds_in
+        # With excerpts the track's length is the container's; the analysed seconds say how much was read.
+        duration_s = analysed_s if track_s is None else max(analysed_s, track_s)
+        return TrackResult(str(path), duration_s, outputs, self.manifest.name, self.manifest.version,
                            self.provider, time.perf_counter() - started, stream.slices, stream.music(),
-                           stream.music_probability())
+                           stream.music_probability(), str(coverage) if track_s is not None else "full", analysed_s)
