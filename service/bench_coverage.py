@@ -3,7 +3,8 @@
 Every file of each folder is tagged with full coverage and with each ``excerpts:KxS`` setting (one job,
 interleaved file by file so a shared machine's slow spells hit every setting alike). Per folder and
 setting: how many files were long enough to use excerpts, how often the top label of each output is the
-one full coverage gives, the largest change of any probability (max |Δp|), and the CPU time against full
+one full coverage gives, how often the decided labels (those over the threshold: what the library, file
+tags and beets take) are the same, the largest change of any probability (max |Δp|), and the CPU time against full
 coverage's (the process's CPU seconds, every thread: steadier than wall time on a loaded machine).
 Where a folder has a ``labels.csv`` (path,label,…), the top genre's agreement with the label too.
 """
@@ -34,6 +35,7 @@ class Cell:
     files: int = 0
     used_excerpts: int = 0
     same_top: dict[str, int] = field(default_factory=dict)
+    same_decided: dict[str, int] = field(default_factory=dict)
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     cpu_s: float = 0.0
     wall_s: float = 0.0
@@ -83,6 +85,7 @@ def run(folders: list[str], coverages: list[str], model: str | None = None) -> d
                 print(f"genre-tagger: error: {exc}")
                 continue
             full = _probabilities(results["full"][0])
+            full_decided = {name: est.decided for name, est in results["full"][0].outputs.items()}
             label = labels.get(str(path.resolve()))
             for setting, (result, cpu, wall) in results.items():
                 cell = cells[setting]
@@ -92,6 +95,8 @@ def run(folders: list[str], coverages: list[str], model: str | None = None) -> d
                 cell.wall_s += wall
                 cell.audio_s += result.duration_s
                 cell.analysed_s += result.analysed_s or result.duration_s
+                for name, est in result.outputs.items():
+                    cell.same_decided[name] = cell.same_decided.get(name, 0) + int(est.decided == full_decided[name])
                 for name, probs in _probabilities(result).items():
                     cell.same_top[name] = cell.same_top.get(name, 0) + int(probs.argmax() == full[name].argmax())
                     cell.max_abs_diff[name] = max(cell.max_abs_diff.get(name, 0.0),
@@ -105,8 +110,8 @@ def run(folders: list[str], coverages: list[str], model: str | None = None) -> d
 
 def markdown(report: dict) -> str:
     lines = ["| folder | coverage | files (excerpts used) | same top genre | same top MSD tag | max \\|Δp\\| genre "
-             "| audio analysed | CPU vs full | genre = label |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| same decided genre | audio analysed | CPU vs full | genre = label |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for folder, cells in report["folders"].items():
         full_cpu = cells["full"]["cpu_s"] or 1e-9
         for setting, c in cells.items():
@@ -117,6 +122,7 @@ def markdown(report: dict) -> str:
             label = f"{c['label_correct']}/{c['labelled']}" if c["labelled"] else "–"
             lines.append(f"| {Path(folder).name} | {setting} | {c['files']} ({c['used_excerpts']}) "
                          f"| {same.get('genre', 0)}/{c['files']} | {msd} | {c['max_abs_diff'].get('genre', 0):.3f} "
+                         f"| {c['same_decided'].get('genre', 0)}/{c['files']} "
                          f"| {100 * c['analysed_s'] / max(c['audio_s'], 1e-9):.0f} % "
                          f"| {c['cpu_s'] / full_cpu:.2f}× ({full_cpu / max(c['cpu_s'], 1e-9):.1f}× faster) "
                          f"| {label} |")

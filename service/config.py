@@ -18,7 +18,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from service.sinks import SinkSettings, sink_classes
 from service.sinks.zmq import PublishSection
-from tagger.errors import ConfigError
+from tagger.errors import ConfigError, TaggerError
 
 CORE_SECTIONS = ("daemon", "tagging", "folders", "live")
 
@@ -47,13 +47,15 @@ class DaemonSection:
 class TaggingSection:
     """threshold: probability a label needs (0..1). top_k: labels per output in messages.
     store_top_k: labels per output kept in the library. hop: slice hop as a fraction of the window
-    (0 = the model's). retry_errors: re-try files that failed, at start."""
+    (0 = the model's). retry_errors: re-try files that failed, at start. coverage: how much of each
+    file to analyse, ``full`` or ``excerpts:KxS`` (:mod:`tagger.coverage`)."""
 
     threshold: float = 0.6
     top_k: int = 5
     store_top_k: int = 10
     hop: float = 0.0
     retry_errors: bool = False
+    coverage: str = "full"
 
 
 @dataclass
@@ -130,6 +132,8 @@ class Config:
         check(t.top_k >= 1, "tagging.top_k", "must be at least 1", t.top_k)
         check(t.store_top_k >= 1, "tagging.store_top_k", "must be at least 1", t.store_top_k)
         check(0.0 <= t.hop <= 1.0, "tagging.hop", "must be within 0..1 (0 = the model's)", t.hop)
+        check(_coverage_ok(t.coverage), "tagging.coverage", "must be 'full' or 'excerpts:KxS' (e.g. excerpts:3x30)",
+              t.coverage)
         d = self.daemon
         check(d.device in ("auto", "cuda", "cpu"), "daemon.device", "must be auto, cuda or cpu", d.device)
         check(0 <= d.threads <= MAX_THREADS, "daemon.threads",
@@ -161,6 +165,16 @@ class Config:
         if errors:
             raise ConfigError("config " + "; ".join(errors))
         return self
+
+
+def _coverage_ok(text: object) -> bool:
+    from tagger.coverage import Coverage
+
+    try:
+        Coverage.parse(str(text))
+    except TaggerError:
+        return False
+    return isinstance(text, str)
 
 
 # ONNX Runtime threads beyond this are refused (a typo like 100000 would hang creating them).

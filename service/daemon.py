@@ -60,7 +60,8 @@ class Daemon:
             hop_fraction=c.tagging.hop or None,
             engine_options=EngineOptions(device=c.daemon.device, intra_op_threads=c.daemon.threads,
                                          batch_size=c.daemon.batch_size, chunk_frames=c.daemon.chunk_frames,
-                                         memory_arena=c.daemon.memory_arena))
+                                         memory_arena=c.daemon.memory_arena),
+            coverage=c.tagging.coverage)
         labels = {o.name: tuple(o.labels) for o in self.tagger.manifest.outputs}
         self.hub = SinkHub.from_config(c, SinkContext(c, labels, f"{self.tagger.manifest.name} "
                                                                  f"{self.tagger.manifest.version}"))

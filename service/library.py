@@ -1,6 +1,6 @@
 """The SQLite library: tracks, their genres, per-view results, and the durable work queue.
 
-Schema (version 5; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
+Schema (version 6; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
 
 ``tracks``
     id, path (unique), size (bytes), mtime (seconds), fingerprint (see :func:`fingerprint`),
@@ -8,7 +8,9 @@ Schema (version 5; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades ol
     model, model_version, tagged_at (ISO 8601 UTC), queued_at, attempts, tag_count,
     music (1, or 0 when the model's music detector heard no music; NULL for rows tagged before v3 or by
     a model without a detector), music_probability (0..1 or NULL),
-    priority (the queue takes higher first; ``retag --outdated`` queues at -1, behind new files).
+    priority (the queue takes higher first; ``retag --outdated`` queues at -1, behind new files),
+    coverage (what was analysed: ``full`` or ``excerpts:KxS``, see :mod:`tagger.coverage`; NULL for rows
+    tagged before v6, which were all full) and analysed_s (seconds of audio analysed).
 ``genres``
     track_id, output (model output name), label, score (0..1), rank (1 = best), decided (0/1).
     The best ``store_top_k`` labels of each output, plus every decided one. A track that is not music
@@ -56,7 +58,7 @@ from tagger.pipeline import TrackResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # How long SQLite itself waits for a lock (ms) before a write is retried here, with backoff.
 BUSY_TIMEOUT_MS = 2_000
 RETRY_MAX_DELAY_S = 2.0
@@ -217,7 +219,16 @@ def _v4_to_v5(db: sqlite_utils.Database) -> None:
     db["tracks"].create_index(["fingerprint", "status"], if_not_exists=True)
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+def _v5_to_v6(db: sqlite_utils.Database) -> None:
+    # v6: how much of each track was analysed (coverage excerpts make a genre cheaper and less certain).
+    columns = db["tracks"].columns_dict
+    if "coverage" not in columns:
+        db["tracks"].add_column("coverage", str)
+    if "analysed_s" not in columns:
+        db["tracks"].add_column("analysed_s", float)
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
 OUR_TABLES = frozenset(("tracks", "genres", "track_views", "tag_runs", "tag_writes"))
 
 
@@ -581,9 +592,10 @@ class Library:
         self.db.execute(
             "UPDATE tracks SET status = 'tagged', error = NULL, duration_s = ?, model = ?, model_version = ?, "
             "tagged_at = ?, attempts = attempts + 1, tag_count = tag_count + 1, music = ?, music_probability = ?, "
-            "priority = 0 WHERE id = ?",
+            "priority = 0, coverage = ?, analysed_s = ? WHERE id = ?",
             [result.duration_s, result.model, result.model_version, now_iso(), int(music),
-             getattr(result, "music_probability", None), track_id])
+             getattr(result, "music_probability", None), getattr(result, "coverage", "full"),
+             getattr(result, "analysed_s", None) or result.duration_s, track_id])
 
     def record_error(self, track_id: int, message: str, force: bool = False, path: str | Path | None = None) -> bool:
         """Mark a pending track failed with a one-line reason (``force``: whatever its status).

@@ -9,8 +9,8 @@ progress for longer than the file's decoding budget is killed. The samples are t
 
 Protocol (private to this module): the parent writes one JSON line per file to the child's stdin; the
 child answers with frames on stdout, each a kind byte, an 8-byte little-endian length and a payload:
-``I`` (JSON: the declared duration), ``B`` (a block of float32 samples), ``E`` (JSON: an error
-reason), ``D`` (done).
+``I`` (JSON: the declared duration), ``B`` (a block of float32 samples), ``S`` (JSON: an excerpt
+starts, :class:`tagger.coverage.Segment`), ``E`` (JSON: an error reason), ``D`` (done).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tagger.coverage import Segment
 from tagger.decode import DECODE_BUDGET_BASE_S, DEFAULT_BLOCK_SECONDS, decode_budget
 from tagger.errors import DecodeError
 
@@ -64,14 +65,15 @@ class IsolatedDecoder:
 
     # -- public ----------------------------------------------------------------------------------
 
-    def blocks(self, path: str | Path, sample_rate: int,
-               block_seconds: float = DEFAULT_BLOCK_SECONDS) -> Iterator[np.ndarray]:
-        """Like :func:`tagger.decode.decode_blocks`, decoded in the child. Raises :class:`DecodeError`,
-        also when the decoder crashed (twice) or hung on this file."""
+    def blocks(self, path: str | Path, sample_rate: int, block_seconds: float = DEFAULT_BLOCK_SECONDS,
+               coverage: str = "full") -> Iterator[np.ndarray | Segment]:
+        """Like :func:`tagger.coverage.decode_coverage` (:func:`tagger.decode.decode_blocks` for full
+        coverage), decoded in the child. Raises :class:`DecodeError`, also when the decoder crashed
+        (twice) or hung on this file."""
         for attempt in range(1, CRASH_ATTEMPTS + 1):
             delivered = False
             try:
-                for block in self._attempt(path, sample_rate, block_seconds):
+                for block in self._attempt(path, sample_rate, block_seconds, coverage):
                     delivered = True
                     yield block
                 return
@@ -99,9 +101,11 @@ class IsolatedDecoder:
 
     # -- one attempt ------------------------------------------------------------------------------
 
-    def _attempt(self, path: str | Path, sample_rate: int, block_seconds: float) -> Iterator[np.ndarray]:
+    def _attempt(self, path: str | Path, sample_rate: int, block_seconds: float,
+                 coverage: str = "full") -> Iterator[np.ndarray | Segment]:
         proc = self._child()
-        request = {"path": os.fsencode(os.fspath(path)).hex(), "rate": sample_rate, "block_seconds": block_seconds}
+        request = {"path": os.fsencode(os.fspath(path)).hex(), "rate": sample_rate, "block_seconds": block_seconds,
+                   "coverage": coverage}
         finished = False
         try:
             try:
@@ -120,6 +124,8 @@ class IsolatedDecoder:
                               + self.slack_s)
                 elif kind == b"B":
                     yield np.frombuffer(payload, dtype=np.float32)
+                elif kind == b"S":
+                    yield Segment(**json.loads(payload))
                 elif kind == b"E":
                     finished = True
                     raise DecodeError(path, json.loads(payload)["reason"])
@@ -223,7 +229,8 @@ def _size(path: str | Path) -> int:
 
 def _serve() -> None:
     """The child: decode each requested file, stream frames, until stdin closes."""
-    from tagger.decode import _info, _open, decode_blocks
+    from tagger.coverage import decode_coverage
+    from tagger.decode import _info, _open
 
     out = sys.stdout.buffer
 
@@ -242,8 +249,12 @@ def _serve() -> None:
                     declared = _info(container, container.streams.audio[0]).duration_s
             send(b"I", json.dumps({"declared_s": declared}).encode())
             out.flush()
-            for block in decode_blocks(path, request["rate"], request["block_seconds"]):
-                send(b"B", np.ascontiguousarray(block, dtype=np.float32).tobytes())
+            for block in decode_coverage(path, request["rate"], request["block_seconds"],
+                                         request.get("coverage", "full")):
+                if isinstance(block, Segment):
+                    send(b"S", json.dumps({"start_s": block.start_s, "track_s": block.track_s}).encode())
+                else:
+                    send(b"B", np.ascontiguousarray(block, dtype=np.float32).tobytes())
         except DecodeError as exc:
             send(b"E", json.dumps({"reason": exc.reason}).encode())
         except Exception as exc:  # any failure is this file's error, and the child goes on
