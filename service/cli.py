@@ -251,6 +251,10 @@ def _stats(library, args) -> int:
     music = stats["music"]
     print(f"  tagged: {music['music']} music, {music['no_music']} no music"
           + (f", {music['unknown']} without a music detector" if music["unknown"] else ""))
+    writes = stats["tag_writes"]
+    if writes["files"]:
+        print(f"  genres written into {writes['files']} files' tags by {writes['runs']} runs "
+              "(`library restore-tags` undoes them)")
     for output, labels in stats["top_genres"].items():
         total = sum(labels.values())
         print(f"  {output}: top genre of {total} tracks")

@@ -733,8 +733,11 @@ class Library:
             by_output.setdefault(output, {})[label] = n
         music = dict(self.db.execute("SELECT music, count(*) FROM tracks WHERE status = 'tagged' GROUP BY music"
                                      ).fetchall())
+        files, runs = self.db.execute("SELECT count(DISTINCT track_id), count(DISTINCT run_id) FROM tag_writes "
+                                      "WHERE restored_at IS NULL").fetchone()
         return {"tracks": {s: counts.get(s, 0) for s in STATUSES}, "top_genres": by_output,
                 "music": {"music": music.get(1, 0), "no_music": music.get(0, 0), "unknown": music.get(None, 0)},
+                "tag_writes": {"files": files, "runs": runs},
                 "schema_version": SCHEMA_VERSION, "path": str(self.path)}
 
     def search(self, label: str | None = None, min_score: float = 0.0, output: str | None = None,
@@ -791,6 +794,12 @@ class Library:
         track["views"] = [{**v, "scores": json.loads(v["scores"])} for v in self.db.query(
             "SELECT output, view, slices, scores FROM track_views WHERE track_id = ? ORDER BY output, view",
             [track["id"]])]
+        track["tag_writes"] = [
+            {"run_id": w["run_id"], "written_at": w["written_at"], "before": w["before"]["genres"],
+             "after": w["after"]["genres"], "policy": w["policy"], "model": f"{w['model']} {w['model_version']}",
+             "restored_at": w["restored_at"]}
+            for w in (_decode_write(r) for r in self.db.query("SELECT * FROM tag_writes WHERE track_id = ? "
+                                                              "ORDER BY id", [track["id"]]))]
         return track
 
 

@@ -4,6 +4,7 @@ atomic under kill -9, undone by restore-tags, redone by retag --outdated."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -343,6 +344,10 @@ def test_write_tags_dry_run_idempotent_restore_and_retag(tagged_files: dict[str,
         assert read_state(p).provenance == "tiny-test 0.0.2"
     assert read_state(tagged_files["flac"]) == originals[tagged_files["flac"]][1]  # still the user's
 
+    stats = cli("library", "--library", str(db), "stats")
+    assert "genres written into 5 files' tags by 3 runs" in stats.stdout, stats.stdout + stats.stderr
+    show = cli("library", "--library", str(db), "show", str(files[0]))
+    assert [w["model"] for w in json.loads(show.stdout)["tag_writes"]] == ["tiny-test 0.0.1", "tiny-test 0.0.2"]
     undo_retag = cli("library", "--library", str(db), "restore-tags", "--run", "last")  # the retag run alone
     assert undo_retag.returncode == 0, undo_retag.stderr
     assert all(read_state(p) == written[p] for p in files[1:]) and read_state(files[0]).provenance.endswith("0.0.2")
