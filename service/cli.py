@@ -267,6 +267,7 @@ def _list(library, args) -> int:
     from service.library import printable
 
     status = None if args.status == "any" else args.status
+    printed = False
     rows = library.search(args.genre, args.min_score, args.output, status, args.limit or None,
                           music=False if args.no_music else None)
     shown: set[int] = set()
@@ -284,11 +285,34 @@ def _list(library, args) -> int:
         else:
             score = f"{r['label']} {100 * r['score']:.0f} %" if r["label"] else r["status"]
             print(f"{printable(r['path'])}\t{r['output'] or ''}\t{score}")
+        printed = True
+    if not printed:
+        print(f"genre-tagger: {_no_match(library, args)}", file=sys.stderr)
     return EXIT_OK
 
 
+def _no_match(library, args) -> str:
+    """Why ``library list`` found nothing, in the words of the options given."""
+    where = "" if args.status == "any" else f" ({args.status} tracks)"
+    if args.genre:
+        labels = [row[0] for row in library.db.execute("SELECT DISTINCT label FROM genres ORDER BY label")]
+        if args.genre.lower() not in {label.lower() for label in labels}:
+            known = ", ".join(labels) if labels else "none yet"
+            return f"no track has the genre {args.genre!r}{where} (genres in the library: {known})"
+        floor = f" at {100 * args.min_score:.0f} % or more" if args.min_score else ""
+        return f"no track has {args.genre}{floor}{where}"
+    if args.no_music:
+        return f"no track was found to be without music{where}"
+    return f"no tracks{where}"
+
+
 def _show(library, args) -> int:
-    track = library.track(args.track)
+    # Paths are stored absolute: a relative or ~ path names the same file from here.
+    typed = os.path.expanduser(args.track)
+    for candidate in dict.fromkeys((args.track, os.path.abspath(typed), os.path.realpath(typed))):
+        track = library.track(candidate)
+        if track is not None:
+            break
     if track is None:
         print(f"genre-tagger: error: no track {args.track!r} in the library", file=sys.stderr)
         return EXIT_SOME_FAILED

@@ -143,7 +143,9 @@ class Config:
         check(0 <= self.folders.settle_seconds <= 86400, "folders.settle_seconds", "must be within 0..86400 s",
               self.folders.settle_seconds)
         for root in self.folders.roots:
-            check(Path(root).expanduser().is_dir(), "folders.roots", f"{root!r} is not a directory")
+            # A missing root is allowed (a drive not mounted yet): the watcher says so and waits for it.
+            place = Path(root).expanduser()
+            check(place.is_dir() or not place.exists(), "folders.roots", f"{root!r} is not a directory")
         lv = self.live
         check(0 <= lv.horizon_seconds <= 86400, "live.horizon_seconds", "must be within 0..86400 s (0 = whole stream)",
               lv.horizon_seconds)
@@ -265,5 +267,9 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             _apply(config, section, {key: value}, f"environment {name}")
     for section, values in (overrides or {}).items():
         _apply(config, section, {k: v for k, v in values.items() if v is not None}, "command line")
+    for root in extra_roots or []:  # typed on the command line: a typo, not a drive to wait for
+        if not Path(root).expanduser().is_dir():
+            raise ConfigError(f"--folder {root}: " + ("not a directory" if Path(root).expanduser().exists()
+                                                       else "no such folder"))
     config.folders.roots = [*config.folders.roots, *(extra_roots or [])]
     return config.validate() if validate else config

@@ -59,6 +59,9 @@ class _Candidate:
     writing: bool = False  # modified since its last close: a writer still has it open
 
 
+MISSING_ROOT_CHECK_S = 5.0  # how often a watched folder that does not exist is looked for
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, events: queue.Queue) -> None:
         self.events = events
@@ -92,9 +95,18 @@ class FolderWatcher:
         self.scanned = threading.Event()
         self.counts = {"queued": 0, "unchanged": 0, "moved": 0, "deleted": 0, "skipped": 0}
         self._sees_closes = True  # inotify reports closes; a polling observer does not
+        self._missing: list[Path] = []
+        self._handler: _Handler | None = None
 
     def start(self, stop: threading.Event) -> None:
-        handler = _Handler(self._events)
+        handler = self._handler = _Handler(self._events)
+        # A root that does not exist (yet: a drive not mounted) is waited for, never scanned: scanning it
+        # would mark every track under it deleted.
+        self._missing = [root for root in self.roots if not root.is_dir()]
+        for root in self._missing:
+            log.warning("folder %s does not exist: watching for it to appear (checked every %.0f s)",
+                        printable(str(root)), MISSING_ROOT_CHECK_S)
+        self.roots = [root for root in self.roots if root not in self._missing]
         try:
             for root in self.roots:
                 self._observer.schedule(handler, str(root), recursive=True)
@@ -132,7 +144,11 @@ class FolderWatcher:
                 for root in self.roots:
                     self._guarded(str(root), self._scan, library, root, stop)
             self.scanned.set()
+            next_check = time.monotonic() + MISSING_ROOT_CHECK_S
             while not stop.is_set():
+                if self._missing and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + MISSING_ROOT_CHECK_S
+                    self._guarded("", self._adopt_appeared_roots, library, stop)
                 try:
                     event = self._events.get(timeout=0.1)
                 except queue.Empty:
@@ -145,6 +161,14 @@ class FolderWatcher:
         finally:
             self.scanned.set()
             library.close()
+
+    def _adopt_appeared_roots(self, library: Library, stop: threading.Event) -> None:
+        for root in [r for r in self._missing if r.is_dir()]:
+            log.warning("folder %s appeared: scanning and watching it", printable(str(root)))
+            self._observer.schedule(self._handler, str(root), recursive=True)
+            self._missing.remove(root)
+            self.roots.append(root)
+            self._scan(library, root, stop)
 
     def _guarded(self, path: str, step: Callable, *args) -> None:
         """Run one discovery step; any error is logged with its path and discovery goes on."""

@@ -220,13 +220,26 @@ class LiveCapture:
 
     def _run(self, stop: threading.Event) -> None:
         backoff = BACKOFF_START_S
+        reported = ""
         while not stop.is_set():
             started = time.monotonic()
             try:
                 self._capture(stop)
+            except ImportError:
+                self.status.error = "live capture needs sounddevice: pip install 'genre-tagger[live]'"
+                log.error("live input %s: %s", self.source, self.status.error)
+                return  # nothing to retry until the package is installed
             except Exception as exc:  # PortAudioError, a vanished device, a failing stream...
-                self.status.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                log.warning("live input %s failed: %s; retrying in %.1f s", self.source, self.status.error, backoff)
+                self.status.error = self._explain(exc)
+                # Once per distinct problem (a missing device would otherwise fill the journal), then quietly
+                # retried with a growing pause; `status` messages carry the error meanwhile.
+                level = logging.WARNING if self.status.error != reported else logging.DEBUG
+                log.log(level, "live input %s: %s; trying again with growing pauses (up to %.0f s)", self.source,
+                        self.status.error, BACKOFF_MAX_S)
+                reported = self.status.error
+            else:
+                if reported:
+                    reported = ""
             self.status.running = False
             if stop.is_set():
                 break
@@ -235,6 +248,16 @@ class LiveCapture:
                 backoff = BACKOFF_START_S  # it ran a good while: start the backoff over
             stop.wait(backoff)
             backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    def _explain(self, exc: Exception) -> str:
+        """One line a user can act on, for what PortAudio or sounddevice raised."""
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "querying device -1" in text or "no default" in text.lower():
+            return ("no audio input device (PortAudio sees none: is PulseAudio or ALSA set up for this user? "
+                    "`python3 -m sounddevice` lists the devices)")
+        if isinstance(exc, ValueError) and "No input device matching" in text:
+            return f"no input device matching {self.device!r} (`python3 -m sounddevice` lists the devices)"
+        return f"{type(exc).__name__}: {text}"
 
     def _capture(self, stop: threading.Event) -> None:
         import sounddevice as sd

@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from tagger import __version__
 from tagger.chart import render_track
@@ -67,17 +69,50 @@ def _load_alias_file(path: str) -> dict[str, str]:
 
 
 def _fraction(text: str) -> float:
-    value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
+    try:
+        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: not a number (give 0..1, or a percentage like 70%)") from None
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not within 0..1 (or 0%..100%)")
+        raise argparse.ArgumentTypeError(f"{text}: not within 0..1 (or 0%..100%)")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
     return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is the one line every other error is: the option and the words typed.
+
+    A command group called without its command (``genre-tagger library``) shows its commands instead.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        missing = re.match(r"the following arguments are required: (\w+)_?command\b", message)
+        if missing or message.startswith("the following arguments are required: command"):
+            self.print_help(sys.stderr)
+            self.exit(EXIT_USAGE)
+        # argparse says "argument --threshold: invalid _fraction value: 'abc'" when a type function raises
+        # ValueError: our type functions raise ArgumentTypeError with the words typed instead.
+        self.exit(EXIT_USAGE, f"genre-tagger: error: {message} (see {self.prog} --help)\n")
+
+
+def check_aliases(aliases: dict[str, str], labels: Sequence[str], given: dict[str, str]) -> None:
+    """Every aliased label must be one the model has: a typo would otherwise be ignored silently.
+
+    ``given`` maps each label to how the user gave it (``--alias hiphop=Hip-Hop`` or the alias file).
+    """
+    for label in aliases:
+        if label not in labels:
+            raise TaggerError(f"{given.get(label, label)}: the model has no label {label!r} "
+                              f"(its labels: {', '.join(labels)})")
 
 
 def _threads(text: str) -> int:
@@ -136,7 +171,17 @@ def cmd_tag(args: argparse.Namespace) -> int:
     from tagger.pipeline import Tagger
 
     aliases = _load_alias_file(args.alias_file) if args.alias_file else {}
-    aliases.update(_parse_aliases(args.alias))
+    given = {label: f"--alias-file {args.alias_file}" for label in aliases}
+    command_line = _parse_aliases(args.alias)
+    given.update({label: f"--alias {item}" for item in args.alias for label in command_line
+                  if item.split("=", 1)[0].strip() == label})
+    aliases.update(command_line)
+    if aliases:
+        from tagger.model import read_manifest
+        from tagger.registry import resolve_model
+
+        manifest = read_manifest(resolve_model(args.model))
+        check_aliases(aliases, list(dict.fromkeys(label for out in manifest.outputs for label in out.labels)), given)
     if args.policy and not (args.write_tags or args.dry_run):
         raise TaggerError("--policy: only applies with --write-tags or --dry-run")
     files = list(iter_audio_files(args.inputs))
@@ -205,7 +250,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         for out in manifest.outputs:
             print(f"  output {out.name} ({out.kind}, {len(out.labels)} labels): {', '.join(out.labels)}")
         if manifest.metrics:
-            print(f"  metrics: {json.dumps(manifest.metrics)}")
+            print("  metrics:")
+            for line in metric_lines(manifest.metrics, "    "):
+                print(line)
         return EXIT_OK
     failed = 0
     for entry in list_models():
@@ -221,8 +268,31 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+def _number(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def metric_lines(metrics: dict, indent: str) -> Iterator[str]:
+    """A model's metrics as indented text: a group of plain numbers on one line, nested groups below."""
+    for key, value in metrics.items():
+        name = str(key).replace("_", " ")
+        if isinstance(value, dict) and all(not isinstance(v, dict | list) for v in value.values()):
+            yield f"{indent}{name}: " + ", ".join(f"{str(k).replace('_', ' ')} {_number(v)}" for k, v in value.items())
+        elif isinstance(value, dict):
+            yield f"{indent}{name}:"
+            yield from metric_lines(value, indent + "  ")
+        elif isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+            yield f"{indent}{name}: " + ", ".join(_number(v) for v in value)
+        elif isinstance(value, list):
+            yield f"{indent}{name}: {len(value)} entries (genre-tagger models NAME --json has them)"
+        else:
+            yield f"{indent}{name}: {_number(value)}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genre-tagger", description="Streaming music genre tagger.")
+    parser = ArgumentParser(prog="genre-tagger", description="Streaming music genre tagger.")
     parser.add_argument("--version", action="version", version=f"genre-tagger {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="say more on stderr")
     sub = parser.add_subparsers(dest="command", required=True)

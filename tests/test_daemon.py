@@ -257,7 +257,7 @@ def test_sigterm_mid_track_exits_0_within_5_s_and_keeps_the_track_queued(tiny_mo
     ("[tagging]\nthreshold = 2\n", "config tagging.threshold: must be within 0..1"),
     ("[tagging]\nthreshhold = 0.5\n", "unknown key tagging.threshhold"),
     ("[tagging]\ncoverage = 'excerpts:3'\n", "config tagging.coverage: must be 'full' or 'excerpts:KxS'"),
-    ("[folders]\nroots = ['/no/such/folder']\n", "'/no/such/folder' is not a directory"),
+    ("[folders]\nroots = ['/etc/hostname']\n", "'/etc/hostname' is not a directory"),  # missing: waited for
     ("[live]\nenabled = 'maybe'\n", "config live.enabled: 'maybe' is not a valid bool"),
     ("[publish]\nendpoint = 'http://x'\n", "must start with tcp://"),
     ("not toml at all [", "invalid TOML"),

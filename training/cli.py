@@ -215,6 +215,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not tracks:
             raise ValueError(f"no tracks in split {args.split!r} (use --split all)")
     tagger = Tagger(args.model, fast=not args.naive)
+    overlap = trained_on(tagger.manifest.training_data, [Path(t.path) for t in tracks])
+    if overlap:
+        print(f"genre-tagger evaluate: warning: {overlap} of {len(tracks)} tracks are from the model's own training "
+              f"data ({tagger.manifest.training_data!r}): a score on clips it learnt from says little about new "
+              f"music; evaluate on held-out tracks by other artists", file=sys.stderr)
     output = tagger.manifest.outputs[0]
     labels = output.labels
     y, probs, votes, slice_y, slice_probs, failed = [], [], [], [], [], 0
@@ -250,11 +255,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps({"track": track, "track_vote": vote, "slice": slices},
-                                                          indent=1))
-        plot_confusion(np.array(track["confusion"]), labels, out / "confusion.png",
-                       f"{tagger.manifest.name}: accuracy {track['accuracy']:.3f}")
+        report = {"track": track, "track_vote": vote, "slice": slices}
+        if overlap:
+            report["warning"] = f"{overlap} of {len(tracks)} tracks are from the model's own training data"
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+        try:
+            import matplotlib  # noqa: F401  (only the figure needs it)
+        except ImportError:
+            print(f"genre-tagger evaluate: {out / 'confusion.png'} not drawn: matplotlib is not installed (it comes "
+                  "with pip install 'genre-tagger[train]'); report.json has the confusion matrix", file=sys.stderr)
+        else:
+            plot_confusion(np.array(track["confusion"]), labels, out / "confusion.png",
+                           f"{tagger.manifest.name}: accuracy {track['accuracy']:.3f}")
     return 0 if not failed else 1
+
+
+def trained_on(training_data: str, paths: list[Path]) -> int:
+    """How many of ``paths`` lie in a folder (or list file) that a model's ``training_data`` names.
+
+    ``training_data`` is the free text of the manifest (``gtzan:../shared/data/gtzan``, ``GTZAN subset: 161
+    clips, ../shared/data/gtzan``...): every path-like word in it that exists here counts.
+    """
+    import re
+
+    folders = []
+    for word in re.findall(r"(?:^|[\s,:(])([~.]?[\w.-]*/[\w./~-]+)", training_data):
+        place = Path(word).expanduser()
+        if place.is_file():  # a csv list: its tracks are listed relative to it or absolute; its folder holds them
+            place = place.parent
+        if place.is_dir():
+            folders.append(place.resolve())
+    if not folders:
+        return 0
+    return sum(any(p.resolve().is_relative_to(folder) for folder in folders) for p in paths)
 
 
 @_user_errors
