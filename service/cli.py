@@ -483,7 +483,7 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
     jobs = min(args.jobs or default_jobs(), len(files))
     # The library keeps the model's own labels (as the daemon's does); aliases apply to what is written.
     tagger = Tagger(args.model, threshold=args.threshold, top_k=args.top_k, hop_fraction=args.hop,
-                    engine_options=engine_options_for_jobs(engine_options(args), jobs))
+                    engine_options=engine_options_for_jobs(engine_options(args), jobs), coverage=args.coverage)
     path = Path(args.library).expanduser() if args.library else load_config(validate=False).library_path
     # A dry run changes nothing, not even a library that does not exist yet.
     library = None if args.dry_run and not path.is_file() else Library(path)
