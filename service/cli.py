@@ -404,7 +404,8 @@ def _retag(library, args) -> int:
 
     config = load_config(args.config, validate=False)
     tagger = Tagger(args.model or config.daemon.model or None, threshold=config.tagging.threshold,
-                    top_k=config.tagging.top_k, engine_options=EngineOptions(device=args.device))
+                    top_k=config.tagging.top_k, hop_fraction=config.tagging.hop or None,
+                    engine_options=EngineOptions(device=args.device), coverage=config.tagging.coverage)
     name, version = tagger.manifest.name, tagger.manifest.version
     if args.dry_run:
         rows = library.db.execute("SELECT path, model, model_version FROM tracks WHERE status = 'tagged' AND "
