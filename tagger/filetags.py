@@ -445,7 +445,9 @@ def write_state(path: str | Path, target: GenreState, *, expected: GenreState | 
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise FileSkipped(f"{path}: locked by another program, tags not written") from None
-            raise
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            # A filesystem without locks (some network mounts): the re-check before the rename still holds.
         original_stat = os.fstat(lock_fd)
         f = _open(path)
         before = _state(f)
