@@ -16,7 +16,7 @@ Where each format keeps its genres, and what genre-tagger writes there:
     prefer it agree), otherwise none is added; it is read when ``©gen`` is absent. A numeric ``gnre``
     atom is read by mutagen as ``©gen`` and written back as ``©gen``. Provenance:
     ``----:com.apple.iTunes:GENRE_TAGGER_MODEL``.
-``wav``
+``wav``, ``aiff``
     An ID3v2.4 chunk (``id3 ``), as for mp3: mutagen and FFmpeg read it, and it holds several genres. A
     RIFF ``LIST/INFO`` chunk (``IGNR``) is left byte for byte (mutagen cannot write it and it holds a
     single string); FFmpeg reads both, and the chunk later in the file wins (a new ID3 chunk goes at the
@@ -193,15 +193,17 @@ def _open(path: Path) -> Any:
     except OSError as exc:
         raise TagWriteError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if f is None:
-        raise TagWriteError(f"{path}: not an audio format genre-tagger can tag (mp3, flac, ogg, opus, m4a, wav)")
+        raise FileSkipped(f"{path}: not a format whose tags genre-tagger writes (mp3, flac, ogg, opus, m4a, wav, "
+                          "aiff), tags not written")
     kind = _kind(f)
     if kind is None:
-        raise TagWriteError(f"{path}: {type(f).__name__} files are not supported for tag writing "
-                            "(mp3, flac, ogg, opus, m4a, wav are)")
+        raise FileSkipped(f"{path}: {type(f).__name__} files are not written (mp3, flac, ogg, opus, m4a, wav, aiff "
+                          "are), tags not written")
     return f
 
 
 def _kind(f: Any) -> str | None:
+    from mutagen.aiff import AIFF
     from mutagen.flac import FLAC
     from mutagen.mp3 import MP3
     from mutagen.mp4 import MP4
@@ -209,7 +211,7 @@ def _kind(f: Any) -> str | None:
     from mutagen.oggvorbis import OggVorbis
     from mutagen.wave import WAVE
 
-    if isinstance(f, MP3 | WAVE):
+    if isinstance(f, MP3 | WAVE | AIFF):
         return "id3"
     if isinstance(f, FLAC | OggVorbis | OggOpus):
         return "vorbis"

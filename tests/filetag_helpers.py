@@ -28,6 +28,7 @@ def png(width: int = 4, height: int = 3) -> bytes:
 
 def add_tags(path: Path, genres: tuple[str, ...] = (), freeform_genre: tuple[str, ...] | None = None) -> None:
     """Title, artist, album, a comment, a custom field and a front cover, plus ``genres`` if given."""
+    from mutagen.aiff import AIFF
     from mutagen.flac import FLAC, Picture
     from mutagen.id3 import APIC, COMM, TALB, TCON, TIT2, TPE1, TXXX
     from mutagen.mp3 import MP3
@@ -47,7 +48,7 @@ def add_tags(path: Path, genres: tuple[str, ...] = (), freeform_genre: tuple[str
         if freeform_genre is not None:
             f.tags["----:com.apple.iTunes:GENRE"] = [MP4FreeForm(g.encode(), AtomDataType.UTF8)
                                                      for g in freeform_genre]
-    elif isinstance(f, MP3 | WAVE):
+    elif isinstance(f, MP3 | WAVE | AIFF):
         if f.tags is None:
             f.add_tags()
         for frame in (TIT2(encoding=3, text="Machine Wars (excerpt)"), TPE1(encoding=3, text="ASC"),
@@ -73,7 +74,7 @@ def add_tags(path: Path, genres: tuple[str, ...] = (), freeform_genre: tuple[str
             f.add_picture(picture)
         else:
             f.tags["METADATA_BLOCK_PICTURE"] = base64.b64encode(picture.write()).decode("ascii")
-    if isinstance(f, MP3 | WAVE):
+    if isinstance(f, MP3 | WAVE | AIFF):
         f.save(path, v2_version=4)
     else:
         f.save(path)

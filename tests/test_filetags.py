@@ -32,7 +32,7 @@ from tagger.filetags import (
     write_state,
 )
 
-FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav")
+FORMATS = ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff")
 # FFmpeg joins Vorbis comments' several GENRE fields with ';' and reads only the first value of an ID3v2.4
 # TCON frame or an MP4 ©gen atom (mutagen, beets, Navidrome, Jellyfin and Mixxx read them all).
 FFMPEG_SEES_ALL = {"flac", "ogg", "opus"}
