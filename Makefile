@@ -13,8 +13,10 @@ GPU_STAMP     := $(VENV)/.onnxruntime-gpu
 .PHONY: run tag test lint install install-dev install-gpu install-cpu swap-to-gpu system-deps default-model wheel clean
 
 # Debian packages for live capture and its tests (PortAudio, ALSA's PulseAudio route, a PulseAudio server),
-# and the sqlite3 shell the README's library example uses (tests/test_readme.py runs it).
-SYSTEM_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils sqlite3
+# the sqlite3 shell the README's library example uses (tests/test_readme.py runs it), and for the display's
+# tests a headless browser and its WebDriver, and an Icecast server.
+SYSTEM_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils sqlite3 chromium chromium-driver \
+	icecast2
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +37,7 @@ $(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
 	$(call pip_install,-e .)
 	touch $@
 
-DEV_SPEC := -e '.[train,test,live]'
+DEV_SPEC := -e '.[train,test,live,web]'
 # Development and tests: the local CPU build of torch first, then the extras (torch 2.13.0 satisfies them).
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0

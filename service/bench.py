@@ -2,7 +2,9 @@
 
 Rows: decode only (the floor), decode + front end, full tagging (fast path: frame features once per
 track), the same model run naively (every window through the whole network), live per-hop latency on a
-stream played in real time, and the daemon end to end (files per second into SQLite, peak RSS).
+stream played in real time (also with the HTTP display sink serving 50 page clients: its p99 increase
+over the plain row is the display's cost to the live path), and the daemon end to end (files per
+second into SQLite, peak RSS).
 Throughput is × real time for one process; the machine's core count is reported beside it. The file
 rows run ``repeat`` times, interleaved file by file, and add up each file's fastest run (every round's
 total is kept).
@@ -113,40 +115,104 @@ class _LatencyProbe(Sink):
         self.latencies.append(1000 * (time.perf_counter() - self.arrival))
 
 
-def bench_live(file: Path, tagger: Tagger, seconds: float, block_seconds: float = 0.05) -> Row:
+def bench_live(file: Path, tagger: Tagger, seconds: float, block_seconds: float = 0.05, page_clients: int = 0) -> Row:
     """Play ``seconds`` of ``file`` in real time through the live path; latency per published hop.
 
     The live path reports to a :class:`service.sinks.SinkHub` with the ZeroMQ sink, as in the daemon.
-    With a fast-path tagger the live path is incremental (each block computes its new frames'
-    features); otherwise every completed window runs through the whole network."""
+    With ``page_clients``, the HTTP display sink is there too, with that many page clients reading its
+    feed from another process (as browsers would). With a fast-path tagger the live path is incremental
+    (each block computes its new frames' features); otherwise every completed window runs through the
+    whole network."""
     from service.live import LiveTagger
     from service.sinks.zmq import PublishSection, ZmqSink
 
     audio = decode_file(file, tagger.sample_rate)[: int(seconds * tagger.sample_rate)]
+    extra: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         probe = _LatencyProbe()
-        hub = SinkHub([ZmqSink(PublishSection(endpoint=f"ipc://{tmp}/bench"), SinkContext(None)),  # type: ignore
-                       probe])
+        context = SinkContext(None, {o.name: tuple(o.labels) for o in tagger.manifest.outputs},  # type: ignore
+                              f"{tagger.manifest.name} {tagger.manifest.version}")
+        sinks: list[Sink] = [ZmqSink(PublishSection(endpoint=f"ipc://{tmp}/bench"), context)]
+        http = None
+        if page_clients:
+            from service.sinks.http import HttpSection, HttpSink
+
+            http = HttpSink(HttpSection(enabled=True, listen="127.0.0.1:0"), context)
+            sinks.append(http)
+        hub = SinkHub([*sinks, probe])
         hub.start()
-        live = LiveTagger(tagger, "bench", tagger.sample_rate, 30.0, 3, hub)
-        block = int(block_seconds * tagger.sample_rate)
-        started = time.perf_counter()
-        for i, pos in enumerate(range(0, audio.size, block)):
-            due = started + i * block_seconds
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            probe.arrival = time.perf_counter()
-            live.feed(audio[pos:pos + block])
-        elapsed = time.perf_counter() - started
-        hub.close(time.monotonic() + 1.0)
+        clients = None
+        try:
+            if http is not None:
+                clients = subprocess.Popen([sys.executable, "-c", "from service.bench import page_clients; "
+                                            f"page_clients({http.url + 'events'!r}, {page_clients})"],
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                deadline = time.monotonic() + 60
+                while http.clients < page_clients and time.monotonic() < deadline and clients.poll() is None:
+                    time.sleep(0.05)
+                if http.clients < page_clients:
+                    raise RuntimeError(f"only {http.clients} of {page_clients} page clients connected: "
+                                       f"{clients.stderr.read()[-500:] if clients.poll() is not None else ''}")
+            live = LiveTagger(tagger, "bench", tagger.sample_rate, 30.0, 3, hub)
+            block = int(block_seconds * tagger.sample_rate)
+            started = time.perf_counter()
+            for i, pos in enumerate(range(0, audio.size, block)):
+                due = started + i * block_seconds
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                probe.arrival = time.perf_counter()
+                live.feed(audio[pos:pos + block])
+            elapsed = time.perf_counter() - started
+            if http is not None:
+                extra["page_clients"] = http.clients
+                extra["client_drops"] = http.dropped
+        finally:
+            if clients is not None:
+                clients.terminate()
+                out, _ = clients.communicate(timeout=30)
+                received = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+                extra["live_events_per_client"] = received.get("min_live_events", 0)
+            hub.close(time.monotonic() + 2.0)
     latencies = probe.latencies
     lat = np.array(latencies) if latencies else np.zeros(1)
     extra = {"hops": len(latencies), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-             "max_ms": float(lat.max()), "block_s": block_seconds}
+             "max_ms": float(lat.max()), "block_s": block_seconds, **extra}
     mode = "incremental" if tagger.fast else "per window"
-    return Row(f"live, {mode}: block arrival → message published", elapsed, audio.size / tagger.sample_rate, 1,
-               extra)
+    name = f"live, {mode}: block arrival → message published"
+    if page_clients:
+        name = f"live, {mode}, + HTTP display with {page_clients} page clients"
+    return Row(name, elapsed, audio.size / tagger.sample_rate, 1, extra)
+
+
+def page_clients(url: str, n: int) -> None:
+    """Hold ``n`` Server-Sent Events clients on ``url`` until SIGTERM; print the fewest live events any
+    of them received, as JSON (run in its own process by :func:`bench_live`, as browsers would be)."""
+    import asyncio
+    import signal
+
+    import aiohttp
+
+    counts = [0] * n
+
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        async with session.get(url) as response:
+            async for line in response.content:
+                if line.startswith(b"event: live"):
+                    counts[i] += 1
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+            tasks = [asyncio.create_task(client(i, session)) for i in range(n)]
+            await stop.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        print(json.dumps({"min_live_events": min(counts), "max_live_events": max(counts)}), flush=True)
+
+    asyncio.run(main())
 
 
 def bench_daemon(files: list[Path], model: str | None) -> Row:
@@ -282,7 +348,8 @@ def best_of(jobs: list[Callable[[list[Path]], tuple[Row, dict]]], files: list[Pa
 
 
 def run_bench(folder: str, model: str | None, device: str, live_seconds: float, out: Path | None,
-              skip_daemon: bool = False, repeat: int = 3, job_counts: list[int] | None = None) -> dict:
+              skip_daemon: bool = False, repeat: int = 3, job_counts: list[int] | None = None,
+              page_clients: int = 50) -> dict:
     files = list(iter_audio_files([folder]))
     if not files:
         raise SystemExit(f"genre-tagger bench: no audio files in {folder}")
@@ -308,7 +375,13 @@ def run_bench(folder: str, model: str | None, device: str, live_seconds: float, 
     model_cpu = {"fast": rows[fast_job].extra["cpu_s"] - front_end_cpu if fast.fast else None,
                  "naive": rows[-1].extra["cpu_s"] - front_end_cpu}
     if live_seconds > 0:
-        rows.extend(bench_live(files[0], t, live_seconds) for t in ([fast] if fast.fast else []) + [naive])
+        for i, live_tagger in enumerate(([fast] if fast.fast else []) + [naive]):
+            plain = bench_live(files[0], live_tagger, live_seconds)
+            rows.append(plain)
+            if i == 0 and page_clients:  # right after the plain row, so that both see the machine alike
+                loaded = bench_live(files[0], live_tagger, live_seconds, page_clients=page_clients)
+                loaded.extra["p99_increase_ms"] = loaded.extra["p99_ms"] - plain.extra["p99_ms"]
+                rows.append(loaded)
     if not skip_daemon:
         rows.append(bench_daemon(files, model))
     jobs_comparison = None

@@ -31,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="watch this folder (repeatable; adds to the config's roots)")
     daemon.add_argument("--live", nargs="?", const="", default=None, metavar="DEVICE",
                         help="capture live audio from a PortAudio device (name or index; none = default input)")
+    daemon.add_argument("--live-file", metavar="PATH|URL",
+                        help="play an audio file or an http(s):// stream (Icecast) through the live path in "
+                             "real time, as a live source")
+    daemon.add_argument("--loop", action="store_true", default=None,
+                        help="with --live-file: start the file over when it ends")
     daemon.add_argument("--source", help="live source name used in topics (default 'live')")
     daemon.add_argument("--horizon", type=float, help="live ensemble horizon in seconds (0 = whole stream)")
     daemon.add_argument("--library", help="SQLite library file (default <state dir>/library.db)")
@@ -126,6 +131,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     bench.add_argument("--live-seconds", type=float, default=30.0,
                        help="seconds of audio played in real time for the live row (0 skips it)")
+    bench.add_argument("--page-clients", type=int, default=50,
+                       help="page clients of the HTTP display in the live + display row (default 50; 0 skips it)")
     bench.add_argument("--no-daemon", action="store_true", help="skip the daemon end-to-end row")
     bench.add_argument("--repeat", type=int, default=3,
                        help="runs of each file row, interleaved file by file; each file's fastest counts (default 3)")
@@ -174,7 +181,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "daemon": {"model": args.model, "device": args.device, "library": args.library, "state_dir": args.state_dir},
         "folders": {"settle_seconds": args.settle},
         "tagging": {"coverage": args.coverage},
-        "live": {"source": args.source, "horizon_seconds": args.horizon},
+        "live": {"source": args.source, "horizon_seconds": args.horizon, "file": args.live_file,
+                 "file_loop": args.loop},
         **{name: sink.overrides(args) for name, sink in sink_classes().items()},
     }
     if args.live is not None:
@@ -190,7 +198,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     print_report(run_bench(args.folder, args.model, args.device, args.live_seconds, out, args.no_daemon,
-                           args.repeat, _job_counts(args.jobs)))
+                           args.repeat, _job_counts(args.jobs), args.page_clients))
     print(f"report: {out}")
     return EXIT_OK
 

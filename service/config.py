@@ -73,7 +73,10 @@ class LiveSection:
     """enabled: capture live audio. device: PortAudio device name or index ("" = the default input).
     source: the name in topics (live.<source>). horizon_seconds: the running ensemble's span (0 = whole
     stream). hysteresis: consecutive hops a new top genre must hold before a change is announced.
-    block_seconds: PortAudio block length. buffer_seconds: the capture ring buffer."""
+    block_seconds: PortAudio block length. buffer_seconds: the capture ring buffer.
+    file: an audio file or http(s):// stream played through the live path in real time, as a source of
+    its own beside any capture. file_loop: start the file over when it ends. file_source: its name in
+    topics ("" = ``source`` when there is no capture, else "file")."""
 
     enabled: bool = False
     device: str = ""
@@ -84,6 +87,14 @@ class LiveSection:
     buffer_seconds: float = 30.0
     sample_rate: int = 0
     channels: int = 0
+    file: str = ""
+    file_loop: bool = False
+    file_source: str = ""
+
+    @property
+    def file_source_name(self) -> str:
+        """The played file's source name (see ``file_source``)."""
+        return self.file_source or ("file" if self.enabled else self.source)
 
 
 @dataclass
@@ -152,8 +163,14 @@ class Config:
         check(1 <= lv.hysteresis <= 1000, "live.hysteresis", "must be within 1..1000", lv.hysteresis)
         check(0.001 <= lv.block_seconds <= 1.0, "live.block_seconds", "must be within 0.001..1 s", lv.block_seconds)
         check(1.0 <= lv.buffer_seconds <= 3600, "live.buffer_seconds", "must be within 1..3600 s", lv.buffer_seconds)
-        check(lv.source.replace("-", "").replace("_", "").isalnum(), "live.source",
-              "must be letters, digits, - or _ (it is part of the topic)", lv.source)
+        for key, name in (("source", lv.source), ("file_source", lv.file_source or "file")):
+            check(name.replace("-", "").replace("_", "").isalnum(), f"live.{key}",
+                  "must be letters, digits, - or _ (it is part of the topic)", name)
+        if lv.file:
+            check("://" in lv.file or Path(lv.file).expanduser().is_file(), "live.file",
+                  f"{lv.file!r} is neither an audio file nor a URL")
+            check(not (lv.enabled and lv.file_source_name == lv.source), "live.file_source",
+                  f"{lv.file_source_name!r} is the capture's source name too: give the file another")
         check(lv.sample_rate == 0 or 4000 <= lv.sample_rate <= 768_000, "live.sample_rate",
               "must be 0 (the device's) or within 4000..768000 Hz", lv.sample_rate)
         check(0 <= lv.channels <= 64, "live.channels", "must be within 0..64 (0 = the device's)", lv.channels)
@@ -162,8 +179,8 @@ class Config:
                 settings.validate(name)
             except ConfigError as exc:
                 errors.append(str(exc).removeprefix("config "))
-        check(bool(self.folders.roots) or lv.enabled, "folders.roots",
-              "nothing to do: give a folder to watch or enable live capture")
+        check(bool(self.folders.roots) or lv.enabled or bool(lv.file), "folders.roots",
+              "nothing to do: give a folder to watch, enable live capture or play a live file")
         if errors:
             raise ConfigError("config " + "; ".join(errors))
         return self

@@ -22,6 +22,7 @@ from service.events import Status, TrackDone
 from service.folders import FolderWatcher
 from service.library import Library, LibraryError, LibraryStopped, blocked_message, fingerprint
 from service.live import LiveCapture
+from service.livefile import LiveFile
 from service.notify import Notifier
 from service.sinks import SinkContext, SinkHub
 from tagger.engine import EngineOptions
@@ -77,11 +78,15 @@ class Daemon:
             self.library.requeue_errors()
         self.watcher = FolderWatcher(c.folders.roots, c.library_path, c.folders.settle_seconds, self.wake.set,
                                      c.folders.scan_on_start) if c.folders.roots else None
-        self.live = None
+        self.lives: list[LiveCapture | LiveFile] = []
         if c.live.enabled:
-            self.live = LiveCapture(self.tagger, self.hub, c.live.source, c.live.device,
-                                    c.live.horizon_seconds or None, c.live.hysteresis, c.live.block_seconds,
-                                    c.live.buffer_seconds, c.live.sample_rate, c.live.channels, c.tagging.top_k)
+            self.lives.append(LiveCapture(self.tagger, self.hub, c.live.source, c.live.device,
+                                          c.live.horizon_seconds or None, c.live.hysteresis, c.live.block_seconds,
+                                          c.live.buffer_seconds, c.live.sample_rate, c.live.channels, c.tagging.top_k))
+        if c.live.file:
+            self.lives.append(LiveFile(self.tagger, self.hub, c.live.file, c.live.file_source_name, c.live.file_loop,
+                                       c.live.horizon_seconds or None, c.live.hysteresis, c.live.block_seconds,
+                                       c.tagging.top_k))
         self._worker = threading.Thread(target=self._work, name="tagging", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -91,8 +96,8 @@ class Daemon:
         try:
             if self.watcher:
                 self.watcher.start(self.stop)
-            if self.live:
-                self.live.start(self.stop)
+            for live in self.lives:
+                live.start(self.stop)
             self._worker.start()
             log.info("genre-tagger daemon: model %s %s on %s, library %s, sinks: %s",
                      self.tagger.manifest.name, self.tagger.manifest.version, self.tagger.provider,
@@ -118,8 +123,8 @@ class Daemon:
             self._worker.join(3.0)
         if self.watcher:
             self.watcher.join(1.0)
-        if self.live:
-            self.live.join(1.0)
+        for live in self.lives:
+            live.join(1.0 / len(self.lives))
         self.decoder.close()
         self.hub.close(time.monotonic() + SINKS_CLOSE_S)
         self.library.close()
@@ -162,7 +167,7 @@ class Daemon:
             uptime_s=now - c.started, queue_depth=self.library.pending_count(), tagged=c.tagged, errors=c.errors,
             audio_seconds=c.audio_seconds, realtime_factor=rate, provider=self.tagger.provider,
             model=f"{self.tagger.manifest.name} {self.tagger.manifest.version}", dropped_messages=self.hub.dropped,
-            live={self.live.source: self.live.status.as_dict()} if self.live else {}, sinks=self.hub.counts(),
+            live={live.source: live.status.as_dict() for live in self.lives}, sinks=self.hub.counts(),
             library=blocked_message(self.config.library_path)))
         self.notifier.status(self._status_line())
 

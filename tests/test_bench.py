@@ -29,10 +29,11 @@ def test_bench_reports_every_stage_as_a_table_and_json(excerpt, tmp_path: Path) 
                          "full tagging, fast path (both views, full coverage)",
                          "same, fast path, float32 file (msd-musicnn-gtzan)",
                          "same model, naive (every window through the whole net)"]
-    assert names[5].startswith("live, incremental") and names[6].startswith("live, per window")
-    assert names[7].startswith("daemon end to end")
+    assert names[5].startswith("live, incremental:") and names[7].startswith("live, per window")
+    assert names[6] == "live, incremental, + HTTP display with 50 page clients"
+    assert names[8].startswith("daemon end to end")
     # `tag --jobs` rows (1, 2 and the default count, without repeats), each file's results as one job's.
-    assert names[8] == "tag --jobs 1 (this process)" and names[9].startswith("tag --jobs 2 (this process + 1 worker")
+    assert names[9] == "tag --jobs 1 (this process)" and names[10].startswith("tag --jobs 2 (this process + 1 worker")
     assert report["jobs"]["2_vs_1"]["speedup"] > 0
     assert report["jobs"]["2_vs_1"]["max_abs_diff"] == {"genre": 0.0, "msd_genres": 0.0}
     assert all(r["audio_seconds"] > 0 and r["seconds"] > 0 for r in report["rows"])
@@ -42,6 +43,9 @@ def test_bench_reports_every_stage_as_a_table_and_json(excerpt, tmp_path: Path) 
     model_cpu = report["model_cpu_s"]
     assert model_cpu["naive_over_fast"] == pytest.approx(model_cpu["naive"] / model_cpu["fast"])
     assert "the model's CPU time" in done.stdout
-    assert report["rows"][5]["extra"]["hops"] > 0 and report["rows"][7]["extra"]["peak_rss_mb"] > 0
+    assert report["rows"][5]["extra"]["hops"] > 0 and report["rows"][8]["extra"]["peak_rss_mb"] > 0
+    display = report["rows"][6]["extra"]  # every page client stayed connected and got the live updates
+    assert display["page_clients"] == 50 and display["live_events_per_client"] >= display["hops"] - 1
+    assert display["p99_increase_ms"] == pytest.approx(display["p99_ms"] - report["rows"][5]["extra"]["p99_ms"])
     for name in names:
         assert name in done.stdout  # the terminal table

@@ -41,6 +41,7 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 FAILURES_BEFORE_BACKOFF = 3  # consecutive failures a sink may have before it is suspended
 DEFAULT_QUEUE = 1000
+QUEUE_POLL_S = 0.02  # how often an idle queued sink looks for events (the most it adds to their delay)
 
 
 @dataclass
@@ -70,6 +71,27 @@ def check(ok: bool, key: str, message: str) -> None:
     """Raise the daemon's one-line configuration error for ``key`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"config {key}: {message}")
+
+
+CHANGE_FIELDS = ("genre", "confidence", "percent", "source", "previous", "time")
+
+
+def format_change(template: str, event: GenreChanged) -> str:
+    """``template`` with a genre change's fields: {genre}, {confidence} (0..1), {percent} (0..100),
+    {source}, {previous} ('' at the start), {time} (local HH:MM:SS)."""
+    return template.format(genre=event.current, confidence=round(event.confidence, 3),
+                           percent=round(100 * event.confidence), source=event.source,
+                           previous=event.previous or "", time=time.strftime("%H:%M:%S", time.localtime(event.ts)))
+
+
+def check_template(template: str, key: str) -> None:
+    """A configuration error unless ``template`` uses only :data:`CHANGE_FIELDS`."""
+    sample = GenreChanged(source="radio", stream_s=0.0, previous=None, current="jazz", confidence=0.9)
+    try:
+        format_change(template, sample)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"config {key}: {template!r} is not a valid format ({type(exc).__name__}: {exc}; "
+                          f"fields: {', '.join('{' + f + '}' for f in CHANGE_FIELDS)})") from None
 
 
 @dataclass(frozen=True)
@@ -175,7 +197,13 @@ class SinkCounts:
 
 
 class _Slot:
-    """One sink with its counts and, unless it is inline, its queue and thread."""
+    """One sink with its counts and, unless it is inline, its queue and thread.
+
+    A producer only appends to the queue (deque operations are atomic): it takes no lock and wakes no
+    thread, since waking one makes a system call and, on a loaded machine, lets the scheduler run the
+    woken thread in the producer's place (measured on 2 busy cores: 2-3 ms per live update, p50). The
+    sink's thread looks at its queue every ``QUEUE_POLL_S`` instead.
+    """
 
     def __init__(self, sink: Sink, queue_size: int) -> None:
         self.sink = sink
@@ -183,9 +211,7 @@ class _Slot:
         self.inline = sink.inline
         self.queue: collections.deque[Event] = collections.deque()
         self.queue_size = queue_size
-        self.lock = threading.Lock()
-        self.ready = threading.Condition(self.lock)
-        self.closing = False
+        self.closing = threading.Event()
         self.thread: threading.Thread | None = None
 
     # -- delivery ------------------------------------------------------------------------------
@@ -197,14 +223,15 @@ class _Slot:
                 return
             self.deliver(event)
             return
-        with self.lock:
-            if self.closing:
-                return
-            if len(self.queue) >= self.queue_size:
+        if self.closing.is_set():
+            return
+        while len(self.queue) >= self.queue_size:
+            try:
                 self.queue.popleft()
-                self.counts.dropped += 1
-            self.queue.append(event)
-            self.ready.notify()
+            except IndexError:  # the sink's thread took it meanwhile
+                break
+            self.counts.dropped += 1
+        self.queue.append(event)
 
     def deliver(self, event: Event) -> None:
         try:
@@ -241,34 +268,29 @@ class _Slot:
 
     def _run(self) -> None:
         while True:
-            with self.lock:
-                while not self.queue and not self.closing:
-                    self.ready.wait()
-                if not self.queue:
-                    return  # closing, and everything was delivered
+            try:
                 event = self.queue.popleft()
+            except IndexError:
+                if self.closing.is_set():
+                    return  # closing, and everything was delivered
+                self.closing.wait(QUEUE_POLL_S)
+                continue
             wait = self.counts.suspended_until - time.monotonic()
-            if wait > 0:
-                with self.lock:  # suspended: wait (a close wakes us), then try this event again
-                    self.ready.wait_for(lambda: self.closing, wait)
-                    if self.closing:
-                        self.counts.dropped += 1 + len(self.queue)
-                        self.queue.clear()
-                        return
+            if wait > 0 and self.closing.wait(wait):  # suspended: wait (a close ends it), then try again
+                self.counts.dropped += 1 + len(self.queue)
+                self.queue.clear()
+                return
             self.deliver(event)
 
     def stop(self, deadline: float) -> None:
         """Let the thread deliver what is queued until ``deadline``, then drop (and count) the rest."""
+        self.closing.set()
         if self.thread is None:
             return
-        with self.lock:
-            self.closing = True
-            self.ready.notify_all()
         self.thread.join(max(0.0, deadline - time.monotonic()))
         if self.thread.is_alive():
-            with self.lock:
-                self.counts.dropped += len(self.queue)
-                self.queue.clear()
+            self.counts.dropped += len(self.queue)
+            self.queue.clear()
             log.warning("sink %s did not finish in time; its last events are dropped", self.sink.name)
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,0 +1,84 @@
+"""The text file sink: a "now playing genre" file for radio automation, rewritten on each genre change.
+
+Section ``[textfile]``. On every ``genre_changed`` of the chosen source the file is replaced
+atomically (a temporary file in the same folder, flushed, then renamed over it), so a reader never
+sees half a line. An uncertain change is never written (contract §3); a change to "no music" writes
+``no_music`` (by default an empty file), never a genre.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from service.events import GenreChanged
+from service.sinks import QueuedSinkSettings, Sink, SinkContext, SinkSettings, check, check_template, format_change
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TextFileSection(QueuedSinkSettings):
+    """enabled: write the file. path: the file (its folder must exist). format: the text for a genre,
+    with {genre}, {confidence} (0..1), {percent}, {source}, {previous}, {time}. no_music: the text when
+    the stream turns to talk or silence. source: the live source to follow ("" = every source)."""
+
+    enabled: bool = False
+    queue: int = 100
+    path: str = ""
+    format: str = "{genre}\n"
+    no_music: str = ""
+    source: str = ""
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check_template(self.format, f"{section}.format")
+        if self.enabled:
+            check(bool(self.path), f"{section}.path", "must name the file to write")
+            folder = Path(self.path).expanduser().parent
+            check(folder.is_dir(), f"{section}.path", f"folder {str(folder)!r} does not exist")
+
+
+class TextFileSink(Sink):
+    name: ClassVar[str] = "textfile"
+    Settings: ClassVar[type[SinkSettings]] = TextFileSection
+
+    def __init__(self, settings: TextFileSection, context: SinkContext) -> None:
+        super().__init__(settings, context)
+        self.settings: TextFileSection = settings
+        self.path = Path(os.path.expandvars(settings.path)).expanduser()
+        self.writes = 0
+
+    def describe(self) -> str:
+        return f"genre text file {self.path}"
+
+    def genre_changed(self, event: GenreChanged) -> None:
+        if self.settings.source and event.source != self.settings.source:
+            return
+        if event.uncertain and event.music:
+            log.debug("%s: not written: the change to %s is uncertain", self.path, event.current)
+            return
+        text = format_change(self.settings.format, event) if event.trustworthy else self.settings.no_music
+        write_atomically(self.path, text)
+        self.writes += 1
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) so that a reader sees the old file or the new one, whole."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600: automation often runs as another user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
