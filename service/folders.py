@@ -194,8 +194,8 @@ class FolderWatcher:
         gone = library.mark_missing_under(root, seen)
         self.counts["deleted"] += gone
         done = {k: self.counts[k] - before[k] for k in self.counts}
-        log.info("scanned %s: %d audio files in %.1f s (%d queued, %d unchanged, %d moved, %d gone, %d skipped)",
-                 printable(str(root)), found, time.monotonic() - started, done["queued"], done["unchanged"],
+        log.info("scan done: %d files, %d queued, in %.1f s (%s: %d unchanged, %d moved, %d gone, %d skipped)",
+                 found, done["queued"], time.monotonic() - started, printable(str(root)), done["unchanged"],
                  done["moved"], gone, done["skipped"])
 
     def _walk(self, library: Library, top: str):

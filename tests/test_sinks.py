@@ -125,7 +125,8 @@ def test_sinks_are_found_configured_and_validated_per_section() -> None:
         load_config(None, env={}, overrides={"publish": {"send_hwm": 0}}, extra_roots=["."])
     with pytest.raises(ConfigError, match=r"unknown section \[nosuch\]"):
         load_config(None, env={}, overrides={"nosuch": {"x": 1}})
-    hub = SinkHub.from_config(load_config(None, env={}, overrides={"publish": {"endpoint": ""}}, validate=False),
+    hub = SinkHub.from_config(load_config(None, env={}, overrides={"publish": {"endpoint": ""},
+                                                                   "console": {"enabled": False}}, validate=False),
                               SinkContext(Config()))
     assert hub.sinks == [] and hub.describe() == "no sinks"
 
