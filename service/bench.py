@@ -215,7 +215,7 @@ def page_clients(url: str, n: int) -> None:
     asyncio.run(main())
 
 
-def bench_daemon(files: list[Path], model: str | None) -> Row:
+def bench_daemon(files: list[Path], model: str | None, jobs: int | None = None) -> Row:
     """Start the daemon on a folder of copies; time until every file is in SQLite; its peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         music = Path(tmp) / "music"
@@ -224,7 +224,8 @@ def bench_daemon(files: list[Path], model: str | None) -> Row:
             shutil.copy(f, music / f"{i:03d}{f.suffix}")
         state = Path(tmp) / "state"
         cmd = [sys.executable, "-m", "tagger.cli", "daemon", "--folder", str(music), "--state-dir", str(state),
-               "--endpoint", "", "--settle", "0", *(["--model", model] if model else [])]
+               "--endpoint", "", "--settle", "0", *(["--model", model] if model else []),
+               *(["--jobs", str(jobs)] if jobs else [])]
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         db = state / "library.db"
@@ -249,7 +250,8 @@ def bench_daemon(files: list[Path], model: str | None) -> Row:
         finally:
             proc.terminate()
             proc.wait(10)
-    return Row("daemon end to end (start → all files in SQLite)", elapsed, audio, len(files),
+    name = "daemon end to end (start → all files in SQLite)" + (f", --jobs {jobs}" if jobs else "")
+    return Row(name, elapsed, audio, len(files),
                {"files_per_s": len(files) / elapsed, "peak_rss_mb": peak_kb / 1024})
 
 
@@ -388,6 +390,11 @@ def run_bench(folder: str, model: str | None, device: str, live_seconds: float, 
     if job_counts:
         job_rows, jobs_comparison = bench_jobs(files, model, device, job_counts, repeat)
         rows.extend(job_rows)
+        if not skip_daemon:  # one run each: the daemon's start-up is part of what it measures
+            daemon_rows = [bench_daemon(files, model, n) for n in job_counts]
+            rows.extend(daemon_rows)
+            for n, row in zip(job_counts[1:], daemon_rows[1:], strict=True):
+                jobs_comparison[f"daemon_{n}_vs_{job_counts[0]}"] = {"speedup": daemon_rows[0].seconds / row.seconds}
     report = {
         "machine": {"cores": usable_cores(), "cpu": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "provider": fast.provider},
@@ -424,6 +431,9 @@ def print_report(report: dict) -> None:
         print(f"the model's CPU time (beyond decode + front end): fast {m['fast']:.2f} s, naive {m['naive']:.2f} s "
               f"({m['naive_over_fast']:.2f}×)")
     for name, c in report.get("jobs", {}).items():
+        if "max_abs_diff" not in c:
+            print(f"jobs {name.replace('_vs_', ' vs ').replace('_', ' ')}: {c['speedup']:.2f}× the files per second")
+            continue
         print(f"jobs {name.replace('_vs_', ' vs ')}: {c['speedup']:.2f}× the files per second; per file max |Δp| "
               + ", ".join(f"{k} {v:.2g}" for k, v in c["max_abs_diff"].items()) + "; same top label "
               + ", ".join(f"{k} {v}" for k, v in c["top_label_agreement"].items()))

@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     daemon.add_argument("--model", "-m", help="model name or .onnx path (default: the shipped default model)")
     daemon.add_argument("--device", choices=("auto", "cuda", "cpu"), help="inference device (default auto)")
     daemon.add_argument("--settle", type=float, help="seconds a file must stay unchanged before it is read")
+    daemon.add_argument("--jobs", "-j", type=int, help="files tagged at once (default: the config's, 0 = one per core)")
     daemon.add_argument("--coverage", metavar="full|excerpts:KxS",
                         help="how much of each file to analyse (default: the config's, full)")
     daemon.add_argument("--print-config", action="store_true",
@@ -178,7 +179,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from service.sinks import sink_classes
 
     overrides = {
-        "daemon": {"model": args.model, "device": args.device, "library": args.library, "state_dir": args.state_dir},
+        "daemon": {"jobs": args.jobs,
+                   "model": args.model, "device": args.device, "library": args.library, "state_dir": args.state_dir},
         "folders": {"settle_seconds": args.settle},
         "tagging": {"coverage": args.coverage},
         "live": {"source": args.source, "horizon_seconds": args.horizon, "file": args.live_file,

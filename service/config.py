@@ -31,7 +31,7 @@ def default_sink_settings() -> dict[str, SinkSettings]:
 @dataclass
 class DaemonSection:
     """state_dir: where the library and runtime files live (systemd sets $STATE_DIRECTORY).
-    library: the SQLite file (default: <state_dir>/library.db)."""
+    library: the SQLite file (default: <state_dir>/library.db). jobs: files tagged at once (0: one per core)."""
 
     state_dir: str = "~/.local/state/genre-tagger"
     library: str = ""
@@ -41,6 +41,7 @@ class DaemonSection:
     batch_size: int = 32
     chunk_frames: int = 512
     memory_arena: bool = True
+    jobs: int = 0
 
 
 @dataclass
@@ -149,6 +150,7 @@ class Config:
         check(d.device in ("auto", "cuda", "cpu"), "daemon.device", "must be auto, cuda or cpu", d.device)
         check(0 <= d.threads <= MAX_THREADS, "daemon.threads",
               f"must be within 0..{MAX_THREADS} (0 = one per core; this machine has {os.cpu_count()})", d.threads)
+        check(0 <= d.jobs <= MAX_JOBS, "daemon.jobs", f"must be within 0..{MAX_JOBS} (0 = one per core)", d.jobs)
         check(1 <= d.batch_size <= 4096, "daemon.batch_size", "must be within 1..4096", d.batch_size)
         check(64 <= d.chunk_frames <= 1 << 20, "daemon.chunk_frames", "must be within 64..1048576", d.chunk_frames)
         check(0 <= self.folders.settle_seconds <= 86400, "folders.settle_seconds", "must be within 0..86400 s",
@@ -196,6 +198,8 @@ def _coverage_ok(text: object) -> bool:
     return isinstance(text, str)
 
 
+# Files tagged at once beyond this are refused (each holds a decoding process).
+MAX_JOBS = 256
 # ONNX Runtime threads beyond this are refused (a typo like 100000 would hang creating them).
 MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 

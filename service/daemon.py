@@ -1,7 +1,9 @@
 """``genre-tagger daemon``: watched folders and live inputs, tagged into SQLite and handed to the sinks.
 
-Threads: the folder watcher (scan + events → the library queue), one tagging worker (queue → model →
-library → a ``TrackDone`` event), one thread per live input, the heartbeat (``Status`` events,
+Threads: the folder watcher (scan + events → the library queue), the tagging coordinator (queue → ``jobs``
+slots → library → a ``TrackDone`` event; the one writer of results, in order of completion), the
+slots (each tags one file at a time: its own decoding child process, the shared model), one thread
+per live input, the heartbeat (``Status`` events,
 systemd STATUS and WATCHDOG), and one thread per queued sink. Every event goes to one
 :class:`service.sinks.SinkHub`, which knows the sinks (ZeroMQ, HTTP...); the daemon knows none by name.
 SIGTERM or SIGINT stops it: the track being tagged is abandoned
@@ -11,16 +13,18 @@ SIGTERM or SIGINT stops it: the track being tagged is abandoned
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.config import Config
 from service.events import Status, TrackDone
 from service.folders import FolderWatcher
-from service.library import Library, LibraryError, LibraryStopped, blocked_message, fingerprint
+from service.library import Library, LibraryError, LibraryStopped, TrackRow, blocked_message, fingerprint
 from service.live import LiveCapture
 from service.livefile import LiveFile
 from service.notify import Notifier
@@ -28,9 +32,12 @@ from service.sinks import SinkContext, SinkHub
 from tagger.engine import EngineOptions
 from tagger.errors import Cancelled, DecodeError, TaggerError
 from tagger.isolated import IsolatedDecoder
-from tagger.pipeline import Tagger
+from tagger.parallel import default_jobs, engine_options_for_jobs, worker_threads
+from tagger.pipeline import Tagger, TrackResult
 
 log = logging.getLogger(__name__)
+# How much nicer the tagging slots run than live capture, when the daemon has both (Linux nice steps).
+LIVE_NICE = 5
 # Seconds between WAL checkpoints (truncating the -wal file) from the heartbeat.
 CHECKPOINT_SECONDS = 60.0
 
@@ -56,12 +63,14 @@ class Daemon:
         self.counters = Counters()
         self.notifier = Notifier()
         c = config
+        self.jobs = c.daemon.jobs or default_jobs()
         self.tagger = Tagger(
             c.daemon.model or None, threshold=c.tagging.threshold, top_k=c.tagging.top_k,
             hop_fraction=c.tagging.hop or None,
-            engine_options=EngineOptions(device=c.daemon.device, intra_op_threads=c.daemon.threads,
-                                         batch_size=c.daemon.batch_size, chunk_frames=c.daemon.chunk_frames,
-                                         memory_arena=c.daemon.memory_arena),
+            engine_options=engine_options_for_jobs(
+                EngineOptions(device=c.daemon.device, intra_op_threads=c.daemon.threads,
+                              batch_size=c.daemon.batch_size, chunk_frames=c.daemon.chunk_frames,
+                              memory_arena=c.daemon.memory_arena), self.jobs),
             coverage=c.tagging.coverage)
         labels = {o.name: tuple(o.labels) for o in self.tagger.manifest.outputs}
         self.hub = SinkHub.from_config(c, SinkContext(c, labels, f"{self.tagger.manifest.name} "
@@ -72,8 +81,13 @@ class Daemon:
         except OSError as exc:
             raise LibraryError(f"{c.state_dir}: cannot create the state folder ({exc.strerror or exc})") from None
         self.library = Library(c.library_path, c.tagging.store_top_k, stop=self.stop)
-        # Files are decoded in a child process: a decoder crash or hang costs that file, never the daemon.
-        self.decoder = IsolatedDecoder()
+        # Files are decoded in child processes (one per slot): a decoder crash or hang costs that file, never
+        # the daemon. That also takes FFmpeg, which holds the GIL, out of this process: the slots are threads
+        # sharing one model (ONNX Runtime releases the GIL), with no worker process loading it again.
+        self.decoders: queue.SimpleQueue[IsolatedDecoder] = queue.SimpleQueue()
+        self._all_decoders = [IsolatedDecoder() for _ in range(self.jobs)]
+        for decoder in self._all_decoders:
+            self.decoders.put(decoder)
         if c.tagging.retry_errors:
             self.library.requeue_errors()
         self.watcher = FolderWatcher(c.folders.roots, c.library_path, c.folders.settle_seconds, self.wake.set,
@@ -88,6 +102,8 @@ class Daemon:
                                        c.live.horizon_seconds or None, c.live.hysteresis, c.live.block_seconds,
                                        c.tagging.top_k))
         self._worker = threading.Thread(target=self._work, name="tagging", daemon=True)
+        # Live audio keeps its priority: with live capture on, the slots (and their decoders) run nicer.
+        self._slots = worker_threads(self.jobs, nice=LIVE_NICE if self.lives else 0)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -121,11 +137,13 @@ class Daemon:
         self.notifier.stopping()
         if self._worker.is_alive():
             self._worker.join(3.0)
+        self._slots.shutdown(wait=False, cancel_futures=True)
         if self.watcher:
             self.watcher.join(1.0)
         for live in self.lives:
             live.join(1.0 / len(self.lives))
-        self.decoder.close()
+        for decoder in self._all_decoders:
+            decoder.close()
         self.hub.close(time.monotonic() + SINKS_CLOSE_S)
         self.library.close()
 
@@ -175,34 +193,53 @@ class Daemon:
 
     def _work(self) -> None:
         library = Library(self.config.library_path, self.config.tagging.store_top_k, stop=self.stop)
+        in_flight: dict[Future, TrackRow] = {}
         try:
             while not self.stop.is_set():
-                row = library.next_pending()
-                if row is None:
+                while len(in_flight) < self.jobs:  # oldest pending first, none twice
+                    row = library.next_pending(exclude={r.id for r in in_flight.values()})
+                    if row is None:
+                        break
+                    in_flight[self._slots.submit(self._tag_in_slot, row)] = row
+                if not in_flight:
                     self.wake.wait(1.0)
                     self.wake.clear()
                     continue
-                self._tag_one(library, row)
+                done, _ = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in done:  # in order of completion, by this thread alone
+                    self._record(library, in_flight.pop(future), future)
         except LibraryStopped:
-            pass  # stopping while the library could not be written: the track stays queued
+            pass  # stopping while the library could not be written: the tracks stay queued
         except Exception:
             log.exception("tagging worker failed")
             raise
         finally:
+            for future in in_flight:
+                future.cancel()
             library.close()
 
-    def _tag_one(self, library: Library, row) -> None:
-        path = Path(row.path)
+    def _tag_in_slot(self, row: TrackRow) -> TrackResult | None:
+        """A slot thread: tag one file with a decoder of its own (None: queued as unreadable)."""
         if row.error and row.size == 0 and row.mtime == 0:  # queued as unreadable by the watcher
-            self._fail(library, row.id, path, row.error)
-            return
+            return None
+        decoder = self.decoders.get()
         try:
-            result = self.tagger.tag_file(path, cancelled=self.stop.is_set, decode=self.decoder.blocks)
+            return self.tagger.tag_file(Path(row.path), cancelled=self.stop.is_set, decode=decoder.blocks)
+        finally:
+            self.decoders.put(decoder)
+
+    def _record(self, library: Library, row: TrackRow, future: Future) -> None:
+        path = Path(row.path)
+        try:
+            result = future.result()
         except Cancelled:
             return  # stays pending: done again after the restart
         except (TaggerError, OSError) as exc:
             reason = exc.reason if isinstance(exc, DecodeError) else str(exc)
             self._fail(library, row.id, path, reason)
+            return
+        if result is None:
+            self._fail(library, row.id, path, row.error or "unreadable")
             return
         if not path.exists():
             # Only this path's error: a same-content file that took the row over meanwhile is not failed.

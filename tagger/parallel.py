@@ -24,7 +24,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -231,6 +231,13 @@ class WorkerPool:
                 process.join(5)
         for slot in self._slots:
             slot.join(10)
+
+
+def worker_threads(jobs: int, nice: int = 0, name: str = "tag") -> ThreadPoolExecutor:
+    """``jobs`` threads, each ``nice`` steps below this thread's priority (for work that runs FFmpeg out of
+    process, as the daemon's isolated decoders do, so that threads do not queue for the GIL)."""
+    return ThreadPoolExecutor(max(1, jobs), thread_name_prefix=name, initializer=_lower_thread_priority,
+                              initargs=(nice,))
 
 
 def _lower_thread_priority(nice: int) -> None:

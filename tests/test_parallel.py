@@ -86,3 +86,37 @@ def test_tag_files_stops_the_workers_when_the_consumer_leaves(tiny_model: Path, 
     first = next(outcomes)
     outcomes.close()  # what a Ctrl-C or a broken pipe does to the generator
     assert first.ok and first.path == files[0]
+
+
+def test_the_daemon_tags_with_several_jobs_each_file_once_as_tag_does(tmp_path: Path) -> None:
+    from daemon_helpers import query, start_daemon, stop_daemon, wait_until
+
+    from tagger.registry import DEFAULT_CPU_MODEL
+
+    music, state = tmp_path / "music", tmp_path / "state"
+    music.mkdir()
+    sources = sorted((DATA / "fma").glob("*.mp3"))[:5] + sorted((DATA / "gtzan" / "rock").glob("*.flac"))[:2]
+    for i, src in enumerate(sources):
+        (music / f"{i:02d}{src.suffix}").symlink_to(src)
+    (music / "bad.mp3").write_text("not audio at all\n" * 100)
+    daemon = start_daemon(state, Path(DEFAULT_CPU_MODEL), "--folder", str(music), "--settle", "0", "--jobs", "3",
+                          "--coverage", "excerpts:1x10", endpoint="")
+    db = state / "library.db"
+    try:
+        assert wait_until(lambda: db.exists() and query(
+            db, "SELECT count(*) FROM tracks WHERE status IN ('tagged', 'error')")[0][0] == 8, 600)
+    finally:
+        assert stop_daemon(daemon) == 0
+    rows = query(db, "SELECT path, status, tag_count, coverage FROM tracks ORDER BY path")
+    assert [(Path(p).name, s, n) for p, s, n, _ in rows] == [
+        *((f"{i:02d}{src.suffix}", "tagged", 1) for i, src in enumerate(sources)), ("bad.mp3", "error", 0)]
+    assert {c for _, s, _, c in rows if s == "tagged"} == {"excerpts:1x10"}  # 15-30 s clips: one excerpt
+    code, tagged, _ = _tag_json("--model", DEFAULT_CPU_MODEL, "--jobs", "1", "--coverage", "excerpts:1x10", str(music))
+    assert code == 1
+    for record in tagged:
+        if not record["ok"]:
+            continue
+        stored = dict(query(db, "SELECT g.label, g.score FROM genres g JOIN tracks t ON t.id = g.track_id "
+                                "WHERE t.path = ? AND g.output = 'genre'", (record["path"],)))
+        expected = record["outputs"]["genre"]["scores"]  # the best five, rounded
+        assert expected and all(abs(stored[label] - p) < 1e-5 for label, p in expected.items()), record["path"]
