@@ -135,53 +135,82 @@ class GenreTaggerPlugin(BeetsPlugin):
         manifest = read_manifest(resolve_model(self.config["model"].as_str() or DEFAULT_MODEL))
         return {o.name: o.multi_label for o in manifest.outputs}
 
-    def genres_for(self, item: Item, settings: Any) -> tuple[list[str] | None, str]:
-        """The genres ``item`` should have under ``settings`` (None: leave them), and a reason to log."""
+    def genres_for(self, item: Item, settings: Any) -> tuple[list[str] | None, str, tuple[str, ...]]:
+        """The genres ``item`` should have under ``settings`` (None: leave them), a reason to log, and the
+        genres the model decided for it."""
         from service.tagwriter import TagWriter
         from tagger.errors import TaggerError
-        from tagger.filetags import GenreState, plan_genres, provenance_value, unique
+        from tagger.filetags import provenance_value
 
         path = os.fsdecode(item.path)
         try:
             outputs, music, model, version, cached = self.result_for(path)
         except (TaggerError, OSError) as exc:
-            return None, f"cannot tag: {exc}"
+            return None, f"cannot tag: {exc}", ()
         new = TagWriter(None, settings, "beets").genres(outputs, music, settings)
         source = "genre-tagger library" if cached else f"model {model} {version}"
         if not new:
-            return None, ("not music" if not music else "no genre reached the threshold") + f" ({source})"
-        current = GenreState(tuple(item.get("genres") or ()))
-        set_before = item.get(OURS_FIELD)
-        ours = tuple(g for g in set_before.split(SEPARATOR) if g) if set_before else None
-        planned = plan_genres(current, new, settings.policy, ours)
+            return None, ("not music" if not music else "no genre reached the threshold") + f" ({source})", ()
+        planned = _plan(item, new, settings.policy, provenance_value(model, version))
         if planned is None:
-            return None, f"its own genres kept (policy {settings.policy}; {source})"
-        item[OURS_FIELD] = SEPARATOR.join(unique(g for g in planned if g.casefold() in {n.casefold() for n in new}))
-        item[MODEL_FIELD] = provenance_value(model, version)
-        return list(planned), source
+            return None, f"its own genres kept (policy {settings.policy}; {source})", new
+        return planned, source, new
 
-    def process(self, item: Item, settings: Any, write: bool, pretend: bool = False, show: bool = False) -> None:
-        """Set ``item``'s genres; ``show`` prints each change (the command), else logs it (the import)."""
+    def process(self, item: Item, settings: Any, write: bool, pretend: bool = False,
+                show: bool = False) -> tuple[str, ...]:
+        """Set ``item``'s genres; ``show`` prints each change (the command), else logs it (the import).
+        Returns the genres the model decided for the item (for its album's)."""
         before = list(item.get("genres") or ())
-        genres, reason = self.genres_for(item, settings)
+        genres, reason, decided = self.genres_for(item, settings)
         if genres is None:
             self._log.info("{}: {}", item, reason)
-            return
+            return decided
         if genres == before:
             self._log.debug("{}: genres already {} ({})", item, genres, reason)
             if not pretend:
                 item.store()
-            return
+            return decided
         item.genres = genres
-        change = f"{item}: {'; '.join(before) or '(none)'} → {'; '.join(genres)} ({reason})"
-        if show:
-            ui.print_(change + (" (pretend)" if pretend else ""))
-        else:
-            self._log.info("{}", change)
+        self._show(f"{item}: {'; '.join(before) or '(none)'} → {'; '.join(genres)} ({reason})", show, pretend)
         if not pretend:
             item.try_sync(write=write, move=False)
             if write:
                 self._refresh_cache(os.fsdecode(item.path))
+        return decided
+
+    def process_album(self, album: Any, settings: Any, decided: list[tuple[str, ...]], pretend: bool = False,
+                      show: bool = False) -> None:
+        """An album's genres: those decided for at least half its tracks, most common first (the tracks
+        keep their own; the album's are not copied to them)."""
+        from tagger.filetags import unique
+
+        counts: dict[str, int] = {}
+        spelling: dict[str, str] = {}
+        for genres in decided:
+            for g in unique(genres):
+                counts[g.casefold()] = counts.get(g.casefold(), 0) + 1
+                spelling.setdefault(g.casefold(), g)
+        shared = [spelling[k] for k, n in sorted(counts.items(), key=lambda kv: -kv[1]) if 2 * n >= len(decided)]
+        if not shared:
+            self._log.info("{}: no genre decided for half its tracks", album)
+            return
+        models = {item.get(MODEL_FIELD) for item in album.items()} - {None}
+        before = list(album.get("genres") or ())
+        planned = _plan(album, tuple(shared), settings.policy, models.pop() if len(models) == 1 else None)
+        if planned is None or planned == before:
+            if not pretend:
+                album.store(inherit=False)
+            return
+        album.genres = planned
+        self._show(f"album {album}: {'; '.join(before) or '(none)'} → {'; '.join(planned)}", show, pretend)
+        if not pretend:
+            album.store(inherit=False)
+
+    def _show(self, change: str, show: bool, pretend: bool) -> None:
+        if show:
+            ui.print_(change + (" (pretend)" if pretend else ""))
+        else:
+            self._log.info("{}", change)
 
     # -- beets hooks ----------------------------------------------------------------------------------
 
@@ -190,8 +219,9 @@ class GenreTaggerPlugin(BeetsPlugin):
         beets_writes = bool(getattr(task, "apply", False))
         write = ui.should_write() and not beets_writes
         settings = self._settings()
-        for item in task.imported_items():
-            self.process(item, settings, write)
+        decided = [self.process(item, settings, write) for item in task.imported_items()]
+        if getattr(task, "is_album", False) and getattr(task, "album", None) is not None:
+            self.process_album(task.album, settings, decided)
 
     def import_task_files(self, session: Any, task: Any) -> None:
         for item in task.imported_items():
@@ -218,6 +248,8 @@ class GenreTaggerPlugin(BeetsPlugin):
         cmd.parser.add_option("--policy", choices=("if-empty", "merge", "replace"),
                               help="items that already have genres (default: the config's policy)")
         cmd.parser.add_option("--threshold", type="float", help="probability a genre needs, 0..1")
+        cmd.parser.add_option("-a", "--album", action="store_true",
+                              help="match albums: set each album's tracks and the album's own genres")
 
         def run(lib: Any, opts: Any, args: Sequence[str]) -> None:
             from tagger.errors import TaggerError
@@ -227,11 +259,32 @@ class GenreTaggerPlugin(BeetsPlugin):
             except TaggerError as exc:
                 raise ui.UserError(str(exc)) from None
             write = ui.should_write(opts.write)
+            if opts.album:
+                for album in lib.albums(args):
+                    decided = [self.process(item, settings, write, opts.pretend, show=True) for item in album.items()]
+                    self.process_album(album, settings, decided, opts.pretend, show=True)
+                return
             for item in lib.items(args):
                 self.process(item, settings, write, opts.pretend, show=True)
 
         cmd.func = run
         return [cmd]
+
+
+def _plan(obj: Any, new: tuple[str, ...], policy: str, provenance: str | None) -> list[str] | None:
+    """An item's or album's genres under ``policy`` (None: leave them); remembers which are ours."""
+    from tagger.filetags import GenreState, plan_genres, unique
+
+    current = GenreState(tuple(obj.get("genres") or ()))
+    set_before = obj.get(OURS_FIELD)
+    ours = tuple(g for g in set_before.split(SEPARATOR) if g) if set_before else None
+    planned = plan_genres(current, new, policy, ours)
+    if planned is None:
+        return None
+    obj[OURS_FIELD] = SEPARATOR.join(unique(g for g in planned if g.casefold() in {n.casefold() for n in new}))
+    if provenance:
+        obj[MODEL_FIELD] = provenance
+    return list(planned)
 
 
 def _estimates(rows: list[dict], kinds: dict[str, bool], threshold: float) -> dict:

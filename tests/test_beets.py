@@ -84,6 +84,15 @@ def test_import_sets_multivalued_genres_writes_them_and_genretag_merges(beets_ho
     flex = beet(beets_home, "ls", "-f", "$genretagger_model", "format:FLAC").stdout.strip()
     assert flex == "tiny-test 0.0.1"
 
+    # Albums: each track's own decided genres, and the album's: those decided for at least half its tracks.
+    beet(beets_home, "genretag", "-a", "--policy", "replace")
+    votes: dict[str, int] = {}
+    for decided in expected.values():
+        votes[decided[0]] = votes.get(decided[0], 0) + 1
+    shared = [g for g, n in sorted(votes.items(), key=lambda kv: -kv[1]) if 2 * n >= len(expected)]
+    assert beet(beets_home, "ls", "-a", "-f", "$genres").stdout.strip() == "; ".join(shared)
+    assert listing(beets_home) == {name: decided[0] for name, decided in expected.items()}
+
     # genre-tagger's library is the cache: every file was run through the model once, even after beets
     # rewrote its tags.
     with sqlite3.connect(tmp_path / "genre-tagger.db") as conn:

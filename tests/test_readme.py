@@ -114,6 +114,7 @@ WALK: dict[str, tuple] = {
     "beet import ~/Music/new-album": (NOT_HERE, "a beets library and config; tests/test_beets.py runs the plugin"),
     "beet genretag -p": (NOT_HERE, "a beets library and config; tests/test_beets.py"),
     "beet genretag --policy merge -w artist:ASC": (NOT_HERE, "a beets library and config; tests/test_beets.py"),
+    "beet genretag -a album:Frontiers": (NOT_HERE, "a beets library and config; tests/test_beets.py"),
     "beet ls -f '$genres | $genretagger_model | $title'": (NOT_HERE, "a beets library; tests/test_beets.py"),
     "genre-tagger models msd-musicnn-gtzan": ("run", "work", 0),
     "genre-tagger models msd-musicnn-gtzan --json": ("run", "work", 0),
