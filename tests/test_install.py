@@ -144,3 +144,58 @@ def test_this_environment_has_exactly_one_onnxruntime_build() -> None:
     from tagger.engine import installed_onnxruntime_builds
 
     assert len(installed_onnxruntime_builds()) == 1, installed_onnxruntime_builds()
+
+
+def _fake_wheel(folder: Path, name: str, version: str, build: str) -> Path:
+    """A minimal wheel of distribution ``name`` that installs the package ``onnxruntime`` saying ``build``."""
+    dist = f"{name.replace('-', '_')}-{version}"
+    path = folder / f"{dist}-py3-none-any.whl"
+    files = {
+        "onnxruntime/__init__.py": f"BUILD = {build!r}\n",
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    records = [f"{p},,\n" for p in files] + [f"{dist}.dist-info/RECORD,,\n"]
+    with zipfile.ZipFile(path, "w") as z:
+        for p, text in files.items():
+            z.writestr(p, text)
+        z.writestr(f"{dist}.dist-info/RECORD", "".join(records))
+    return path
+
+
+def test_make_swaps_the_onnxruntime_build_and_never_keeps_both(tmp_path: Path) -> None:
+    """The Makefile's install-gpu / install-cpu mechanics, on stand-in wheels of both builds (no 340 MB download)."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _fake_wheel(wheels, "onnxruntime", "9.9.9", "cpu")
+    _fake_wheel(wheels, "onnxruntime-gpu", "9.9.9", "gpu")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    env = {**_env(), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "onnxruntime==9.9.9"], check=True, env=env, timeout=300)
+    (venv / ".runtime-installed").touch()  # the package itself is not what this test installs
+
+    def state() -> tuple[list[str], str]:
+        probe = ("import importlib.metadata as m, onnxruntime\n"
+                 "names = sorted(d.metadata['Name'].lower() for d in m.distributions() if 'onnxruntime' in "
+                 "d.metadata['Name'].lower())\nprint(','.join(names), onnxruntime.BUILD)")
+        out = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env, timeout=60).stdout.split()
+        return out[0].split(","), out[1]
+
+    def make(target: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), target, f"VENV={venv}"],
+                              capture_output=True, text=True, env=env, timeout=600)
+
+    assert state() == (["onnxruntime"], "cpu")
+    swapped = make("install-gpu")
+    assert swapped.returncode == 0, swapped.stdout + swapped.stderr
+    assert state() == (["onnxruntime-gpu"], "gpu")
+    assert (venv / ".onnxruntime-gpu").exists()
+    back = make("install-cpu")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert state() == (["onnxruntime"], "cpu")
+    (wheels / "onnxruntime_gpu-9.9.9-py3-none-any.whl").unlink()  # no GPU build to be had: the CPU one stays
+    failed = make("install-gpu")
+    assert failed.returncode != 0
+    assert state() == (["onnxruntime"], "cpu")

@@ -90,6 +90,11 @@ WALK: dict[str, tuple] = {
     "genre-tagger daemon --live --source radio --horizon 30": (
         NOT_HERE, "needs an audio input; tests/test_live.py runs live capture through PulseAudio"),
     "genre-tagger daemon --config service/genre-tagger.toml": ("serve", "repo", "started"),
+    "genre-tagger daemon --live --source radio --http": (
+        NOT_HERE, "needs an audio input (and the default HTTP port); tests/test_live.py, the display's tests"),
+    "genre-tagger daemon --live-file demo.flac --loop --http 127.0.0.1:0": ("serve", "work", "started"),
+    "genre-tagger daemon --live-file https://radio.example/stream.mp3 --http": (
+        NOT_HERE, "an Internet radio stream; nothing outside this machine is reachable in tests"),
     "genre-tagger listen": ("serve", "work", "status"),
     "genre-tagger listen --topic track --json": ("serve", "work", "track"),
     "genre-tagger keys ~/.config/genre-tagger --name daemon": ("run", "work", 0),
@@ -213,6 +218,9 @@ def test_the_readme_command_lines_work_in_a_fresh_shell(tmp_path: Path, format_f
     serve("genre-tagger daemon --folder ~/Music", work,
           lambda _: query(library, "SELECT count(*) FROM tracks WHERE status = 'tagged'")[0][0] == n_files)
     serve("genre-tagger daemon --config service/genre-tagger.toml", REPO, lambda text: "genre-tagger daemon:" in text)
+    shutil.copy(song, work / "demo.flac")
+    serve("genre-tagger daemon --live-file demo.flac --loop --http 127.0.0.1:0", work,
+          lambda text: "genre-tagger daemon:" in text)
 
     daemon = subprocess.Popen(["bash", "-c", _script("genre-tagger daemon --folder ~/Music", work, True)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
