@@ -408,8 +408,8 @@ def test_daemon_writes_tags_once_and_does_not_retag_its_own_writes(tagged_files:
         assert snapshot(path) == before
 
     # A new model version with retag_outdated: both tracks re-tagged in the background, tags rewritten, once.
-    env["GENRE_TAGGER_TAGS_RETAG_OUTDATED"] = "true"
-    daemon = start_daemon(state, tiny_v2, "--folder", str(music), "--settle", "0.2", endpoint="", env=env)
+    daemon = start_daemon(state, tiny_v2, "--folder", str(music), "--settle", "0.2", "--retag-outdated",
+                          endpoint="", env=env)  # the flag, as [tags] retag_outdated = true
     try:
         assert wait_until(lambda: query(db, "SELECT count(*) FROM tag_writes")[0][0] == 4, 120), \
             (state.parent / "state.log").read_text()

@@ -16,9 +16,10 @@ under the settings it was last written with).
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from service.events import TrackDone
 from service.library import TAGGED, Library
@@ -76,6 +77,20 @@ class TagsSink(Sink):
         self.library: Library | None = None
         self.writer: TagWriter | None = None
         self.written = 0
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--write-tags", action="store_true", default=None,
+                            help="write each tagged file's decided genres into its own tags ([tags] write)")
+        parser.add_argument("--tag-policy", choices=POLICIES, default=None,
+                            help="files that already have genres: if-empty (default), merge or replace ([tags] policy)")
+        parser.add_argument("--retag-outdated", action="store_true", default=None,
+                            help="re-tag, behind all other work, the tracks an older model tagged "
+                                 "([tags] retag_outdated)")
+
+    @classmethod
+    def overrides(cls, args: argparse.Namespace) -> dict[str, Any]:
+        return {"write": args.write_tags, "policy": args.tag_policy, "retag_outdated": args.retag_outdated}
 
     def start(self) -> None:
         settings: TagsSection = self.settings  # type: ignore[assignment]
