@@ -352,6 +352,11 @@ def test_write_tags_dry_run_idempotent_restore_and_retag(tagged_files: dict[str,
     assert undo_retag.returncode == 0, undo_retag.stderr
     assert all(read_state(p) == written[p] for p in files[1:]) and read_state(files[0]).provenance.endswith("0.0.2")
 
+    one = cli("library", "--library", str(db), "restore-tags", str(files[0]))  # one file, both its runs
+    assert one.returncode == 0, one.stderr
+    assert (snapshot(files[0]), read_state(files[0])) == originals[files[0]]
+    assert read_state(files[2]) == written[files[2]]
+
     restore = cli("library", "--library", str(db), "restore-tags")
     assert restore.returncode == 0, restore.stderr
     for p in files:
