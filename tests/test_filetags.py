@@ -227,6 +227,33 @@ def test_a_file_changed_since_it_was_tagged_is_skipped(tagged_files: dict[str, P
     assert read_state(path) == GenreState()
 
 
+def test_restore_leaves_genres_a_user_changed_since_unless_forced(tagged_files: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    from service.library import fingerprint
+    from service.tagwriter import RESTORED, SKIPPED, WRITTEN, TagWriter, WriteSettings, restore_tags
+
+    path = tagged_files["opus"]
+    original = snapshot(path), read_state(path)
+    library = Library(tmp_path / "library.db")
+    try:
+        assert library.discover(path) == "queued"
+        track_id = library.get(path).id
+        outputs = {"genre": _estimate({"rock": 0.9, "pop": 0.1}, 0.6, False)}
+        writer = TagWriter(library, WriteSettings(), "test")
+        written = writer.write(track_id, path, outputs, "m", "1", fingerprint(path))
+        assert written.action == WRITTEN and read_state(path).genres == ("rock",)
+        f = mutagen.File(path)
+        f.tags["GENRE"] = ["Krautrock"]  # the user's own choice, after ours
+        f.save()
+        (kept,) = restore_tags(library)
+        assert kept.action == SKIPPED and "changed since genre-tagger wrote them" in kept.reason
+        assert read_state(path).genres == ("Krautrock",)
+        (forced,) = restore_tags(library, force=True)
+        assert forced.action == RESTORED and (snapshot(path), read_state(path)) == original
+    finally:
+        library.close()
+
+
 def test_no_music_writes_no_genre(format_files: dict[str, Path], tmp_path: Path) -> None:
     import numpy as np
     from conftest import encode
