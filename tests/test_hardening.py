@@ -309,8 +309,8 @@ def test_20000_identical_tiny_files_are_all_discovered(tiny_model: Path, tmp_pat
         elapsed = time.monotonic() - started
         assert daemon.poll() is None
         log = (tmp_path / "state.log").read_text()
-        assert wait_until(lambda: "audio files in" in (tmp_path / "state.log").read_text(), 60)
-        scan = re.search(r"scanned .*: (\d+) audio files in ([\d.]+) s", (tmp_path / "state.log").read_text())
+        assert wait_until(lambda: "scan done:" in (tmp_path / "state.log").read_text(), 60)
+        scan = re.search(r"scan done: (\d+) files, \d+ queued, in ([\d.]+) s", (tmp_path / "state.log").read_text())
         print(f"\n20000 identical files: all in the library {elapsed:.1f} s after start; the scan reports "
               f"{scan.group(1)} files in {scan.group(2)} s")
         assert int(scan.group(1)) == 20000
