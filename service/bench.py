@@ -3,8 +3,8 @@
 Rows: decode only (the floor), decode + front end, full tagging (fast path: frame features once per
 track), the same model run naively (every window through the whole network), live per-hop latency on a
 stream played in real time (also with the HTTP display sink serving 50 page clients: its p99 increase
-over the plain row is the display's cost to the live path), and the daemon end to end (files per
-second into SQLite, peak RSS).
+over the plain row, and the time the live path spends handing each update to that sink), and the daemon
+end to end (files per second into SQLite, peak RSS).
 Throughput is × real time for one process; the machine's core count is reported beside it. The file
 rows run ``repeat`` times, interleaved file by file, and add up each file's fastest run (every round's
 total is kept).
@@ -130,6 +130,7 @@ def bench_live(file: Path, tagger: Tagger, seconds: float, block_seconds: float 
     extra: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         probe = _LatencyProbe()
+        before_http = _LatencyProbe()  # just before the HTTP sink: probe − this = what handing it over costs
         context = SinkContext(None, {o.name: tuple(o.labels) for o in tagger.manifest.outputs},  # type: ignore
                               f"{tagger.manifest.name} {tagger.manifest.version}")
         sinks: list[Sink] = [ZmqSink(PublishSection(endpoint=f"ipc://{tmp}/bench"), context)]
@@ -139,7 +140,7 @@ def bench_live(file: Path, tagger: Tagger, seconds: float, block_seconds: float 
 
             http = HttpSink(HttpSection(enabled=True, listen="127.0.0.1:0"), context)
             sinks.append(http)
-        hub = SinkHub([*sinks, probe])
+        hub = SinkHub([*sinks[:1], before_http, *sinks[1:], probe])
         hub.start()
         clients = None
         try:
@@ -161,12 +162,14 @@ def bench_live(file: Path, tagger: Tagger, seconds: float, block_seconds: float 
                 delay = due - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-                probe.arrival = time.perf_counter()
+                probe.arrival = before_http.arrival = time.perf_counter()
                 live.feed(audio[pos:pos + block])
             elapsed = time.perf_counter() - started
             if http is not None:
                 extra["page_clients"] = http.clients
                 extra["client_drops"] = http.dropped
+                handoff = 1000 * (np.array(probe.latencies) - np.array(before_http.latencies))  # µs
+                extra["http_handoff_p99_us"] = float(np.percentile(handoff, 99)) if handoff.size else 0.0
         finally:
             if clients is not None:
                 clients.terminate()

@@ -48,5 +48,6 @@ def test_bench_reports_every_stage_as_a_table_and_json(excerpt, tmp_path: Path) 
     display = report["rows"][6]["extra"]  # every page client stayed connected and got the live updates
     assert display["page_clients"] == 50 and display["live_events_per_client"] >= display["hops"] - 1
     assert display["p99_increase_ms"] == pytest.approx(display["p99_ms"] - report["rows"][5]["extra"]["p99_ms"])
+    assert display["http_handoff_p99_us"] > 0  # what the live path spends handing an update to the HTTP sink
     for name in names:
         assert name in done.stdout  # the terminal table

@@ -172,7 +172,7 @@ def test_the_library_page_shows_the_queue_the_files_tagged_and_the_errors(
     try:
         assert wait_until(lambda: query(db, "SELECT count(*) FROM tracks WHERE status IN ('tagged', 'error')")[0][0]
                           == 2, 120)
-        browser.get(f"http://127.0.0.1:{port}/library")
+        browser.get(f"http://127.0.0.1:{port}/library?theme=light")
 
         def tables(d):
             return d.execute_script("""
@@ -185,6 +185,7 @@ def test_the_library_page_shows_the_queue_the_files_tagged_and_the_errors(
 
         until(browser, lambda d: tables(d)["queue"] == "0" and tables(d)["tagged"] == "1", 30, "the library totals")
         state = tables(browser)
+        assert browser.execute_script("return getComputedStyle(document.body).backgroundColor") == "rgb(246, 247, 249)"
         assert state["connection"] == "connected" and state["errors"] == "1"
         assert state["recent"] == ["good.opus"]
         assert state["failed"][0] == "notes.mp3" and "not a readable audio file" in state["failed"][1]
