@@ -189,6 +189,7 @@ def test_the_library_page_shows_the_queue_the_files_tagged_and_the_errors(
         assert state["connection"] == "connected" and state["errors"] == "1"
         assert state["recent"] == ["good.opus"]
         assert state["failed"][0] == "notes.mp3" and "not a readable audio file" in state["failed"][1]
+        until(browser, lambda d: "http: " in d.find_element("id", "sinks").text, 30, "the sinks' counts")
         # A file tagged while the page is open appears without a reload.
         shutil.copy(realworld / "warzone2100-music" / "menu.opus", music / "later.opus")
         until(browser, lambda d: tables(d)["recent"][:1] == ["later.opus"], 60, "the new file on the page")
@@ -247,3 +248,38 @@ def test_the_display_is_read_only_and_loopback_unless_told(tmp_path: Path, tiny_
     finally:
         assert stop_daemon(daemon) == 0
 
+
+
+def test_the_page_shows_uncertain_and_no_music_and_never_an_uncertain_genre(browser, tmp_path: Path) -> None:
+    """The HTTP sink in this process, fed genre changes as the live path makes them; the page in Chromium."""
+    from service.config import Config
+    from service.events import GenreChanged
+    from service.sinks import SinkContext, SinkHub
+    from service.sinks.http import HttpSection, HttpSink
+
+    sink = HttpSink(HttpSection(enabled=True, listen="127.0.0.1:0"), SinkContext(Config()))
+    hub = SinkHub([sink])
+    hub.start()
+    try:
+        browser.get(sink.url + "?source=radio")
+        until(browser, lambda d: page_state(d)["connection"] == "connected", 30, "the page to connect")
+
+        def change(previous: str | None, current: str, uncertain: bool = False, music: bool = True) -> None:
+            hub.genre_changed(GenreChanged(source="radio", stream_s=10.0, previous=previous, current=current,
+                                           confidence=0.9 if not uncertain else 0.4, uncertain=uncertain, music=music))
+
+        hub.genre_changed(GenreChanged(source="other", stream_s=1.0, previous=None, current="pop", confidence=0.9))
+        change(None, "jazz")
+        until(browser, lambda d: page_state(d)["genre"] == "jazz", 20, "jazz")
+        assert page_state(browser)["state"] == "genre"
+        change("jazz", "rock", uncertain=True)
+        until(browser, lambda d: page_state(d)["state"] == "uncertain", 20, "the uncertain state")
+        assert page_state(browser)["genre"] == "uncertain"  # never "rock" in large type
+        change("rock", "no music", music=False)
+        until(browser, lambda d: page_state(d)["state"] == "nomusic", 20, "the no music state")
+        state = page_state(browser)
+        assert state["genre"] == "no music" and len(state["history"]) == 3
+        assert "(uncertain)" in state["history"][1]
+        assert browser.execute_script("return document.querySelectorAll('.source').length") == 1  # ?source=radio
+    finally:
+        hub.close(time.monotonic() + 2)

@@ -55,6 +55,11 @@ function renderStatus(status, totals) {
   document.getElementById("uptime").textContent =
     `daemon up ${ago(status.uptime_s)} · ${status.model} on ${status.provider} · ` +
     `${status.dropped_messages} messages dropped by slow consumers`;
+  // Each output of the daemon (ZeroMQ, this page, a text file, Icecast...): what it delivered, lost, failed.
+  document.getElementById("sinks").textContent = Object.entries(status.sinks || {}).map(([name, c]) =>
+    `${name}: ${c.delivered} delivered` + (c.dropped ? `, ${c.dropped} dropped` : "") +
+    (c.errors ? `, ${c.errors} errors (last: ${c.last_error})` : "") +
+    (c.suspended_s ? `, suspended for ${c.suspended_s} s` : "")).join(" · ");
   const blocked = document.getElementById("blocked");
   blocked.textContent = status.library || "";  // the library cannot be written: why, and since when
   blocked.hidden = !status.library;
