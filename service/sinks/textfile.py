@@ -39,7 +39,7 @@ class TextFileSection(QueuedSinkSettings):
         check_template(self.format, f"{section}.format")
         if self.enabled:
             check(bool(self.path), f"{section}.path", "must name the file to write")
-            folder = Path(self.path).expanduser().parent
+            folder = Path(os.path.expandvars(self.path)).expanduser().parent
             check(folder.is_dir(), f"{section}.path", f"folder {str(folder)!r} does not exist")
 
 
