@@ -174,3 +174,75 @@ def test_migration_to_version_3_keeps_old_rows_unknown(tmp_path: Path) -> None:
     rows = library.db.execute("SELECT path, music, music_probability FROM tracks").fetchall()
     assert rows == [("/x.mp3", None, None)]
     library.close()
+
+
+def _wav(path: Path, seed: int = 0) -> Path:
+    from bad_inputs import tones, wav_bytes
+
+    path.write_bytes(wav_bytes(tones(1.0, 8000, seed=seed), 8000))
+    return path
+
+
+def test_a_vanished_files_error_never_attaches_to_its_same_content_successor(tmp_path: Path) -> None:
+    library = Library(tmp_path / "library.db")
+    a, b = _wav(tmp_path / "a.wav"), tmp_path / "b.wav"
+    assert library.discover(a) == "queued"
+    row = library.get(a)
+    # a.wav vanishes while it is read, and b.wav arrives with the same content: the row follows b.wav ...
+    b.write_bytes(a.read_bytes())
+    a.unlink()
+    assert library.discover(b) == "moved"
+    # ... so the reader's "vanished" for a.wav must not mark b.wav failed: b.wav stays queued.
+    assert not library.record_error(row.id, "the file vanished while it was being read", force=True, path=a)
+    assert library.get(b).status == "pending"
+    # A twin that failed is not inherited either: its successor is tried afresh.
+    c = _wav(tmp_path / "c.wav", seed=1)
+    assert library.discover(c) == "queued"
+    library.record_error(library.get(c).id, "some decoder error")
+    d = tmp_path / "d.wav"
+    d.write_bytes(c.read_bytes())
+    c.unlink()
+    assert library.discover(d) == "moved"
+    assert (library.get(d).status, library.get(d).error) == ("pending", None)
+    library.close()
+
+
+def test_the_wal_is_truncated_at_each_checkpoint(tmp_path: Path) -> None:
+    from service.library import WAL_SIZE_LIMIT
+
+    library = Library(tmp_path / "library.db")
+    for i in range(3000):
+        library.record_skipped(tmp_path / f"{i:05d}-{'x' * 200}.wav", f"not a regular file ({i})")
+    wal = tmp_path / "library.db-wal"
+    assert wal.stat().st_size <= WAL_SIZE_LIMIT + (1 << 20)
+    library.checkpoint()
+    assert wal.stat().st_size == 0
+    library.close()
+
+
+def test_writes_wait_for_a_lock_and_say_so(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import threading
+
+    from service.library import blocked_message
+
+    db = tmp_path / "library.db"
+    library = Library(db)
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time\n"
+                               "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                               "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(6)\n"
+                               "c.execute('ROLLBACK')", str(db)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (library.record_skipped(tmp_path / "x.wav", "a FIFO"), done.set()))
+    writer.start()
+    messages = []
+    while not done.wait(0.5):
+        messages.append(blocked_message(db))
+    writer.join()
+    holder.wait()
+    assert any(m and m.startswith("library locked by another process for") for m in messages), messages
+    assert blocked_message(db) is None
+    assert library.get(tmp_path / "x.wav").error == "a FIFO"
+    library.close()
