@@ -185,24 +185,27 @@ class FolderWatcher:
         before = dict(self.counts)
         seen: set[str] = set()
         found = 0
-        for path in self._walk(library, str(root)):
+        for path in self._walk(library, str(root), seen):
             if stop.is_set():
                 return
             seen.add(path)
             found += 1
             self._guarded(path, self._consider, library, path, False, True)
-        gone = library.mark_missing_under(root, seen)
+        gone = library.mark_missing_under(root, seen)  # and the rows of folders that became readable
         self.counts["deleted"] += gone
         done = {k: self.counts[k] - before[k] for k in self.counts}
         log.info("scan done: %d files, %d queued, in %.1f s (%s: %d unchanged, %d moved, %d gone, %d skipped)",
                  found, done["queued"], time.monotonic() - started, printable(str(root)), done["unchanged"],
                  done["moved"], gone, done["skipped"])
 
-    def _walk(self, library: Library, top: str):
-        """Audio file paths under ``top`` (hidden folders skipped); unreadable folders are recorded."""
+    def _walk(self, library: Library, top: str, unreadable_seen: set[str] | None = None):
+        """Audio file paths under ``top`` (hidden folders skipped); unreadable folders are recorded (and
+        added to ``unreadable_seen``)."""
 
         def unreadable(exc: OSError) -> None:
             folder = os.fsdecode(exc.filename) if exc.filename else top
+            if unreadable_seen is not None:
+                unreadable_seen.add(folder)
             self._guarded(folder, self._skip, library, folder, f"cannot read folder: {exc.strerror or exc}")
 
         for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):

@@ -510,11 +510,13 @@ class Library:
         return self._retry(write)
 
     def mark_missing_under(self, root: str | Path, seen: set[str]) -> int:
-        """Mark deleted every known track under ``root`` not in ``seen`` (after a full scan)."""
+        """Mark deleted every known track under ``root`` not in ``seen`` (after a full scan), and the rows
+        of folders once unreadable that are not in ``seen`` any more (they are scanned now)."""
         prefix = str(Path(root)) + os.sep
         rows = self.db.execute("SELECT path FROM tracks WHERE status != 'deleted' AND substr(path, 1, ?) = ?",
                                [len(prefix), prefix]).fetchall()
-        gone = [p for p in (fs_path(r) for (r,) in rows) if p not in seen and not os.path.lexists(p)]
+        gone = [p for p in (fs_path(r) for (r,) in rows)
+                if p not in seen and (not os.path.lexists(p) or os.path.isdir(p))]
         for p in gone:
             self.mark_deleted(p)
         return len(gone)
