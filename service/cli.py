@@ -12,7 +12,15 @@ import time
 from pathlib import Path
 
 from tagger.chart import bar
-from tagger.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
+from tagger.cli import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    add_coverage_argument,
+    add_engine_arguments,
+    add_jobs_argument,
+    engine_options,
+)
 from tagger.ensemble import NO_MUSIC
 from tagger.errors import ConfigError, TaggerError
 
@@ -108,6 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     restore.add_argument("--dry-run", action="store_true", help="print before → after, write nothing")
     restore.add_argument("--force", action="store_true",
                          help="also restore files whose genres someone changed after genre-tagger wrote them")
+    imp = lsub.add_parser("import", help="merge the Parquet shards of `genre-tagger batch` into the library")
+    imp.add_argument("shards", metavar="DIR", help="the folder `batch --out` wrote")
     retag = lsub.add_parser("retag", help="tag again the tracks an older model (or another one) tagged, and "
                                           "rewrite the genres genre-tagger wrote into their files")
     retag.add_argument("--outdated", action="store_true", required=True,
@@ -143,6 +153,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--out", default="bench-results/bench.json",
                        help="JSON report (default bench-results/bench.json)")
     bench.set_defaults(func=cmd_bench)
+
+    batch = sub.add_parser("batch", help="tag a catalogue (folder or manifest) into Parquet shards, resumably; "
+                                         "local processes, or a Ray cluster with --ray",
+                           description="Tag every path of SOURCE (a folder, or a .csv/.jsonl/.parquet/.txt manifest "
+                                       "of paths) into Parquet shards in --out; a re-run skips what is done. "
+                                       "`genre-tagger library import DIR` merges them into the library.")
+    batch.add_argument("source", metavar="SOURCE", help="a folder, or a manifest of paths")
+    batch.add_argument("--out", "-o", required=True, metavar="DIR", help="folder for the Parquet shards")
+    batch.add_argument("--ray", metavar="ADDRESS", default=None,
+                       help="run on Ray: 'auto' (the cluster this machine belongs to), 'local' (start one here) "
+                            "or ray://HOST:PORT; needs the cluster extra")
+    batch.add_argument("--actors", type=int, default=0,
+                       help="with --ray: model actors (default: one per GPU, else one per 4 CPUs, at least 1)")
+    batch.add_argument("--shard-rows", type=int, default=500, help="tracks per Parquet shard (default 500)")
+    add_engine_arguments(batch)
+    add_jobs_argument(batch)
+    add_coverage_argument(batch)
+    batch.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="progress bar on stderr (default: on a terminal)")
+    batch.set_defaults(func=cmd_batch)
 
     coverage = sub.add_parser("bench-coverage", help="excerpts against full coverage: agreement, max |Δp|, speed")
     coverage.add_argument("folders", nargs="+", metavar="DIR", help="audio folders (a labels.csv is used if present)")
@@ -205,6 +235,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from service.batch import run_batch
+    from tagger.parallel import default_jobs
+
+    arguments = {"model": args.model, "engine_options": engine_options(args), "coverage": args.coverage}
+    summary = run_batch(args.source, args.out, arguments, args.jobs or default_jobs(), args.ray,
+                        max(1, args.shard_rows),
+                        args.progress if args.progress is not None else sys.stderr.isatty(),
+                        {"actors": args.actors} if args.ray else None)
+    print(f"{summary.tagged} tagged, {summary.errors} failed, {summary.skipped} already done of {summary.total} "
+          f"in {summary.seconds:.1f} s; {summary.shards} new shard{'s' if summary.shards != 1 else ''} in {args.out}",
+          file=sys.stderr)
+    return EXIT_SOME_FAILED if summary.errors else EXIT_OK
+
+
 def cmd_bench_coverage(args: argparse.Namespace) -> int:
     from service.bench_coverage import main
 
@@ -240,7 +285,7 @@ def cmd_library(args: argparse.Namespace) -> int:
     from service.library import Library
 
     path = _library_path(args)
-    if not path.is_file():
+    if not path.is_file() and args.library_command != "import":
         print(f"genre-tagger: error: {path}: no library (has the daemon run?)", file=sys.stderr)
         return EXIT_USAGE
     # Queries never write, so a read-only file or folder is fine for them; restore-tags and retag write.
@@ -474,9 +519,21 @@ def _retag(library, args) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-_WRITING_COMMANDS = frozenset(("restore-tags", "retag"))
+_WRITING_COMMANDS = frozenset(("restore-tags", "retag", "import"))
+
+
+def _import(library, args) -> int:
+    from service.batch import import_shards
+
+    shards = Path(args.shards).expanduser()
+    counts = import_shards(library, shards)
+    print(f"imported {counts['tagged']} tagged and {counts['error']} failed tracks from {shards} "
+          f"({counts['unchanged']} already in the library)", file=sys.stderr)
+    return EXIT_OK
+
+
 _LIBRARY_COMMANDS = {"stats": _stats, "list": _list, "show": _show, "export-m3u": _export_m3u,
-                     "export-csv": _export_csv, "restore-tags": _restore_tags, "retag": _retag}
+                     "export-csv": _export_csv, "restore-tags": _restore_tags, "retag": _retag, "import": _import}
 
 
 def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str, str]) -> int:

@@ -206,6 +206,12 @@ class FeatureStream:
         self._compute(final=False)
         return self._collect(end=self._done)
 
+    def push_frames(self, frames: np.ndarray) -> list[PooledSlice]:
+        """Log-mel frames [n, mels] computed elsewhere, instead of samples (see ``TagStream.feed_frames``)."""
+        self._append(frames)
+        self._compute(final=False)
+        return self._collect(end=self._done)
+
     def finish(self) -> list[PooledSlice]:
         self._append(self.front_end.flush())
         self._compute(final=True)

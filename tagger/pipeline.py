@@ -151,6 +151,23 @@ class TagStream:
         self._sources = self._new_sources()
         self._offset_s = start_s
 
+    def feed_frames(self, frames: Mapping[str, np.ndarray], samples: int) -> list[SliceResult]:
+        """Add log-mel frames computed elsewhere, float32 [n, mels] per front end name (by
+        :class:`tagger.frontend.StreamingFrontEnd` with the model's settings, over ``samples`` samples):
+        a batch job computes them in CPU tasks and runs the model where the model is loaded. A stream is
+        fed samples or frames, not both."""
+        if self._finished:
+            raise RuntimeError("feed_frames() after finish()")
+        self.samples_in += samples
+        for source in self._sources:
+            if not isinstance(source.front_end, _FramesGiven):
+                source.front_end = _FramesGiven(source.config.n_mels)
+            name = next(n for n, config in self.tagger.manifest.front_ends.items() if config == source.config)
+            given = np.asarray(frames[name], dtype=np.float32)
+            for s in source.push_frames(given):
+                self._pending[s.view].append(s)
+        return self._infer(force=self.eager)
+
     @property
     def sample_rate(self) -> int:
         """The rate :meth:`feed` expects, in Hz (every front end of a model shares it)."""
@@ -232,6 +249,19 @@ class TagStream:
             for r in results:
                 self.on_slice(r)
         return results
+
+
+class _FramesGiven:
+    """Stands in for a source's front end when its frames come ready-made (:meth:`TagStream.feed_frames`)."""
+
+    def __init__(self, n_mels: int) -> None:
+        self.n_mels = n_mels
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        raise RuntimeError("feed() on a stream fed with frames")
+
+    def flush(self) -> np.ndarray:
+        return np.zeros((0, self.n_mels), dtype=np.float32)
 
 
 class Tagger:

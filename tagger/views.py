@@ -112,6 +112,11 @@ class FrontEndStream:
         self.frames.append(self.front_end.push(samples))
         return self._collect()
 
+    def push_frames(self, frames: np.ndarray) -> list[Slice]:
+        """Log-mel frames [n, mels] computed elsewhere, instead of samples (see ``TagStream.feed_frames``)."""
+        self.frames.append(frames)
+        return self._collect()
+
     def finish(self) -> list[Slice]:
         """End of stream: the remaining slices, an end-aligned last one per view, and short-track padding."""
         self.frames.append(self.front_end.flush())
