@@ -121,6 +121,11 @@ WALK: dict[str, tuple] = {
     "beet genretag --policy merge -w artist:ASC": (NOT_HERE, "a beets library and config; tests/test_beets.py"),
     "beet genretag -a album:Frontiers": (NOT_HERE, "a beets library and config; tests/test_beets.py"),
     "beet ls -f '$genres | $genretagger_model | $title'": (NOT_HERE, "a beets library; tests/test_beets.py"),
+    "genre-tagger batch ~/Music --out shards/": (
+        NOT_HERE, "needs the batch extra (pyarrow), which `make install` leaves out; tests/test_batch.py"),
+    "genre-tagger batch catalogue.csv --out shards/ --ray auto": (
+        NOT_HERE, "a Ray cluster; tests/test_batch.py starts a two-node one and loses a node midway"),
+    "genre-tagger library import shards/": (NOT_HERE, "needs batch's shards; tests/test_batch.py imports them"),
     "genre-tagger models msd-musicnn-gtzan": ("run", "work", 0),
     "genre-tagger models msd-musicnn-gtzan --json": ("run", "work", 0),
     "genre-tagger bench": (NOT_HERE, "minutes of benchmark; tests/test_bench.py"),
