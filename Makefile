@@ -14,9 +14,10 @@ GPU_STAMP     := $(VENV)/.onnxruntime-gpu
 
 # Debian packages for live capture and its tests (PortAudio, ALSA's PulseAudio route, a PulseAudio server),
 # the sqlite3 shell the README's library example uses (tests/test_readme.py runs it), and for the display's
-# tests a headless browser and its WebDriver, and an Icecast server.
+# tests a headless browser and its WebDriver, and an Icecast server; espeak-ng speaks for the default
+# model's "no music" test.
 SYSTEM_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils sqlite3 chromium chromium-driver \
-	icecast2
+	icecast2 espeak-ng
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

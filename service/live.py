@@ -92,16 +92,20 @@ class StreamResampler:
 
 @dataclass
 class ChangeDetector:
-    """Announce a new top genre only after it held the top for ``hysteresis`` consecutive updates."""
+    """Announce a new top genre only after it held the top for ``hysteresis`` consecutive updates.
+
+    An update without a label to announce (``None``: the genre is uncertain) breaks a candidate's run
+    and keeps the current label: an uncertain estimate never becomes a change (contract §3)."""
 
     hysteresis: int = 3
     current: str | None = None
     _candidate: str | None = None
     _count: int = 0
 
-    def update(self, top: str) -> tuple[str | None, str] | None:
-        """Feed one update's top label; return (previous, new) when a change is announced."""
-        if top == self.current:
+    def update(self, top: str | None) -> tuple[str | None, str] | None:
+        """Feed one update's top label (None when uncertain); return (previous, new) when a change is
+        announced."""
+        if top is None or top == self.current:
             self._candidate, self._count = None, 0
             return None
         if top == self._candidate:
@@ -176,12 +180,13 @@ class LiveTagger:
             music=self.stream.music(), music_probability=self.stream.music_probability(),
             latency_ms=1000 * (time.monotonic() - captured_at) if captured_at is not None else None)
         self.sink.live(update)
-        change = self.changes.update(update.top)
+        # Only a decided genre, or "no music", can be announced: an uncertain top is no news.
+        change = self.changes.update(update.top if not update.music or not update.uncertain else None)
         if change:
             previous, current = change
             self.sink.genre_changed(GenreChanged(
                 source=self.source, stream_s=update.stream_s, previous=previous, current=current,
-                confidence=update.confidence, uncertain=update.uncertain, music=update.music))
+                confidence=update.confidence, uncertain=False, music=update.music))
 
 
 class LiveCapture:
@@ -193,7 +198,7 @@ class LiveCapture:
     """
 
     def __init__(self, tagger: Tagger, sink: LiveSink, source: str = "live",
-                 device: str = "", horizon_seconds: float | None = 30.0, hysteresis: int = 3,
+                 device: str = "", horizon_seconds: float | None = 2.0, hysteresis: int = 2,
                  block_seconds: float = 0.05, buffer_seconds: float = 30.0, sample_rate: int = 0,
                  channels: int = 0, top_k: int = 5) -> None:
         self.tagger = tagger

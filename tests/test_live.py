@@ -70,6 +70,9 @@ def test_change_detector_needs_the_new_genre_to_hold() -> None:
     d = ChangeDetector(hysteresis=3)
     events = [d.update(top) for top in ["jazz", "jazz", "jazz", "rock", "jazz", "rock", "rock", "rock"]]
     assert events == [None, None, (None, "jazz"), None, None, None, None, ("jazz", "rock")]
+    # An uncertain update (None) breaks a run and never becomes a change.
+    events = [d.update(top) for top in ["pop", "pop", None, "pop", "pop", None, None, None]]
+    assert events == [None] * 8 and d.current == "rock"
 
 
 def _mean_genre(messages: list[dict], labels: tuple[str, ...], start: float, end: float) -> np.ndarray:

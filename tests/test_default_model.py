@@ -1,0 +1,62 @@
+"""The shipped default model itself: "no music" for silence, noise and speech, music for real music.
+
+Runs the model the CPU loads by default (the int8 file) through the runtime, as ``tag`` does. Speech is
+made by espeak-ng (Debian package, in the Makefile's system-deps), in three languages and two voices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import encode
+
+from tagger import Tagger
+from training.negatives import colored_noise, espeak
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def default_tagger() -> Tagger:
+    tagger = Tagger()
+    if tagger.manifest.music is None:
+        pytest.fail(f"the shipped default model {tagger.engine.path} has no music detector")
+    return tagger
+
+
+def write(tmp_path: Path, name: str, audio: np.ndarray) -> Path:
+    return encode(audio.astype(np.float32), RATE, tmp_path / f"{name}.wav", "pcm_s16le", "wav")
+
+
+def non_music(kind: str) -> np.ndarray:
+    n = 10 * RATE
+    rng = np.random.default_rng(7)
+    if kind == "silence":
+        return np.zeros(n)
+    if kind == "white noise":
+        return 0.1 * colored_noise(n, 0.0, rng)
+    if kind == "pink noise":
+        return 0.1 * colored_noise(n, 1.0, rng)
+    if kind == "brown noise":
+        return 0.1 * colored_noise(n, 2.0, rng)
+    language, voice = kind.split(":")[1:]
+    text = {"en": "Good evening, here is the news. The council met today to discuss the new bridge.",
+            "de": "Guten Abend, hier sind die Nachrichten. Der Rat hat heute über die neue Brücke gesprochen.",
+            "fr": "Bonsoir, voici les informations. Le conseil a parlé aujourd'hui du nouveau pont."}[language]
+    return espeak(text, language, voice, RATE)
+
+
+@pytest.mark.parametrize("kind", ["silence", "white noise", "pink noise", "brown noise", "speech:en:",
+                                  "speech:de:+f3", "speech:fr:+m3"])
+def test_the_shipped_model_says_no_music(default_tagger: Tagger, tmp_path: Path, kind: str) -> None:
+    result = default_tagger.tag_file(write(tmp_path, kind.replace(":", "-"), non_music(kind)))
+    assert result.music is False, f"{kind}: music probability {result.music_probability:.3f}"
+    assert result.as_dict()["music"] is False
+
+
+def test_the_shipped_model_hears_music(default_tagger: Tagger, realworld: Path) -> None:
+    result = default_tagger.tag_file(realworld / "warzone2100-music" / "menu.opus")
+    assert result.music is True and result.music_probability >= 0.5
+    assert result.outputs["genre"].scores  # a genre estimate beside it
