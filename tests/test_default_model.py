@@ -56,7 +56,16 @@ def test_the_shipped_model_says_no_music(default_tagger: Tagger, tmp_path: Path,
     assert result.as_dict()["music"] is False
 
 
-def test_the_shipped_model_hears_music(default_tagger: Tagger, realworld: Path) -> None:
-    result = default_tagger.tag_file(realworld / "warzone2100-music" / "menu.opus")
-    assert result.music is True and result.music_probability >= 0.5
+@pytest.mark.parametrize("track", ["singularity-music/A New Journey.ogg", "asc-music/machine_wars.mp3",
+                                   "warzone2100-music/track1.opus"])
+def test_the_shipped_model_hears_music(default_tagger: Tagger, realworld: Path, track: str) -> None:
+    result = default_tagger.tag_file(realworld / track)
+    assert result.music is True
+    assert result.music_probability >= default_tagger.manifest.music.threshold
     assert result.outputs["genre"].scores  # a genre estimate beside it
+
+
+@pytest.mark.xfail(strict=True, reason="known miss, in the model card: ambient drone music, which GTZAN lacks, "
+                                       "comes out no music")
+def test_the_shipped_model_hears_ambient_music(default_tagger: Tagger, realworld: Path) -> None:
+    assert default_tagger.tag_file(realworld / "warzone2100-music" / "menu.opus").music is True

@@ -209,7 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--degradations", default=",".join(DEGRADATIONS),
                         help="degradations to evaluate and train with, comma-separated (default: all of "
                              "training/degrade.py)")
+    parser.add_argument("--card-only", action="store_true",
+                        help="only rewrite the card from <out>/<model>.cv.json (and <model>.live.json, written by "
+                             "python -m training.live_eval, when present)")
     args = parser.parse_args(argv)
+    if args.card_only:
+        from training.model_card import write_card
+
+        report = json.loads((Path(args.out) / f"{MODEL_NAME}.cv.json").read_text())
+        print(write_card(Path(args.out), MODEL_NAME, report, all_non_music()))
+        return 0
     degradations = tuple(d for d in args.degradations.split(",") if d)
     unknown = sorted(set(degradations) - set(DEGRADATIONS))
     if unknown:
