@@ -82,11 +82,11 @@ class LiveSection:
     enabled: bool = False
     device: str = ""
     source: str = "live"
-    # Measured (python -m training.live_eval, 60 switches between shared clips, 40 single-track streams):
-    # 2 s and 2 updates follow a switch in 6.75 s median (8.0 s p90, 13.25 s worst) with no change to a
-    # third genre; 30 s and 3 (the old defaults) missed 59 of 60 switches within 15 s.
-    horizon_seconds: float = 2.0
-    hysteresis: int = 2
+    # Measured (python -m training.live_eval, 60 switches between shared clips, 40 single-track streams; the
+    # model card has the table): 4 s and 1 update follow a switch in 6.75 s median (9.25 s p90), against 59
+    # of 60 switches missed within 15 s with the old 30 s / 3. Only decided genres are announced.
+    horizon_seconds: float = 4.0
+    hysteresis: int = 1
     block_seconds: float = 0.05
     buffer_seconds: float = 30.0
     sample_rate: int = 0

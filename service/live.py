@@ -198,7 +198,7 @@ class LiveCapture:
     """
 
     def __init__(self, tagger: Tagger, sink: LiveSink, source: str = "live",
-                 device: str = "", horizon_seconds: float | None = 2.0, hysteresis: int = 2,
+                 device: str = "", horizon_seconds: float | None = 4.0, hysteresis: int = 1,
                  block_seconds: float = 0.05, buffer_seconds: float = 30.0, sample_rate: int = 0,
                  channels: int = 0, top_k: int = 5) -> None:
         self.tagger = tagger

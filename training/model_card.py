@@ -165,8 +165,8 @@ rows and the old defaults (30 s / 3):
 {chr(10).join(rows)}
 
 No setting reached a 5 s median with both views: a window counts once it is complete and its
-receptive field heard (1.17 s after its end), and the second clip's genre must be decided. The single
-tracks that change their mind are mostly game soundtracks and FMA clips whose genre is unsure.
+receptive field heard (1.17 s after its end), and the second clip's genre must be decided. Every
+stream, setting and delay: [`{path.name}`]({path.name}).
 """
 
 
