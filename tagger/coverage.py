@@ -119,14 +119,14 @@ def decode_coverage(path: str | Path, sample_rate: int, block_seconds: float = D
     total = 0
     try:
         stream = _decode._audio_stream(container, path)
+        _decode.check_truncation(container, path)
         track_s = _decode._info(container, stream).duration_s or 0.0
         offset_s = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         for start_s, length_s in spans:
             yield Segment(start_s, track_s)
             for block in _decode_span(container, stream, sample_rate, start_s, offset_s,
                                       round(length_s * sample_rate), block_samples, stats):
-                if not np.isfinite(block).all():
-                    raise DecodeError(path, f"non-finite samples (NaN or infinity) near {start_s:.1f} s")
+                _decode.check_samples(path, block, round(start_s * sample_rate), sample_rate)
                 total += block.size
                 yield block
     except av.error.FFmpegError as exc:

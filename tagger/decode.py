@@ -202,10 +202,7 @@ def decode_blocks(path: str | Path, sample_rate: int, block_seconds: float = DEF
     try:
         stream = _audio_stream(container, path)
         info = _info(container, stream)
-        formats = container.format.name.split(",")
-        problem = ogg_tail_problem(path) if "ogg" in formats else wav_size_problem(path) if "wav" in formats else None
-        if problem:
-            raise DecodeError(path, f"truncated: {problem}")
+        check_truncation(container, path)
         budget = decode_budget(info.duration_s, os.stat(path).st_size) if budget_s is None else budget_s
         spent = 0.0
         resumed = time.monotonic()
@@ -225,7 +222,7 @@ def decode_blocks(path: str | Path, sample_rate: int, block_seconds: float = DEF
                         pending_samples += mono.size
                     while pending_samples >= block_samples:
                         block, pending, pending_samples = _take(pending, block_samples)
-                        _check_samples(path, block, total, sample_rate)
+                        check_samples(path, block, total, sample_rate)
                         total += block.size
                         spent += time.monotonic() - resumed
                         if spent > budget:
@@ -250,13 +247,22 @@ def decode_blocks(path: str | Path, sample_rate: int, block_seconds: float = DEF
                                     "its header declares")
         while pending_samples > 0:
             block, pending, pending_samples = _take(pending, min(block_samples, pending_samples))
-            _check_samples(path, block, total, sample_rate)
+            check_samples(path, block, total, sample_rate)
             total += block.size
             yield block
         if total == 0:
             raise DecodeError(path, "no audio samples could be decoded")
     finally:
         container.close()
+
+
+def check_truncation(container: av.container.InputContainer, path: str | Path) -> None:
+    """Raise :class:`DecodeError` when the container's own structure shows the file was cut (a last Ogg
+    page cut short or without its end-of-stream mark, a WAV ``data`` chunk longer than the file)."""
+    formats = container.format.name.split(",")
+    problem = ogg_tail_problem(path) if "ogg" in formats else wav_size_problem(path) if "wav" in formats else None
+    if problem:
+        raise DecodeError(path, f"truncated: {problem}")
 
 
 def decode_budget(declared_s: float | None, size_bytes: int) -> float:
@@ -278,8 +284,9 @@ def _exact_duration(container: av.container.InputContainer) -> bool:
     return not _EXACT_DURATION_FORMATS.isdisjoint(container.format.name.split(","))
 
 
-def _check_samples(path: str | Path, block: np.ndarray, offset: int, sample_rate: int) -> None:
-    """One vectorised pass: NaN, infinities and absurd magnitudes are errors, never a genre."""
+def check_samples(path: str | Path, block: np.ndarray, offset: int, sample_rate: int) -> None:
+    """Raise :class:`DecodeError` for NaN, infinite or absurdly large samples in ``block`` (its first sample
+    at ``offset`` samples): one vectorised pass; such audio is an error, never a genre."""
     peak = float(np.max(np.abs(block))) if block.size else 0.0
     if peak <= MAX_SAMPLE_MAGNITUDE:
         return
