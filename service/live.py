@@ -189,30 +189,35 @@ class LiveTagger:
                 confidence=update.confidence, uncertain=False, music=update.music))
 
 
-class LiveCapture:
-    """Capture from a PortAudio input device and drive a :class:`LiveTagger`, reopening on failure.
+class LiveUnavailable(Exception):
+    """A live input that cannot work here until the user acts (a missing package): not retried."""
+
+
+class LiveSource:
+    """A live input driving a :class:`LiveTagger` from its own thread, restarted after each failure with a
+    growing pause (``BACKOFF_START_S`` doubling to ``BACKOFF_MAX_S``; back to the start after a good run).
+
+    Subclasses say how to play the input once (:meth:`_once`) and how to report a failure (:meth:`_failed`).
 
     Args:
-        device: a PortAudio device name (substring) or index; "" for the default input.
-        sample_rate, channels: 0 for the device's own.
+        source: the name in topics (``live.<source>``).
+        horizon_seconds: the running ensemble's span, seconds (None: the whole stream).
+        hysteresis: consecutive hops a new top genre must hold before a change is announced.
+        block_seconds: the block handed to the live path at a time, seconds.
+        top_k: labels per output in the messages.
     """
 
-    def __init__(self, tagger: Tagger, sink: LiveSink, source: str = "live",
-                 device: str = "", horizon_seconds: float | None = 4.0, hysteresis: int = 1,
-                 block_seconds: float = 0.05, buffer_seconds: float = 30.0, sample_rate: int = 0,
-                 channels: int = 0, top_k: int = 5) -> None:
+    def __init__(self, tagger: Tagger, sink: LiveSink, source: str, horizon_seconds: float | None = 4.0,
+                 hysteresis: int = 1, block_seconds: float = 0.05, top_k: int = 5) -> None:
         self.tagger = tagger
         self.sink = sink
         self.source = source
-        self.device: int | str | None = (int(device) if device.isdigit() else device) if device else None
         self.horizon_seconds = horizon_seconds
         self.hysteresis = hysteresis
         self.block_seconds = block_seconds
-        self.buffer_seconds = buffer_seconds
-        self.sample_rate = sample_rate
-        self.channels = channels
         self.top_k = top_k
         self.status = LiveStatus()
+        self.finished = threading.Event()  # set when the thread has ended (stopped, or the input ended for good)
         self._thread: threading.Thread | None = None
 
     def start(self, stop: threading.Event) -> None:
@@ -223,36 +228,78 @@ class LiveCapture:
         if self._thread:
             self._thread.join(timeout)
 
+    def _tagger(self, rate_in: int) -> LiveTagger:
+        return LiveTagger(self.tagger, self.source, rate_in, self.horizon_seconds, self.hysteresis, self.sink,
+                          self.top_k)
+
+    def _once(self, stop: threading.Event) -> bool:
+        """Play the input until it stops or fails (raises); True when it ended for good (no restart)."""
+        raise NotImplementedError
+
+    def _failed(self, exc: Exception, backoff: float) -> None:
+        """Record and log a failure (``status.error``); the next try comes in ``backoff`` seconds."""
+        raise NotImplementedError
+
     def _run(self, stop: threading.Event) -> None:
         backoff = BACKOFF_START_S
-        reported = ""
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                self._capture(stop)
-            except ImportError:
-                self.status.error = "live capture needs sounddevice: pip install 'genre-tagger[live]'"
-                log.error("live input %s: %s", self.source, self.status.error)
-                return  # nothing to retry until the package is installed
-            except Exception as exc:  # PortAudioError, a vanished device, a failing stream...
-                self.status.error = self._explain(exc)
-                # Once per distinct problem (a missing device would otherwise fill the journal), then quietly
-                # retried with a growing pause; `status` messages carry the error meanwhile.
-                level = logging.WARNING if self.status.error != reported else logging.DEBUG
-                log.log(level, "live input %s: %s; trying again with growing pauses (up to %.0f s)", self.source,
-                        self.status.error, BACKOFF_MAX_S)
-                reported = self.status.error
-            else:
-                if reported:
-                    reported = ""
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    if self._once(stop):
+                        break
+                except LiveUnavailable as exc:
+                    self.status.error = str(exc)
+                    log.error("live input %s: %s", self.source, self.status.error)
+                    return  # nothing to retry until the user acts
+                except Exception as exc:  # a vanished device or file, a dropped stream, a corrupt packet...
+                    self._failed(exc, backoff)
+                self.status.running = False
+                if stop.is_set():
+                    break
+                self.status.restarts += 1
+                if time.monotonic() - started > 10 * backoff:
+                    backoff = BACKOFF_START_S  # it ran a good while: start the backoff over
+                stop.wait(backoff)
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+        finally:
             self.status.running = False
-            if stop.is_set():
-                break
-            self.status.restarts += 1
-            if time.monotonic() - started > 10 * backoff:
-                backoff = BACKOFF_START_S  # it ran a good while: start the backoff over
-            stop.wait(backoff)
-            backoff = min(BACKOFF_MAX_S, backoff * 2)
+            self.finished.set()
+
+
+class LiveCapture(LiveSource):
+    """Capture from a PortAudio input device and drive a :class:`LiveTagger`, reopening on failure.
+
+    Args:
+        device: a PortAudio device name (substring) or index; "" for the default input.
+        buffer_seconds: the ring buffer between the audio callback and the tagger, seconds.
+        sample_rate, channels: 0 for the device's own.
+    """
+
+    def __init__(self, tagger: Tagger, sink: LiveSink, source: str = "live",
+                 device: str = "", horizon_seconds: float | None = 4.0, hysteresis: int = 1,
+                 block_seconds: float = 0.05, buffer_seconds: float = 30.0, sample_rate: int = 0,
+                 channels: int = 0, top_k: int = 5) -> None:
+        super().__init__(tagger, sink, source, horizon_seconds, hysteresis, block_seconds, top_k)
+        self.device: int | str | None = (int(device) if device.isdigit() else device) if device else None
+        self.buffer_seconds = buffer_seconds
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self._reported = ""  # the last problem logged as a warning
+
+    def _once(self, stop: threading.Event) -> bool:
+        self._capture(stop)
+        self._reported = ""
+        return False  # the stream ended (the device failed) or the daemon stops: reopen unless stopping
+
+    def _failed(self, exc: Exception, backoff: float) -> None:
+        self.status.error = self._explain(exc)
+        # Once per distinct problem (a missing device would otherwise fill the journal), then quietly
+        # retried with a growing pause; `status` messages carry the error meanwhile.
+        level = logging.WARNING if self.status.error != self._reported else logging.DEBUG
+        log.log(level, "live input %s: %s; trying again with growing pauses (up to %.0f s)", self.source,
+                self.status.error, BACKOFF_MAX_S)
+        self._reported = self.status.error
 
     def _explain(self, exc: Exception) -> str:
         """One line a user can act on, for what PortAudio or sounddevice raised."""
@@ -265,14 +312,16 @@ class LiveCapture:
         return f"{type(exc).__name__}: {text}"
 
     def _capture(self, stop: threading.Event) -> None:
-        import sounddevice as sd
+        try:
+            import sounddevice as sd
+        except ImportError:
+            raise LiveUnavailable("live capture needs sounddevice: pip install 'genre-tagger[live]'") from None
 
         info = sd.query_devices(self.device, kind="input")
         rate = self.sample_rate or int(info["default_samplerate"])
         channels = self.channels or max(1, min(2, int(info["max_input_channels"])))
         ring = RingBuffer(int(self.buffer_seconds * rate), channels)
-        live = LiveTagger(self.tagger, self.source, rate, self.horizon_seconds, self.hysteresis, self.sink,
-                          self.top_k)
+        live = self._tagger(rate)
         failed = threading.Event()
 
         def callback(indata: np.ndarray, frames: int, time_info, status) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from service.live import BACKOFF_MAX_S, BACKOFF_START_S, LiveSink, LiveStatus, LiveTagger
+from service.live import LiveSink, LiveSource, LiveTagger
 from tagger.decode import decode_blocks
 from tagger.pipeline import Tagger
 
@@ -71,7 +71,7 @@ def stream_blocks(url: str, sample_rate: int, block_seconds: float) -> Iterator[
         container.close()
 
 
-class LiveFile:
+class LiveFile(LiveSource):
     """Play ``location`` (a path or URL) in real time into a :class:`LiveTagger`, as a live source.
 
     Args:
@@ -81,57 +81,24 @@ class LiveFile:
     """
 
     def __init__(self, tagger: Tagger, sink: LiveSink, location: str, source: str = "file", loop: bool = False,
-                 horizon_seconds: float | None = 30.0, hysteresis: int = 3, block_seconds: float = 0.05,
+                 horizon_seconds: float | None = 4.0, hysteresis: int = 1, block_seconds: float = 0.05,
                  top_k: int = 5) -> None:
-        self.tagger = tagger
-        self.sink = sink
+        super().__init__(tagger, sink, source, horizon_seconds, hysteresis, block_seconds, top_k)
         self.location = location
-        self.source = source
         self.loop = loop
-        self.horizon_seconds = horizon_seconds
-        self.hysteresis = hysteresis
-        self.block_seconds = block_seconds
-        self.top_k = top_k
         self.shown = redact(location)  # the location as logs and status messages show it
-        self.status = LiveStatus(device=self.shown)
-        self.finished = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.status.device = self.shown
+        self._live: LiveTagger | None = None  # one for the whole run: a reconnected stream continues it
 
-    def start(self, stop: threading.Event) -> None:
-        self._thread = threading.Thread(target=self._run, args=(stop,), name=f"live-{self.source}", daemon=True)
-        self._thread.start()
+    def _failed(self, exc: Exception, backoff: float) -> None:
+        self.status.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        log.warning("live input %s (%s) failed: %s; retrying in %.1f s", self.source, self.shown,
+                    self.status.error, backoff)
 
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread:
-            self._thread.join(timeout)
-
-    def _run(self, stop: threading.Event) -> None:
-        live = LiveTagger(self.tagger, self.source, self.tagger.sample_rate, self.horizon_seconds, self.hysteresis,
-                          self.sink, self.top_k)
-        backoff = BACKOFF_START_S
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                if self._play(stop, live):
-                    break  # a file played to its end, not looping
-            except Exception as exc:  # a vanished file, a dropped or unreachable stream, a corrupt packet...
-                self.status.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                log.warning("live input %s (%s) failed: %s; retrying in %.1f s", self.source, self.shown,
-                            self.status.error, backoff)
-            self.status.running = False
-            if stop.is_set():
-                break
-            self.status.restarts += 1
-            if time.monotonic() - started > 10 * backoff:
-                backoff = BACKOFF_START_S
-            stop.wait(backoff)
-            backoff = min(BACKOFF_MAX_S, backoff * 2)
-        self.status.running = False
-        self.finished.set()
-
-    def _play(self, stop: threading.Event, live: LiveTagger) -> bool:
+    def _once(self, stop: threading.Event) -> bool:
         """Play once (a file: to its end, as often as ``loop`` asks); True when it ended for good."""
         rate = self.tagger.sample_rate
+        live = self._live = self._live or self._tagger(rate)
         url = is_url(self.location)
         while True:
             blocks = stream_blocks(self.location, rate, self.block_seconds) if url else \
