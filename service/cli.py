@@ -781,5 +781,7 @@ def render_message(topic: str, message: dict, clear: bool = False) -> str:
         for source, live in (message.get("live") or {}).items():
             state = "running" if live.get("running") else "stopped"
             text += f"; live {source} {state}" + (f" ({live['error']})" if live.get("error") else "")
+        if message.get("library"):  # the library cannot be written: locked by another process, disk full...
+            text += f"; {message['library']}"
         return text
     return f"{topic}  {json.dumps(message)}"

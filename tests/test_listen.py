@@ -94,6 +94,12 @@ def test_lines_mark_results_below_the_threshold_uncertain() -> None:
     decided = {**estimate, "uncertain": False, "decided": ["jazz"], "confidence": 0.72}
     assert render_message("track", {**message, "outputs": {"genre": decided}}) == "track  /m/a.flac: jazz (72 %)"
     assert render_message("track", {**message, "music": False}).endswith(": no music (56 %)")
+    status = {"type": "status", "uptime_s": 12.0, "queue_depth": 3, "tagged": 5, "errors": 1,
+              "provider": "CPUExecutionProvider", "dropped_messages": 0, "live": {"radio": {"running": False,
+              "error": "no audio input device"}}, "library": "library locked by another process for 42 s"}
+    assert render_message("status", status) == ("status  up 12 s, 3 queued, 5 tagged, 1 errors, CPUExecutionProvider, "
+                                                "0 dropped; live radio stopped (no audio input device); library "
+                                                "locked by another process for 42 s")
     live = {"type": "live", "source": "radio", "stream_s": 12.0, "slices": [], "ensemble": {"genre": estimate},
             "top": "jazz", "confidence": 0.56, "horizon_s": 30.0}
     headline = render_message("live.radio", live).splitlines()[0]
