@@ -167,6 +167,41 @@ class Sink:
         """Release everything by ``deadline`` (a :func:`time.monotonic` value)."""
 
 
+@dataclass
+class ChangeSection(QueuedSinkSettings):
+    """The keys of a sink that shows a live source's genre as text. format: the text for a genre (see
+    :func:`format_change`). no_music: the text when the stream turns to talk or silence. source: the live
+    source to follow ("" = every source)."""
+
+    queue: int = 100
+    format: str = "{genre}"
+    no_music: str = ""
+    source: str = ""
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check_template(self.format, f"{section}.format")
+
+
+class ChangeSink(Sink):
+    """A sink that shows each genre change of its source as text (:meth:`show`): ``format`` for a decided
+    genre, ``no_music`` for a change to "no music", nothing at all for an uncertain change (contract §3)."""
+
+    settings: ChangeSection
+
+    def genre_changed(self, event: GenreChanged) -> None:
+        if self.settings.source and event.source != self.settings.source:
+            return
+        if event.uncertain and event.music:
+            log.debug("%s: not updated: the change to %s is uncertain", self.describe(), event.current)
+            return
+        self.show(format_change(self.settings.format, event) if event.trustworthy else self.settings.no_music)
+
+    def show(self, text: str) -> None:
+        """Present ``text`` (the formatted genre, or ``no_music``)."""
+        raise NotImplementedError
+
+
 _HANDLERS: dict[type, str] = {TrackDone: "track", LiveUpdate: "live", GenreChanged: "genre_changed",
                               Status: "status"}
 

@@ -10,7 +10,6 @@ that does not answer costs counted errors and a backoff (the hub's), never the l
 from __future__ import annotations
 
 import base64
-import logging
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,35 +18,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from service.events import GenreChanged
-from service.sinks import QueuedSinkSettings, Sink, SinkContext, SinkSettings, check, check_template, format_change
-
-log = logging.getLogger(__name__)
+from service.sinks import ChangeSection, ChangeSink, SinkContext, SinkSettings, check
 
 
 @dataclass
-class IcecastSection(QueuedSinkSettings):
+class IcecastSection(ChangeSection):
     """enabled: update the metadata. url: the Icecast server (http:// or https://). mount: the mount
     point, e.g. /stream. user, password: the mount's source credentials or the admin's (or
     password_file: a file holding it, first line). format: the title for a genre (fields as in
     [textfile]). no_music: the title when the stream turns to talk or silence ("" = leave it). source:
     the live source to follow ("" = every source). timeout_seconds: per request."""
 
-    enabled: bool = False
-    queue: int = 100
     url: str = "http://127.0.0.1:8000"
     mount: str = "/stream"
     user: str = "source"
     password: str = ""
     password_file: str = ""
-    format: str = "{genre}"
-    no_music: str = ""
-    source: str = ""
     timeout_seconds: float = 5.0
 
     def validate(self, section: str) -> None:
         super().validate(section)
-        check_template(self.format, f"{section}.format")
         check(self.url.startswith(("http://", "https://")), f"{section}.url", "must start with http:// or https://")
         check(self.mount.startswith("/"), f"{section}.mount", "must start with / (e.g. /stream)")
         check(self.timeout_seconds > 0, f"{section}.timeout_seconds", "must be positive")
@@ -59,7 +49,7 @@ class IcecastSection(QueuedSinkSettings):
                       f"{self.password_file!r} is not a readable file")
 
 
-class IcecastSink(Sink):
+class IcecastSink(ChangeSink):
     name: ClassVar[str] = "icecast"
     Settings: ClassVar[type[SinkSettings]] = IcecastSection
 
@@ -77,16 +67,9 @@ class IcecastSink(Sink):
     def describe(self) -> str:
         return f"Icecast metadata of {self.settings.url.rstrip('/')}{self.settings.mount}"
 
-    def genre_changed(self, event: GenreChanged) -> None:
-        s = self.settings
-        if s.source and event.source != s.source:
-            return
-        if event.uncertain and event.music:
-            log.debug("Icecast: not updated: the change to %s is uncertain", event.current)
-            return
-        title = format_change(s.format, event) if event.trustworthy else s.no_music
-        if title:
-            self.update(title)
+    def show(self, text: str) -> None:
+        if text:  # "" (no_music by default): leave the title as it is
+            self.update(text)
 
     def update(self, title: str) -> None:
         """Set the mount's title; raise with Icecast's reason when it refuses."""

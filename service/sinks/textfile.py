@@ -8,42 +8,33 @@ sees half a line. An uncertain change is never written (contract §3); a change 
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from service.events import GenreChanged
-from service.sinks import QueuedSinkSettings, Sink, SinkContext, SinkSettings, check, check_template, format_change
-
-log = logging.getLogger(__name__)
+from service.sinks import ChangeSection, ChangeSink, SinkContext, SinkSettings, check
 
 
 @dataclass
-class TextFileSection(QueuedSinkSettings):
+class TextFileSection(ChangeSection):
     """enabled: write the file. path: the file (its folder must exist). format: the text for a genre,
     with {genre}, {confidence} (0..1), {percent}, {source}, {previous}, {time}. no_music: the text when
     the stream turns to talk or silence. source: the live source to follow ("" = every source)."""
 
-    enabled: bool = False
-    queue: int = 100
     path: str = ""
     format: str = "{genre}\n"
-    no_music: str = ""
-    source: str = ""
 
     def validate(self, section: str) -> None:
         super().validate(section)
-        check_template(self.format, f"{section}.format")
         if self.enabled:
             check(bool(self.path), f"{section}.path", "must name the file to write")
             folder = Path(os.path.expandvars(self.path)).expanduser().parent
             check(folder.is_dir(), f"{section}.path", f"folder {str(folder)!r} does not exist")
 
 
-class TextFileSink(Sink):
+class TextFileSink(ChangeSink):
     name: ClassVar[str] = "textfile"
     Settings: ClassVar[type[SinkSettings]] = TextFileSection
 
@@ -56,13 +47,7 @@ class TextFileSink(Sink):
     def describe(self) -> str:
         return f"genre text file {self.path}"
 
-    def genre_changed(self, event: GenreChanged) -> None:
-        if self.settings.source and event.source != self.settings.source:
-            return
-        if event.uncertain and event.music:
-            log.debug("%s: not written: the change to %s is uncertain", self.path, event.current)
-            return
-        text = format_change(self.settings.format, event) if event.trustworthy else self.settings.no_music
+    def show(self, text: str) -> None:
         write_atomically(self.path, text)
         self.writes += 1
 
