@@ -214,7 +214,8 @@ class Publisher:
         check_endpoint(endpoint)
         self.endpoint = endpoint
         self.send_hwm = send_hwm
-        self._context = zmq.Context(io_threads=1)
+        # The process's shared context, so that an inproc:// endpoint is reachable from the rest of the process.
+        self._context = zmq.Context.instance()
         self._auth = None
         self._curve_keys: tuple[bytes, bytes] | None = None
         try:
@@ -387,7 +388,7 @@ class Publisher:
             self._socket.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
-        self._context.term()
+            self._auth = None
 
     def close(self) -> None:
         self._closed.set()
