@@ -104,6 +104,39 @@ def test_a_failing_sink_is_logged_counted_suspended_and_the_others_go_on(caplog)
     assert any("suspended for 0.5 s" in w for w in warnings)
 
 
+class ChangeRecorder(Sink):
+    """Handles genre changes only, slowly (as a text-file or Icecast sink on a slow disk or server)."""
+
+    name = "changes"
+
+    def __init__(self) -> None:
+        settings = SinkSettings()
+        settings.queue = 4  # type: ignore[attr-defined]
+        super().__init__(settings, SinkContext(Config()))
+        self.changes: list[GenreChanged] = []
+
+    def genre_changed(self, event: GenreChanged) -> None:
+        time.sleep(0.05)
+        self.changes.append(event)
+
+
+def test_a_sink_gets_only_the_events_it_handles_so_live_updates_never_push_out_a_change() -> None:
+    sink = ChangeRecorder()
+    hub = SinkHub([sink])
+    hub.start()
+    sent = []
+    for i in range(200):
+        hub.live(LiveUpdate(source="radio", stream_s=float(i), horizon_s=4.0, slices=(), estimates={}, labels={}))
+        if i % 50 == 0:
+            sent.append(GenreChanged(source="radio", stream_s=float(i), previous=None, current=f"genre {i}",
+                                     confidence=0.9))
+            hub.genre_changed(sent[-1])
+    hub.close(time.monotonic() + 5)
+    counts = hub.counts()["changes"]
+    assert sink.changes == sent  # a queue of 4 and 200 live updates: every change still arrives, in order
+    assert counts["delivered"] == len(sent) and counts["dropped"] == 0
+
+
 def test_close_keeps_to_its_deadline_with_a_stuck_sink() -> None:
     stuck = Recorder(delay=30.0)
     hub = SinkHub([stuck])

@@ -244,6 +244,10 @@ class _Slot:
         self.sink = sink
         self.counts = SinkCounts()
         self.inline = sink.inline
+        # Only the events the sink overrides a handler for: a sink that shows genre changes must not find
+        # them pushed out of its queue by live updates it ignores, nor take an ignored event for a success.
+        self.handles = frozenset(kind for kind, method in _HANDLERS.items()
+                                 if getattr(type(sink), method) is not getattr(Sink, method))
         self.queue: collections.deque[Event] = collections.deque()
         self.queue_size = queue_size
         self.closing = threading.Event()
@@ -252,6 +256,8 @@ class _Slot:
     # -- delivery ------------------------------------------------------------------------------
 
     def offer(self, event: Event) -> None:
+        if type(event) not in self.handles:
+            return
         if self.inline:
             if self.counts.suspended_until and time.monotonic() < self.counts.suspended_until:
                 self.counts.dropped += 1
