@@ -55,7 +55,7 @@ class TrackDone:
     @property
     def music(self) -> bool:
         """False when the model heard no music (contract §1); True for models without a detector."""
-        return bool(getattr(self.result, "music", True))
+        return self.result.music if self.result is not None else True
 
     @cached_property
     def _message(self) -> dict[str, Any]:
@@ -64,8 +64,7 @@ class TrackDone:
                     "error": self.error, "track_id": self.track_id}
         fields = self.result.as_dict(self.top_k)
         fields.pop("ok", None)
-        return {"type": "track", "ts": self.ts, "ok": True, "status": "tagged", "track_id": self.track_id,
-                "music": self.music, **fields}
+        return {"type": "track", "ts": self.ts, "ok": True, "status": "tagged", "track_id": self.track_id, **fields}
 
     def as_message(self) -> Message:
         return "track", self._message

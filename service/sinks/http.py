@@ -106,13 +106,13 @@ class _Client:
     def __init__(self, size: int) -> None:
         self.queue: collections.deque[bytes | None] = collections.deque(maxlen=size)
         self.ready = asyncio.Event()
-        self.dropped = 0
 
-    def put(self, data: bytes | None) -> None:
-        if len(self.queue) == self.queue.maxlen:
-            self.dropped += 1
+    def put(self, data: bytes | None) -> bool:
+        """Queue ``data``; True when the oldest event was dropped to make room."""
+        full = len(self.queue) == self.queue.maxlen
         self.queue.append(data)
         self.ready.set()
+        return full
 
 
 class _SourceState:
@@ -139,7 +139,7 @@ class HttpSink(Sink):
         self._thread: threading.Thread | None = None
         self._runner: Any = None
         self._clients: set[_Client] = set()
-        self._gone_dropped = 0  # drops of clients that have left
+        self._dropped = 0  # events page clients missed (their queue was full), counted in the loop's thread
         # The state below belongs to the event loop's thread.
         self._sources: dict[str, _SourceState] = {}
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=settings.recent_tracks)
@@ -211,7 +211,7 @@ class HttpSink(Sink):
 
     @property
     def dropped(self) -> int:
-        return self._gone_dropped + sum(c.dropped for c in list(self._clients))
+        return self._dropped
 
     @property
     def clients(self) -> int:
@@ -258,7 +258,7 @@ class HttpSink(Sink):
         first = _first_output(full.get("outputs", {}))
         if first is not None:
             message.update(top=first["top"], confidence=first["confidence"], uncertain=first["uncertain"],
-                           decided=first["decided"], music=full.get("music", True))
+                           decided=first["decided"], music=event.music)
         message["library_totals"] = self._library_totals()  # the page's counts move with each file
         self._hand_over("track", message)
 
@@ -322,8 +322,7 @@ class HttpSink(Sink):
         elif kind == "status":
             self._status = message
             self._totals = message.get("library_totals") or self._totals
-        for client in self._clients:
-            client.put(data)
+        self._dropped += sum(client.put(data) for client in self._clients)
 
     def snapshot(self) -> dict[str, Any]:
         return {"type": "snapshot", "server_ts": time.time(), "model": self.context.model,
@@ -372,7 +371,6 @@ class HttpSink(Sink):
             pass
         finally:
             self._clients.discard(client)
-            self._gone_dropped += client.dropped
         return response
 
     async def _end_streams(self, app: Any) -> None:

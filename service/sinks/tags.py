@@ -70,6 +70,7 @@ class TagsSink(Sink):
 
     def __init__(self, settings: TagsSection, context: SinkContext) -> None:
         super().__init__(settings, context)
+        self.settings: TagsSection = settings
         unknown = [o for o in settings.outputs if context.labels and o not in context.labels]
         if unknown:
             raise ConfigError(f"config tags.outputs: {', '.join(unknown)} is not an output of the model "
@@ -93,7 +94,7 @@ class TagsSink(Sink):
         return {"write": args.write_tags, "policy": args.tag_policy, "retag_outdated": args.retag_outdated}
 
     def start(self) -> None:
-        settings: TagsSection = self.settings  # type: ignore[assignment]
+        settings = self.settings
         config = self.context.config
         self.library = Library(config.library_path, config.tagging.store_top_k)
         write = WriteSettings(settings.policy, tuple(settings.outputs),
@@ -107,13 +108,13 @@ class TagsSink(Sink):
                          self.context.model)
 
     def describe(self) -> str:
-        settings: TagsSection = self.settings  # type: ignore[assignment]
+        settings = self.settings
         if not settings.write:
             return "re-tag outdated tracks (file tags not written)"
         return f"genres into file tags (policy {settings.policy})"
 
     def track(self, event: TrackDone) -> None:
-        settings: TagsSection = self.settings  # type: ignore[assignment]
+        settings = self.settings
         if not settings.write or event.result is None or self.library is None or self.writer is None:
             return
         row = self.library.get(event.path)

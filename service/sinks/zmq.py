@@ -52,6 +52,7 @@ class ZmqSink(Sink):
 
     def __init__(self, settings: PublishSection, context: SinkContext) -> None:
         super().__init__(settings, context)
+        self.settings: PublishSection = settings
         self.publisher: Publisher | None = None
 
     @classmethod
@@ -63,8 +64,7 @@ class ZmqSink(Sink):
         return {"endpoint": args.endpoint}
 
     def start(self) -> None:
-        settings: PublishSection = self.settings  # type: ignore[assignment]
-        self.publisher = Publisher(settings.endpoint, settings.send_hwm, settings.curve())
+        self.publisher = Publisher(self.settings.endpoint, self.settings.send_hwm, self.settings.curve())
 
     def describe(self) -> str:
         return f"ZeroMQ on {self.publisher.bound}" if self.publisher else "ZeroMQ (not started)"
