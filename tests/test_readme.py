@@ -87,7 +87,7 @@ WALK: dict[str, tuple] = {
     "genre-tagger tag --json --top-k 3 ~/Music > tags.jsonl": ("run", "work", 0),
     "genre-tagger tag --threshold 70% --alias hiphop=Hip-Hop --alias-file my-names.json album/": ("run", "work", 0),
     "genre-tagger daemon --folder ~/Music": ("serve", "work", "library"),
-    "genre-tagger daemon --live --source radio --horizon 30": (
+    "genre-tagger daemon --live --source radio": (
         NOT_HERE, "needs an audio input; tests/test_live.py runs live capture through PulseAudio"),
     "genre-tagger daemon --config service/genre-tagger.toml": ("serve", "repo", "started"),
     "genre-tagger daemon --live --source radio --http": (
@@ -104,6 +104,7 @@ WALK: dict[str, tuple] = {
     "genre-tagger library stats": ("run", "work", 0),
     "genre-tagger library list --genre jazz --min-score 0.7": ("run", "work", 0),
     "genre-tagger library list --status error": ("run", "work", 0),
+    "genre-tagger library list --no-music": ("run", "work", 0),
     "genre-tagger library show ~/Music/song.flac": ("run", "work", 0),
     "genre-tagger library export-m3u metal metal.m3u --min-score 0.6": ("run", "work", 0),
     "genre-tagger library export-csv tags.csv": ("run", "work", 0),
