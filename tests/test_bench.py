@@ -36,7 +36,7 @@ def test_bench_reports_every_stage_as_a_table_and_json(excerpt, tmp_path: Path) 
     assert names[9] == "tag --jobs 1 (this process)" and names[10].startswith("tag --jobs 2 (this process + 1 worker")
     assert report["jobs"]["2_vs_1"]["speedup"] > 0
     assert report["jobs"]["2_vs_1"]["max_abs_diff"] == {"genre": 0.0, "msd_genres": 0.0}
-    assert names[10].endswith("--jobs 1") and names[11].endswith("--jobs 2") and "daemon_2_vs_1" in report["jobs"]
+    assert names[11].endswith("--jobs 1") and names[12].endswith("--jobs 2") and "daemon_2_vs_1" in report["jobs"]
     assert all(r["audio_seconds"] > 0 and r["seconds"] > 0 for r in report["rows"])
     for row in report["rows"][:5]:  # the file rows: each file's fastest of 3 interleaved runs, every round kept
         runs = [float(t) for t in row["extra"]["runs_s"].split()]
