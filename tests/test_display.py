@@ -283,3 +283,37 @@ def test_the_page_shows_uncertain_and_no_music_and_never_an_uncertain_genre(brow
         assert browser.execute_script("return document.querySelectorAll('.source').length") == 1  # ?source=radio
     finally:
         hub.close(time.monotonic() + 2)
+
+
+def test_a_page_that_never_reads_loses_its_oldest_events_counted_and_gets_the_newest(tmp_path: Path) -> None:
+    from service.config import Config
+    from service.events import TrackDone
+    from service.sinks import SinkContext
+    from service.sinks.http import HttpSection, HttpSink
+
+    config = Config()
+    config.daemon.library = str(tmp_path / "library.db")  # none yet: the sink reads no library
+    sink = HttpSink(HttpSection(enabled=True, listen="127.0.0.1:0", client_queue=2), SinkContext(config))
+    sink.start()
+    page = socket.socket()
+    try:
+        page.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a page that reads nothing, with a small window
+        page.connect(("127.0.0.1", int(sink.url.rsplit(":", 1)[1].strip("/"))))
+        page.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert wait_until(lambda: sink.clients == 1, 30)
+        n = 1000  # of 10 kB each: far more than the socket buffers hold
+        for i in range(n):  # the sink's thread hands each over and goes on: nothing here waits for the page
+            sink.track(TrackDone(i, f"/music/{i}.flac", error="x" * 10_000))
+        assert wait_until(lambda: sink.dropped > 0, 60), "the unread page never lost an event"
+        received = b""
+        page.settimeout(30)
+        while f'"track_id":{n - 1}'.encode() not in received:  # now read: the newest event still comes
+            chunk = page.recv(1 << 20)
+            assert chunk, "the stream ended before the newest event"
+            received += chunk
+        got = received.count(b"event: track\n")
+        print(f"\n{n} events for a page that did not read: {sink.dropped} dropped, {got} delivered")
+        assert got + sink.dropped == n and got < n
+    finally:
+        page.close()
+        sink.close(time.monotonic() + 2)
