@@ -42,7 +42,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +94,6 @@ class GenreState:
 def provenance_value(model: str, version: str) -> str:
     """The provenance tag's text: ``"<model> <version>"``."""
     return f"{model} {version}"
-
-
-def parse_provenance(value: str | None) -> tuple[str, str] | None:
-    """(model, version) from a provenance value, None when absent or not ours."""
-    if not value or " " not in value.strip():
-        return None
-    model, version = value.strip().rsplit(" ", 1)
-    return model, version
 
 
 # -- choosing the genres --------------------------------------------------------------------------------
@@ -245,10 +237,6 @@ def _state(f: Any) -> GenreState:
 def read_state(path: str | Path) -> GenreState:
     """The genre tags of ``path`` (raises :class:`TagWriteError` when they cannot be read)."""
     return _state(_open(Path(path)))
-
-
-def read_genres(path: str | Path) -> tuple[str, ...]:
-    return read_state(path).genres
 
 
 def _set_vorbis(tags: Any, key: str, values: Sequence[str]) -> None:
@@ -399,7 +387,6 @@ class WriteResult:
     after: GenreState
     changed: bool
     stat: os.stat_result | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def check_writable(path: Path) -> None:
@@ -416,8 +403,7 @@ def check_writable(path: Path) -> None:
 
 
 def write_state(path: str | Path, target: GenreState, *, expected: GenreState | None = None,
-                before_replace: Callable[[Path, os.stat_result], None] | None = None,
-                verify: bool = True) -> WriteResult:
+                before_replace: Callable[[Path, os.stat_result], None] | None = None) -> WriteResult:
     """Atomically make ``path``'s genre tags ``target``, leaving everything else as it was.
 
     Args:
@@ -428,9 +414,9 @@ def write_state(path: str | Path, target: GenreState, *, expected: GenreState | 
         before_replace: called with the finished temp copy and its ``stat`` after it is flushed and
             before it replaces the file (record its new size, mtime and fingerprint there, so a watcher
             that sees the rename knows it); may raise :class:`FileSkipped` to abandon the write.
-        verify: read the copy back before the rename: genres, every other tag, the audio packets.
 
-    Returns a :class:`WriteResult`; a file that already holds ``target`` is not rewritten at all.
+    The copy is read back before the rename (genres, every other tag, the audio packets). Returns a
+    :class:`WriteResult`; a file that already holds ``target`` is not rewritten at all.
     Raises :class:`FileSkipped` or :class:`TagWriteError`; the file is then unchanged.
     """
     path = Path(os.path.realpath(path))
@@ -457,15 +443,14 @@ def write_state(path: str | Path, target: GenreState, *, expected: GenreState | 
             raise FileSkipped(f"{path}: its genre tags changed since they were read, tags not written")
         if before == target:
             return WriteResult(path, before, target, False, original_stat)
-        others = _other_tags(f) if verify else None
-        digest = audio_digest(path) if verify else None
+        others = _other_tags(f)
+        digest = audio_digest(path)
         _copy(path, temp, original_stat)
         try:
             f = _open(temp)
             _apply(f, target)
             _save(f, temp)
-            if verify:
-                _verify(path, temp, target, others, digest)
+            _verify(path, temp, target, others, digest)
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
             new_stat = os.stat(temp)
@@ -510,13 +495,13 @@ def _copy(src: Path, dest: Path, st: os.stat_result) -> None:
                 os.setxattr(dest, name, os.getxattr(src, name))
 
 
-def _verify(path: Path, temp: Path, target: GenreState, others: list | None, digest: str | None) -> None:
+def _verify(path: Path, temp: Path, target: GenreState, others: list, digest: str) -> None:
     f = _open(temp)
     got = _state(f)
     if got != target:
         raise TagWriteError(f"{path}: the written genres read back as {list(got.genres)} instead of "
                             f"{list(target.genres)}; file left untouched")
-    if others is not None and _other_tags(f) != others:
+    if _other_tags(f) != others:
         raise TagWriteError(f"{path}: writing the genres would change other tags; file left untouched")
-    if digest is not None and audio_digest(temp) != digest:
+    if audio_digest(temp) != digest:
         raise TagWriteError(f"{path}: writing the genres would change the audio data; file left untouched")
