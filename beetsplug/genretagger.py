@@ -55,6 +55,7 @@ class GenreTaggerPlugin(BeetsPlugin):
         self._tagger: Any = None
         self._library: Any = None
         self._models: set[tuple[str, str]] | None = None
+        self._kinds: dict[str, bool] | None = None
 
     # -- settings -------------------------------------------------------------------------------------
 
@@ -128,12 +129,15 @@ class GenreTaggerPlugin(BeetsPlugin):
         return result.outputs, result.music, result.model, result.model_version, False
 
     def _load_kinds(self) -> dict[str, bool]:
-        """Each output's multi-label flag, in the model's order, from its manifest (no model is loaded)."""
-        from tagger.model import read_manifest
-        from tagger.registry import DEFAULT_MODEL, resolve_model
+        """Each output's multi-label flag, in the model's order, from its manifest (read once; no model is
+        loaded)."""
+        if self._kinds is None:
+            from tagger.model import read_manifest
+            from tagger.registry import DEFAULT_MODEL, resolve_model
 
-        manifest = read_manifest(resolve_model(self.config["model"].as_str() or DEFAULT_MODEL))
-        return {o.name: o.multi_label for o in manifest.outputs}
+            manifest = read_manifest(resolve_model(self.config["model"].as_str() or DEFAULT_MODEL))
+            self._kinds = {o.name: o.multi_label for o in manifest.outputs}
+        return self._kinds
 
     def genres_for(self, item: Item, settings: Any) -> tuple[list[str] | None, str, tuple[str, ...]]:
         """The genres ``item`` should have under ``settings`` (None: leave them), a reason to log, and the
