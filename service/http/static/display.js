@@ -119,10 +119,6 @@ function tick(state) {
   since.textContent = state.current ? `for ${ago(serverNow() - state.current.ts)}` : "";
 }
 
-function escapeHtml(text) {
-  return String(text).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
-}
-
 connectFeed({
   snapshot(message) {
     clockOffset = Date.now() / 1000 - message.server_ts;

@@ -56,6 +56,10 @@ function connectFeed(handlers) {
 }
 
 // Helpers shared by the pages.
+function escapeHtml(text) {
+  return String(text ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+}
+
 function percent(p) {
   return `${Math.round(100 * p)} %`;
 }

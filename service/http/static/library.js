@@ -7,10 +7,6 @@ document.documentElement.dataset.theme = theme;
 let recent = [];
 let failed = [];
 
-function esc(text) {
-  return String(text ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
-}
-
 function fileName(path) {
   const parts = String(path).split("/");
   return parts[parts.length - 1] || path;
@@ -25,17 +21,17 @@ function when(row) {
 function genreCell(row) {
   if (row.music === false) return "no music";
   if (!row.top) return "";
-  return row.uncertain ? `${esc(row.top)} (uncertain)` : esc(row.top);
+  return row.uncertain ? `${escapeHtml(row.top)} (uncertain)` : escapeHtml(row.top);
 }
 
 function renderTables() {
   document.getElementById("recent").innerHTML = recent.length ? recent.map((r) =>
-    `<tr class="${r.uncertain ? "uncertain" : ""}"><td class="path" title="${esc(r.path)}">${esc(fileName(r.path))}</td>` +
+    `<tr class="${r.uncertain ? "uncertain" : ""}"><td class="path" title="${escapeHtml(r.path)}">${escapeHtml(fileName(r.path))}</td>` +
     `<td class="top">${genreCell(r)}</td><td>${r.confidence != null ? percent(r.confidence) : ""}</td>` +
-    `<td class="muted">${esc(when(r))}</td></tr>`).join("")
+    `<td class="muted">${escapeHtml(when(r))}</td></tr>`).join("")
     : `<tr><td colspan="4" class="muted">nothing tagged yet</td></tr>`;
   document.getElementById("failed").innerHTML = failed.length ? failed.map((r) =>
-    `<tr><td class="path" title="${esc(r.path)}">${esc(fileName(r.path))}</td><td class="error">${esc(r.error)}</td></tr>`).join("")
+    `<tr><td class="path" title="${escapeHtml(r.path)}">${escapeHtml(fileName(r.path))}</td><td class="error">${escapeHtml(r.error)}</td></tr>`).join("")
     : `<tr><td colspan="2" class="muted">no errors</td></tr>`;
 }
 
