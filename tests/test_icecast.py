@@ -232,3 +232,21 @@ def test_uncertain_or_no_music_changes_never_become_a_title_or_a_file(icecast: s
         assert sink.updates == 1 and text.writes == 2
     finally:
         source.close()
+
+
+def test_the_text_file_is_replaced_whole_with_the_umask_applied_and_no_temp_left(tmp_path: Path) -> None:
+    import stat
+
+    from service.sinks.textfile import write_atomically
+
+    path = tmp_path / "now.txt"
+    previous = os.umask(0o027)
+    try:
+        write_atomically(path, "jazz\n")
+        write_atomically(path, "rock\n")
+        assert os.umask(0o027) == 0o027  # the writes left the process's umask alone
+    finally:
+        os.umask(previous)
+    assert path.read_text() == "rock\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0666 less the umask
+    assert os.listdir(tmp_path) == ["now.txt"]

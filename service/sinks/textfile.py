@@ -9,7 +9,7 @@ sees half a line. An uncertain change is never written (contract §3); a change 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -53,17 +53,20 @@ class TextFileSink(ChangeSink):
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` (UTF-8) so that a reader sees the old file or the new one, whole."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Replace ``path`` with ``text`` (UTF-8) so that a reader sees the old file or the new one, whole.
+
+    The file is created 0666 less the process umask (automation often reads it as another user). The
+    kernel applies the umask: reading it with ``os.umask`` would set it process-wide for a moment, and
+    any file another thread of the daemon created meanwhile would get no umask at all.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600: automation often runs as another user
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
