@@ -507,10 +507,7 @@ def _retag(library, args) -> int:
                 outcome = writer.write(row.id, path, result.outputs, name, version, current,
                                        result.music, settings)
                 written += outcome.action == WRITTEN
-                if outcome.action != WRITTEN:
-                    bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED) else sys.stdout)
-                else:
-                    bar.write(outcome.line())
+                bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED) else sys.stdout)
             bar.update(1)
     left = library.queued_below(0)
     print(f"genre-tagger: {done} re-tagged, {written} files' tags rewritten, {failed} failed, {left} left "
