@@ -52,7 +52,8 @@ class Counters:
     last_audio_seconds: float = 0.0
 
 
-SINKS_CLOSE_S = 1.0  # of the 5 s a service manager allows after SIGTERM: for the sinks' last events
+STOP_S = 4.5  # the whole shutdown after SIGTERM (the daemon's promise: out within 5 s)
+SINKS_CLOSE_S = 1.0  # of it, the last part: for the sinks' last events
 
 
 class Daemon:
@@ -135,13 +136,20 @@ class Daemon:
         self.stop.set()
         self.wake.set()
         self.notifier.stopping()
+        # One budget for every wait, so that slow steps cannot add up past it: each waits at most its own
+        # share and never into the sinks' last second.
+        threads_by = time.monotonic() + STOP_S - SINKS_CLOSE_S
+
+        def share(most: float) -> float:
+            return max(0.0, min(most, threads_by - time.monotonic()))
+
         if self._worker.is_alive():
-            self._worker.join(3.0)
+            self._worker.join(share(3.0))
         self._slots.shutdown(wait=False, cancel_futures=True)
         if self.watcher:
-            self.watcher.join(1.0)
+            self.watcher.join(share(1.0))
         for live in self.lives:
-            live.join(1.0 / len(self.lives))
+            live.join(share(1.0 / len(self.lives)))
         for decoder in self._all_decoders:
             decoder.close()
         self.hub.close(time.monotonic() + SINKS_CLOSE_S)

@@ -226,15 +226,16 @@ class HttpSink(Sink):
                 future.result(max(0.1, deadline - time.monotonic()))
             except Exception as exc:  # a timeout or a client that would not let go: the process ends anyway
                 log.debug("HTTP display did not close cleanly: %s", exc)
-        self._stop_loop()
+        self._stop_loop(max(0.1, deadline - time.monotonic()))
         if self._db is not None:
             self._db.close()
 
-    def _stop_loop(self) -> None:
+    def _stop_loop(self, wait: float = 1.0) -> None:
+        """Stop the event loop and wait up to ``wait`` seconds for its thread."""
         if self._loop is not None and self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
-            self._thread.join(1.0)
+            self._thread.join(wait)
 
     # -- events (the sink's own thread) --------------------------------------------------------
 
