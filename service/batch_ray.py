@@ -156,29 +156,13 @@ class ModelActor:
         return pyarrow.Table.from_pylist(rows, schema=arrow_schema())  # typed: None stays None
 
     def _tag(self, path: str, data: dict[str, Any]):
-        from tagger.decode import MIN_TRACK_SECONDS
-        from tagger.pipeline import TrackResult
-
         started = time.perf_counter()
-        tagger = self.tagger
-        stream = tagger.stream(eager=False, fast=tagger.fast)
+        stream = self.tagger.stream(eager=False, fast=self.tagger.fast)
         for segment in data["segments"]:
             if segment["start_s"] is not None:
                 stream.next_segment(segment["start_s"])
             stream.feed_frames(segment["frames"], segment["samples"])
-        if stream.seconds_in < MIN_TRACK_SECONDS:
-            raise TaggerError(f"{path}: too short to tag ({stream.seconds_in:.2f} s of audio, "
-                              f"at least {MIN_TRACK_SECONDS} s needed)")
-        outputs = stream.finish()
-        if not outputs:
-            raise TaggerError(f"{path}: too short to tag")
-        analysed = stream.seconds_in
-        track_s = data["track_s"]
-        return TrackResult(path, analysed if track_s is None else max(analysed, track_s), outputs,
-                           tagger.manifest.name, tagger.manifest.version, tagger.provider,
-                           time.perf_counter() - started, music=stream.music(),
-                           music_probability=stream.music_probability(),
-                           coverage=self.coverage if track_s is not None else "full", analysed_s=analysed)
+        return stream.track_result(path, started, self.coverage, data["track_s"])
 
 
 def ray_rows(todo: list[str], arguments: dict[str, Any], address: str, actors: int = 0) -> Iterator[dict]:

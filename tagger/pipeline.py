@@ -203,6 +203,31 @@ class TagStream:
             self._infer(force=True)
         return self.estimate()
 
+    def track_result(self, path: str, started: float, coverage: str, track_s: float | None) -> TrackResult:
+        """End of a file: the track's result once every block is in.
+
+        Args:
+            path: the file, as the result names it.
+            started: when tagging began, a :func:`time.perf_counter` value (for ``elapsed_s``).
+            coverage: the excerpts asked for (recorded only when excerpts were read).
+            track_s: the container's length in seconds when excerpts were read, else None (the
+                analysed seconds are then the track's length).
+
+        Raises :class:`TaggerError` when under ``MIN_TRACK_SECONDS`` of audio came in.
+        """
+        if self.seconds_in < MIN_TRACK_SECONDS:  # looped to fill a window, a click would get a genre
+            raise TaggerError(f"{path}: too short to tag ({self.seconds_in:.2f} s of audio, "
+                              f"at least {MIN_TRACK_SECONDS} s needed)")
+        outputs = self.finish()
+        if not outputs:
+            raise TaggerError(f"{path}: too short to tag")
+        analysed_s = self.seconds_in
+        t = self.tagger
+        return TrackResult(path, analysed_s if track_s is None else max(analysed_s, track_s), outputs,
+                           t.manifest.name, t.manifest.version, t.provider, time.perf_counter() - started,
+                           self.slices, self.music(), self.music_probability(),
+                           coverage if track_s is not None else "full", analysed_s)
+
     def estimate(self) -> dict[str, OutputEstimate]:
         """Each genre output's running estimate (the music detector's is :meth:`music_probability`)."""
         t = self.tagger
@@ -374,15 +399,4 @@ class Tagger:
                 track_s = block.track_s
                 continue
             stream.feed(block)
-        if stream.seconds_in < MIN_TRACK_SECONDS:  # looped to fill a window, a click would get a genre
-            raise TaggerError(f"{path}: too short to tag ({stream.seconds_in:.2f} s of audio, "
-                              f"at least {MIN_TRACK_SECONDS} s needed)")
-        outputs = stream.finish()
-        if not outputs:
-            raise TaggerError(f"{path}: too short to tag")
-        analysed_s = stream.seconds_in
-        # With excerpts the track's length is the container's; the analysed seconds say how much was read.
-        duration_s = analysed_s if track_s is None else max(analysed_s, track_s)
-        return TrackResult(str(path), duration_s, outputs, self.manifest.name, self.manifest.version,
-                           self.provider, time.perf_counter() - started, stream.slices, stream.music(),
-                           stream.music_probability(), str(coverage) if track_s is not None else "full", analysed_s)
+        return stream.track_result(str(path), started, str(coverage), track_s)
