@@ -251,13 +251,20 @@ class GenreTaggerPlugin(BeetsPlugin):
                               help="do not write the files' tags")
         cmd.parser.add_option("--policy", choices=("if-empty", "merge", "replace"),
                               help="items that already have genres (default: the config's policy)")
-        cmd.parser.add_option("--threshold", type="float", help="probability a genre needs, 0..1")
+        cmd.parser.add_option("--threshold", type="float",
+                              help="probability a genre needs, 0..1 (stricter than the config's, never looser)")
         cmd.parser.add_option("-a", "--album", action="store_true",
                               help="match albums: set each album's tracks and the album's own genres")
 
         def run(lib: Any, opts: Any, args: Sequence[str]) -> None:
             from tagger.errors import TaggerError
 
+            configured = self.config["threshold"].as_number()
+            if opts.threshold is not None and opts.threshold < configured:
+                # Results are judged (and recorded in genre-tagger's library) at the configured threshold:
+                # a lower one would set genres that library calls uncertain.
+                raise ui.UserError(f"genretag --threshold {opts.threshold:g} is below genretagger.threshold "
+                                   f"{configured:g}: lower the configured threshold instead")
             try:
                 settings = self._settings(opts.policy, opts.threshold)
             except TaggerError as exc:

@@ -448,6 +448,8 @@ def _low_priority() -> None:
 
 
 def _retag(library, args) -> int:
+    import dataclasses
+
     from tqdm import tqdm
 
     from service.config import load_config
@@ -504,6 +506,9 @@ def _retag(library, args) -> int:
             last = library.last_tag_write(row.id)
             if last is not None or args.write_tags:
                 settings = WriteSettings.from_dict(last["settings"]) if last else writer.settings
+                # Each file under its last write's settings, but never below the threshold this run tags at:
+                # a lower one would write genres the library now calls uncertain.
+                settings = dataclasses.replace(settings, threshold=max(settings.threshold, writer.settings.threshold))
                 outcome = writer.write(row.id, path, result.outputs, name, version, current,
                                        result.music, settings)
                 written += outcome.action == WRITTEN

@@ -182,6 +182,7 @@ class Config:
         for name, settings in self.sinks.items():
             try:
                 settings.validate(name)
+                settings.validate_with(name, self)
             except ConfigError as exc:
                 errors.append(str(exc).removeprefix("config "))
         check(bool(self.folders.roots) or lv.enabled or bool(lv.file), "folders.roots",

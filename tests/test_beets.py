@@ -104,3 +104,14 @@ def test_the_plugin_loads_from_the_installed_namespace_package() -> None:
     code = "import beetsplug.genretagger as p; print(p.GenreTaggerPlugin.__name__)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
     assert proc.returncode == 0 and proc.stdout.strip() == "GenreTaggerPlugin", proc.stderr
+
+
+def test_genretag_refuses_a_threshold_below_the_configured_one(beets_home: Path) -> None:
+    """Results are judged (and cached) at genretagger.threshold: a looser --threshold would set genres that
+    genre-tagger's library calls uncertain."""
+    env = {**os.environ, "BEETSDIR": str(beets_home), "HOME": str(beets_home)}
+    proc = subprocess.run([str(BEET), "-c", str(beets_home / "config.yaml"), "genretag", "--threshold", "0.1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "genretag --threshold 0.1 is below genretagger.threshold 0.3" in proc.stderr, proc.stdout + proc.stderr
+    assert beet(beets_home, "genretag", "--threshold", "0.5", "-p").returncode == 0  # stricter is fine

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -315,8 +316,9 @@ def test_kill_9_during_writes_leaves_each_file_old_or_new(tagged_files: dict[str
 # -- the command line: tag --write-tags, restore-tags, retag --outdated ------------------------------------------
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "tagger.cli", *args], capture_output=True, text=True, timeout=300)
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "tagger.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
     return proc
 
 
@@ -422,7 +424,9 @@ def test_daemon_writes_tags_once_and_does_not_retag_its_own_writes(tagged_files:
         shutil.copy(tagged_files[suffix], music / f"song.{suffix}")
     originals = {p: snapshot(p) for p in music.iterdir()}
     state = tmp_path / "state"
-    env = {"GENRE_TAGGER_TAGS_WRITE": "true", "GENRE_TAGGER_TAGS_THRESHOLD": "0.3"}
+    # The tiny model's genres need a low threshold; the file tags may not go below the tagging one.
+    env = {"GENRE_TAGGER_TAGS_WRITE": "true", "GENRE_TAGGER_TAGS_THRESHOLD": "0.3",
+           "GENRE_TAGGER_TAGGING_THRESHOLD": "0.3"}
     daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0.2", endpoint="", env=env)
     db = state / "library.db"
     try:
@@ -465,3 +469,53 @@ def test_tags_section_errors_name_the_key(tmp_path: Path, key: str, value: str, 
     with pytest.raises(ConfigError) as error:
         load_config(env={f"GENRE_TAGGER_TAGS_{key}": value}, extra_roots=[str(tmp_path)])
     assert str(error.value).startswith(message)
+
+
+def test_a_tags_threshold_below_the_tagging_threshold_is_refused(tmp_path: Path) -> None:
+    from service.config import load_config
+    from tagger.errors import ConfigError
+
+    config = tmp_path / "genre-tagger.toml"
+    config.write_text(f"[folders]\nroots = [{str(tmp_path)!r}]\n[tags]\nwrite = true\nthreshold = 0.3\n")
+    proc = subprocess.run([sys.executable, "-m", "tagger.cli", "daemon", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "genre-tagger: error: config tags.threshold: 0.3 is below tagging.threshold 0.6"), proc.stderr
+
+    roots = [str(tmp_path)]
+    with pytest.raises(ConfigError, match=re.escape("tags.threshold: 0.5 is below tagging.threshold 0.7")):
+        load_config(env={"GENRE_TAGGER_TAGS_RETAG_OUTDATED": "true", "GENRE_TAGGER_TAGS_THRESHOLD": "0.5",
+                         "GENRE_TAGGER_TAGGING_THRESHOLD": "0.7"}, extra_roots=roots)
+    for tags, tagging in (("0.3", "0.3"), ("0.8", "0.6"), ("0", "0.9")):  # equal, stricter, or the tagging one
+        ok = load_config(env={"GENRE_TAGGER_TAGS_WRITE": "true", "GENRE_TAGGER_TAGS_THRESHOLD": tags,
+                              "GENRE_TAGGER_TAGGING_THRESHOLD": tagging}, extra_roots=roots)
+        assert ok.sinks["tags"].write_threshold(ok.tagging.threshold) == max(float(tags), float(tagging))
+    off = load_config(env={"GENRE_TAGGER_TAGS_THRESHOLD": "0.3"}, extra_roots=roots)  # tags not written: no matter
+    assert off.sinks["tags"].threshold == 0.3
+
+
+def test_retag_never_writes_below_the_threshold_it_tags_at(tagged_files: dict[str, Path], tiny_model: Path,
+                                                           tiny_v2: Path, tmp_path: Path) -> None:
+    """A file written at --threshold 0.3 is re-tagged under a stricter [tagging] threshold: its new result is
+    uncertain in the library, so its tags are left as they were (not rewritten at the old 0.3)."""
+    db, song = tmp_path / "library.db", tagged_files["ogg"]
+    first = cli("tag", "--write-tags", "--model", str(tiny_model), "--threshold", "0.3", "--library", str(db),
+                str(song))
+    assert first.returncode == 0, first.stderr
+    before = read_state(song)
+    assert before.provenance == "tiny-test 0.0.1" and before.genres
+    from tagger import Tagger
+
+    top = Tagger(tiny_v2, threshold=0.3).tag_file(song).outputs["genre"].confidence
+    assert top < 1.0
+    strict = f"{(top + 1.0) / 2:.6f}"  # above what the new model gives this file: uncertain at this threshold
+    retag = cli("library", "--library", str(db), "retag", "--outdated", "--model", str(tiny_v2),
+                env={"GENRE_TAGGER_TAGGING_THRESHOLD": strict})
+    assert retag.returncode == 0, retag.stderr
+    assert "1 re-tagged, 0 files' tags rewritten" in retag.stderr, retag.stdout + retag.stderr
+    assert read_state(song) == before  # still the 0.0.1 write
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT model_version FROM tracks").fetchall() == [("0.0.2",)]
+        assert conn.execute("SELECT count(*) FROM genres WHERE decided = 1").fetchone() == (0,)

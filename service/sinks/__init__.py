@@ -57,6 +57,9 @@ class SinkSettings:
         queue = getattr(self, "queue", DEFAULT_QUEUE)
         check(isinstance(queue, int) and queue >= 1, f"{section}.queue", "must be at least 1")
 
+    def validate_with(self, section: str, config: Config) -> None:
+        """Raise :class:`ConfigError` naming ``section.key`` for a value that contradicts another section."""
+
 
 @dataclass
 class QueuedSinkSettings(SinkSettings):

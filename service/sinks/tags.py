@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from service.events import TrackDone
 from service.library import TAGGED, Library
@@ -27,6 +27,9 @@ from service.sinks import DEFAULT_QUEUE, Sink, SinkContext, SinkSettings, check
 from service.tagwriter import FAILED, SKIPPED, WRITTEN, TagWriter, WriteSettings
 from tagger.errors import ConfigError
 from tagger.filetags import POLICIES
+
+if TYPE_CHECKING:
+    from service.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,9 @@ class TagsSection(SinkSettings):
     """write: write decided genres into the files' own tags (default false). policy: if-empty (only
     files without genres, or with genre-tagger's own), merge (theirs, then ours) or replace. outputs:
     model outputs whose decided labels are written (empty: the model's first). threshold: the
-    probability a label needs, 0..1 (0 = [tagging] threshold). aliases: "label=Name" strings, the
-    names written. retag_outdated: at start, queue the tracks another model or version tagged,
+    probability a label needs, 0..1 (0 = [tagging] threshold; higher for stricter tags, never lower: a
+    file never gets a genre the library calls uncertain). aliases: "label=Name" strings, the names
+    written. retag_outdated: at start, queue the tracks another model or version tagged,
     behind all other work. queue: tracks waiting to be written before the oldest are dropped."""
 
     write: bool = False
@@ -58,6 +62,18 @@ class TagsSection(SinkSettings):
         for alias in self.aliases:
             check("=" in alias and alias.split("=", 1)[0].strip() and alias.split("=", 1)[1].strip(),
                   f"{section}.aliases", f"{alias!r} is not LABEL=NAME")
+
+    def validate_with(self, section: str, config: Config) -> None:
+        # Below the tagging threshold, files would get genres the library, console and status call
+        # uncertain (contract: an uncertain result never becomes a file tag).
+        tagging = config.tagging.threshold
+        check(not self.active() or not self.threshold or self.threshold >= tagging, f"{section}.threshold",
+              f"{self.threshold:g} is below tagging.threshold {tagging:g}: a file would get genres the library "
+              f"calls uncertain (raise {section}.threshold, lower tagging.threshold, or set 0 to use it)")
+
+    def write_threshold(self, tagging: float) -> float:
+        """The probability a label needs to be written: ``threshold``, or the tagging one (0..1)."""
+        return max(self.threshold, tagging)
 
     def alias_map(self) -> dict[str, str]:
         return {a.split("=", 1)[0].strip(): a.split("=", 1)[1].strip() for a in self.aliases}
@@ -98,7 +114,7 @@ class TagsSink(Sink):
         config = self.context.config
         self.library = Library(config.library_path, config.tagging.store_top_k)
         write = WriteSettings(settings.policy, tuple(settings.outputs),
-                              settings.threshold or config.tagging.threshold, settings.alias_map())
+                              settings.write_threshold(config.tagging.threshold), settings.alias_map())
         self.writer = TagWriter(self.library, write, "daemon", list(self.context.labels) or None)
         if settings.retag_outdated and " " in self.context.model:
             model, version = self.context.model.rsplit(" ", 1)
