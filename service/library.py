@@ -579,7 +579,7 @@ class Library:
         self.db.execute("DELETE FROM genres WHERE track_id = ?", [track_id])
         self.db.execute("DELETE FROM track_views WHERE track_id = ?", [track_id])
         genre_rows, view_rows = [], []
-        music = getattr(result, "music", True)
+        music = result.music
         for output, est in result.outputs.items():
             for rank, s in enumerate(est.scores, start=1):
                 # Genres of silence, talk or noise are never decided (and never tags).
@@ -596,8 +596,7 @@ class Library:
             "tagged_at = ?, attempts = attempts + 1, tag_count = tag_count + 1, music = ?, music_probability = ?, "
             "priority = 0, coverage = ?, analysed_s = ? WHERE id = ?",
             [result.duration_s, result.model, result.model_version, now_iso(), int(music),
-             getattr(result, "music_probability", None), getattr(result, "coverage", "full"),
-             getattr(result, "analysed_s", None) or result.duration_s, track_id])
+             result.music_probability, result.coverage, result.analysed_s or result.duration_s, track_id])
 
     def record_error(self, track_id: int, message: str, force: bool = False, path: str | Path | None = None) -> bool:
         """Mark a pending track failed with a one-line reason (``force``: whatever its status).
