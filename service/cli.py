@@ -465,13 +465,10 @@ def _retag(library, args) -> int:
                     engine_options=EngineOptions(device=args.device), coverage=config.tagging.coverage)
     name, version = tagger.manifest.name, tagger.manifest.version
     if args.dry_run:
-        rows = library.db.execute("SELECT path, model, model_version FROM tracks WHERE status = 'tagged' AND "
-                                  "(model IS NOT ? OR model_version IS NOT ?) ORDER BY path", [name, version])
-        n = 0
+        rows = library.outdated(name, version)
         for path, model, model_version in rows:
-            n += 1
             print(f"{path}\t{model} {model_version} → {name} {version}")
-        print(f"genre-tagger: {n} tracks are outdated (dry run)", file=sys.stderr)
+        print(f"genre-tagger: {len(rows)} tracks are outdated (dry run)", file=sys.stderr)
         return EXIT_OK
     queued = library.queue_outdated(name, version)
     remaining = library.queued_below(0)

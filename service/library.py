@@ -696,14 +696,21 @@ class Library:
 
         self._retry(write)
 
+    # The tagged tracks another model or version tagged (parameters: model, version).
+    _OUTDATED = "status = 'tagged' AND (model IS NOT ? OR model_version IS NOT ?)"
+
+    def outdated(self, model: str, version: str) -> list[tuple[str, str | None, str | None]]:
+        """The tracks :meth:`queue_outdated` would queue: (path, model, model_version), by path."""
+        return self.db.execute(f"SELECT path, model, model_version FROM tracks WHERE {self._OUTDATED} ORDER BY path",
+                               [model, version]).fetchall()
+
     def queue_outdated(self, model: str, version: str, priority: int = -1) -> int:
         """Queue (behind every other pending file) the tagged tracks another model or version tagged."""
         def write() -> int:
             with self.db.conn:
                 return self.db.execute(
-                    "UPDATE tracks SET status = 'pending', priority = ?, attempts = 0, queued_at = ? "
-                    "WHERE status = 'tagged' AND (model IS NOT ? OR model_version IS NOT ?)",
-                    [priority, now_iso(), model, version]).rowcount
+                    f"UPDATE tracks SET status = 'pending', priority = ?, attempts = 0, queued_at = ? "
+                    f"WHERE {self._OUTDATED}", [priority, now_iso(), model, version]).rowcount
 
         return self._retry(write)
 

@@ -246,3 +246,26 @@ def test_writes_wait_for_a_lock_and_say_so(tmp_path: Path) -> None:
     assert blocked_message(db) is None
     assert library.get(tmp_path / "x.wav").error == "a FIFO"
     library.close()
+
+
+def test_retag_dry_run_lists_exactly_what_queue_outdated_queues(tagged_library: Path, tiny_model: Path,
+                                                                 tmp_path: Path) -> None:
+    db = tmp_path / "library.db"
+    shutil.copy(tagged_library, db)
+    with sqlite3.connect(db) as conn:
+        paths = [p for (p,) in conn.execute("SELECT path FROM tracks WHERE status = 'tagged' ORDER BY path")]
+        conn.execute("UPDATE tracks SET model_version = '0.0.0' WHERE path = ?", [paths[0]])
+        conn.execute("UPDATE tracks SET model = NULL, model_version = NULL WHERE path = ?", [paths[1]])
+    dry = run_cli("library", "--library", str(db), "retag", "--outdated", "--dry-run", "--model", str(tiny_model))
+    assert dry.returncode == 0, dry.stderr
+    listed = [line.split("\t")[0] for line in dry.stdout.splitlines()]
+    assert listed == sorted(paths[:2]) and "2 tracks are outdated (dry run)" in dry.stderr
+    library = Library(db)
+    try:
+        assert [p for p, _, _ in library.outdated("tiny-test", "0.0.1")] == listed
+        assert library.queue_outdated("tiny-test", "0.0.1") == 2
+        assert library.outdated("tiny-test", "0.0.1") == []
+    finally:
+        library.close()
+    with sqlite3.connect(db) as conn:
+        assert [p for (p,) in conn.execute("SELECT path FROM tracks WHERE priority = -1 ORDER BY path")] == listed
