@@ -203,3 +203,44 @@ def test_every_event_is_one_message_the_schema_validates_on_zeromq(tiny_model: P
     assert failed == {**failed, "ok": False, "status": "error", "error": "not a readable audio file", "track_id": 3}
     for _, m in sub.messages:
         VALIDATOR.validate(m)  # Subscriber validates too; explicit here
+
+
+def test_the_http_display_counts_the_library_at_most_once_a_second_yet_its_totals_follow_every_file(
+        tmp_path: Path) -> None:
+    import sqlite3
+
+    from service.library import Library
+    from service.sinks.http import TOTALS_REFRESH_S, HttpSection, HttpSink
+    from tagger.pipeline import TrackResult
+
+    db = tmp_path / "library.db"
+    Library(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO tracks (path, size, mtime, status, queued_at, attempts) "
+                         "VALUES (?, 1, 0, 'pending', '', 0)", [(f"/music/{i}.flac",) for i in range(60)])
+    config = Config()
+    config.daemon.library = str(db)
+    sink = HttpSink(HttpSection(enabled=True), SinkContext(config))  # not started: its messages are caught
+    sent: list[tuple[str, dict]] = []
+    sink._hand_over = lambda kind, message: sent.append((kind, message))  # type: ignore[method-assign]
+    counted: list[str] = []
+    sink._connect().set_trace_callback(lambda sql: counted.append(sql) if "GROUP BY status" in sql else None)
+
+    worker = sqlite3.connect(db)  # the tagging worker: the library first, then the event
+    started = time.monotonic()
+    for i in range(50):
+        ok = i % 5 != 0
+        worker.execute("UPDATE tracks SET status = ? WHERE id = ?", ["tagged" if ok else "error", i + 1])
+        worker.commit()
+        result = TrackResult(f"/music/{i}.flac", 1.0, {}, "m", "1", "cpu", 0.0) if ok else None
+        sink.track(TrackDone(i + 1, f"/music/{i}.flac", result, error="" if ok else "unreadable"))
+    elapsed = time.monotonic() - started
+    actual = dict(worker.execute("SELECT status, count(*) FROM tracks GROUP BY status"))
+    assert actual == {"pending": 10, "tagged": 40, "error": 10}
+    assert [m["library_totals"] for _, m in sent[-1:]] == [actual]  # every file counted, without a query each
+    assert len(counted) <= 2 + elapsed / TOTALS_REFRESH_S, (len(counted), elapsed)
+
+    sink.status(_status())  # each heartbeat counts afresh
+    assert sent[-1][1]["library_totals"] == actual and "GROUP BY status" in counted[-1]
+    worker.close()
+    sink.close(time.monotonic() + 1)

@@ -42,6 +42,9 @@ STATIC = Path(__file__).resolve().parent.parent / "http"
 DEFAULT_LISTEN = "127.0.0.1:8765"
 KEEPALIVE_S = 15.0  # a comment line this often, so proxies keep the stream open and dead clients show up
 START_TIMEOUT_S = 30.0
+# The library's totals are counted (one GROUP BY over its tracks) at most this often, seconds; between two
+# counts each tagged or failed file moves the last count by one, so the page's numbers follow every file.
+TOTALS_REFRESH_S = 1.0
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -147,6 +150,9 @@ class HttpSink(Sink):
         self._status: dict[str, Any] | None = None
         self._totals: dict[str, int] = {}
         self._db: sqlite3.Connection | None = None
+        # The sink's thread's running totals (see TOTALS_REFRESH_S) and when the library last counted them.
+        self._counted: dict[str, int] = {}
+        self._counted_at = -float("inf")
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -218,17 +224,17 @@ class HttpSink(Sink):
         return len(self._clients)
 
     def close(self, deadline: float) -> None:
-        if self._loop is None:
-            return
-        if self._runner is not None:
-            future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
-            try:
-                future.result(max(0.1, deadline - time.monotonic()))
-            except Exception as exc:  # a timeout or a client that would not let go: the process ends anyway
-                log.debug("HTTP display did not close cleanly: %s", exc)
-        self._stop_loop(max(0.1, deadline - time.monotonic()))
-        if self._db is not None:
+        if self._loop is not None:
+            if self._runner is not None:
+                future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+                try:
+                    future.result(max(0.1, deadline - time.monotonic()))
+                except Exception as exc:  # a timeout or a client that would not let go: the process ends anyway
+                    log.debug("HTTP display did not close cleanly: %s", exc)
+            self._stop_loop(max(0.1, deadline - time.monotonic()))
+        if self._db is not None:  # opened at start even when the server then failed to listen
             self._db.close()
+            self._db = None
 
     def _stop_loop(self, wait: float = 1.0) -> None:
         """Stop the event loop and wait up to ``wait`` seconds for its thread."""
@@ -260,12 +266,12 @@ class HttpSink(Sink):
         if first is not None:
             message.update(top=first["top"], confidence=first["confidence"], uncertain=first["uncertain"],
                            decided=first["decided"], music=event.music)
-        message["library_totals"] = self._library_totals()  # the page's counts move with each file
+        message["library_totals"] = self._totals_after(event)  # the page's counts move with each file
         self._hand_over("track", message)
 
     def status(self, event: Status) -> None:
         message = dict(event.as_message()[1])
-        message["library_totals"] = self._library_totals()
+        message["library_totals"] = self._library_totals(refresh=True)
         self._hand_over("status", message)
 
     # -- the library (read-only, from this sink's thread) --------------------------------------
@@ -278,13 +284,31 @@ class HttpSink(Sink):
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2, check_same_thread=False)
         return self._db
 
-    def _library_totals(self) -> dict[str, int]:
-        try:
-            db = self._connect()
-            return dict(db.execute("SELECT status, count(*) FROM tracks GROUP BY status").fetchall()) if db else {}
-        except sqlite3.Error as exc:
-            log.debug("HTTP display: cannot read the library: %s", exc)
-            return {}
+    def _library_totals(self, refresh: bool = False) -> dict[str, int]:
+        """Tracks per status: counted by the library when ``refresh`` or when the last count is older than
+        :data:`TOTALS_REFRESH_S`, else the running totals."""
+        now = time.monotonic()
+        if refresh or now - self._counted_at >= TOTALS_REFRESH_S:
+            try:
+                db = self._connect()
+                if db is not None:
+                    self._counted = dict(db.execute("SELECT status, count(*) FROM tracks GROUP BY status"))
+                    self._counted_at = now
+            except sqlite3.Error as exc:
+                log.debug("HTTP display: cannot read the library: %s", exc)
+        return dict(self._counted)
+
+    def _totals_after(self, event: TrackDone) -> dict[str, int]:
+        """The totals with ``event``'s file counted: a fresh count, or the running totals with the file moved
+        from pending to tagged (or error), as the worker just did in the library."""
+        fresh = time.monotonic() - self._counted_at >= TOTALS_REFRESH_S
+        if not fresh and self._counted:
+            totals = self._counted
+            if totals.get("pending", 0) > 0:
+                totals["pending"] -= 1
+            done = "tagged" if event.ok else "error"
+            totals[done] = totals.get(done, 0) + 1
+        return self._library_totals()
 
     def _seed_from_library(self) -> None:
         """The last files tagged and failed before this start, so the page is not empty after a restart."""
