@@ -3,6 +3,7 @@ inside their sink, backoff, a close that fits the SIGTERM budget; the events' on
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from pathlib import Path
@@ -244,3 +245,64 @@ def test_the_http_display_counts_the_library_at_most_once_a_second_yet_its_total
     assert sent[-1][1]["library_totals"] == actual and "GROUP BY status" in counted[-1]
     worker.close()
     sink.close(time.monotonic() + 1)
+
+
+class Gate(Sink):
+    """Takes its first status event, then waits for ``go`` before it takes any other."""
+
+    name = "gate"
+
+    def __init__(self, inline: bool = False, queue: int = 1000) -> None:
+        settings = SinkSettings()
+        settings.queue = queue  # type: ignore[attr-defined]
+        super().__init__(settings, SinkContext(Config()))
+        self.inline = inline  # type: ignore[misc]
+        self.go = threading.Event()
+        self.taken = 0
+
+    def status(self, event: Status) -> None:
+        if not self.inline:
+            self.go.wait(30)
+        self.taken += 1
+
+
+def test_counts_are_exact_and_queues_never_overshoot_under_concurrent_producers() -> None:
+    import sys
+
+    class Watched(collections.deque):
+        most = 0
+
+        def append(self, item: object) -> None:
+            super().append(item)
+            self.most = max(self.most, len(self))
+
+    queued, inline = Gate(queue=50), Gate(inline=True)
+    hub = SinkHub([queued, inline])
+    hub.slots[0].queue = Watched()
+    hub.start()
+    producers, each = 8, 2000
+    barrier = threading.Barrier(producers)
+
+    def produce() -> None:
+        barrier.wait()
+        for i in range(each):
+            hub.status(_status(i))
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can: the races show up, if any
+    try:
+        threads = [threading.Thread(target=produce) for _ in range(producers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(switch)
+    total = producers * each
+    assert hub.slots[0].queue.most <= 50  # a queue of 50 holds at most 50, whatever the number of producers
+    assert hub.slots[0].snapshot()["queued"] <= 50
+    queued.go.set()
+    hub.close(time.monotonic() + 10)
+    counts = {slot.sink.inline: slot.counts for slot in hub.slots}
+    assert counts[True].delivered == inline.taken == total and counts[True].dropped == 0
+    assert counts[False].delivered == queued.taken and counts[False].delivered + counts[False].dropped == total

@@ -237,10 +237,12 @@ class SinkCounts:
 class _Slot:
     """One sink with its counts and, unless it is inline, its queue and thread.
 
-    A producer only appends to the queue (deque operations are atomic): it takes no lock and wakes no
-    thread, since waking one makes a system call and, on a loaded machine, lets the scheduler run the
-    woken thread in the producer's place (measured on 2 busy cores: 2-3 ms per live update, p50). The
-    sink's thread looks at its queue every ``QUEUE_POLL_S`` instead.
+    Several producers (the live threads, the tagging worker, the heartbeat) offer events at once: the
+    queue's bound and every count change under one lock per slot, held for a few list operations only
+    (never while the sink runs), so the counts are exact and a queue never holds more than its size.
+    A producer wakes no thread, since waking one makes a system call and, on a loaded machine, lets the
+    scheduler run the woken thread in the producer's place (measured on 2 busy cores: 2-3 ms per live
+    update, p50). The sink's thread looks at its queue every ``QUEUE_POLL_S`` instead.
     """
 
     def __init__(self, sink: Sink, queue_size: int) -> None:
@@ -253,6 +255,7 @@ class _Slot:
                                  if getattr(type(sink), method) is not getattr(Sink, method))
         self.queue: collections.deque[Event] = collections.deque()
         self.queue_size = queue_size
+        self.lock = threading.Lock()  # the queue's bound and the counts
         self.closing = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -263,44 +266,59 @@ class _Slot:
             return
         if self.inline:
             if self.counts.suspended_until and time.monotonic() < self.counts.suspended_until:
-                self.counts.dropped += 1
+                with self.lock:
+                    self.counts.dropped += 1
                 return
             self.deliver(event)
             return
         if self.closing.is_set():
             return
-        while len(self.queue) >= self.queue_size:
-            try:
+        with self.lock:
+            if len(self.queue) >= self.queue_size:
                 self.queue.popleft()
-            except IndexError:  # the sink's thread took it meanwhile
-                break
-            self.counts.dropped += 1
-        self.queue.append(event)
+                self.counts.dropped += 1
+            self.queue.append(event)
+
+    def _take(self) -> Event | None:
+        """The oldest queued event, or None."""
+        with self.lock:
+            return self.queue.popleft() if self.queue else None
+
+    def _drop_queued(self) -> None:
+        with self.lock:
+            self.counts.dropped += len(self.queue)
+            self.queue.clear()
 
     def deliver(self, event: Event) -> None:
         try:
             getattr(self.sink, _HANDLERS[type(event)])(event)
         except Exception as exc:
             self._failed(exc)
-        else:
+            return
+        with self.lock:
             c = self.counts
             c.delivered += 1
-            if c.consecutive_failures:
-                log.info("sink %s works again", self.sink.name)
+            recovered = c.consecutive_failures
             c.consecutive_failures, c.suspended_until, c.backoff = 0, 0.0, BACKOFF_START_S
+        if recovered:
+            log.info("sink %s works again", self.sink.name)
 
     def _failed(self, exc: Exception) -> None:
-        c = self.counts
-        c.errors += 1
-        c.consecutive_failures += 1
-        c.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-        if c.consecutive_failures == 1:
-            log.warning("sink %s failed: %s", self.sink.name, c.last_error, exc_info=log.isEnabledFor(logging.DEBUG))
-        if c.consecutive_failures >= FAILURES_BEFORE_BACKOFF:
-            c.suspended_until = time.monotonic() + c.backoff
-            log.warning("sink %s failed %d times in a row (%s); suspended for %.1f s", self.sink.name,
-                        c.consecutive_failures, c.last_error, c.backoff)
-            c.backoff = min(BACKOFF_MAX_S, c.backoff * 2)
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        with self.lock:
+            c = self.counts
+            c.errors += 1
+            c.consecutive_failures += 1
+            c.last_error = error
+            failures, backoff = c.consecutive_failures, c.backoff
+            if failures >= FAILURES_BEFORE_BACKOFF:
+                c.suspended_until = time.monotonic() + backoff
+                c.backoff = min(BACKOFF_MAX_S, backoff * 2)
+        if failures == 1:
+            log.warning("sink %s failed: %s", self.sink.name, error, exc_info=log.isEnabledFor(logging.DEBUG))
+        if failures >= FAILURES_BEFORE_BACKOFF:
+            log.warning("sink %s failed %d times in a row (%s); suspended for %.1f s", self.sink.name, failures,
+                        error, backoff)
 
     # -- the queued sink's thread --------------------------------------------------------------
 
@@ -312,17 +330,17 @@ class _Slot:
 
     def _run(self) -> None:
         while True:
-            try:
-                event = self.queue.popleft()
-            except IndexError:
+            event = self._take()
+            if event is None:
                 if self.closing.is_set():
                     return  # closing, and everything was delivered
                 self.closing.wait(QUEUE_POLL_S)
                 continue
             wait = self.counts.suspended_until - time.monotonic()
             if wait > 0 and self.closing.wait(wait):  # suspended: wait (a close ends it), then try again
-                self.counts.dropped += 1 + len(self.queue)
-                self.queue.clear()
+                with self.lock:
+                    self.counts.dropped += 1
+                self._drop_queued()
                 return
             self.deliver(event)
 
@@ -333,15 +351,16 @@ class _Slot:
             return
         self.thread.join(max(0.0, deadline - time.monotonic()))
         if self.thread.is_alive():
-            self.counts.dropped += len(self.queue)
-            self.queue.clear()
+            self._drop_queued()
             log.warning("sink %s did not finish in time; its last events are dropped", self.sink.name)
 
     def snapshot(self) -> dict[str, Any]:
-        c = self.counts
+        with self.lock:
+            c = dataclasses.replace(self.counts)
+            queued = len(self.queue)
         out: dict[str, Any] = {"delivered": c.delivered, "dropped": c.dropped + self.sink.dropped, "errors": c.errors}
         if not self.inline:
-            out["queued"] = len(self.queue)
+            out["queued"] = queued
         if c.suspended_until and time.monotonic() < c.suspended_until:
             out["suspended_s"] = round(c.suspended_until - time.monotonic(), 1)
         if c.last_error:
