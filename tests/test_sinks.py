@@ -306,3 +306,57 @@ def test_counts_are_exact_and_queues_never_overshoot_under_concurrent_producers(
     counts = {slot.sink.inline: slot.counts for slot in hub.slots}
     assert counts[True].delivered == inline.taken == total and counts[True].dropped == 0
     assert counts[False].delivered == queued.taken and counts[False].delivered + counts[False].dropped == total
+
+
+def _until(condition, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_an_idle_queued_sink_sleeps_without_polling_until_an_event_or_the_close_wakes_it() -> None:
+    sink = Recorder()
+    hub = SinkHub([sink])
+    slot = hub.slots[0]
+    polls = []
+    wait = slot.closing.wait
+    slot.closing.wait = lambda timeout=None: polls.append(timeout) or wait(timeout)  # type: ignore[method-assign]
+    hub.start()
+    assert _until(lambda: slot.asleep)
+    before = len(polls)
+    time.sleep(1.0)
+    assert len(polls) == before  # asleep: no wake-ups at all (was one each 20 ms)
+    hub.status(_status(1))
+    assert _until(lambda: len(sink.events) == 1)  # the producer woke it
+    assert _until(lambda: slot.asleep)
+    started = time.monotonic()
+    hub.close(started + 4.5)
+    assert time.monotonic() - started < 4.0 and not slot.thread.is_alive()  # woken by the close, not timed out
+    assert hub.counts()["recorder"] == {"delivered": 1, "dropped": 0, "errors": 0, "queued": 0}
+
+
+def test_after_a_live_update_a_sink_polls_for_a_while_so_the_live_thread_wakes_nobody() -> None:
+    from service.sinks import LIVE_LINGER_S
+
+    class LiveRecorder(Recorder):
+        def live(self, event: LiveUpdate) -> None:
+            self.events.append(event)
+
+    sink = LiveRecorder()
+    hub = SinkHub([sink])
+    slot = hub.slots[0]
+    hub.start()
+    assert _until(lambda: slot.asleep)
+    woken = 0
+    for i in range(5):
+        woken += slot.asleep  # the producer sets the wake-up only for a sleeping sink
+        hub.live(LiveUpdate(source="radio", stream_s=float(i), horizon_s=4.0, slices=(), estimates={}, labels={}))
+        time.sleep(0.1)
+    assert _until(lambda: len(sink.events) == 5)
+    assert woken <= 2  # the first update wakes it; later ones find it polling (unless the box stalled 3 s)
+    assert _until(lambda: slot.asleep, 10 + LIVE_LINGER_S)  # then it sleeps again
+    hub.close(time.monotonic() + 4.5)
+    assert hub.counts()["recorder"]["delivered"] == 5

@@ -41,7 +41,11 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 FAILURES_BEFORE_BACKOFF = 3  # consecutive failures a sink may have before it is suspended
 DEFAULT_QUEUE = 1000
-QUEUE_POLL_S = 0.02  # how often an idle queued sink looks for events (the most it adds to their delay)
+# After a live update, a queued sink's thread looks at its queue every QUEUE_POLL_S for LIVE_LINGER_S (the
+# next update is due a hop later, so the live thread finds it awake and wakes nobody); otherwise an idle
+# sink's thread sleeps until a producer puts an event into its empty queue.
+QUEUE_POLL_S = 0.02
+LIVE_LINGER_S = 3.0
 
 
 @dataclass
@@ -240,9 +244,12 @@ class _Slot:
     Several producers (the live threads, the tagging worker, the heartbeat) offer events at once: the
     queue's bound and every count change under one lock per slot, held for a few list operations only
     (never while the sink runs), so the counts are exact and a queue never holds more than its size.
-    A producer wakes no thread, since waking one makes a system call and, on a loaded machine, lets the
-    scheduler run the woken thread in the producer's place (measured on 2 busy cores: 2-3 ms per live
-    update, p50). The sink's thread looks at its queue every ``QUEUE_POLL_S`` instead.
+
+    An idle sink's thread sleeps on ``wakeup``, which the producer that finds it asleep sets. Waking a
+    thread makes a system call and, on a loaded machine, lets the scheduler run the woken thread in the
+    producer's place (measured on 2 busy cores: 2-3 ms p50 per live update), so a sink that has just
+    handled a live update polls its queue for ``LIVE_LINGER_S`` instead of sleeping: the live thread's
+    next update finds it awake.
     """
 
     def __init__(self, sink: Sink, queue_size: int) -> None:
@@ -255,7 +262,9 @@ class _Slot:
                                  if getattr(type(sink), method) is not getattr(Sink, method))
         self.queue: collections.deque[Event] = collections.deque()
         self.queue_size = queue_size
-        self.lock = threading.Lock()  # the queue's bound and the counts
+        self.lock = threading.Lock()  # the queue's bound, the counts and ``asleep``
+        self.asleep = False  # the sink's thread waits on ``wakeup``: the next producer sets it
+        self.wakeup = threading.Event()
         self.closing = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -278,6 +287,9 @@ class _Slot:
                 self.queue.popleft()
                 self.counts.dropped += 1
             self.queue.append(event)
+            wake, self.asleep = self.asleep, False
+        if wake:
+            self.wakeup.set()
 
     def _take(self) -> Event | None:
         """The oldest queued event, or None."""
@@ -329,13 +341,19 @@ class _Slot:
         self.thread.start()
 
     def _run(self) -> None:
+        last_live = -LIVE_LINGER_S
         while True:
             event = self._take()
             if event is None:
                 if self.closing.is_set():
                     return  # closing, and everything was delivered
-                self.closing.wait(QUEUE_POLL_S)
+                if time.monotonic() - last_live < LIVE_LINGER_S:
+                    self.closing.wait(QUEUE_POLL_S)
+                else:
+                    self._sleep()
                 continue
+            if type(event) is LiveUpdate:
+                last_live = time.monotonic()
             wait = self.counts.suspended_until - time.monotonic()
             if wait > 0 and self.closing.wait(wait):  # suspended: wait (a close ends it), then try again
                 with self.lock:
@@ -344,9 +362,19 @@ class _Slot:
                 return
             self.deliver(event)
 
+    def _sleep(self) -> None:
+        """Wait until a producer queues an event or the slot closes."""
+        self.wakeup.clear()
+        with self.lock:  # checked after the clear: a set that comes later is not lost
+            if self.queue or self.closing.is_set():
+                return
+            self.asleep = True
+        self.wakeup.wait()
+
     def stop(self, deadline: float) -> None:
         """Let the thread deliver what is queued until ``deadline``, then drop (and count) the rest."""
         self.closing.set()
+        self.wakeup.set()
         if self.thread is None:
             return
         self.thread.join(max(0.0, deadline - time.monotonic()))
