@@ -360,3 +360,34 @@ def test_after_a_live_update_a_sink_polls_for_a_while_so_the_live_thread_wakes_n
     assert _until(lambda: slot.asleep, 10 + LIVE_LINGER_S)  # then it sleeps again
     hub.close(time.monotonic() + 4.5)
     assert hub.counts()["recorder"]["delivered"] == 5
+
+
+def test_only_a_real_delivery_counts_as_a_success_that_ends_a_backoff(caplog) -> None:
+    """An Icecast change to "no music" with no_music = "" sends nothing: it must not reset the failure count
+    nor log that the sink works again (nor must another source's change or an uncertain one)."""
+    import socket
+
+    from service.sinks.icecast import IcecastSection, IcecastSink
+
+    with socket.socket() as closed:  # a free port with nothing listening: every update is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = IcecastSection(enabled=True, url=f"http://127.0.0.1:{port}", password="x", timeout_seconds=5.0,
+                              source="radio")
+    hub = SinkHub([IcecastSink(settings, SinkContext(Config()))])
+    slot = hub.slots[0]  # delivered directly, in this thread: no timing involved
+
+    def change(current: str, **kw) -> GenreChanged:
+        return GenreChanged(source=kw.pop("source", "radio"), stream_s=0.0, previous=None, current=current,
+                            confidence=0.9, **kw)
+
+    slot.deliver(change("jazz"))
+    assert slot.counts.consecutive_failures == 1 and slot.counts.errors == 1
+    for nothing_to_do in (change("no music", music=False), change("rock", source="other"),
+                          change("blues", uncertain=True)):
+        slot.deliver(nothing_to_do)
+    assert slot.counts.consecutive_failures == 1 and slot.counts.delivered == 0
+    assert slot.snapshot()["skipped"] == 3
+    assert not any("works again" in r.getMessage() for r in caplog.records)
+    slot.deliver(change("metal"))
+    assert slot.counts.consecutive_failures == 2  # the count goes on: the backoff engages at the third

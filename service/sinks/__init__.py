@@ -119,6 +119,10 @@ class SinkContext:
 class Sink:
     """An event consumer. Every method is a no-op; override what the sink needs.
 
+    An event handler returns None (or True) when it did its work, and False when the event asked nothing
+    of it (another source's change, an uncertain one, a "no music" title left as it is): such an event is
+    counted as ``skipped``, not ``delivered``, and is no sign that a failing sink works again.
+
     Class attributes:
         name: the TOML section (one word, so ``GENRE_TAGGER_<NAME>_<KEY>`` still parses).
         Settings: the section's dataclass (a :class:`SinkSettings` subclass).
@@ -158,16 +162,16 @@ class Sink:
         """Events this sink's own consumers missed (beyond the hub's queue drops)."""
         return 0
 
-    def track(self, event: TrackDone) -> None:
+    def track(self, event: TrackDone) -> bool | None:
         pass
 
-    def live(self, event: LiveUpdate) -> None:
+    def live(self, event: LiveUpdate) -> bool | None:
         pass
 
-    def genre_changed(self, event: GenreChanged) -> None:
+    def genre_changed(self, event: GenreChanged) -> bool | None:
         pass
 
-    def status(self, event: Status) -> None:
+    def status(self, event: Status) -> bool | None:
         pass
 
     def close(self, deadline: float) -> None:
@@ -196,16 +200,16 @@ class ChangeSink(Sink):
 
     settings: ChangeSection
 
-    def genre_changed(self, event: GenreChanged) -> None:
+    def genre_changed(self, event: GenreChanged) -> bool:
         if self.settings.source and event.source != self.settings.source:
-            return
+            return False
         if event.uncertain and event.music:
             log.debug("%s: not updated: the change to %s is uncertain", self.describe(), event.current)
-            return
-        self.show(format_change(self.settings.format, event) if event.trustworthy else self.settings.no_music)
+            return False
+        return self.show(format_change(self.settings.format, event) if event.trustworthy else self.settings.no_music)
 
-    def show(self, text: str) -> None:
-        """Present ``text`` (the formatted genre, or ``no_music``)."""
+    def show(self, text: str) -> bool:
+        """Present ``text`` (the formatted genre, or ``no_music``); False when nothing was done."""
         raise NotImplementedError
 
 
@@ -230,6 +234,7 @@ def sink_classes() -> dict[str, type[Sink]]:
 @dataclass
 class SinkCounts:
     delivered: int = 0
+    skipped: int = 0  # handled without error, but the sink had nothing to do (its handler returned False)
     dropped: int = 0  # by the hub: the queue was full, or the sink was suspended
     errors: int = 0
     consecutive_failures: int = 0
@@ -303,9 +308,13 @@ class _Slot:
 
     def deliver(self, event: Event) -> None:
         try:
-            getattr(self.sink, _HANDLERS[type(event)])(event)
+            done = getattr(self.sink, _HANDLERS[type(event)])(event)
         except Exception as exc:
             self._failed(exc)
+            return
+        if done is False:  # nothing was sent: no proof that a failing sink works again
+            with self.lock:
+                self.counts.skipped += 1
             return
         with self.lock:
             c = self.counts
@@ -387,6 +396,8 @@ class _Slot:
             c = dataclasses.replace(self.counts)
             queued = len(self.queue)
         out: dict[str, Any] = {"delivered": c.delivered, "dropped": c.dropped + self.sink.dropped, "errors": c.errors}
+        if c.skipped:
+            out["skipped"] = c.skipped
         if not self.inline:
             out["queued"] = queued
         if c.suspended_until and time.monotonic() < c.suspended_until:
@@ -452,7 +463,8 @@ class SinkHub:
     status: Callable[[Status], None] = emit  # type: ignore[assignment]
 
     def counts(self) -> dict[str, dict[str, Any]]:
-        """Per sink: delivered, dropped (queue full, suspended, or its own consumers), errors, queued."""
+        """Per sink: delivered, dropped (queue full, suspended, or its own consumers), errors, queued, and
+        skipped (events it had nothing to do for) when there were any."""
         return {slot.sink.name: slot.snapshot() for slot in self.slots}
 
     @property

@@ -67,9 +67,11 @@ class IcecastSink(ChangeSink):
     def describe(self) -> str:
         return f"Icecast metadata of {self.settings.url.rstrip('/')}{self.settings.mount}"
 
-    def show(self, text: str) -> None:
-        if text:  # "" (no_music by default): leave the title as it is
-            self.update(text)
+    def show(self, text: str) -> bool:
+        if not text:  # "" (no_music by default): leave the title as it is
+            return False
+        self.update(text)
+        return True
 
     def update(self, title: str) -> None:
         """Set the mount's title; raise with Icecast's reason when it refuses."""

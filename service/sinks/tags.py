@@ -129,13 +129,13 @@ class TagsSink(Sink):
             return "re-tag outdated tracks (file tags not written)"
         return f"genres into file tags (policy {settings.policy})"
 
-    def track(self, event: TrackDone) -> None:
+    def track(self, event: TrackDone) -> bool:
         settings = self.settings
         if not settings.write or event.result is None or self.library is None or self.writer is None:
-            return
+            return False
         row = self.library.get(event.path)
         if row is None or row.status != TAGGED or row.id != event.track_id:
-            return  # changed, moved or deleted since: its next result is written instead
+            return False  # changed, moved or deleted since: its next result is written instead
         result = event.result
         outcome = self.writer.write(row.id, event.path, result.outputs, result.model, result.model_version,
                                     row.fingerprint, event.music)
@@ -146,6 +146,7 @@ class TagsSink(Sink):
             log.warning("tags: %s", outcome.line())
         else:
             log.debug("tags: %s", outcome.line())
+        return True
 
     def close(self, deadline: float) -> None:
         if self.library is not None:
