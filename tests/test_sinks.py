@@ -391,3 +391,65 @@ def test_only_a_real_delivery_counts_as_a_success_that_ends_a_backoff(caplog) ->
     assert not any("works again" in r.getMessage() for r in caplog.records)
     slot.deliver(change("metal"))
     assert slot.counts.consecutive_failures == 2  # the count goes on: the backoff engages at the third
+
+
+def test_tag_writes_the_tags_sink_never_made_are_queued_again_not_lost(tmp_path: Path, caplog) -> None:
+    """Its queue overflowed while a write hung, then the daemon stopped: every file whose tags were not
+    written goes back into the queue (behind other work), to be tagged and written again."""
+    import sqlite3
+
+    from service.library import Library
+    from service.sinks.tags import TagsSection, TagsSink
+    from tagger.pipeline import TrackResult
+
+    db = tmp_path / "library.db"
+    Library(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO tracks (path, size, mtime, status, queued_at, attempts) "
+                         "VALUES (?, 1, 0, 'tagged', '', 1)", [(f"/music/{i}.flac",) for i in range(1, 7)])
+    config = Config()
+    config.daemon.library = str(db)
+
+    class HungWrite(TagsSink):
+        entered, release = threading.Event(), threading.Event()
+
+        def track(self, event: TrackDone) -> bool:
+            self.entered.set()
+            self.release.wait(30)
+            return False
+
+    sink = HungWrite(TagsSection(write=True, queue=3), SinkContext(config, {}, "m 1"))
+    hub = SinkHub([sink])
+    hub.start()
+    try:
+        for i in range(1, 7):
+            hub.track(TrackDone(i, f"/music/{i}.flac", TrackResult(f"/music/{i}.flac", 1.0, {}, "m", "1", "cpu", 0.0)))
+            if i == 1:
+                assert sink.entered.wait(30)  # file 1's write hangs; 2 and 3 are pushed out of the queue of 3
+        hub.close(time.monotonic() + 0.5)  # 4, 5 and 6 still queued at the close
+    finally:
+        sink.release.set()
+    with sqlite3.connect(db) as conn:
+        rows = dict(conn.execute("SELECT id, status || ' ' || priority FROM tracks"))
+    assert rows == {1: "tagged 0", **{i: "pending -1" for i in range(2, 7)}}
+    assert hub.counts()["tags"]["dropped"] == 5
+    assert any("5 files' tags were not written" in r.getMessage() for r in caplog.records)
+
+
+def test_a_sink_that_raises_system_exit_fails_counted_and_its_thread_goes_on() -> None:
+    class Exits(Recorder):
+        def status(self, event: Status) -> None:
+            if event.tagged == 0:
+                raise SystemExit(3)  # a library calling sys.exit: a thread would end silently
+            super().status(event)
+
+    sink = Exits()
+    hub = SinkHub([sink])
+    hub.start()
+    hub.status(_status(0))
+    hub.status(_status(1))
+    assert _until(lambda: len(sink.events) == 1)
+    assert hub.slots[0].thread.is_alive()
+    hub.close(time.monotonic() + 4.5)
+    counts = hub.counts()["recorder"]
+    assert counts["errors"] == 1 and counts["delivered"] == 1 and counts["last_error"] == "SystemExit: 3"

@@ -41,6 +41,7 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 FAILURES_BEFORE_BACKOFF = 3  # consecutive failures a sink may have before it is suspended
 DEFAULT_QUEUE = 1000
+LOST_MAX = 10_000  # lost events kept for a sink's ``lost`` at most (beyond: counted only)
 # After a live update, a queued sink's thread looks at its queue every QUEUE_POLL_S for LIVE_LINGER_S (the
 # next update is due a hop later, so the live thread finds it awake and wakes nobody); otherwise an idle
 # sink's thread sleeps until a producer puts an event into its empty queue.
@@ -174,6 +175,12 @@ class Sink:
     def status(self, event: Status) -> bool | None:
         pass
 
+    def lost(self, events: list[Event]) -> None:
+        """Events this sink will never get: pushed out of its full queue, dropped while it was suspended, or
+        still queued when the daemon stopped. A sink whose work must not be lost (the tags sink) overrides
+        this to keep a durable note. Called from the sink's own thread, or at the close from the closing
+        thread, possibly while a stuck handler still runs: use no state that handler uses."""
+
     def close(self, deadline: float) -> None:
         """Release everything by ``deadline`` (a :func:`time.monotonic` value)."""
 
@@ -267,7 +274,10 @@ class _Slot:
                                  if getattr(type(sink), method) is not getattr(Sink, method))
         self.queue: collections.deque[Event] = collections.deque()
         self.queue_size = queue_size
-        self.lock = threading.Lock()  # the queue's bound, the counts and ``asleep``
+        self.lock = threading.Lock()  # the queue's bound, the counts, ``asleep`` and ``lost``
+        # Dropped events the sink wants to hear of (it overrides Sink.lost), until its thread hands them over.
+        self.keeps_lost = type(sink).lost is not Sink.lost
+        self.lost: list[Event] = []
         self.asleep = False  # the sink's thread waits on ``wakeup``: the next producer sets it
         self.wakeup = threading.Event()
         self.closing = threading.Event()
@@ -285,12 +295,12 @@ class _Slot:
                 return
             self.deliver(event)
             return
-        if self.closing.is_set():
-            return
         with self.lock:
+            if self.closing.is_set():  # too late for the sink's thread
+                self._drop([event])
+                return
             if len(self.queue) >= self.queue_size:
-                self.queue.popleft()
-                self.counts.dropped += 1
+                self._drop([self.queue.popleft()])
             self.queue.append(event)
             wake, self.asleep = self.asleep, False
         if wake:
@@ -301,15 +311,32 @@ class _Slot:
         with self.lock:
             return self.queue.popleft() if self.queue else None
 
+    def _drop(self, events: list[Event]) -> None:
+        """Count ``events`` as dropped and keep them for the sink's ``lost`` (the caller holds the lock)."""
+        self.counts.dropped += len(events)
+        if self.keeps_lost:
+            self.lost.extend(events[:max(0, LOST_MAX - len(self.lost))])
+
     def _drop_queued(self) -> None:
         with self.lock:
-            self.counts.dropped += len(self.queue)
+            self._drop(list(self.queue))
             self.queue.clear()
+
+    def _hand_lost(self) -> None:
+        """Tell the sink of the events it lost since the last call."""
+        with self.lock:
+            lost, self.lost = self.lost, []
+        if not lost:
+            return
+        try:
+            self.sink.lost(lost)
+        except Exception as exc:
+            log.warning("sink %s: %d lost events could not be noted: %s", self.sink.name, len(lost), exc)
 
     def deliver(self, event: Event) -> None:
         try:
             done = getattr(self.sink, _HANDLERS[type(event)])(event)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit included: a sink's thread must not end silently
             self._failed(exc)
             return
         if done is False:  # nothing was sent: no proof that a failing sink works again
@@ -324,7 +351,7 @@ class _Slot:
         if recovered:
             log.info("sink %s works again", self.sink.name)
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
         with self.lock:
             c = self.counts
@@ -366,10 +393,12 @@ class _Slot:
             wait = self.counts.suspended_until - time.monotonic()
             if wait > 0 and self.closing.wait(wait):  # suspended: wait (a close ends it), then try again
                 with self.lock:
-                    self.counts.dropped += 1
+                    self._drop([event])
                 self._drop_queued()
                 return
             self.deliver(event)
+            if self.lost:
+                self._hand_lost()
 
     def _sleep(self) -> None:
         """Wait until a producer queues an event or the slot closes."""
@@ -381,15 +410,19 @@ class _Slot:
         self.wakeup.wait()
 
     def stop(self, deadline: float) -> None:
-        """Let the thread deliver what is queued until ``deadline``, then drop (and count) the rest."""
-        self.closing.set()
+        """Let the thread deliver what is queued until ``deadline``, then drop (and count) the rest; tell
+        the sink of every event it lost."""
+        with self.lock:  # an offer from now on is dropped (and counted)
+            self.closing.set()
         self.wakeup.set()
-        if self.thread is None:
-            return
-        self.thread.join(max(0.0, deadline - time.monotonic()))
-        if self.thread.is_alive():
+        if self.thread is not None:
+            self.thread.join(max(0.0, deadline - time.monotonic()))
+        if self.thread is None or self.thread.is_alive():
+            if self.queue:
+                log.warning("sink %s did not finish in time; its last %d events are dropped", self.sink.name,
+                            len(self.queue))
             self._drop_queued()
-            log.warning("sink %s did not finish in time; its last events are dropped", self.sink.name)
+        self._hand_lost()
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:

@@ -8,6 +8,10 @@ as already tagged and never queues it again because of its new tags. A file whos
 longer ``tagged`` (it changed and was queued again) or whose content changed since it was tagged is
 left alone: its next result will be written.
 
+A tagged file whose write this sink never makes (its queue overflowed, it was suspended after failures,
+or the daemon stopped first) is queued again behind all other work (:meth:`TagsSink.lost`), so it is
+tagged and its tags written again later, in this run or the next: none is left unwritten for good.
+
 ``retag_outdated`` queues at start, behind every other file, the tracks an older model (or another
 one) tagged; the worker re-tags them and this sink rewrites their files' genres under this section's
 settings (``genre-tagger library retag --outdated`` does the same from the command line, each file
@@ -18,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from service.events import TrackDone
-from service.library import TAGGED, Library
+from service.events import Event, TrackDone
+from service.library import TAGGED, Library, now_iso
 from service.sinks import DEFAULT_QUEUE, Sink, SinkContext, SinkSettings, check
 from service.tagwriter import FAILED, SKIPPED, WRITTEN, TagWriter, WriteSettings
 from tagger.errors import ConfigError
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     from service.config import Config
 
 log = logging.getLogger(__name__)
+LOST_TIMEOUT_S = 0.25  # how long noting unwritten files may wait for the library's lock (it may run at SIGTERM)
 
 
 @dataclass
@@ -147,6 +153,29 @@ class TagsSink(Sink):
         else:
             log.debug("tags: %s", outcome.line())
         return True
+
+    def lost(self, events: list[Event]) -> None:
+        """Tagged files whose tags this sink will not write (its queue overflowed, it was suspended, or the
+        daemon stopped first) are queued again behind all other work, so their tags are written after they
+        are tagged again, in this run or the next: a file is never left tagged in the library but unwritten."""
+        ids = [(e.track_id,) for e in events if isinstance(e, TrackDone) and e.result is not None]
+        if not ids or not self.settings.write:
+            return
+        # A connection of its own, quick to give up: this may run at the close, beside a stuck write.
+        try:
+            db = sqlite3.connect(self.context.config.library_path, timeout=LOST_TIMEOUT_S)
+            try:
+                with db:
+                    db.executemany("UPDATE tracks SET status = 'pending', priority = -1, attempts = 0, queued_at = ? "
+                                   f"WHERE id = ? AND status = '{TAGGED}'", [(now_iso(), *i) for i in ids])
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            log.warning("tags: %d files' tags were not written and could not be queued again (%s); they get "
+                        "their tags when they are next tagged", len(ids), exc)
+            return
+        log.warning("tags: %d files' tags were not written (the writer fell behind, failed or the daemon stopped "
+                    "first): queued to be tagged and written again", len(ids))
 
     def close(self, deadline: float) -> None:
         if self.library is not None:
