@@ -7,6 +7,7 @@ Memory stays bounded whatever the file length: the decoder yields blocks of abou
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -104,6 +105,15 @@ def _info(container: av.container.InputContainer, stream: av.audio.stream.AudioS
         duration = container.duration / av.time_base
     return AudioInfo(stream.codec_context.name, container.format.name, stream.codec_context.sample_rate,
                      stream.codec_context.channels, duration)
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: str | Path) -> bool:
+    """``path`` is a URL (``scheme://…``: http, https, s3 through a gateway, ftp… whatever FFmpeg's
+    protocols open), not a local file. A :class:`~pathlib.Path` never is."""
+    return isinstance(path, str) and _URL.match(path) is not None
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "is a directory, not an audio file"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),

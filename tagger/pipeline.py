@@ -370,9 +370,14 @@ class Tagger:
     def tag_file(self, path: str | Path, keep_slices: bool = False,
                  cancelled: Callable[[], bool] | None = None,
                  decode: Callable[..., Iterator[np.ndarray | Segment]] | None = None,
-                 coverage: str | Coverage | None = None) -> TrackResult:
+                 coverage: str | Coverage | None = None, decode_ahead: bool = True) -> TrackResult:
         """Tag a file: the mean of every slice of every view, over the whole file or over the excerpts
         ``coverage`` (default: the tagger's) asks for (:mod:`tagger.coverage`).
+
+        ``decode_ahead`` (default True) decodes in a thread of its own, beside the front end and the model
+        (:func:`tagger.decode.read_ahead`); False decodes in this thread, between blocks. The thread pays
+        when this file has more than one core to itself; when several jobs fill the cores it only adds
+        hand-offs (:func:`tagger.parallel.decode_ahead_for_jobs`). The result is the same either way.
 
         Raises :class:`DecodeError` for a bad file, and :class:`Cancelled` when ``cancelled()`` turns
         true (checked between decoded blocks). ``decode(path, sample_rate, block_seconds)`` yields the
@@ -383,20 +388,26 @@ class Tagger:
         started = time.perf_counter()
         coverage = self.coverage if coverage is None else Coverage.parse(coverage)
         stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast)
-        # Decoding runs in its own thread, the front end and the model in this one: on 2 cores that
-        # balances the two (11 realworld tracks, per-file best of 5: 11.48 s with the front end in the
-        # decoding thread, 10.63 s here).
+        # With decode_ahead, decoding runs in its own thread, the front end and the model in this one: on 2
+        # cores that balances the two (11 realworld tracks, per-file best of 5: 11.48 s with the front end
+        # in the decoding thread, 10.63 s here).
         if coverage.full:
             blocks = (decode or decode_blocks)(path, self.sample_rate, self.block_seconds)
         else:
             blocks = (decode or decode_coverage)(path, self.sample_rate, self.block_seconds, coverage=str(coverage))
         track_s: float | None = None  # the container's length, when excerpts were read
-        for block in read_ahead(blocks):
-            if cancelled is not None and cancelled():
-                raise Cancelled(f"{path}: cancelled")
-            if isinstance(block, Segment):  # an excerpt starts: no window spans the gap before it
-                stream.next_segment(block.start_s)
-                track_s = block.track_s
-                continue
-            stream.feed(block)
+        source = read_ahead(blocks) if decode_ahead else blocks
+        try:
+            for block in source:
+                if cancelled is not None and cancelled():
+                    raise Cancelled(f"{path}: cancelled")
+                if isinstance(block, Segment):  # an excerpt starts: no window spans the gap before it
+                    stream.next_segment(block.start_s)
+                    track_s = block.track_s
+                    continue
+                stream.feed(block)
+        finally:  # leaving early (an error, a cancellation) stops the decoder now, not when collected
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
         return stream.track_result(str(path), started, str(coverage), track_s)

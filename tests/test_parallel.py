@@ -15,7 +15,14 @@ import pytest
 from conftest import DATA
 
 from tagger.engine import EngineOptions
-from tagger.parallel import WorkerPool, default_jobs, engine_options_for_jobs, tag_files
+from tagger.parallel import (
+    WorkerPool,
+    decode_ahead_for_jobs,
+    default_jobs,
+    engine_options_for_jobs,
+    largest_first,
+    tag_files,
+)
 from tagger.pipeline import Tagger
 
 
@@ -50,11 +57,28 @@ def test_jobs_give_the_same_results_per_file_in_the_input_order(tmp_path: Path) 
 
 def test_thread_and_job_arithmetic() -> None:
     assert default_jobs(cores=8) == 8 and default_jobs(cores=1) == 1
+    # A decoding thread per job only while each job has two cores: jobs that fill the cores decode serially.
+    assert decode_ahead_for_jobs(1, cores=2) and decode_ahead_for_jobs(2, cores=4)
+    assert not decode_ahead_for_jobs(2, cores=2) and not decode_ahead_for_jobs(3, cores=2)
+    assert not decode_ahead_for_jobs(1, cores=1)
     options = EngineOptions()
     assert engine_options_for_jobs(options, 1, cores=2) is options  # one job: the model's own default
     assert engine_options_for_jobs(options, 2, cores=2).intra_op_threads == 1
     assert engine_options_for_jobs(options, 2, cores=16).intra_op_threads == 7
     assert engine_options_for_jobs(EngineOptions(intra_op_threads=3), 4, cores=16).intra_op_threads == 3
+
+
+def test_files_go_out_largest_first_and_decoding_in_or_beside_the_model_gives_the_same_result(
+        tiny_model: Path, realworld: Path, tmp_path: Path) -> None:
+    files = sorted(realworld.rglob("*.ogg"))[:2] + sorted((DATA / "fma").glob("*.mp3"))[:2]
+    missing = tmp_path / "gone.mp3"
+    items = [(0, missing), (1, "https://example.org/a.mp3"), *((i + 2, f) for i, f in enumerate(files))]
+    order = largest_first(items)
+    sizes = [f.stat().st_size for _, f in order[:4]]
+    assert sizes == sorted(sizes, reverse=True) and [i for i, _ in order[4:]] == [0, 1]  # size unknown: last
+    tagger = Tagger(tiny_model)
+    ahead, serial = (tagger.tag_file(files[0], decode_ahead=flag) for flag in (True, False))
+    assert ahead.outputs["genre"].scores == serial.outputs["genre"].scores and ahead.duration_s == serial.duration_s
 
 
 def test_a_worker_process_that_dies_is_replaced_and_its_file_tried_again(tiny_model: Path, realworld: Path) -> None:
