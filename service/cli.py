@@ -136,8 +136,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     library.set_defaults(func=cmd_library)
 
     bench = sub.add_parser("bench", help="benchmark decode, front end, tagging (fast and naive), live and daemon")
-    bench.add_argument("folder", nargs="?", default="../shared/data/realworld",
-                       help="audio to run on (default ../shared/data/realworld)")
+    bench.add_argument("folders", nargs="*", default=["../shared/data/realworld"], metavar="FOLDER",
+                       help="audio to run on, one folder or several (default ../shared/data/realworld)")
     bench.add_argument("--model", "-m", help="model name or .onnx path (default: the shipped default model)")
     bench.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     bench.add_argument("--live-seconds", type=float, default=30.0,
@@ -150,6 +150,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--jobs", default="1,2,N", metavar="LIST",
                        help="job counts for the `tag --jobs` rows, N = the default (one per core); '' skips them "
                             "(default 1,2,N)")
+    bench.add_argument("--only", choices=("jobs", "daemon"),
+                       help="only the `tag --jobs` rows (jobs), or only the daemon rows per job count, live "
+                            "latency while its slots tag files included (daemon)")
     bench.add_argument("--out", default="bench-results/bench.json",
                        help="JSON report (default bench-results/bench.json)")
     bench.set_defaults(func=cmd_bench)
@@ -229,8 +232,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    print_report(run_bench(args.folder, args.model, args.device, args.live_seconds, out, args.no_daemon,
-                           args.repeat, _job_counts(args.jobs), args.page_clients))
+    print_report(run_bench(args.folders, args.model, args.device, args.live_seconds, out, args.no_daemon,
+                           args.repeat, _job_counts(args.jobs), args.page_clients, args.only))
     print(f"report: {out}")
     return EXIT_OK
 
@@ -565,6 +568,12 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
         with tqdm(total=len(files), unit="file", disable=not show_progress, file=sys.stderr,
                   dynamic_ncols=True) as bar:
             for file in files:
+                if isinstance(file, str):  # a URL (tagger.cli.iter_audio_files): nothing to write tags into
+                    failed += 1
+                    bar.write(f"genre-tagger: error: {file}: tags are written to local files only, not to a URL",
+                              file=sys.stderr)
+                    bar.update(1)
+                    continue
                 file = file.expanduser().absolute()
                 try:  # what each file is before it is tagged: its write must find it so
                     st = file.stat()

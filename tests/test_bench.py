@@ -51,3 +51,39 @@ def test_bench_reports_every_stage_as_a_table_and_json(excerpt, tmp_path: Path) 
     assert display["http_handoff_p99_us"] > 0  # what the live path spends handing an update to the HTTP sink
     for name in names:
         assert name in done.stdout  # the terminal table
+
+
+def test_bench_only_jobs_and_only_daemon_report_the_acceptance_numbers(tmp_path: Path) -> None:
+    from conftest import DATA
+
+    folders = [tmp_path / "a", tmp_path / "b"]  # several folders: the files of both
+    for folder, clips in zip(folders, (sorted((DATA / "fma").glob("*.mp3"))[:2],
+                                       sorted((DATA / "gtzan" / "jazz").glob("*.flac"))[:2]), strict=True):
+        folder.mkdir()
+        for clip in clips:
+            (folder / clip.name).symlink_to(clip)
+    out = tmp_path / "jobs.json"
+    done = subprocess.run([sys.executable, "-m", "tagger.cli", "bench", *map(str, folders), "--only", "jobs",
+                           "--jobs", "1,2", "--repeat", "2", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["files"] == 4 and [r["name"] for r in report["rows"]] == [
+        "tag --jobs 1 (this process)", "tag --jobs 2 (this process + 1 worker process)"]
+    jobs = report["jobs"]["2_vs_1"]
+    assert jobs["max_abs_diff"] == {"genre": 0.0, "msd_genres": 0.0} and len(jobs["round_speedups"]) == 2
+    assert jobs["speedup"] == pytest.approx(report["rows"][0]["seconds"] / report["rows"][1]["seconds"])
+    assert all(c > 0 for c in jobs["cpu_per_file_s"]) and 0 <= jobs["others_cpu_share"] <= 1
+    assert "tag --jobs 2 vs --jobs 1:" in done.stdout and "goal ≥ 1.30× with the same results per file:" in done.stdout
+    assert "CPU-seconds per file" in done.stdout and "other processes used" in done.stdout
+
+    out = tmp_path / "daemon.json"
+    done = subprocess.run([sys.executable, "-m", "tagger.cli", "bench", str(folders[0]), "--only", "daemon",
+                           "--jobs", "2", "--live-seconds", "3", "--out", str(out)], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["name"].startswith("daemon end to end") and rows[0]["name"].endswith("--jobs 2")
+    live = rows[1]["extra"]  # live updates came while the slots tagged the copies, and after
+    assert rows[1]["name"] == "daemon --jobs 2: live latency while its slots tag files, then idle"
+    assert live["busy_hops"] > 0 and live["idle_hops"] > 0 and live["busy_p50_ms"] > 0 and live["idle_p99_ms"] > 0
