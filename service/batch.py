@@ -2,7 +2,9 @@
 
 SOURCE is a folder (searched like ``tag`` does) or a manifest of paths: ``.csv`` (a ``path`` column, else
 the first), ``.jsonl`` (objects with ``path``, or strings), ``.parquet`` (a ``path`` column) or ``.txt``
-(one per line). Each track becomes one row in a shard ``DIR/part-*.parquet`` (:data:`SCHEMA`): its
+(one per line). A manifest may list URLs FFmpeg opens (``https://…``: an object store's HTTP(S) endpoint or
+presigned URLs, ``ftp://…``) beside local paths; a URL that cannot be read (404, refused, timeout) becomes an
+error row naming it. Each track becomes one row in a shard ``DIR/part-*.parquet`` (:data:`SCHEMA`): its
 result with every label's probability (``result``, the JSON of ``tag --json`` with all labels), the
 coverage, the model and its version, or its error (``ok`` false, ``error``). A shard is written whole
 (a temporary file renamed), so a run that stops loses at most the rows not yet in a shard, and a new run
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tagger.cli import iter_audio_files
+from tagger.decode import is_url
 from tagger.ensemble import LabelScore, OutputEstimate
 from tagger.errors import ConfigError, TaggerError
 from tagger.pipeline import TrackResult
@@ -84,8 +87,9 @@ def read_source(source: str | Path) -> list[str]:
         else:
             raise ConfigError(f"{source}: a manifest is .csv, .jsonl, .parquet or .txt")
         base = source.parent
-        items = (p if os.path.isabs(p) else os.path.normpath(base / p) for p in items)  # relative to the manifest
-    return list(dict.fromkeys(str(Path(p)) for p in items))
+        # Relative paths are relative to the manifest; URLs stay as they are.
+        items = (p if is_url(p) or os.path.isabs(p) else os.path.normpath(base / p) for p in items)
+    return list(dict.fromkeys(p if is_url(p) else str(Path(p)) for p in items))
 
 
 def _csv_paths(source: Path) -> Iterator[str]:

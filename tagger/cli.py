@@ -36,8 +36,14 @@ AUDIO_EXTENSIONS = frozenset((
 
 
 def iter_audio_files(inputs: Sequence[str]) -> Iterator[Path]:
-    """Files named directly (whatever their extension), and audio files found under directories."""
+    """Files named directly (whatever their extension), and audio files found under directories. A URL
+    (``https://…``, :func:`tagger.decode.is_url`) is yielded as the string it is."""
+    from tagger.decode import is_url
+
     for item in inputs:
+        if is_url(item):
+            yield item  # type: ignore[misc]  # FFmpeg opens it; a Path would fold its '//'
+            continue
         path = Path(item)
         if path.is_dir():
             for found in sorted(path.rglob("*")):
@@ -206,7 +212,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     with tqdm(total=len(files), unit="file", disable=not show_progress, file=sys.stderr,
               dynamic_ncols=True) as progress:
         for outcome in tag_files(tagger, files, jobs):
-            progress.set_postfix_str(outcome.path.name[-30:], refresh=False)
+            progress.set_postfix_str(str(outcome.path).rsplit("/", 1)[-1][-30:], refresh=False)
             if outcome.result is None:
                 failed += 1
                 progress.write(f"genre-tagger: error: {outcome.error}", file=sys.stderr)

@@ -130,6 +130,8 @@ def decode_coverage(path: str | Path, sample_rate: int, block_seconds: float = D
                 total += block.size
                 yield block
     except av.error.FFmpegError as exc:
+        if _decode.is_url(path) and not isinstance(exc, av.error.InvalidDataError):
+            raise DecodeError(path, _decode._url_problem(str(path), exc)) from None
         raise DecodeError(path, f"corrupt or unsupported audio ({_decode._ffmpeg_reason(exc)})") from None
     finally:
         container.close()

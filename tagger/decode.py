@@ -108,12 +108,35 @@ def _info(container: av.container.InputContainer, stream: av.audio.stream.AudioS
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# Seconds a URL may take to connect, and between two reads from it, before it fails (FFmpeg's interrupt
+# callback, through PyAV's ``timeout``). The decoding budget bounds the whole transfer.
+URL_TIMEOUT_S = 15.0
 
 
 def is_url(path: str | Path) -> bool:
-    """``path`` is a URL (``scheme://…``: http, https, s3 through a gateway, ftp… whatever FFmpeg's
-    protocols open), not a local file. A :class:`~pathlib.Path` never is."""
+    """``path`` is a URL (``scheme://…``: http, https, ftp, sftp… whatever protocols FFmpeg was built with;
+    an object store through its HTTP(S) endpoint or a presigned URL), not a local file. A
+    :class:`~pathlib.Path` never is."""
     return isinstance(path, str) and _URL.match(path) is not None
+
+
+def _url_problem(url: str, exc: av.error.FFmpegError) -> str:
+    """Why FFmpeg could not open or read ``url``, in a few words."""
+    import socket
+    import urllib.parse
+
+    if isinstance(exc, av.error.ExitError):  # the interrupt callback: no byte within the timeout
+        return f"no answer from the server within {URL_TIMEOUT_S:.0f} s (network timeout)"
+    if isinstance(exc, av.error.ProtocolNotFoundError):
+        return f"FFmpeg cannot open {url.split('://', 1)[0]}:// URLs (protocol not found)"
+    reason = _ffmpeg_reason(exc)
+    host = urllib.parse.urlsplit(url).hostname
+    if isinstance(exc, av.error.OSError) and getattr(exc, "errno", None) == 5 and host:
+        try:  # FFmpeg says "Input/output error" for a name that does not resolve
+            socket.getaddrinfo(host, None)
+        except OSError:
+            return f"cannot resolve the host name {host!r}"
+    return f"cannot read the URL ({reason})"
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "is a directory, not an audio file"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
@@ -157,6 +180,13 @@ def _stat_problem(path: str | Path, exc: OSError) -> str:
 
 
 def _open(path: str | Path) -> av.container.InputContainer:
+    if is_url(path):
+        try:
+            return av.open(str(path), mode="r", timeout=(URL_TIMEOUT_S, URL_TIMEOUT_S))
+        except av.error.FFmpegError as exc:
+            if isinstance(exc, av.error.InvalidDataError):
+                raise DecodeError(path, f"not a readable audio file ({_ffmpeg_reason(exc)})") from None
+            raise DecodeError(path, _url_problem(str(path), exc)) from None
     problem = file_problem(path)
     if problem is not None:
         raise DecodeError(path, problem)
@@ -213,7 +243,7 @@ def decode_blocks(path: str | Path, sample_rate: int, block_seconds: float = DEF
         stream = _audio_stream(container, path)
         info = _info(container, stream)
         check_truncation(container, path)
-        budget = decode_budget(info.duration_s, os.stat(path).st_size) if budget_s is None else budget_s
+        budget = decode_budget(info.duration_s, source_size(container, path)) if budget_s is None else budget_s
         spent = 0.0
         resumed = time.monotonic()
         to_mono = _mono_resampler(stream, sample_rate)
@@ -236,7 +266,8 @@ def decode_blocks(path: str | Path, sample_rate: int, block_seconds: float = DEF
                         total += block.size
                         spent += time.monotonic() - resumed
                         if spent > budget:
-                            raise DecodeError(path, _over_budget(budget, info.duration_s, total / sample_rate))
+                            raise DecodeError(path, _over_budget(budget, info.duration_s, total / sample_rate,
+                                                                 is_url(path)))
                         yield block
                         resumed = time.monotonic()
             for mono in to_mono(None):
@@ -244,6 +275,8 @@ def decode_blocks(path: str | Path, sample_rate: int, block_seconds: float = DEF
                 pending_samples += mono.size
         except av.error.FFmpegError as exc:
             at = (total + pending_samples) / sample_rate
+            if is_url(path) and not isinstance(exc, av.error.InvalidDataError):
+                raise DecodeError(path, f"{_url_problem(str(path), exc)} at {at:.1f} s") from None
             raise DecodeError(path, f"corrupt audio data at {at:.1f} s ({_ffmpeg_reason(exc)})") from None
         if last_packet is not None:
             declared = mpeg_audio_frame_bytes(last_packet[:4])
@@ -266,9 +299,21 @@ def decode_blocks(path: str | Path, sample_rate: int, block_seconds: float = DEF
         container.close()
 
 
+def source_size(container: av.container.InputContainer, path: str | Path) -> int:
+    """Bytes of the file or URL (for a URL, what the server declared; 0 when it did not say)."""
+    if is_url(path):
+        return max(0, container.size or 0)
+    return os.stat(path).st_size
+
+
 def check_truncation(container: av.container.InputContainer, path: str | Path) -> None:
     """Raise :class:`DecodeError` when the container's own structure shows the file was cut (a last Ogg
-    page cut short or without its end-of-stream mark, a WAV ``data`` chunk longer than the file)."""
+    page cut short or without its end-of-stream mark, a WAV ``data`` chunk longer than the file).
+
+    Local files only: a URL's end is not fetched twice; its decoded length is still checked against the
+    length its header declares."""
+    if is_url(path):
+        return
     formats = container.format.name.split(",")
     problem = ogg_tail_problem(path) if "ogg" in formats else wav_size_problem(path) if "wav" in formats else None
     if problem:
@@ -284,8 +329,11 @@ def decode_budget(declared_s: float | None, size_bytes: int) -> float:
     return DECODE_BUDGET_BASE_S + DECODE_BUDGET_PER_AUDIO_S * max(0.0, audio_s)
 
 
-def _over_budget(budget: float, declared_s: float | None, decoded_s: float) -> str:
+def _over_budget(budget: float, declared_s: float | None, decoded_s: float, url: bool = False) -> str:
     declared = f"{declared_s:.0f} s declared" if declared_s is not None else "no declared length"
+    if url:
+        return (f"reading and decoding took longer than its {budget:.0f} s budget ({declared}, {decoded_s:.1f} s "
+                "decoded): a slow server, or a corrupt or hostile file")
     return (f"decoding took longer than its {budget:.0f} s budget ({declared}, {decoded_s:.1f} s decoded): "
             "a corrupt or hostile file")
 

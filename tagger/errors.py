@@ -15,7 +15,19 @@ class DecodeError(TaggerError):
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{without_password(self.path)}: {reason}")
+
+
+def without_password(location: str) -> str:
+    """``location`` as messages show it: a URL's password replaced by ``***`` (``https://user:***@host/…``)."""
+    if "://" not in location or "@" not in location:
+        return location
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(location)
+    if parts.password is None:
+        return location
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
 class ModelError(TaggerError):

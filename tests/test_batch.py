@@ -116,6 +116,123 @@ def test_manifests_and_their_errors(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no such folder or manifest" in missing.stderr
 
 
+@pytest.fixture
+def http_server(tmp_path: Path):
+    """A real HTTP server on a free loopback port serving a folder of real audio files; yields (url, folder)."""
+    import functools
+    import http.server
+
+    folder = tmp_path / "www"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # no request lines in the test output
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", folder
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (the OS's free port, released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_manifest_of_urls_is_tagged_like_the_files_and_bad_urls_become_error_rows(http_server, tmp_path: Path
+                                                                                   ) -> None:
+    import shutil
+
+    base, folder = http_server
+    sources = sorted((DATA / "fma").glob("*.mp3"))[:3] + sorted((DATA / "gtzan" / "jazz").glob("*.flac"))[:1]
+    for src in sources:
+        shutil.copy(src, folder / src.name)
+    urls = [f"{base}/{src.name}" for src in sources]
+    missing, refused = f"{base}/missing.mp3", f"http://127.0.0.1:{_closed_port()}/a.mp3"
+    local = sorted((DATA / "fma").glob("*.mp3"))[3]
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("\n".join([*urls, missing, refused, str(local)]) + "\n")
+    assert read_source(manifest) == [*urls, missing, refused, str(local)]  # URLs kept as they are
+    out = tmp_path / "shards"
+    done = _cli("batch", str(manifest), "--out", str(out), "--jobs", "2")
+    assert done.returncode == 1 and "5 tagged, 2 failed, 0 already done of 7" in done.stderr, done.stderr
+    rows = {r["path"]: r for r in read_rows(out)}
+    assert sorted(rows) == sorted([*urls, missing, refused, str(local)])
+    assert rows[missing]["error"] == f"{missing}: cannot read the URL (Server returned 404 Not Found)"
+    assert rows[refused]["error"] == f"{refused}: cannot read the URL (Connection refused)"
+    # Read over HTTP, the same probabilities as the same files read from the disk.
+    by_file = _tag_scores([str(folder / src.name) for src in sources])
+    for url, src in zip(urls, sources, strict=True):
+        assert rows[url]["ok"] and rows[url]["fingerprint"] is None  # no local file to fingerprint
+        batch_scores = json.loads(rows[url]["result"])["outputs"]["genre"]["scores"]  # every label
+        assert _same_genres(batch_scores, by_file[str(folder / src.name)])
+    again = _cli("batch", str(manifest), "--out", str(out))
+    assert again.returncode == 0 and "0 tagged, 0 failed, 7 already done of 7" in again.stderr
+    # `tag` takes a URL as well; a bad one is one error line naming it, and the rest goes on.
+    tagged = _cli("tag", "--json", urls[0], refused)
+    assert tagged.returncode == 1 and f"genre-tagger: error: {refused}: cannot read the URL (Connection refused)" \
+        in tagged.stderr
+    first = json.loads(tagged.stdout.splitlines()[0])
+    assert first["path"] == urls[0] and first["outputs"]["genre"]["scores"] == by_file[str(folder / sources[0].name)]
+
+
+def test_url_timeouts_and_what_is_not_audio_are_one_line_errors_naming_the_url(http_server, monkeypatch) -> None:
+    import socket
+
+    from tagger import decode
+    from tagger.errors import DecodeError
+
+    base, folder = http_server
+    (folder / "page.mp3").write_text("<html><body>not audio</body></html>\n" * 50)
+    with pytest.raises(DecodeError, match=r"/page\.mp3: not a readable audio file \("):
+        list(decode.decode_blocks(f"{base}/page.mp3", 16000))
+    with pytest.raises(DecodeError, match=r"^nope://x/a\.mp3: FFmpeg cannot open nope:// URLs"):
+        list(decode.decode_blocks("nope://x/a.mp3", 16000))
+    with pytest.raises(DecodeError, match=r"^https://me:\*\*\*@127\.0\.0\.1:\d+/a\.mp3: cannot read the URL"):
+        list(decode.decode_blocks(f"https://me:secret@127.0.0.1:{_closed_port()}/a.mp3", 16000))
+    monkeypatch.setattr(decode, "URL_TIMEOUT_S", 1.0)
+    # A server that takes the connection and never answers, and one that stops sending halfway.
+    data = (DATA / "fma" / "000002.mp3").read_bytes()
+    with socket.socket() as silent, socket.socket() as stalling:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        stalling.bind(("127.0.0.1", 0))
+        stalling.listen(4)
+        release = threading.Event()
+
+        def stall() -> None:
+            connection, _ = stalling.accept()
+            with connection:
+                connection.recv(4096)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\nContent-Length: %d\r\n\r\n"
+                                   % len(data) + data[: len(data) // 3])
+                release.wait(60)
+
+        server = threading.Thread(target=stall, daemon=True)
+        server.start()
+        try:
+            url = f"http://127.0.0.1:{silent.getsockname()[1]}/a.mp3"
+            timeout = r"no answer from the server within 1 s \(network timeout\)"
+            with pytest.raises(DecodeError, match=timeout + "$") as silent_error:
+                list(decode.decode_blocks(url, 16000))
+            assert str(silent_error.value).startswith(url)
+            with pytest.raises(DecodeError, match=timeout + r" at \d+\.\d s$"):  # where the transfer stopped
+                list(decode.decode_blocks(f"http://127.0.0.1:{stalling.getsockname()[1]}/a.mp3", 16000))
+        finally:
+            release.set()
+            server.join(10)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray cluster of two nodes with fixed CPUs (the head and one worker node), shared by the session."""
