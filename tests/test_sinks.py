@@ -453,3 +453,44 @@ def test_a_sink_that_raises_system_exit_fails_counted_and_its_thread_goes_on() -
     hub.close(time.monotonic() + 4.5)
     counts = hub.counts()["recorder"]
     assert counts["errors"] == 1 and counts["delivered"] == 1 and counts["last_error"] == "SystemExit: 3"
+
+
+def test_an_icecast_server_that_never_stops_answering_costs_no_memory() -> None:
+    import socket
+
+    from service.sinks.icecast import IcecastSection, IcecastSink
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def endless() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n")
+            chunk = b"<x>" * 20000
+            while not stop.is_set():
+                try:
+                    conn.sendall(chunk)
+                except OSError:  # the sink read enough and hung up
+                    return
+
+    threading.Thread(target=endless, daemon=True).start()
+    sink = IcecastSink(IcecastSection(enabled=True, url=f"http://127.0.0.1:{server.getsockname()[1]}",
+                                      password="x", timeout_seconds=10.0), SinkContext(Config()))
+    outcome: list[BaseException | None] = []
+
+    def update() -> None:
+        try:
+            sink.update("jazz")
+            outcome.append(None)
+        except BaseException as exc:  # the outcome is what the test looks at
+            outcome.append(exc)
+
+    thread = threading.Thread(target=update, daemon=True)
+    thread.start()
+    thread.join(60)
+    stop.set()
+    server.close()
+    assert not thread.is_alive(), "the sink kept reading an endless answer"
+    assert isinstance(outcome[0], ConnectionError) and "did not update /stream" in str(outcome[0])

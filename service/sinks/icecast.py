@@ -20,6 +20,8 @@ from typing import ClassVar
 
 from service.sinks import ChangeSection, ChangeSink, SinkContext, SinkSettings, check
 
+MAX_ANSWER_BYTES = 64 * 1024  # Icecast's answer is a few hundred bytes of XML; more is read no further
+
 
 @dataclass
 class IcecastSection(ChangeSection):
@@ -81,7 +83,7 @@ class IcecastSink(ChangeSink):
                                          headers={"Authorization": self._auth, "User-Agent": "genre-tagger"})
         try:
             with urllib.request.urlopen(request, timeout=s.timeout_seconds) as response:
-                body = response.read()
+                body = response.read(MAX_ANSWER_BYTES)  # a server that never stops talking costs no memory
         except urllib.error.HTTPError as exc:
             raise ConnectionError(f"Icecast {s.url} refused the update of {s.mount}: HTTP {exc.code} "
                                   f"{exc.reason}") from None
