@@ -330,7 +330,7 @@ class _Slot:
             return
         try:
             self.sink.lost(lost)
-        except Exception as exc:
+        except BaseException as exc:  # as in deliver: the sink's thread goes on
             log.warning("sink %s: %d lost events could not be noted: %s", self.sink.name, len(lost), exc)
 
     def deliver(self, event: Event) -> None:
@@ -352,7 +352,11 @@ class _Slot:
             log.info("sink %s works again", self.sink.name)
 
     def _failed(self, exc: BaseException) -> None:
-        error = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        try:
+            text = str(exc)
+        except Exception:  # an exception that cannot say what it is must not end the sink's thread
+            text = ""
+        error = f"{type(exc).__name__}: {text}".splitlines()[0] if text else type(exc).__name__
         with self.lock:
             c = self.counts
             c.errors += 1
@@ -377,7 +381,7 @@ class _Slot:
         self.thread.start()
 
     def _run(self) -> None:
-        last_live = -LIVE_LINGER_S
+        last_live = -float("inf")
         while True:
             event = self._take()
             if event is None:
