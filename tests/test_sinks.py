@@ -494,3 +494,25 @@ def test_an_icecast_server_that_never_stops_answering_costs_no_memory() -> None:
     server.close()
     assert not thread.is_alive(), "the sink kept reading an endless answer"
     assert isinstance(outcome[0], ConnectionError) and "did not update /stream" in str(outcome[0])
+
+
+def test_an_exception_that_cannot_be_printed_is_still_a_counted_failure() -> None:
+    class Mute(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no words")
+
+    class Raises(Recorder):
+        def status(self, event: Status) -> None:
+            if event.tagged == 0:
+                raise Mute()
+            super().status(event)
+
+    sink = Raises()
+    hub = SinkHub([sink])
+    hub.start()
+    hub.status(_status(0))
+    hub.status(_status(1))
+    assert _until(lambda: len(sink.events) == 1)  # the thread is alive and went on
+    hub.close(time.monotonic() + 4.5)
+    counts = hub.counts()["recorder"]
+    assert counts["errors"] == 1 and counts["last_error"] == "Mute"
