@@ -116,13 +116,15 @@ class _LatencyProbe(Sink):
 
 
 def bench_live(file: Path, tagger: Tagger, seconds: float, block_seconds: float = 0.05, page_clients: int = 0) -> Row:
-    """Play ``seconds`` of ``file`` in real time through the live path; latency per published hop.
+    """Play ``seconds`` of ``file`` in real time through the live path (the daemon's live defaults,
+    ``[live]`` in the config); latency per published hop.
 
     The live path reports to a :class:`service.sinks.SinkHub` with the ZeroMQ sink, as in the daemon.
     With ``page_clients``, the HTTP display sink is there too, with that many page clients reading its
     feed from another process (as browsers would). With a fast-path tagger the live path is incremental
     (each block computes its new frames' features); otherwise every completed window runs through the
     whole network."""
+    from service.config import LiveSection
     from service.live import LiveTagger
     from service.sinks.zmq import PublishSection, ZmqSink
 
@@ -154,7 +156,7 @@ def bench_live(file: Path, tagger: Tagger, seconds: float, block_seconds: float 
                 if http.clients < page_clients:
                     raise RuntimeError(f"only {http.clients} of {page_clients} page clients connected: "
                                        f"{clients.stderr.read()[-500:] if clients.poll() is not None else ''}")
-            live = LiveTagger(tagger, "bench", tagger.sample_rate, 30.0, 3, hub)
+            live = LiveTagger(tagger, "bench", tagger.sample_rate, LiveSection().change_settings(), hub)
             block = int(block_seconds * tagger.sample_rate)
             started = time.perf_counter()
             for i, pos in enumerate(range(0, audio.size, block)):

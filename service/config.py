@@ -14,11 +14,14 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, get_args, get_origin, get_type_hints
 
 from service.sinks import SinkSettings, sink_classes
 from service.sinks.zmq import PublishSection
 from tagger.errors import ConfigError, TaggerError
+
+if TYPE_CHECKING:
+    from service.live import ChangeSettings
 
 CORE_SECTIONS = ("daemon", "tagging", "folders", "live")
 
@@ -73,7 +76,9 @@ class FoldersSection:
 class LiveSection:
     """enabled: capture live audio. device: PortAudio device name or index ("" = the default input).
     source: the name in topics (live.<source>). horizon_seconds: the running ensemble's span (0 = whole
-    stream). hysteresis: consecutive hops a new top genre must hold before a change is announced.
+    stream). hysteresis, evidence_nats, drift_nats, cap_nats, evidence_views, music_evidence_nats: how a
+    genre_changed is decided (service.live.ChangeSettings says each; the evidence is in nats, natural-log
+    units of a probability ratio).
     block_seconds: PortAudio block length. buffer_seconds: the capture ring buffer.
     file: an audio file or http(s):// stream played through the live path in real time, as a source of
     its own beside any capture. file_loop: start the file over when it ends. file_source: its name in
@@ -82,11 +87,16 @@ class LiveSection:
     enabled: bool = False
     device: str = ""
     source: str = "live"
-    # Measured (python -m training.live_eval, 60 switches between shared clips, 40 single-track streams; the
-    # model card has the table): 4 s and 1 update follow a switch in 6.75 s median (9.25 s p90), against 59
-    # of 60 switches missed within 15 s with the old 30 s / 3. Only decided genres are announced.
+    # Chosen by measurement (python -m training.live_eval: switch streams between shared clips, talk
+    # streams, single-genre streams; artists split in halves, chosen on one, checked on the other; numbers
+    # in the README and models/msd-musicnn-gtzan.live.json). Only decided genres are announced.
     horizon_seconds: float = 4.0
-    hysteresis: int = 1
+    hysteresis: int = 2
+    evidence_nats: float = 4.0
+    drift_nats: float = 1.0
+    cap_nats: float = 6.0
+    evidence_views: str = "shortest"
+    music_evidence_nats: float = 12.0
     block_seconds: float = 0.05
     buffer_seconds: float = 30.0
     sample_rate: int = 0
@@ -94,6 +104,13 @@ class LiveSection:
     file: str = ""
     file_loop: bool = False
     file_source: str = ""
+
+    def change_settings(self) -> ChangeSettings:
+        """The live path's change detection settings (service.live.ChangeSettings)."""
+        from service.live import ChangeSettings
+
+        return ChangeSettings(self.horizon_seconds or None, self.hysteresis, self.evidence_nats, self.drift_nats,
+                              self.cap_nats, self.evidence_views, self.music_evidence_nats)
 
     @property
     def file_source_name(self) -> str:
@@ -166,6 +183,11 @@ class Config:
         check(0 <= lv.horizon_seconds <= 86400, "live.horizon_seconds", "must be within 0..86400 s (0 = whole stream)",
               lv.horizon_seconds)
         check(1 <= lv.hysteresis <= 1000, "live.hysteresis", "must be within 1..1000", lv.hysteresis)
+        for key in ("evidence_nats", "drift_nats", "music_evidence_nats"):
+            check(0 <= getattr(lv, key) <= 1000, f"live.{key}", "must be within 0..1000 (0 = off)", getattr(lv, key))
+        check(0 < lv.cap_nats <= 1000, "live.cap_nats", "must be within 0..1000 and above 0", lv.cap_nats)
+        check(lv.evidence_views in ("shortest", "all"), "live.evidence_views", "must be \"shortest\" or \"all\"",
+              lv.evidence_views)
         check(0.001 <= lv.block_seconds <= 1.0, "live.block_seconds", "must be within 0.001..1 s", lv.block_seconds)
         check(1.0 <= lv.buffer_seconds <= 3600, "live.buffer_seconds", "must be within 1..3600 s", lv.buffer_seconds)
         for key, name in (("source", lv.source), ("file_source", lv.file_source or "file")):

@@ -4,7 +4,8 @@ The PortAudio callback only copies samples into a preallocated ring buffer: it n
 allocates and never runs inference. A consumer thread downmixes, resamples to the model's rate (FFmpeg's
 swresample through PyAV), feeds a :class:`tagger.TagStream` with a recent horizon, and hands its sink
 (the daemon's :class:`service.sinks.SinkHub`) a :class:`service.events.LiveUpdate` for every hop and a
-:class:`service.events.GenreChanged` when the top genre changes and holds for ``hysteresis`` hops.
+:class:`service.events.GenreChanged` when :class:`ChangeDetector` finds that the music changed (genre, or to
+and from "no music").
 A lost or failing device is reopened with exponential backoff.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,6 +22,7 @@ import av
 import numpy as np
 
 from service.events import GenreChanged, LiveUpdate
+from tagger.ensemble import NO_MUSIC, apply_aliases
 from tagger.pipeline import SliceResult, Tagger
 
 log = logging.getLogger(__name__)
@@ -90,21 +93,112 @@ class StreamResampler:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
-@dataclass
+@dataclass(frozen=True)
+class ChangeSettings:
+    """How a live source decides that the music changed (``[live]`` in the daemon's config).
+
+    Attributes:
+        horizon_seconds: the running ensemble's span, seconds (None: the whole stream); the live display
+            and the "no music" test average over it.
+        hysteresis: consecutive updates a label must hold before it is announced, when there is no current
+            genre to weigh it against (the first label, "no music", the first genre after "no music"), and
+            for every change when ``evidence_nats`` is 0.
+        evidence_nats: how much evidence (natural log units of the probability ratio, summed over windows)
+            a challenger needs against the current genre before a change is announced; 0 turns the
+            evidence test off (a change then only needs the running ensemble's top to hold).
+        drift_nats: subtracted from every window's evidence, so that evidence decays while the current genre
+            holds and chance disagreements do not add up.
+        cap_nats: the most evidence one window can add or take away (one odd window cannot decide alone
+            unless ``cap_nats`` ≥ ``evidence_nats``).
+        evidence_views: the views whose windows count as evidence: "shortest" (the shortest window, clean
+            soonest after a switch) or "all".
+        music_evidence_nats: the evidence (log-odds of no music over the music detector's threshold, per
+            window of the evidence views, capped and drifting as above) that "no music" needs while a genre
+            is current; 0: "no music" is announced once the running ensemble's music probability has been
+            below the threshold for ``hysteresis`` updates.
+    """
+
+    # Chosen by python -m training.live_eval on the tuning half of its streams (see service/config.py).
+    horizon_seconds: float | None = 4.0
+    hysteresis: int = 2
+    evidence_nats: float = 4.0
+    drift_nats: float = 1.0
+    cap_nats: float = 6.0
+    evidence_views: str = "shortest"
+    music_evidence_nats: float = 12.0
+
+
 class ChangeDetector:
-    """Announce a new top genre only after it held the top for ``hysteresis`` consecutive updates.
+    """Decide when a live source's label changes, and to what.
 
-    An update without a label to announce (``None``: the genre is uncertain) breaks a candidate's run
-    and keeps the current label: an uncertain estimate never becomes a change (contract §3)."""
+    Two tests. While a genre is current, each new window of the evidence views adds its log-probability
+    ratio of every other genre against the current one (capped at ``cap_nats``, less ``drift_nats``) to
+    that challenger's evidence, which never falls below zero (a CUSUM test); a challenger is announced once
+    its evidence reaches ``evidence_nats`` and it is decided: its mean probability over the windows since
+    its evidence last stood at zero (where the change most likely began) is at or above the threshold, or
+    it is the update's label. With ``music_evidence_nats``, the same windows' music log-odds past the music
+    detector's threshold add up to the evidence for "no music" (and a window that is more likely not music
+    is no evidence for a genre). Otherwise (no current genre yet, "no music", or ``evidence_nats`` 0) a
+    label is announced once it has been the update's label for ``hysteresis`` consecutive updates. The
+    update's label is the running ensemble's decided top genre, "no music", or None (uncertain: it breaks a
+    run and never becomes a change, contract §3); only a decided genre or "no music" is ever announced.
 
-    hysteresis: int = 3
-    current: str | None = None
-    _candidate: str | None = None
-    _count: int = 0
+    Args:
+        settings: the thresholds (:class:`ChangeSettings`).
+        labels: the genre output's labels, in the order of the windows' probability vectors.
+        threshold: the probability a genre needs to be decided.
+        views: the model's view names, shortest window first (for ``evidence_views``).
+        music_threshold: the music detector's threshold (for ``music_evidence_nats``).
+    """
 
-    def update(self, top: str | None) -> tuple[str | None, str] | None:
-        """Feed one update's top label (None when uncertain); return (previous, new) when a change is
-        announced."""
+    def __init__(self, settings: ChangeSettings | None = None, labels: Sequence[str] = (),
+                 threshold: float = 0.6, views: Sequence[str] = (), music_threshold: float = 0.5) -> None:
+        self.settings = settings or ChangeSettings()
+        self.labels = tuple(labels)
+        self.threshold = threshold
+        self.current: str | None = None
+        # The announced label's probability over the windows that decided it (None: the update's own).
+        self.confidence: float | None = None
+        self._candidate: str | None = None
+        self._count = 0
+        self._evidence = np.zeros(len(self.labels))
+        self._sums = np.zeros(len(self.labels))  # each challenger's probability summed since its evidence was 0
+        self._windows = np.zeros(len(self.labels))
+        self._no_music = 0.0  # evidence for "no music"
+        self._music_sum = 0.0  # the music probability summed over the windows since that evidence was 0
+        self._music_windows = 0
+        self._music_prior = float(np.log((1 - music_threshold) / music_threshold))
+        if self.settings.evidence_views not in ("shortest", "all"):
+            raise ValueError(f"evidence_views {self.settings.evidence_views!r} is not 'shortest' or 'all'")
+        # None: every view counts.
+        self._views = set(views[:1]) if self.settings.evidence_views == "shortest" and views else None
+
+    def _reset_evidence(self) -> None:
+        self._evidence[:] = 0.0
+        self._sums[:] = 0.0
+        self._windows[:] = 0.0
+        self._no_music = 0.0
+        self._music_sum, self._music_windows = 0.0, 0
+
+    def _announce(self, label: str, confidence: float | None = None) -> tuple[str | None, str]:
+        previous, self.current, self.confidence = self.current, label, confidence
+        self._candidate, self._count = None, 0
+        self._reset_evidence()
+        return previous, label
+
+    def update(self, top: str | None, windows: Sequence[tuple[str, float, np.ndarray, float | None]] = ()
+               ) -> tuple[str | None, str] | None:
+        """Feed one update: its label (the decided top genre, "no music", or None when uncertain) and the
+        windows it completed (view, end in seconds, genre probabilities, music probability or None without
+        a music detector); return (previous, new) when a change is announced."""
+        s = self.settings
+        evidence_on = s.evidence_nats > 0 and self.current in self.labels and (
+            top != NO_MUSIC or s.music_evidence_nats > 0)
+        if evidence_on:
+            self._candidate, self._count = None, 0
+            return self._weigh(windows, top)
+        if top == NO_MUSIC or self.current not in self.labels:
+            self._reset_evidence()
         if top is None or top == self.current:
             self._candidate, self._count = None, 0
             return None
@@ -112,11 +206,48 @@ class ChangeDetector:
             self._count += 1
         else:
             self._candidate, self._count = top, 1
-        if self._count >= self.hysteresis:
-            previous, self.current = self.current, top
-            self._candidate, self._count = None, 0
-            return previous, top
+        if self._count >= s.hysteresis:
+            return self._announce(top)
         return None
+
+    def _weigh(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]], top: str | None
+               ) -> tuple[str | None, str] | None:
+        s = self.settings
+        current = self.labels.index(self.current)
+        for view, _end, probs, music in windows:
+            if self._views is not None and view not in self._views:
+                continue
+            if s.music_evidence_nats > 0 and music is not None:
+                m = min(max(music, 1e-9), 1 - 1e-9)
+                step = float(np.clip(np.log((1 - m) / m) - self._music_prior, -s.cap_nats, s.cap_nats))
+                self._no_music += step - s.drift_nats
+                if self._no_music <= 0.0:
+                    self._no_music, self._music_sum, self._music_windows = 0.0, 0.0, 0
+                else:
+                    self._music_sum += m
+                    self._music_windows += 1
+                if self._no_music >= s.music_evidence_nats:
+                    return self._announce(NO_MUSIC, 1.0 - self._music_sum / self._music_windows)
+                if step > 0:  # the window is more likely not music: its genres are no evidence
+                    continue
+            p = np.clip(np.asarray(probs, dtype=np.float64), 1e-9, 1.0)
+            log_p = np.log(p)
+            step = np.clip(log_p - log_p[current], -s.cap_nats, s.cap_nats) - s.drift_nats
+            evidence = self._evidence + step
+            restart = evidence <= 0.0
+            self._evidence = np.maximum(evidence, 0.0)
+            self._sums = np.where(restart, 0.0, self._sums + p)
+            self._windows = np.where(restart, 0.0, self._windows + 1)
+            self._evidence[current] = 0.0
+        mean = np.divide(self._sums, self._windows, out=np.zeros_like(self._sums), where=self._windows > 0)
+        decided = mean >= self.threshold
+        if top in self.labels:
+            decided[self.labels.index(top)] = True
+        ready = (self._evidence >= s.evidence_nats) & decided
+        if not ready.any():
+            return None
+        best = int(np.argmax(np.where(ready, self._evidence, -1.0)))
+        return self._announce(self.labels[best], float(mean[best]))
 
 
 @dataclass
@@ -150,17 +281,26 @@ class LiveTagger:
     Independent of PortAudio, so files, sockets or tests can drive it too.
     """
 
-    def __init__(self, tagger: Tagger, source: str, rate_in: int, horizon_seconds: float | None,
-                 hysteresis: int, sink: LiveSink, top_k: int = 5) -> None:
+    def __init__(self, tagger: Tagger, source: str, rate_in: int, changes: ChangeSettings | None,
+                 sink: LiveSink, top_k: int = 5) -> None:
         self.tagger = tagger
         self.source = source
+        settings = changes or ChangeSettings()
+        self.horizon_seconds = settings.horizon_seconds
         # Incremental inference where the model allows it: per block, only the new frames' features.
-        self.stream = tagger.stream(horizon_seconds=horizon_seconds, eager=True, fast=tagger.fast)
+        self.stream = tagger.stream(horizon_seconds=self.horizon_seconds, eager=True, fast=tagger.fast)
         self.resample = StreamResampler(rate_in, tagger.sample_rate)
-        self.changes = ChangeDetector(hysteresis)
+        self._genre = tagger.manifest.genre_outputs[0]
+        # The detector weighs the labels the user sees (aliases merged), as the estimates name them.
+        names, _ = apply_aliases(self._genre.labels, np.zeros(len(self._genre.labels)), self._genre.multi_label,
+                                 tagger.aliases)
+        views = [v.name for v in sorted(tagger.views, key=lambda v: v.window_frames)]
+        music = tagger.manifest.music
+        self._music_output = music.output if music is not None else None
+        self.changes = ChangeDetector(settings, names, tagger.threshold, views,
+                                      music.threshold if music is not None else 0.5)
         self.sink = sink
         self.top_k = top_k
-        self.horizon_seconds = horizon_seconds
         self.labels = {o.name: tuple(o.labels) for o in tagger.manifest.outputs}
 
     def feed(self, block: np.ndarray, captured_at: float | None = None) -> list[SliceResult]:
@@ -180,13 +320,18 @@ class LiveTagger:
             music=self.stream.music(), music_probability=self.stream.music_probability(),
             latency_ms=1000 * (time.monotonic() - captured_at) if captured_at is not None else None)
         self.sink.live(update)
+        genre, aliases = self._genre, self.tagger.aliases
+        windows = [(r.view, r.end_s, apply_aliases(genre.labels, r.probabilities[genre.name], genre.multi_label,
+                                                   aliases)[1],
+                    float(r.probabilities[self._music_output][0]) if self._music_output else None) for r in results]
         # Only a decided genre, or "no music", can be announced: an uncertain top is no news.
-        change = self.changes.update(update.top if not update.music or not update.uncertain else None)
+        change = self.changes.update(update.top if not update.music or not update.uncertain else None, windows)
         if change:
             previous, current = change
+            confidence = self.changes.confidence if self.changes.confidence is not None else update.confidence
             self.sink.genre_changed(GenreChanged(
                 source=self.source, stream_s=update.stream_s, previous=previous, current=current,
-                confidence=update.confidence, uncertain=False, music=update.music))
+                confidence=confidence, uncertain=False, music=current != NO_MUSIC))
 
 
 class LiveUnavailable(Exception):
@@ -201,19 +346,18 @@ class LiveSource:
 
     Args:
         source: the name in topics (``live.<source>``).
-        horizon_seconds: the running ensemble's span, seconds (None: the whole stream).
-        hysteresis: consecutive hops a new top genre must hold before a change is announced.
+        changes: the running ensemble's span and how changes are decided (:class:`ChangeSettings`; None:
+            its defaults).
         block_seconds: the block handed to the live path at a time, seconds.
         top_k: labels per output in the messages.
     """
 
-    def __init__(self, tagger: Tagger, sink: LiveSink, source: str, horizon_seconds: float | None = 4.0,
-                 hysteresis: int = 1, block_seconds: float = 0.05, top_k: int = 5) -> None:
+    def __init__(self, tagger: Tagger, sink: LiveSink, source: str, changes: ChangeSettings | None = None,
+                 block_seconds: float = 0.05, top_k: int = 5) -> None:
         self.tagger = tagger
         self.sink = sink
         self.source = source
-        self.horizon_seconds = horizon_seconds
-        self.hysteresis = hysteresis
+        self.changes = changes or ChangeSettings()
         self.block_seconds = block_seconds
         self.top_k = top_k
         self.status = LiveStatus()
@@ -229,7 +373,7 @@ class LiveSource:
             self._thread.join(timeout)
 
     def _tagger(self, rate_in: int) -> LiveTagger:
-        return LiveTagger(self.tagger, self.source, rate_in, self.horizon_seconds, self.hysteresis, self.sink,
+        return LiveTagger(self.tagger, self.source, rate_in, self.changes, self.sink,
                           self.top_k)
 
     def _once(self, stop: threading.Event) -> bool:
@@ -277,10 +421,10 @@ class LiveCapture(LiveSource):
     """
 
     def __init__(self, tagger: Tagger, sink: LiveSink, source: str = "live",
-                 device: str = "", horizon_seconds: float | None = 4.0, hysteresis: int = 1,
+                 device: str = "", changes: ChangeSettings | None = None,
                  block_seconds: float = 0.05, buffer_seconds: float = 30.0, sample_rate: int = 0,
                  channels: int = 0, top_k: int = 5) -> None:
-        super().__init__(tagger, sink, source, horizon_seconds, hysteresis, block_seconds, top_k)
+        super().__init__(tagger, sink, source, changes, block_seconds, top_k)
         self.device: int | str | None = (int(device) if device.isdigit() else device) if device else None
         self.buffer_seconds = buffer_seconds
         self.sample_rate = sample_rate

@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from service.live import LiveSink, LiveSource, LiveTagger
+from service.live import ChangeSettings, LiveSink, LiveSource, LiveTagger
 from tagger.decode import decode_blocks
 from tagger.pipeline import Tagger
 
@@ -81,9 +81,9 @@ class LiveFile(LiveSource):
     """
 
     def __init__(self, tagger: Tagger, sink: LiveSink, location: str, source: str = "file", loop: bool = False,
-                 horizon_seconds: float | None = 4.0, hysteresis: int = 1, block_seconds: float = 0.05,
+                 changes: ChangeSettings | None = None, block_seconds: float = 0.05,
                  top_k: int = 5) -> None:
-        super().__init__(tagger, sink, source, horizon_seconds, hysteresis, block_seconds, top_k)
+        super().__init__(tagger, sink, source, changes, block_seconds, top_k)
         self.location = location
         self.loop = loop
         self.shown = redact(location)  # the location as logs and status messages show it

@@ -17,7 +17,7 @@ import pytest
 from conftest import DATA
 from daemon_helpers import Subscriber, free_endpoint, start_daemon, stop_daemon
 
-from service.live import ChangeDetector, RingBuffer
+from service.live import ChangeDetector, ChangeSettings, RingBuffer
 from tagger import Tagger
 
 SINK = "genretagger_test"
@@ -67,12 +67,46 @@ def test_ring_buffer_never_blocks_and_counts_overflows() -> None:
 
 
 def test_change_detector_needs_the_new_genre_to_hold() -> None:
-    d = ChangeDetector(hysteresis=3)
+    d = ChangeDetector(ChangeSettings(hysteresis=3, evidence_nats=0.0, music_evidence_nats=0.0))
     events = [d.update(top) for top in ["jazz", "jazz", "jazz", "rock", "jazz", "rock", "rock", "rock"]]
     assert events == [None, None, (None, "jazz"), None, None, None, None, ("jazz", "rock")]
     # An uncertain update (None) breaks a run and never becomes a change.
     events = [d.update(top) for top in ["pop", "pop", None, "pop", "pop", None, None, None]]
     assert events == [None] * 8 and d.current == "rock"
+
+
+LABELS = ("jazz", "rock", "pop")
+
+
+def _window(jazz: float, rock: float, music: float = 0.9, view: str = "short") -> tuple:
+    return view, 0.0, np.array([jazz, rock, 1.0 - jazz - rock]), music
+
+
+def test_change_detector_weighs_evidence_against_the_current_genre() -> None:
+    settings = ChangeSettings(hysteresis=1, evidence_nats=4.0, drift_nats=1.0, cap_nats=6.0,
+                              evidence_views="shortest", music_evidence_nats=12.0)
+    d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+    assert d.update("jazz", [_window(0.9, 0.05)]) == (None, "jazz")  # the first label: hysteresis alone
+    # One clear window: log(0.9 / 0.01) = 4.5 nats, less 1 of drift: not yet; the second one decides.
+    assert d.update(None, [_window(0.01, 0.9)]) is None
+    assert d.update(None, [_window(0.01, 0.9)]) == ("jazz", "rock")
+    assert d.confidence == pytest.approx(0.9)
+    # Odd windows between good ones: the evidence drifts back to 0 before it adds up.
+    for _ in range(5):
+        assert d.update("rock", [_window(0.8, 0.1)]) is None  # log 8 = 2.1 nats, less 1 of drift
+        assert d.update("rock", [_window(0.05, 0.9), _window(0.05, 0.9)]) is None
+    # Evidence without a decided challenger (jazz and pop at about 0.5 each) is no change, however much.
+    for _ in range(5):
+        assert d.update(None, [_window(0.45, 0.01), _window(0.52, 0.01)]) is None
+    assert d.current == "rock"
+    # The longer view's windows do not count with evidence_views = "shortest".
+    assert d.update(None, [_window(0.95, 0.01, view="long")] * 4) is None
+    # Talk: the music detector's log-odds past its threshold (capped at 6 nats a window, less 1) must
+    # reach 12 nats: three windows; meanwhile their genres are no evidence.
+    events = [d.update("no music", [_window(0.95, 0.01, music=0.001)]) for _ in range(3)]
+    assert events == [None, None, ("rock", "no music")]
+    # Back to music: the ensemble's decided top, held for hysteresis updates.
+    assert d.update(None, [_window(0.9, 0.05)]) is None and d.update("jazz", []) == ("no music", "jazz")
 
 
 def _mean_genre(messages: list[dict], labels: tuple[str, ...], start: float, end: float) -> np.ndarray:
@@ -124,3 +158,18 @@ def test_live_capture_agrees_with_offline_tagging_and_announces_genre_changes(pu
     assert changes and changes[0]["current"] == offline[0].top
     assert any(c["previous"] == offline[0].top and c["current"] == offline[1].top and c["ts"] >= spans[1][0]
                for c in changes)
+
+
+def test_change_settings_come_from_the_config_and_bad_ones_are_named() -> None:
+    from service.config import load_config
+    from tagger.errors import ConfigError
+
+    env = {"GENRE_TAGGER_LIVE_FILE": str(CLIPS[0]), "GENRE_TAGGER_LIVE_EVIDENCE_NATS": "5",
+           "GENRE_TAGGER_LIVE_HORIZON_SECONDS": "0"}
+    settings = load_config(env=env).live.change_settings()
+    assert settings.evidence_nats == 5.0 and settings.horizon_seconds is None  # 0 = the whole stream
+    bad = {**env, "GENRE_TAGGER_LIVE_EVIDENCE_VIEWS": "middle", "GENRE_TAGGER_LIVE_CAP_NATS": "0"}
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=bad)
+    message = str(caught.value)
+    assert "live.evidence_views" in message and "'middle'" in message and "live.cap_nats" in message

@@ -14,6 +14,7 @@ import pytest
 from conftest import encode
 
 from service.events import GenreChanged, LiveUpdate
+from service.live import ChangeSettings
 from service.livefile import LiveFile
 from tagger import Tagger
 
@@ -38,7 +39,7 @@ def short_clip(excerpt, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _play(tagger: Tagger, location: str, loop: bool, seconds: float) -> tuple[LiveFile, Collect, float]:
     sink = Collect()
-    player = LiveFile(tagger, sink, location, "demo", loop=loop, horizon_seconds=10.0, hysteresis=1)
+    player = LiveFile(tagger, sink, location, "demo", loop=loop, changes=ChangeSettings(10.0, hysteresis=1))
     stop = threading.Event()
     started = time.monotonic()
     player.start(stop)

@@ -15,7 +15,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from service.live import LiveTagger
+from service.live import ChangeSettings, LiveTagger
 from tagger import Tagger
 from tagger.ensemble import NO_MUSIC
 from tagger.errors import ModelError
@@ -94,7 +94,7 @@ class Collect:
 
 def test_live_turns_to_no_music_and_back(music_model: Path) -> None:
     sink = Collect()
-    live = LiveTagger(Tagger(music_model), "test", RATE, horizon_seconds=4.0, hysteresis=2, sink=sink)
+    live = LiveTagger(Tagger(music_model), "test", RATE, ChangeSettings(4.0, hysteresis=2), sink=sink)
     for part in (loud(12, 3), np.zeros(12 * RATE, np.float32), loud(12, 4)):
         for start in range(0, part.size, RATE // 10):
             live.feed(part[start:start + RATE // 10])

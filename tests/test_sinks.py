@@ -14,7 +14,7 @@ from daemon_helpers import VALIDATOR, Subscriber
 
 from service.config import Config, load_config
 from service.events import GenreChanged, LiveUpdate, Status, TrackDone
-from service.live import LiveTagger
+from service.live import ChangeSettings, LiveTagger
 from service.sinks import Sink, SinkContext, SinkHub, SinkSettings, sink_classes
 from service.sinks.zmq import PublishSection, ZmqSink
 from tagger import Tagger
@@ -183,7 +183,7 @@ def test_every_event_is_one_message_the_schema_validates_on_zeromq(tiny_model: P
             collected.append(e)
             hub.genre_changed(e)
 
-    live = LiveTagger(tagger, "radio", tagger.sample_rate, 10.0, 1, Collect(), top_k=2)
+    live = LiveTagger(tagger, "radio", tagger.sample_rate, ChangeSettings(10.0, hysteresis=1), Collect(), top_k=2)
     rng = np.random.default_rng(0)
     live.feed(rng.standard_normal(6 * tagger.sample_rate).astype(np.float32) * 0.1, time.monotonic())
     hub.track(TrackDone(3, "/music/a.flac", error="not a readable audio file"))
