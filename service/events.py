@@ -142,7 +142,7 @@ class LiveUpdate:
 
 @dataclass(frozen=True)
 class GenreChanged:
-    """The top genre of a live source changed and held (hysteresis).
+    """The label of a live source changed (decided by service.live.ChangeDetector).
 
     Attributes:
         previous: the genre before (None at the start of the stream).
