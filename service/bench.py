@@ -231,6 +231,7 @@ def bench_daemon(files: list[Path], model: str | None, jobs: int | None = None) 
         cmd = [sys.executable, "-m", "tagger.cli", "daemon", "--folder", str(music), "--state-dir", str(state),
                "--endpoint", "", "--settle", "0", *(["--model", model] if model else []),
                *(["--jobs", str(jobs)] if jobs else [])]
+        cpu = _children_cpu_s()
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         db = state / "library.db"
@@ -256,8 +257,10 @@ def bench_daemon(files: list[Path], model: str | None, jobs: int | None = None) 
             proc.terminate()
             proc.wait(10)
     name = "daemon end to end (start → all files in SQLite)" + (f", --jobs {jobs}" if jobs else "")
+    # CPU of the daemon and its decoding children, start and stop included (counted once they are reaped).
     return Row(name, elapsed, audio, len(files),
-               {"files_per_s": len(files) / elapsed, "peak_rss_mb": peak_kb / 1024})
+               {"files_per_s": len(files) / elapsed, "peak_rss_mb": peak_kb / 1024,
+                "cpu_s": _children_cpu_s() - cpu})
 
 
 def bench_daemon_live(files: list[Path], model: str | None, jobs: int, live_seconds: float,
@@ -268,7 +271,9 @@ def bench_daemon_live(files: list[Path], model: str | None, jobs: int, live_seco
     published on ZeroMQ with its ``latency_ms``: block arrival to published) while it tags copies of
     ``files`` in a watched folder, added as it goes so that files are always waiting, for ``live_seconds``
     from its first tagged file; then ``idle_seconds`` more of live updates once every file is tagged give the
-    idle latency of the same daemon. Updates before the first tagged file (start-up) are left out."""
+    idle latency of the same daemon. Updates before the first tagged file (start-up) are left out. Beside
+    ``latency_ms``, ``*_lag_max_ms`` is how far an update trailed real time beyond the least-late update (a
+    live thread starved of CPU feeds its blocks late, which ``latency_ms`` does not count)."""
     import zmq
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -295,6 +300,7 @@ def bench_daemon_live(files: list[Path], model: str | None, jobs: int, live_seco
         db = state / "library.db"
         busy: list[float] = []
         idle: list[float] = []
+        behind: list[tuple[bool, float]] = []  # (slots busy, receive time − audio seconds played)
         started = time.perf_counter()
         first_done: float | None = None  # the slots are tagging from then on
         all_done: float | None = None
@@ -309,6 +315,9 @@ def bench_daemon_live(files: list[Path], model: str | None, jobs: int, live_seco
                     message = json.loads(sub.recv_multipart()[-1])
                     if message.get("type") == "live" and message.get("latency_ms") is not None and first_done:
                         (busy if all_done is None else idle).append(float(message["latency_ms"]))
+                        # How far the update trails real time: a starved live thread feeds its blocks late,
+                        # which latency_ms (from a block's arrival) does not show.
+                        behind.append((all_done is None, time.perf_counter() - float(message["stream_s"])))
                 if all_done is None and time.perf_counter() - checked > 0.25 and db.exists():
                     checked = time.perf_counter()
                     try:
@@ -336,8 +345,12 @@ def bench_daemon_live(files: list[Path], model: str | None, jobs: int, live_seco
         return {f"{name}_hops": len(values), f"{name}_p50_ms": float(np.percentile(v, 50)),
                 f"{name}_p99_ms": float(np.percentile(v, 99)), f"{name}_max_ms": float(v.max())}
 
+    # Lag behind real time, relative to the update that trailed it least (the source's own start offset).
+    least = min((t for _, t in behind), default=0.0)
+    lag = {f"{name}_lag_max_ms": 1000 * max((t - least for b, t in behind if b == flag), default=0.0)
+           for name, flag in (("busy", True), ("idle", False))}
     return Row(f"daemon --jobs {jobs}: live latency while its slots tag files, then idle", elapsed, audio, copied,
-               {**stats("busy", busy), **stats("idle", idle), "files_per_s": copied / elapsed})
+               {**stats("busy", busy), **stats("idle", idle), **lag, "files_per_s": copied / elapsed})
 
 
 # The speed-up issue #18 asks of `tag --jobs N` over one job on a 2-core machine (docs/scaling.md).
@@ -403,6 +416,12 @@ def _machine_cpu_s() -> float:
         return 0.0
     busy = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))  # all but idle and iowait
     return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's children that have ended and been waited for (every thread)."""
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def _cpu_with_children() -> float:
@@ -547,7 +566,8 @@ def _run_only(only: str, files: list[Path], folders: list[str], model: str | Non
         rows = [bench_daemon(files, model, n) for n in job_counts]
         for n, row in zip(job_counts[1:], rows[1:], strict=True):
             comparison[f"daemon_{n}_vs_{job_counts[0]}"] = {"speedup": rows[0].seconds / row.seconds}
-        rows += [bench_daemon_live(files, model, n, live_seconds) for n in job_counts]
+        if live_seconds > 0:
+            rows += [bench_daemon_live(files, model, n, live_seconds) for n in job_counts]
     else:
         raise SystemExit(f"genre-tagger bench: --only {only}: expected jobs or daemon")
     probe = Tagger(model, engine_options=EngineOptions(device=device))

@@ -87,3 +87,4 @@ def test_bench_only_jobs_and_only_daemon_report_the_acceptance_numbers(tmp_path:
     live = rows[1]["extra"]  # live updates came while the slots tagged the copies, and after
     assert rows[1]["name"] == "daemon --jobs 2: live latency while its slots tag files, then idle"
     assert live["busy_hops"] > 0 and live["idle_hops"] > 0 and live["busy_p50_ms"] > 0 and live["idle_p99_ms"] > 0
+    assert live["busy_lag_max_ms"] >= 0 and live["idle_lag_max_ms"] >= 0
