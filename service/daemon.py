@@ -167,6 +167,10 @@ class Daemon:
             if not self._worker.is_alive():
                 log.error("the tagging worker died; stopping so that the service manager restarts us")
                 raise RuntimeError("tagging worker died")
+            if self.watcher is not None and not self.watcher.alive() and not self.stop.is_set():
+                # Else no new file would ever be seen again, and nothing would say so.
+                log.error("the folder watcher died; stopping so that the service manager restarts us")
+                raise RuntimeError("folder watcher died")
             try:
                 self._beat()
                 if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:

@@ -123,6 +123,10 @@ class FolderWatcher:
         self._thread = threading.Thread(target=self._run, args=(stop,), name="folders", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        """Whether the watcher (its thread and the file system observer's) still runs, once started."""
+        return self._thread is not None and self._thread.is_alive() and self._observer.is_alive()
+
     def join(self, timeout: float | None = None) -> None:
         self._observer.stop()
         self._observer.join(timeout)

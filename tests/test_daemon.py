@@ -289,3 +289,28 @@ def test_the_example_configuration_is_valid_and_documents_every_key() -> None:
     for name in defaults.section_names():
         keys = {f.name for f in dataclasses.fields(defaults.section(name))}
         assert set(documented[name]) == keys, name
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread that dies
+def test_a_folder_watcher_that_dies_stops_the_daemon_for_a_restart(tiny_model: Path, tmp_path: Path, monkeypatch,
+                                                                    caplog) -> None:
+    """Without the check, a dead watcher left a daemon that looked healthy but would never see a new file."""
+    from service.config import load_config
+    from service.daemon import Daemon
+    from service.folders import FolderWatcher
+
+    def dies(self, stop) -> None:
+        raise SystemExit("watcher gone")  # threading ends such a thread without a word
+
+    monkeypatch.setattr(FolderWatcher, "_run", dies)
+    (tmp_path / "music").mkdir()
+    config = load_config(None, env={}, overrides={
+        "daemon": {"model": str(tiny_model), "state_dir": str(tmp_path / "state"), "jobs": 1},
+        "publish": {"endpoint": "", "heartbeat_seconds": 0.2}, "console": {"enabled": False}},
+        extra_roots=[str(tmp_path / "music")])
+    daemon = Daemon(config)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="folder watcher died"):
+        daemon.run()
+    assert time.monotonic() - started < 30
+    assert any("the folder watcher died" in r.getMessage() for r in caplog.records)
