@@ -250,6 +250,11 @@ class Daemon:
             reason = exc.reason if isinstance(exc, DecodeError) else str(exc)
             self._fail(library, row.id, path, reason)
             return
+        except Exception as exc:  # an engine failure or a bug on this one file: it fails alone, and is not
+            # tried again at every restart (it would take the worker down each time: a crash loop)
+            log.debug("%s: unexpected error", path, exc_info=exc)
+            self._fail(library, row.id, path, f"unexpected error: {type(exc).__name__}: {exc}".splitlines()[0])
+            return
         if result is None:
             self._fail(library, row.id, path, row.error or "unreadable")
             return

@@ -314,3 +314,43 @@ def test_a_folder_watcher_that_dies_stops_the_daemon_for_a_restart(tiny_model: P
         daemon.run()
     assert time.monotonic() - started < 30
     assert any("the folder watcher died" in r.getMessage() for r in caplog.records)
+
+
+def test_a_file_that_breaks_the_engine_fails_alone_and_the_daemon_goes_on(tiny_model: Path, tmp_path: Path,
+                                                                          library_files: list[Path],
+                                                                          monkeypatch) -> None:
+    """An unexpected exception on one file took the tagging worker down, and the daemon restarted into the
+    same file again and again; now that file is an error row and the others are tagged."""
+    import threading
+
+    from service.config import load_config
+    from service.daemon import Daemon
+    from tagger.pipeline import Tagger
+
+    music = tmp_path / "music"
+    music.mkdir()
+    poison = music / f"poison{library_files[0].suffix}"
+    shutil.copy(library_files[0], poison)
+    shutil.copy(library_files[1], music / f"fine{library_files[1].suffix}")
+    tag_file = Tagger.tag_file
+
+    def breaks_on_poison(self, path, *args, **kwargs):
+        if Path(path).name.startswith("poison"):
+            raise RuntimeError("ONNX Runtime: something no one expected\nsecond line")
+        return tag_file(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Tagger, "tag_file", breaks_on_poison)
+    config = load_config(None, env={}, overrides={
+        "daemon": {"model": str(tiny_model), "state_dir": str(tmp_path / "state"), "jobs": 1},
+        "folders": {"settle_seconds": 0.0}, "publish": {"endpoint": "", "heartbeat_seconds": 0.2},
+        "console": {"enabled": False}}, extra_roots=[str(music)])
+    daemon = Daemon(config)
+    db = config.library_path
+    done = "SELECT count(*) FROM tracks WHERE status IN ('tagged', 'error')"
+    stopper = threading.Thread(target=lambda: (wait_until(lambda: db.exists() and query(db, done)[0][0] == 2, 120),
+                                               daemon.stop.set(), daemon.wake.set()), daemon=True)
+    stopper.start()
+    assert daemon.run() == 0  # no "tagging worker died"
+    rows = dict(query(db, "SELECT path, status || ': ' || coalesce(error, '') FROM tracks"))
+    assert rows == {str(poison): "error: unexpected error: RuntimeError: ONNX Runtime: something no one expected",
+                    str(music / f"fine{library_files[1].suffix}"): "tagged: "}
