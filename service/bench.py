@@ -270,10 +270,11 @@ def bench_daemon_live(files: list[Path], model: str | None, jobs: int, live_seco
     The daemon plays ``files[0]`` in real time as a live source (``--live-file --loop``; each update is
     published on ZeroMQ with its ``latency_ms``: block arrival to published) while it tags copies of
     ``files`` in a watched folder, added as it goes so that files are always waiting, for ``live_seconds``
-    from its first tagged file; then ``idle_seconds`` more of live updates once every file is tagged give the
-    idle latency of the same daemon. Updates before the first tagged file (start-up) are left out. Beside
-    ``latency_ms``, ``*_lag_max_ms`` is how far an update trailed real time beyond the least-late update (a
-    live thread starved of CPU feeds its blocks late, which ``latency_ms`` does not count)."""
+    from the first live update after its first tagged file; then ``idle_seconds`` more of live updates
+    once every file is tagged give the idle latency of the same daemon. Updates before the first tagged
+    file (start-up) are left out. Beside ``latency_ms``, ``*_lag_max_ms`` is how far an update trailed
+    real time beyond the least-late update (a live thread starved of CPU feeds its blocks late, which
+    ``latency_ms`` does not count)."""
     import zmq
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,6 +304,7 @@ def bench_daemon_live(files: list[Path], model: str | None, jobs: int, live_seco
         behind: list[tuple[bool, float]] = []  # (slots busy, receive time − audio seconds played)
         started = time.perf_counter()
         first_done: float | None = None  # the slots are tagging from then on
+        busy_from: float | None = None  # the first live update after that: live_seconds are counted from it
         all_done: float | None = None
         checked, done, audio = 0.0, 0, 0.0
         try:
@@ -315,6 +317,7 @@ def bench_daemon_live(files: list[Path], model: str | None, jobs: int, live_seco
                     message = json.loads(sub.recv_multipart()[-1])
                     if message.get("type") == "live" and message.get("latency_ms") is not None and first_done:
                         (busy if all_done is None else idle).append(float(message["latency_ms"]))
+                        busy_from = busy_from or time.perf_counter()
                         # How far the update trails real time: a starved live thread feeds its blocks late,
                         # which latency_ms (from a block's arrival) does not show.
                         behind.append((all_done is None, time.perf_counter() - float(message["stream_s"])))
@@ -329,7 +332,7 @@ def bench_daemon_live(files: list[Path], model: str | None, jobs: int, live_seco
                         continue
                     if done and first_done is None:
                         first_done = checked
-                    feeding = first_done is None or checked - first_done < live_seconds
+                    feeding = busy_from is None or checked - busy_from < live_seconds
                     if feeding and copied - done < max(8, 4 * jobs):
                         add_copies()
                     elif not feeding and done >= copied:
