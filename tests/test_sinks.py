@@ -516,3 +516,28 @@ def test_an_exception_that_cannot_be_printed_is_still_a_counted_failure() -> Non
     hub.close(time.monotonic() + 4.5)
     counts = hub.counts()["recorder"]
     assert counts["errors"] == 1 and counts["last_error"] == "Mute"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread that dies
+def test_an_http_display_whose_server_thread_died_says_so_and_keeps_nothing() -> None:
+    from service.sinks.http import HttpSection, HttpSink
+
+    sink = HttpSink(HttpSection(enabled=True, listen="127.0.0.1:0"), SinkContext(Config()))
+    hub = SinkHub([sink])
+    hub.start()
+    try:
+        def end_the_loop() -> None:
+            raise SystemExit  # what asyncio does not catch: run_forever ends, and its thread
+
+        sink._loop.call_soon_threadsafe(end_the_loop)
+        sink._thread.join(30)
+        assert not sink._thread.is_alive()
+        slot = hub.slots[0]
+        left = len(sink._loop._ready)  # what the loop had not run yet when it ended
+        for i in range(5):
+            slot.deliver(GenreChanged(source="radio", stream_s=float(i), previous=None, current="jazz",
+                                      confidence=0.9))
+        assert slot.counts.errors == 5 and "server thread has stopped" in slot.counts.last_error
+        assert len(sink._loop._ready) == left  # nothing piles up in the dead loop
+    finally:
+        hub.close(time.monotonic() + 2)

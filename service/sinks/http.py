@@ -225,7 +225,7 @@ class HttpSink(Sink):
 
     def close(self, deadline: float) -> None:
         if self._loop is not None:
-            if self._runner is not None:
+            if self._runner is not None and self._thread is not None and self._thread.is_alive():
                 future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
                 try:
                     future.result(max(0.1, deadline - time.monotonic()))
@@ -246,8 +246,12 @@ class HttpSink(Sink):
     # -- events (the sink's own thread) --------------------------------------------------------
 
     def _hand_over(self, kind: str, message: dict[str, Any]) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._publish, kind, message, _sse(kind, message))
+        if self._loop is None:
+            return
+        if self._thread is not None and not self._thread.is_alive():
+            # Else the events would pile up, unseen, in a loop that no longer runs.
+            raise ConnectionError("the HTTP display's server thread has stopped")
+        self._loop.call_soon_threadsafe(self._publish, kind, message, _sse(kind, message))
 
     def live(self, event: LiveUpdate) -> None:
         _, full = event.as_message()
