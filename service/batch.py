@@ -301,9 +301,10 @@ def import_shards(library, out: Path) -> dict[str, int]:
     counts = {"tagged": 0, "error": 0, "unchanged": 0}
     for row in read_rows(out):
         known = library.track(row["path"])
+        # A URL's row has no fingerprint (None), which the library keeps as ''.
         if known is not None and known["status"] == "tagged" and row["ok"] and \
-                (known["fingerprint"], known["model"], known["model_version"]) == \
-                (row["fingerprint"], row["model"], row["model_version"]):
+                (known["fingerprint"] or "", known["model"], known["model_version"]) == \
+                (row["fingerprint"] or "", row["model"], row["model_version"]):
             counts["unchanged"] += 1
             continue
         if row["ok"]:

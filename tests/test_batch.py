@@ -178,6 +178,12 @@ def test_a_manifest_of_urls_is_tagged_like_the_files_and_bad_urls_become_error_r
         assert _same_genres(batch_scores, by_file[str(folder / src.name)])
     again = _cli("batch", str(manifest), "--out", str(out))
     assert again.returncode == 0 and "0 tagged, 0 failed, 7 already done of 7" in again.stderr
+    db = tmp_path / "library.db"
+    for _ in range(2):  # the URL rows (no fingerprint) are imported once, then known
+        imported = _cli("library", "--library", str(db), "import", str(out))
+    assert imported.returncode == 0 and "imported 0 tagged and 2 failed" in imported.stderr
+    assert "(5 already in the library)" in imported.stderr
+    assert _same_genres(_library_scores(db, urls[1]), by_file[str(folder / sources[1].name)])
     # `tag` takes a URL as well; a bad one is one error line naming it, and the rest goes on.
     tagged = _cli("tag", "--json", urls[0], refused)
     assert tagged.returncode == 1 and f"genre-tagger: error: {refused}: cannot read the URL (Connection refused)" \
