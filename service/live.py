@@ -100,9 +100,10 @@ class ChangeSettings:
     Attributes:
         horizon_seconds: the running ensemble's span, seconds (None: the whole stream); the live display
             and the "no music" test average over it.
-        hysteresis: consecutive updates a label must hold before it is announced, when there is no current
-            genre to weigh it against (the first label, "no music", the first genre after "no music"), and
-            for every change when ``evidence_nats`` is 0.
+        hysteresis: when there is no current genre to weigh against (the first label, the first genre after
+            "no music"): the music windows in a row over which a genre must be decided, or the consecutive
+            updates the running ensemble's decided top (or "no music") must hold; with ``evidence_nats`` 0,
+            the updates every change must hold.
         evidence_nats: how much evidence (natural log units of the probability ratio, summed over windows)
             a challenger needs against the current genre before a change is announced; 0 turns the
             evidence test off (a change then only needs the running ensemble's top to hold).
@@ -120,12 +121,12 @@ class ChangeSettings:
 
     # Chosen by python -m training.live_eval on the tuning half of its streams (see service/config.py).
     horizon_seconds: float | None = 4.0
-    hysteresis: int = 2
-    evidence_nats: float = 4.0
-    drift_nats: float = 1.0
+    hysteresis: int = 3
+    evidence_nats: float = 5.0
+    drift_nats: float = 0.5
     cap_nats: float = 6.0
     evidence_views: str = "shortest"
-    music_evidence_nats: float = 12.0
+    music_evidence_nats: float = 15.0
 
 
 class ChangeDetector:
@@ -138,8 +139,10 @@ class ChangeDetector:
     its evidence last stood at zero (where the change most likely began) is at or above the threshold, or
     it is the update's label. With ``music_evidence_nats``, the same windows' music log-odds past the music
     detector's threshold add up to the evidence for "no music" (and a window that is more likely not music
-    is no evidence for a genre). Otherwise (no current genre yet, "no music", or ``evidence_nats`` 0) a
-    label is announced once it has been the update's label for ``hysteresis`` consecutive updates. The
+    is no evidence for a genre). With no current genre (the start, or "no music"), a genre is announced once
+    it is decided over the last ``hysteresis`` or more music windows in a row of the evidence views. And in
+    every case without evidence (or with ``evidence_nats`` 0), a label is announced once it has been the
+    update's label for ``hysteresis`` consecutive updates. The
     update's label is the running ensemble's decided top genre, "no music", or None (uncertain: it breaks a
     run and never becomes a change, contract §3); only a decided genre or "no music" is ever announced.
 
@@ -167,6 +170,9 @@ class ChangeDetector:
         self._no_music = 0.0  # evidence for "no music"
         self._music_sum = 0.0  # the music probability summed over the windows since that evidence was 0
         self._music_windows = 0
+        self.music_threshold = music_threshold
+        self._run_sum = np.zeros(len(self.labels))  # genre probabilities over the current run of music windows
+        self._run_windows = 0
         self._music_prior = float(np.log((1 - music_threshold) / music_threshold))
         if self.settings.evidence_views not in ("shortest", "all"):
             raise ValueError(f"evidence_views {self.settings.evidence_views!r} is not 'shortest' or 'all'")
@@ -184,6 +190,7 @@ class ChangeDetector:
         previous, self.current, self.confidence = self.current, label, confidence
         self._candidate, self._count = None, 0
         self._reset_evidence()
+        self._run_sum[:], self._run_windows = 0.0, 0
         return previous, label
 
     def update(self, top: str | None, windows: Sequence[tuple[str, float, np.ndarray, float | None]] = ()
@@ -199,6 +206,10 @@ class ChangeDetector:
             return self._weigh(windows, top)
         if top == NO_MUSIC or self.current not in self.labels:
             self._reset_evidence()
+        if s.evidence_nats > 0 and self.current not in self.labels:
+            start = self._start(windows)
+            if start is not None:
+                return start
         if top is None or top == self.current:
             self._candidate, self._count = None, 0
             return None
@@ -209,6 +220,24 @@ class ChangeDetector:
         if self._count >= s.hysteresis:
             return self._announce(top)
         return None
+
+    def _start(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]]) -> tuple[str | None, str] | None:
+        """No genre yet, or "no music": a genre decided over the last ``hysteresis`` or more consecutive
+        music windows of the evidence views (quicker than the running ensemble, which still holds the talk's
+        windows after talk)."""
+        for view, _end, probs, music in windows:
+            if self._views is not None and view not in self._views:
+                continue
+            if music is not None and music < self.music_threshold:
+                self._run_sum[:], self._run_windows = 0.0, 0
+                continue
+            self._run_sum += np.asarray(probs, dtype=np.float64)
+            self._run_windows += 1
+        if self._run_windows < self.settings.hysteresis:
+            return None
+        mean = self._run_sum / self._run_windows
+        best = int(np.argmax(mean))
+        return self._announce(self.labels[best], float(mean[best])) if mean[best] >= self.threshold else None
 
     def _weigh(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]], top: str | None
                ) -> tuple[str | None, str] | None:

@@ -105,8 +105,21 @@ def test_change_detector_weighs_evidence_against_the_current_genre() -> None:
     # reach 12 nats: three windows; meanwhile their genres are no evidence.
     events = [d.update("no music", [_window(0.95, 0.01, music=0.001)]) for _ in range(3)]
     assert events == [None, None, ("rock", "no music")]
-    # Back to music: the ensemble's decided top, held for hysteresis updates.
-    assert d.update(None, [_window(0.9, 0.05)]) is None and d.update("jazz", []) == ("no music", "jazz")
+    # Back to music: a genre decided over the last `hysteresis` music windows in a row (one here), before
+    # the running ensemble, which still holds the talk, has a decided top.
+    assert d.update("no music", [_window(0.9, 0.05, music=0.2)]) is None  # not music: no run yet
+    assert d.update("no music", [_window(0.9, 0.05)]) == ("no music", "jazz")
+
+
+def test_change_detector_starts_on_a_run_of_music_windows() -> None:
+    settings = ChangeSettings(hysteresis=2, evidence_nats=4.0, music_evidence_nats=12.0)
+    d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+    # A not-music window breaks the run; an undecided mean (jazz 0.55) is no label.
+    assert d.update(None, [_window(0.9, 0.05), _window(0.9, 0.05, music=0.1)]) is None
+    assert d.update(None, [_window(0.5, 0.3)]) is None
+    assert d.update(None, [_window(0.6, 0.3)]) is None
+    assert d.update(None, [_window(0.9, 0.05)]) == (None, "jazz")
+    assert d.confidence == pytest.approx((0.5 + 0.6 + 0.9) / 3)
 
 
 def _mean_genre(messages: list[dict], labels: tuple[str, ...], start: float, end: float) -> np.ndarray:

@@ -371,8 +371,8 @@ def candidates(defaults: ChangeSettings) -> list[ChangeSettings]:
     the evidence detector over its bound, per-window cap, drift, "no music" bound and hysteresis."""
     grid = [replace(defaults, evidence_nats=0.0, music_evidence_nats=0.0, horizon_seconds=h, hysteresis=k)
             for h, k in itertools.product((2.0, 3.0, 4.0, 6.0, 8.0, 15.0, 30.0), (1, 2, 3))]
-    for bound, cap, drift, music, k in itertools.product((3.0, 4.0, 5.0, 6.0), (3.0, 4.0, 6.0), (0.5, 1.0),
-                                                         (6.0, 9.0, 12.0), (1, 2)):
+    for bound, cap, drift, music, k in itertools.product((3.0, 4.0, 5.0, 6.0), (4.0, 6.0), (0.5, 1.0),
+                                                         (9.0, 12.0, 15.0, 18.0), (1, 2, 3)):
         if cap * 3 < bound:  # three windows could not reach it: slower than any other row
             continue
         grid.append(replace(defaults, evidence_nats=bound, cap_nats=cap, drift_nats=drift, music_evidence_nats=music,
