@@ -138,27 +138,28 @@ def _live_section(path: Path) -> str:
     if "rows" not in doc:  # written by an earlier live_eval: no artist halves to show
         return ""
     rows = ["| detector | streams | median delay | 90th pct | worst | missed | changes to a third genre | "
-            "changes on single-genre clips and pairs | on realworld tracks | talk → no music (worst) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "changes on single-genre clips and pairs | on realworld tracks | talk → no music (worst) | "
+            "back to music (median) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, row in doc["rows"].items():
         for part in ("tuning", "held_out", "all"):
             r = row[part]
             clips = r.get("clips_spurious_changes", 0) + r.get("pairs_spurious_changes", 0)
             rows.append(f"| {label} | {part.replace('_', '-')} | {r['median_delay_s']:.2f} s | "
                         f"{r['p90_delay_s']:.2f} s | {r['worst_delay_s']:.2f} s | {r['missed']}/{r['pairs']} | "
-                        f"{r['wrong_genre_changes']} | "
-                        f"{clips} | {r.get('realworld_spurious_changes', 0)} | "
-                        f"{r.get('talk_median_delay_s', 0):.2f} s ({r.get('talk_worst_delay_s', 0):.2f} s) |")
+                        f"{r['wrong_genre_changes']} | {clips} | {r.get('realworld_spurious_changes', 0)} | "
+                        f"{r.get('talk_median_delay_s', 0):.2f} s ({r.get('talk_worst_delay_s', 0):.2f} s) | "
+                        f"{r.get('back_median_delay_s', 0):.2f} s |")
     halves = doc["halves"]
+    switches, talks, steady = ([len(h[key]) for h in halves] for key in ("switches", "talks", "steady"))
     return f"""## Live
 
-`python -m training.live_eval`: streams switching between shared clips whose own genres differ and are
-decided ({len(halves[0]['switches'])} + {len(halves[1]['switches'])}), music → espeak-ng talk → music
-({len(halves[0]['talks'])} + {len(halves[1]['talks'])}), and single-genre streams (every clip and track on
-its own, and pairs of clips of one genre by different artists: {len(halves[0]['steady'])} +
-{len(halves[1]['steady'])}). The artists are split in two halves: the settings were chosen on the tuning
-half and are checked on the held-out half. A switch not announced within the second clip counts as its
-length. "Previous" is the running ensemble with hysteresis alone, as shipped before the evidence test.
+`python -m training.live_eval` replays the daemon's live path over streams built from the shared clips:
+switches between clips whose own genres differ and are decided ({switches[0]} + {switches[1]}), music →
+espeak-ng talk → music ({talks[0]} + {talks[1]}), and single-genre streams: every clip and track on its
+own, and pairs of clips of one genre by different artists ({steady[0]} + {steady[1]}). The artists are
+split in two halves: the settings were chosen on the tuning half and are checked on the held-out half. A
+switch not announced within the second clip counts as its length. "Previous" is the running ensemble
+with hysteresis alone, the detector shipped before the evidence test (service/live.py).
 
 {chr(10).join(rows)}
 
