@@ -602,7 +602,8 @@ def jobs_summary(name: str, c: dict) -> str:
     if "goal" in c:
         share = c.get("others_cpu_share")
         busy = "" if share is None else (f"; other processes used {100 * share:.0f} % of the cores meanwhile" + (
-            " (a busy machine: the wall-clock ratios are not trustworthy)" if share > 0.05 else ""))
+            ": a busy machine, so this verdict is not trustworthy (run it again on an idle one)"
+            if share > 0.05 else ""))
         met = c["speedup"] >= c["goal"] and same
         lines.append(f"    goal ≥ {c['goal']:.2f}× with the same results per file: {'met' if met else 'NOT met'}{busy}")
     return "\n".join(line for line in lines if line)
