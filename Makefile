@@ -101,7 +101,9 @@ lint: $(DEV_STAMP)
 test: $(DEV_STAMP) lint
 	$(BIN)/python -m pytest
 
-# Rebuild models/msd-musicnn-gtzan.onnx from scratch (seeded): the musicnn wheel and ../shared/data.
+# Rebuild models/msd-musicnn-gtzan.onnx from scratch (seeded): the musicnn wheel, ../shared/data and, for the
+# music detector, Debian packages of game soundtracks (training/music_sources.py: `apt-get download`, unpacked
+# under .cache/music-packages, never installed).
 default-model: $(DEV_STAMP)
 	$(BIN)/python -m training.default_model --data ../shared/data --out models
 

@@ -10,7 +10,9 @@
    chosen by an inner CV; the embedding + logistic regression baseline and the previous recipe run on
    the same folds; with and without the degradations as training copies; a temperature fitted on
    out-of-fold predictions; accuracy under every degradation.
-3. The music detector's CV on the same folds, non-music held out by kind/language/package and by voice.
+3. The music detector's CV on the same folds, non-music held out by kind/language/package and by voice,
+   the packaged music (:mod:`training.music_sources`: Debian game soundtracks, fetched by ``apt-get
+   download``) held out by package; its threshold is the one with the fewest out-of-fold errors.
 4. The shipped head (the nested choice on all clips, temperature folded in) and detector trained on
    every labelled clip, exported as one ONNX file (genre, MSD genre tags, music) and its int8 CPU twin;
    the card, the reliability diagram, the confusion matrix and ``<model>.cv.json`` written beside.
@@ -42,6 +44,7 @@ from training.evaluation import (
     artist_folds,
     calibration,
     choose_head,
+    choose_threshold,
     detector_cv,
     detector_summary,
     fit_detector,
@@ -53,7 +56,7 @@ from training.evaluation import (
     summary,
     track_probs,
 )
-from training.feature_cache import NON_MUSIC_VARIANTS, FeatureCache, music_clips
+from training.feature_cache import NON_MUSIC_VARIANTS, PACKAGE_VARIANTS, FeatureCache, music_clips
 from training.metrics import plot_confusion
 from training.musicnn import (
     MSD_GENRE_TAGS,
@@ -68,12 +71,9 @@ from training.musicnn import (
 )
 
 MODEL_NAME = "msd-musicnn-gtzan"
-MODEL_VERSION = "2.0.0"
+MODEL_VERSION = "2.1.0"
 SEED = 20261121
 N_FOLDS = 5
-# Chosen on the detector CV (.cache/features/cv.json): 0.35 makes the fewest errors (6 of 2346 music
-# clip-variants called no music, 23 of 368 held-out-kind non-music called music; 0.5: 16 and 17).
-MUSIC_THRESHOLD = 0.35
 VIEWS = MUSICNN_VIEWS
 __all__ = ["MUSICNN_FRONT_END", "VIEWS", "DefaultModel", "main", "manifest"]
 
@@ -121,7 +121,7 @@ class DefaultModel(nn.Module):
         return genre, tags, music, features, pooled, timbral, temporal
 
 
-def manifest(metrics: dict, training_data: str = "") -> ModelManifest:
+def manifest(metrics: dict, training_data: str = "", music_threshold: float = 0.5) -> ModelManifest:
     return ModelManifest(
         name=MODEL_NAME, version=MODEL_VERSION, input="mel",
         front_ends={"musicnn": MUSICNN_FRONT_END}, views=VIEWS,
@@ -140,7 +140,7 @@ def manifest(metrics: dict, training_data: str = "") -> ModelManifest:
         metrics=metrics,
         frame_pooling=FramePooling("frame_features", "pooled", "max_mean_interleaved", MusicnnBackbone.CONTEXT,
                                    MUSICNN_STAGES, MusicnnBackbone.MID_CONTEXT),
-        music=MusicDetector("music", MUSIC_THRESHOLD),
+        music=MusicDetector("music", music_threshold),
     )
 
 
@@ -193,13 +193,39 @@ def runtime_check(paths: dict[str, Path], files: dict[str, list[Path]]) -> dict:
     return out
 
 
+def non_music_files(negatives: list, folder: Path) -> list[Path]:
+    """Each non-music clip written as a 16-bit WAV file (16 kHz mono), to go through the runtime as files do."""
+    import wave
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sr = MUSICNN_FRONT_END.sample_rate
+    paths = []
+    for n in negatives:
+        path = folder / f"{n.clip_id}.wav"
+        pcm = (np.clip(n.make(sr), -1.0, 1.0) * 32767).astype("<i2")
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(sr)
+            out.writeframes(pcm.tobytes())
+        paths.append(path)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
+    from training.music_sources import DEFAULT_ROOT, excerpts
     from training.negatives import all_non_music
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data", help="folder holding gtzan/ … (default ../shared/data)")
     parser.add_argument("--out", default="models", help="where the model, card and figures go (default models)")
     parser.add_argument("--cache", default=".cache/features", help="feature cache (default .cache/features)")
+    parser.add_argument("--packages", default=str(DEFAULT_ROOT),
+                        help=f"where the Debian music packages are fetched and unpacked (default {DEFAULT_ROOT})")
+    parser.add_argument("--no-packages", action="store_true",
+                        help="train the music detector without the packaged music (GTZAN positives only)")
     parser.add_argument("--wheel", help="path of musicnn-0.1.0-py3-none-any.whl (default: pip download it)")
     parser.add_argument("--reuse-cv", action="store_true",
                         help="take the cross-validation results from <cache>/cv.json instead of re-running them "
@@ -235,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     tracks = load_gtzan_by_artist([data / "gtzan", data / "gtzan-excerpts"])
     negatives = all_non_music()
     evaluation = [(cid, p) for cid, p in music_clips(data) if "/" in cid]
+    packaged = [] if args.no_packages else excerpts(root=Path(args.packages))
     # Fill the cache (a miss is computed; a full cache costs only reading).
     for variant in music_variants:
         for t in tracks:
@@ -244,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
             cache.get(variant, f"nonmusic/{n.clip_id}", lambda n=n: n.make(sr))
     for cid, p in evaluation:
         cache.get("clean", cid, lambda p=p: decode_file(p, sr))
+    for variant in PACKAGE_VARIANTS:
+        for e in packaged:
+            cache.get(variant, e.clip_id, lambda e=e: e.make(sr))
 
     @torch.no_grad()
     def spaces(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -253,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     music = load_clips(cache, [t.track_id for t in tracks], music_variants, spaces)
     non_music = load_clips(cache, [f"nonmusic/{n.clip_id}" for n in negatives], non_music_variants, spaces)
     held_out = load_clips(cache, [cid for cid, _ in evaluation], ["clean"], spaces)
+    packaged_clips = load_clips(cache, [e.clip_id for e in packaged], PACKAGE_VARIANTS, spaces) if packaged else None
+    detector_data = DetectorData(music, non_music, music_variants, non_music_variants, packaged_clips,
+                                 PACKAGE_VARIANTS if packaged else (), [e.package for e in packaged])
     labels = np.array([GTZAN_GENRES.index(t.label) for t in tracks])
     folds = artist_folds(labels, [t.group for t in tracks], N_FOLDS, SEED)
     stored = cache_dir / "cv.json"
@@ -260,12 +293,19 @@ def main(argv: list[str] | None = None) -> int:
         cv = json.loads(stored.read_text())
         if cv["genre"]["folds"] != folds.tolist() or tuple(cv["genre"]["degradations"]) != degradations:
             parser.error(f"{stored} was made on other folds: run without --reuse-cv")
+        if cv["detector"]["c"] != DETECTOR_C:
+            parser.error(f"{stored} has the detector's CV at C = {cv['detector']['c']}, not {DETECTOR_C}: run without "
+                         "--reuse-cv")
+        if cv["detector"].get("packaged_ids", []) != [e.clip_id for e in packaged]:
+            parser.error(f"{stored} was made with other packaged music: run without --reuse-cv")
     else:
         genre_cv = nested_cv(music, tracks, folds, SEED, degradations)
-        detector_data = DetectorData(music, non_music, music_variants, non_music_variants)
         det_cv = detector_cv(detector_data, folds, negatives, held_out, SEED)
         cv = {"genre": genre_cv, "detector": det_cv}
         stored.write_text(json.dumps(cv))
+    music_threshold, threshold_rates = choose_threshold(cv["detector"])
+    print(f"music threshold {music_threshold} ({threshold_rates[f'{music_threshold:g}']['errors']} out-of-fold "
+          "errors)")
     genre_cv = cv["genre"]
     rows = genre_cv["rows"]
     for name, r in rows.items():
@@ -273,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:12s} acc {r['accuracy']:.3f} (folds {r['accuracy_fold_mean']:.3f} ± "
               f"{r['accuracy_fold_std']:.3f}) "
               f"macro-F1 {r['macro_f1']:.3f} ± {r['macro_f1_fold_std']:.3f} ECE {r['ece']:.3f}"
-              + (f" → {cal['ece_cross_fitted']:.3f} (T {cal['temperature']:.2f})" if cal else ""))
+              + (f" → {cal['ece_cross_fitted']:.3f} (T {cal['temperature']:.2f})" if cal else "")
+              + (f"; nested calibration ECE {r['nested_calibration']['ece']:.3f} (folds "
+                 f"{r['nested_calibration']['ece_fold_mean']:.3f} ± {r['nested_calibration']['ece_fold_std']:.3f})"
+                 if "nested_calibration" in r else ""))
     # Training copies under the degradations are kept when they cost no clean accuracy (within one clip).
     augmented = rows["nested+aug"]["accuracy"] >= rows["nested"]["accuracy"] - 1.0 / len(tracks)
     shipped_row = "nested+aug" if augmented else "nested"
@@ -295,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
           f"the folds: acc {recipe['accuracy']:.3f}, ECE {recipe['ece']:.3f} → "
           f"{recipe['calibration']['ece_cross_fitted']:.3f} (T {temperature:.2f})")
     head_model = fit_head(music, np.arange(len(tracks)), labels, choice, variants)
-    detector = fit_detector(DetectorData(music, non_music, music_variants, non_music_variants),
-                            np.arange(len(tracks)), np.arange(len(negatives)), DETECTOR_C)
+    detector = fit_detector(detector_data, np.arange(len(tracks)), np.arange(len(negatives)), DETECTOR_C,
+                            np.arange(len(packaged)))
     shipped_cv = rows[shipped_row]
     metrics = {"cv": f"artist-grouped stratified {N_FOLDS}-fold over {len(tracks)} clips, head chosen by an inner "
                      "4-fold CV, track level",
@@ -305,29 +348,40 @@ def main(argv: list[str] | None = None) -> int:
                            "ece_calibrated": recipe["calibration"]["ece_cross_fitted"], "temperature": temperature},
                "baseline": {"accuracy": rows["baseline"]["accuracy"], "macro_f1": rows["baseline"]["macro_f1"]},
                "head": f"{choice.name}{', trained with degraded copies' if augmented else ''}",
-               "music_detector": {"c": DETECTOR_C, "threshold": MUSIC_THRESHOLD}}
+               "music_detector": {"c": DETECTOR_C, "threshold": music_threshold},
+               "ece_nested": rows[shipped_row]["nested_calibration"]["ece"]}
     model = DefaultModel(net, GenreHead(net, choice.space, head_model, temperature),
                          GenreHead(net, "pooled", detector)).eval()
     training_data = (f"GTZAN: {len(tracks)} clips (../shared/data/gtzan and gtzan-excerpts)"
                      + (", also under " + ", ".join(degradations) if augmented else "")
                      + f"; non-music: {len(negatives)} clips (training/negatives.py) clean and "
-                     + ", ".join(non_music_variants[1:]))
-    spec = manifest(metrics, training_data)
+                     + ", ".join(non_music_variants[1:])
+                     + (f"; music detector also: {len(packaged)} excerpts of {len({e.package for e in packaged})} "
+                        "Debian packages' soundtracks (training/music_sources.py)" if packaged else ""))
+    spec = manifest(metrics, training_data, music_threshold)
     path, int8, info = export_files(model, spec, out, Path(args.calibration or data / "fma"))
     check_files = {"labelled": [t.path for t in tracks], "fma": sorted((data / "fma").glob("*.mp3")),
                    "realworld": [p for cid, p in evaluation if cid.startswith("realworld/")]}
-    runtime = runtime_check({"float32": path, "int8": int8}, check_files)
+    with tempfile.TemporaryDirectory() as tmp:
+        check_files["non-music"] = non_music_files(negatives, Path(tmp))
+        runtime = runtime_check({"float32": path, "int8": int8}, check_files)
     plot_confusion(np.array(rows[shipped_row]["report"]["confusion"]), GTZAN_GENRES,
                    out / f"{MODEL_NAME}.confusion.png",
                    f"{MODEL_NAME}: artist-grouped nested 5-fold CV (acc {rows[shipped_row]['accuracy']:.3f})")
-    calibrated = np.array(recipe["calibration"]["cross_fitted_probs"])
-    reliability_diagram(calibrated, labels, out / f"{MODEL_NAME}.reliability.png",
-                        f"{MODEL_NAME}: out-of-fold, artist-grouped, temperature cross-fitted "
-                        f"(ECE {recipe['calibration']['ece_cross_fitted']:.3f})")
-    cv["detector_summary"] = detector_summary(cv["detector"], negatives, MUSIC_THRESHOLD)
+    nested_cal = rows[shipped_row]["nested_calibration"]
+    reliability_diagram({f"nested, temperature per outer fold (ECE {nested_cal['ece']:.3f})":
+                         np.array(nested_cal["probs"]),
+                         f"shipped recipe, cross-fitted (ECE {recipe['calibration']['ece_cross_fitted']:.3f})":
+                         np.array(recipe["calibration"]["cross_fitted_probs"])},
+                        labels, out / f"{MODEL_NAME}.reliability.png",
+                        f"{MODEL_NAME}: artist-grouped out-of-fold, {len(tracks)} clips, 15 bins")
+    cv["detector_summary"] = detector_summary(cv["detector"], negatives, music_threshold)
+    cv["detector_summary"]["threshold_rates"] = threshold_rates
     report = {"tracks": [t.track_id for t in tracks], "groups": [t.group for t in tracks], "cv": cv,
               "shipped": {"row": shipped_row, "head": choice.name, "inner_accuracy": inner, "temperature": temperature,
-                          "augmented": augmented, "detector_c": DETECTOR_C, "music_threshold": MUSIC_THRESHOLD},
+                          "augmented": augmented, "detector_c": DETECTOR_C, "music_threshold": music_threshold,
+                          "packaged": [{"clip": e.clip_id, "package": e.package, "track": e.track,
+                                        "offset_s": e.offset_s} for e in packaged]},
               "export": info, "runtime": runtime, "python": platform.python_version(), "torch": torch.__version__,
               "seconds": time.perf_counter() - started}
     (out / f"{MODEL_NAME}.cv.json").write_text(json.dumps(report, indent=None, separators=(",", ":")))

@@ -6,6 +6,12 @@ window) pooled into max and mean per channel. A clip shorter than a window (135 
 are under 2.56 s, every one under 5.12 s) is one window pooled over its own frames, as the runtime
 does: nothing is padded or repeated, and nothing cropped.
 
+Clips: the labelled GTZAN clips (clean and every degradation), the non-music clips of
+:mod:`training.negatives` and the excerpts of packaged music of :mod:`training.music_sources` (clean and
+the channel's degradations: noise, MP3, telephone; the packages are fetched with ``apt-get download`` on
+the first run), and FMA/realworld (clean, a check only). ``--sets`` picks some; two processes, one with
+``--reverse``, share the work.
+
 Cache layout: ``<cache>/<variant>/<clip id>.npz`` with one float32 array [windows, 1506] per view,
 ``variant`` being ``clean`` or a degradation of :mod:`training.degrade` (seeded per clip). Files are
 written atomically, so an interrupted run resumes where it stopped.
@@ -34,6 +40,9 @@ from training.musicnn import MUSICNN_FRONT_END, MUSICNN_VIEWS, MSDMusicnn, Music
 MUSIC_VARIANTS = ("clean", *DEGRADATIONS)
 # Pitch shifts leave noise, hum and silence what they are: non-music is only degraded by the channel.
 NON_MUSIC_VARIANTS = ("clean", "noise-20db", "mp3-64k", "telephone")
+# The packaged music (training/music_sources.py) trains only the music detector: the channel's degradations.
+PACKAGE_VARIANTS = NON_MUSIC_VARIANTS
+SETS = ("labelled", "non-music", "evaluation", "packages")
 CHUNK_FRAMES = 4096  # frames of a long track computed per backbone call (memory), with exact context
 
 
@@ -125,6 +134,7 @@ def music_clips(data: Path) -> list[tuple[str, Path]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from training.music_sources import DEFAULT_ROOT, excerpts
     from training.musicnn import fetch_musicnn_wheel
     from training.negatives import all_non_music
 
@@ -132,14 +142,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="../shared/data", help="folder holding gtzan/ … (default ../shared/data)")
     parser.add_argument("--cache", default=".cache/features", help="cache folder (default .cache/features)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the box is shared)")
+    parser.add_argument("--sets", default=",".join(SETS),
+                        help=f"which clips, comma-separated (default all: {','.join(SETS)}); 'packages' fetches the "
+                             "Debian music packages of training/music_sources.py")
+    parser.add_argument("--packages", default=str(DEFAULT_ROOT),
+                        help=f"where the music packages are unpacked (default {DEFAULT_ROOT})")
+    parser.add_argument("--reverse", action="store_true",
+                        help="work through the list from its end (a second process then shares the work)")
     args = parser.parse_args(argv)
+    sets = {s for s in args.sets.split(",") if s}
+    if sets - set(SETS):
+        parser.error(f"--sets: unknown {sorted(sets - set(SETS))}; known: {', '.join(SETS)}")
     torch.set_num_threads(args.threads)
     cache = FeatureCache(args.cache, MSDMusicnn.pretrained(fetch_musicnn_wheel()))
     data = Path(args.data)
     music = music_clips(data)
     labelled = [c for c in music if "/" not in c[0]]
     evaluation = [c for c in music if "/" in c[0]]
-    negatives = all_non_music()
+    negatives = all_non_music() if "non-music" in sets else []
+    packaged = excerpts(root=Path(args.packages)) if "packages" in sets else []
+    labelled = labelled if "labelled" in sets else []
+    evaluation = evaluation if "evaluation" in sets else []
     sr = MUSICNN_FRONT_END.sample_rate
     jobs: list[tuple[str, str, Callable[[], np.ndarray]]] = []
     jobs += [("clean", cid, decoder(p)) for cid, p in labelled]
@@ -147,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs += [("clean", cid, decoder(p)) for cid, p in evaluation]
     jobs += [(v, cid, decoder(p)) for v in MUSIC_VARIANTS[1:] for cid, p in labelled]
     jobs += [(v, f"nonmusic/{n.clip_id}", lambda n=n: n.make(sr)) for v in NON_MUSIC_VARIANTS[1:] for n in negatives]
+    jobs += [(v, e.clip_id, lambda e=e: e.make(sr)) for v in PACKAGE_VARIANTS for e in packaged]
+    if args.reverse:
+        jobs.reverse()
     started = time.time()
     for i, (variant, cid, audio) in enumerate(jobs):
         if not cache.has(variant, cid):
