@@ -255,14 +255,15 @@ def write_card(out: Path, name: str, report: dict, negatives: Sequence) -> Path:
     features = ("1506 pooled channels (after its pretrained batch norm)" if shipped["head"].startswith("pooled")
                 else "200-d MSD embedding (pooled channels → dense → ReLU → batch norm, all pretrained)")
     copies = ", plus their copies under every degradation below" if shipped["augmented"] else ""
-    missed = sorted({"/".join(Path(r["file"]).parts[-2:]) for m in ("float32", "int8")
-                     for set_name, rows_ in runtime[m].items() if set_name != "non-music" for r in rows_
-                     if not r["music"]})
-    missed_music = ", ".join(f"`{m}`" for m in missed) if missed else "none of the shared music files"
-    music_rows = [r for set_name, rows_ in runtime["float32"].items() if set_name != "non-music" for r in rows_]
-    lowest = min(music_rows, key=lambda r: r["music_probability"])
-    lowest_music = (f"lowest music probability {lowest['music_probability']:.2f}, "
-                    f"`{'/'.join(Path(lowest['file']).parts[-2:])}`")
+    def music_verdict(model: str) -> str:
+        rows_ = [r for set_name, rs in runtime[model].items() if set_name != "non-music" for r in rs]
+        missed = sorted("/".join(Path(r["file"]).parts[-2:]) for r in rows_ if not r["music"])
+        lowest = min(rows_, key=lambda r: r["music_probability"])
+        return (f"the {model} file calls {', '.join(f'`{m}`' for m in missed) if missed else 'none'} of the "
+                f"{len(rows_)} shared music files no music (its lowest music probability "
+                f"{lowest['music_probability']:.3f}, `{'/'.join(Path(lowest['file']).parts[-2:])}`)")
+
+    missed_music = "; ".join(music_verdict(m) for m in ("float32", "int8"))
     cost32 = seconds_per_30s(runtime["float32"]["realworld"])
     cost8 = seconds_per_30s(runtime["int8"]["realworld"])
     chosen = ", ".join(f"{c}" for c in genre["chosen"])
@@ -390,8 +391,7 @@ The runtime loads it instead of the float32 file on the CPU when no model is nam
   it says on GTZAN-like audio. Off GTZAN's taxonomy (electronic, soundtracks, world music) the genre is
   still one of ten and its confidence is not calibrated for that.
 - Music the detector has not heard the like of can come out **no music**. GTZAN has no ambient or
-  drone music; the game soundtracks added as positives cover some of it, and the shipped model (float32
-  or int8) calls {missed_music} of the {len(music_rows)} shared music files no music ({lowest_music}).
+  drone music; the game soundtracks added as positives cover some of it: {missed_music}.
   Quieter, sparser music than those soundtracks can still fall below the threshold. Such a file gets no
   genre (never a wrong one); `genre-tagger library list --no-music` finds them.
 - The more kinds of music the detector accepts, the more unheard kinds of noise pass as music: in the
