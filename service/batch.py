@@ -285,7 +285,8 @@ def _local_rows(todo: list[str], tagger_arguments: dict[str, Any], jobs: int) ->
 
 
 def _identified(todo: list[str], identities: dict[str, dict]) -> Iterator[str]:
-    # Each file's size, mtime and fingerprint as it is just before it goes to a worker.
+    # Each file's size, mtime and fingerprint as it is when it is queued for the jobs (at most two windows of
+    # tagger.parallel.DISPATCH_WINDOW files before it is tagged).
     for path in todo:
         identities[path] = file_identity(path)
         yield path
