@@ -22,7 +22,6 @@ import os
 import queue
 import signal
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -138,6 +137,9 @@ def _tag_in_worker(index: int, path: str | Path, tag_options: dict[str, Any]) ->
     return tag_one(_worker_tagger, index, path, **tag_options)
 
 
+_STOP = object()  # queued by WorkerPool.close, one per slot thread
+
+
 class WorkerPool:
     """Tags files on ``jobs`` slots: one in this process with ``tagger`` itself, the others in ``jobs - 1``
     worker processes, each holding a :class:`~tagger.pipeline.Tagger` built like ``tagger``
@@ -201,12 +203,12 @@ class WorkerPool:
         while not self._stop.is_set():
             if ahead and self._queue.qsize() <= self.jobs:
                 # Near the end, a file queued behind a worker's could wait there while another job is free.
-                time.sleep(0.05)
+                self._stop.wait(0.05)
                 continue
-            try:
-                index, path, options, future = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
+            item = self._queue.get()
+            if item is _STOP:  # close() wakes every slot at once (polling cost each run up to 0.2 s at its end)
+                break
+            index, path, options, future = item
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -256,10 +258,13 @@ class WorkerPool:
             executor, self._executor = self._executor, None
         while True:
             try:
-                *_, future = self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            future.cancel()
+            if item is not _STOP:
+                item[-1].cancel()
+        for _ in self._slots:
+            self._queue.put(_STOP)
         if executor is not None:
             processes = list(getattr(executor, "_processes", {}).values())
             executor.shutdown(wait=False, cancel_futures=True)
