@@ -55,8 +55,8 @@ MAX_RESTARTS = 3
 def default_jobs(cores: int | None = None) -> int:
     """Files tagged at once by default: one per usable core.
 
-    With one intra-op thread per job a job keeps a little more than one core busy (its decoding thread
-    runs beside the model), so one job per core leaves no core idle without oversubscribing the machine.
+    Each of them then runs with one intra-op thread and decodes in the model's thread
+    (:func:`decode_ahead_for_jobs`), keeping one core busy: no core idle, none oversubscribed.
     """
     return max(1, cores if cores is not None else usable_cores())
 
