@@ -92,11 +92,11 @@ class LiveSection:
     # in the README and models/msd-musicnn-gtzan.live.json). Only decided genres are announced.
     horizon_seconds: float = 4.0
     hysteresis: int = 3
-    evidence_nats: float = 5.0
-    drift_nats: float = 0.5
+    evidence_nats: float = 4.0
+    drift_nats: float = 1.0
     cap_nats: float = 6.0
     evidence_views: str = "shortest"
-    music_evidence_nats: float = 15.0
+    music_evidence_nats: float = 9.0
     block_seconds: float = 0.05
     buffer_seconds: float = 30.0
     sample_rate: int = 0

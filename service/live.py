@@ -122,11 +122,11 @@ class ChangeSettings:
     # Chosen by python -m training.live_eval on the tuning half of its streams (see service/config.py).
     horizon_seconds: float | None = 4.0
     hysteresis: int = 3
-    evidence_nats: float = 5.0
-    drift_nats: float = 0.5
+    evidence_nats: float = 4.0
+    drift_nats: float = 1.0
     cap_nats: float = 6.0
     evidence_views: str = "shortest"
-    music_evidence_nats: float = 15.0
+    music_evidence_nats: float = 9.0
 
 
 class ChangeDetector:

@@ -342,7 +342,7 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
     spurious: dict[str, list[int]] = {}
     hours: dict[str, float] = {}
     for rec in streams.steady:
-        kind = "realworld" if rec.name.startswith("realworld/") else "pairs" if " → " in rec.name else "clips"
+        kind = "pairs" if " → " in rec.name else "realworld" if rec.name.startswith("realworld/") else "clips"
         spurious.setdefault(kind, []).append(max(0, len(replay(rec, tagger, settings)) - 1))
         hours[kind] = hours.get(kind, 0.0) + rec.seconds / 3600
     d = np.array(delays) if delays else np.zeros(1)
