@@ -14,16 +14,15 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
+from service.live import ChangeSettings
 from service.sinks import SinkSettings, sink_classes
 from service.sinks.zmq import PublishSection
 from tagger.errors import ConfigError, TaggerError
 
-if TYPE_CHECKING:
-    from service.live import ChangeSettings
-
 CORE_SECTIONS = ("daemon", "tagging", "folders", "live")
+_CHANGES = ChangeSettings()
 
 
 def default_sink_settings() -> dict[str, SinkSettings]:
@@ -90,13 +89,14 @@ class LiveSection:
     # Chosen by measurement (python -m training.live_eval: switch streams between shared clips, talk
     # streams, single-genre streams; artists split in halves, chosen on one, checked on the other; numbers
     # in the README and models/msd-musicnn-gtzan.live.json). Only decided genres are announced.
-    horizon_seconds: float = 4.0
-    hysteresis: int = 3
-    evidence_nats: float = 4.0
-    drift_nats: float = 1.0
-    cap_nats: float = 6.0
-    evidence_views: str = "shortest"
-    music_evidence_nats: float = 9.0
+    # The values themselves are the change detector's defaults (service.live.ChangeSettings): one place.
+    horizon_seconds: float = _CHANGES.horizon_seconds or 0.0
+    hysteresis: int = _CHANGES.hysteresis
+    evidence_nats: float = _CHANGES.evidence_nats
+    drift_nats: float = _CHANGES.drift_nats
+    cap_nats: float = _CHANGES.cap_nats
+    evidence_views: str = _CHANGES.evidence_views
+    music_evidence_nats: float = _CHANGES.music_evidence_nats
     block_seconds: float = 0.05
     buffer_seconds: float = 30.0
     sample_rate: int = 0
@@ -107,8 +107,6 @@ class LiveSection:
 
     def change_settings(self) -> ChangeSettings:
         """The live path's change detection settings (service.live.ChangeSettings)."""
-        from service.live import ChangeSettings
-
         return ChangeSettings(self.horizon_seconds or None, self.hysteresis, self.evidence_nats, self.drift_nats,
                               self.cap_nats, self.evidence_views, self.music_evidence_nats)
 
