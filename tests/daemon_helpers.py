@@ -121,6 +121,34 @@ def holds_open(pid: int, path: Path) -> bool:
     return False
 
 
+def tcp_connected(pid: int, endpoint: str) -> bool:
+    """Whether process ``pid`` has an established TCP connection to ``endpoint`` (``tcp://HOST:PORT``), read
+    from /proc: a subprocess's subscriber is connected, not merely started, before the test goes on."""
+    port = int(endpoint.rsplit(":", 1)[1])
+    inodes = set()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except (FileNotFoundError, PermissionError):
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(fd)
+        except (FileNotFoundError, PermissionError):
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()  # sl local_address rem_address st ... uid timeout inode
+            if fields[9] in inodes and fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def children(pid: int) -> list[int]:
     """Direct child process ids of ``pid``."""
     found: list[int] = []

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon_helpers import start_daemon, stop_daemon
+from daemon_helpers import start_daemon, stop_daemon, tcp_connected, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -45,7 +45,11 @@ def test_zeromq_example_receives_a_track_from_the_daemon(tiny_model: Path, tmp_p
     try:
         reader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True)
-        time.sleep(2.0)  # the subscriber connects before the file arrives
+        # The subscriber connects before the file arrives (a fixed 2 s was not enough for a Python start on a
+        # loaded box: the track went out before anyone listened and the example waited forever).
+        assert wait_until(lambda: tcp_connected(reader.pid, endpoint) or reader.poll() is not None, 120)
+        assert reader.poll() is None, reader.communicate()[1]
+        time.sleep(0.5)  # the subscription itself follows the connection in ZeroMQ's handshake
         shutil.copy(realworld / "warzone2100-music" / "menu.opus", music / "menu.opus")
         out, err = reader.communicate(timeout=120)
         assert reader.returncode == 0, err
@@ -173,7 +177,7 @@ def _script(line: str, cwd: Path, exec_: bool = False) -> str:
 
 def test_the_readme_command_lines_work_in_a_fresh_shell(tmp_path: Path, format_files: dict[str, Path],
                                                         realworld: Path) -> None:
-    from daemon_helpers import free_endpoint, query, wait_until
+    from daemon_helpers import free_endpoint, query
 
     home, work = tmp_path / "home", tmp_path / "work"
     (home / "Music" / "Jazz").mkdir(parents=True)
