@@ -313,6 +313,11 @@ def _stats(library, args) -> int:
     if writes["files"]:
         print(f"  genres written into {writes['files']} files' tags by {writes['runs']} runs "
               "(`library restore-tags` undoes them)")
+    if writes["owed"]:
+        print(f"  {writes['owed']} genre writes into files owed (the daemon makes them while [tags] write is on)")
+    if writes["failed"]:
+        print(f"  {writes['failed']} genre writes into files failed for good (`library show PATH` says why; "
+              "the daemon's [tagging] retry_errors tries them again)")
     for output, labels in stats["top_genres"].items():
         total = sum(labels.values())
         print(f"  {output}: top genre of {total} tracks")

@@ -91,6 +91,11 @@ class Daemon:
             self.decoders.put(decoder)
         if c.tagging.retry_errors:
             self.library.requeue_errors()
+            self.library.retry_failed_tag_writes()
+        owed, _ = self.library.owed_counts()
+        if owed and not self.hub.takes_owed():
+            log.warning("%d genre writes into files are owed from before, and kept: file tagging is off "
+                        "([tags] write = false); they are made when it is turned on again", owed)
         self.watcher = FolderWatcher(c.folders.roots, c.library_path, c.folders.settle_seconds, self.wake.set,
                                      c.folders.scan_on_start) if c.folders.roots else None
         self.lives: list[LiveCapture | LiveFile] = []
@@ -182,8 +187,10 @@ class Daemon:
 
     def _status_line(self) -> str:
         c = self.counters
-        line = (f"{c.tagged} tagged, {c.errors} errors, {self.library.pending_count()} queued; "
-                f"model {self.tagger.manifest.name} on {self.tagger.provider}")
+        owed, _ = self.library.owed_counts()
+        line = (f"{c.tagged} tagged, {c.errors} errors, {self.library.pending_count()} queued"
+                + (f", {owed} tag writes owed" if owed else "")
+                + f"; model {self.tagger.manifest.name} on {self.tagger.provider}")
         waiting = blocked_message(self.config.library_path)
         return f"{waiting}; {line}" if waiting else line
 
@@ -198,7 +205,7 @@ class Daemon:
             audio_seconds=c.audio_seconds, realtime_factor=rate, provider=self.tagger.provider,
             model=f"{self.tagger.manifest.name} {self.tagger.manifest.version}", dropped_messages=self.hub.dropped,
             live={live.source: live.status.as_dict() for live in self.lives}, sinks=self.hub.counts(),
-            library=blocked_message(self.config.library_path)))
+            library=blocked_message(self.config.library_path), tag_writes_owed=self.library.owed_counts()[0]))
         self.notifier.status(self._status_line())
 
     # -- tagging worker ----------------------------------------------------------------------------
@@ -269,7 +276,8 @@ class Daemon:
             return
         if current != row.fingerprint:
             return  # changed while we read it: the watcher queues it again with its new content
-        if library.record_result(row.id, result, current):  # the library first, then the sinks
+        # The library first (with a durable note of the file-tag write owed, if any), then the sinks.
+        if library.record_result(row.id, result, current, owe_tags=self.hub.owes(result)):
             self.counters.tagged += 1
             self.counters.audio_seconds += result.duration_s
             self.hub.track(TrackDone(row.id, str(path), result, top_k=self.config.tagging.top_k))

@@ -188,6 +188,8 @@ class Status:
         live: per live source, its capture status. sinks: per sink, its counts (see SinkHub.counts).
         library: while the library cannot be written, why and for how long ("library locked by another
         process for 42 s"); None when it is writable.
+        tag_writes_owed: genre writes into files recorded as owed and not yet made (the tags sink makes
+        them; while file tagging is off they wait). None: not counted.
     """
 
     uptime_s: float
@@ -202,6 +204,7 @@ class Status:
     live: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sinks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     library: str | None = None
+    tag_writes_owed: int | None = None
     ts: float = field(default_factory=_now)
 
     @cached_property
@@ -217,6 +220,8 @@ class Status:
             message["sinks"] = {name: dict(s) for name, s in self.sinks.items()}
         if self.library:
             message["library"] = self.library
+        if self.tag_writes_owed is not None:
+            message["tag_writes_owed"] = self.tag_writes_owed
         return message
 
     def as_message(self) -> Message:

@@ -1,6 +1,6 @@
 """The SQLite library: tracks, their genres, per-view results, and the durable work queue.
 
-Schema (version 6; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
+Schema (version 7; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
 
 ``tracks``
     id, path (unique), size (bytes), mtime (seconds), fingerprint (see :func:`fingerprint`),
@@ -24,6 +24,15 @@ Schema (version 6; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades ol
     the file's genre tags before and after the write), policy, settings (JSON: outputs, threshold,
     aliases), model, model_version, size, mtime, fingerprint (the file after the write), restored_at.
     ``library restore-tags`` puts ``before`` back.
+``tags_owed``
+    id, track_id (unique), fingerprint (the file the result is for), result (JSON: the result's
+    probabilities for every label, see :func:`result_json`), owed_at, attempts, failed_at, error.
+    A genre write into the file that the daemon owes: stored in the same transaction as the result it
+    comes from, removed only after the write was made and verified (or found unnecessary), so a kill
+    -9, a crash or a power cut between the two loses no write (the daemon makes it at its next start,
+    from this row, without tagging the file again). A write that failed for good (a read-only file, an
+    unsupported format, or :data:`OWED_ATTEMPTS` failures) keeps its row with ``failed_at`` and the
+    reason, visible in ``library stats`` and ``library show``; ``retry_errors`` tries it again.
 
 Pending rows are the queue: a restart resumes them. Each track's result is written in one
 transaction (genres replaced, status set), so a crash never leaves a half-written track. WAL mode
@@ -37,6 +46,7 @@ UTF-8 are stored losslessly as BLOBs of the file name's bytes (readers get ``byt
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -58,7 +68,9 @@ from tagger.pipeline import TrackResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
+# An owed tag write that failed this many times (across daemon starts) is recorded as failed for good.
+OWED_ATTEMPTS = 3
 # How long SQLite itself waits for a lock (ms) before a write is retried here, with backoff.
 BUSY_TIMEOUT_MS = 2_000
 RETRY_MAX_DELAY_S = 2.0
@@ -165,6 +177,64 @@ class TrackRow:
         return cls(row[0], fs_path(row[1]), *row[2:])
 
 
+@dataclass(frozen=True)
+class OwedWrite:
+    """A genre write into a file that the daemon owes (a ``tags_owed`` row) and its track as it is now.
+
+    Attributes:
+        id: the owed row's id. track_id: its track. path, status, fingerprint: the track's now (None when the
+        track is gone). owed_fingerprint: the file's fingerprint when the result was stored. result: JSON
+        (:func:`result_json`). attempts: failed tries so far.
+    """
+
+    id: int
+    track_id: int
+    path: str | None
+    status: str | None
+    fingerprint: str | None
+    owed_fingerprint: str | None
+    result: str
+    attempts: int
+
+    @property
+    def current(self) -> bool:
+        """Whether the result is still the track's: tagged, same content (else a new result decides)."""
+        return self.status == TAGGED and self.fingerprint is not None and self.fingerprint == self.owed_fingerprint
+
+
+def result_json(result: TrackResult) -> str:
+    """What a file's tag write needs of a result: each output's probability for every label, the music
+    detector's answer and the model (the library's ``genres`` keep only the top labels)."""
+    return json.dumps({
+        "model": result.model, "model_version": result.model_version, "duration_s": result.duration_s,
+        "music": result.music, "music_probability": result.music_probability,
+        "outputs": {name: {"title": est.title, "multi_label": est.multi_label, "threshold": est.threshold,
+                           "labels": [s.label for s in est.scores], "scores": [s.score for s in est.scores],
+                           "slices": est.slices}
+                    for name, est in result.outputs.items()}})
+
+
+def result_from_json(text: str, path: str = "") -> TrackResult:
+    """The :class:`TrackResult` a ``tags_owed`` row was stored from (its estimates judged at their own
+    threshold; a tag writer judges them again at its own). Raises ValueError for a row it cannot read."""
+    from tagger.ensemble import summarise
+    from tagger.model import OutputSpec
+
+    try:
+        data = json.loads(text)
+        outputs = {}
+        for name, out in data["outputs"].items():
+            labels = tuple(out["labels"])
+            if not labels or len(labels) != len(out["scores"]):
+                raise ValueError(f"output {name}: {len(labels)} labels, {len(out['scores'])} scores")
+            spec = OutputSpec(name, name, "sigmoid" if out["multi_label"] else "softmax", labels, out["title"])
+            outputs[name] = summarise(spec, out["scores"], {}, out.get("slices") or {}, out["threshold"], len(labels))
+        return TrackResult(path, float(data["duration_s"]), outputs, data["model"], data["model_version"], "", 0.0,
+                           music=bool(data["music"]), music_probability=data.get("music_probability"))
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"a stored result that cannot be read ({type(exc).__name__}: {exc})") from None
+
+
 def _create_v1(db: sqlite_utils.Database) -> None:
     db["tracks"].create({
         "id": int, "path": str, "size": int, "mtime": float, "fingerprint": str, "duration_s": float,
@@ -228,8 +298,18 @@ def _v5_to_v6(db: sqlite_utils.Database) -> None:
         db["tracks"].add_column("analysed_s", float)
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
-OUR_TABLES = frozenset(("tracks", "genres", "track_views", "tag_runs", "tag_writes"))
+def _v6_to_v7(db: sqlite_utils.Database) -> None:
+    # v7: genre writes into files the daemon owes, so that a kill -9 between the result and the write loses none.
+    db["tags_owed"].create({
+        "id": int, "track_id": int, "fingerprint": str, "result": str, "owed_at": str, "attempts": int,
+        "failed_at": str, "error": str,
+    }, pk="id", not_null={"track_id", "result"}, defaults={"attempts": 0}, if_not_exists=True)
+    db["tags_owed"].create_index(["track_id"], unique=True, if_not_exists=True)
+    db["tags_owed"].create_index(["failed_at"], if_not_exists=True)
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7}
+OUR_TABLES = frozenset(("tracks", "genres", "track_views", "tag_runs", "tag_writes", "tags_owed"))
 
 
 def migrate(db: sqlite_utils.Database) -> int:
@@ -446,6 +526,8 @@ class Library:
                                 "AND id != ?)", [db_path(dest), known.id])
                 self.db.execute("DELETE FROM track_views WHERE track_id IN (SELECT id FROM tracks WHERE path = ? "
                                 "AND id != ?)", [db_path(dest), known.id])
+                self.db.execute("DELETE FROM tags_owed WHERE track_id IN (SELECT id FROM tracks WHERE path = ? "
+                                "AND id != ?)", [db_path(dest), known.id])
                 self.db.execute("DELETE FROM tracks WHERE path = ? AND id != ?", [db_path(dest), known.id])
                 self.db.execute("UPDATE tracks SET path = ? WHERE id = ?", [db_path(dest), known.id])
             return True
@@ -536,9 +618,12 @@ class Library:
 
     # -- results -----------------------------------------------------------------------------------
 
-    def record_result(self, track_id: int, result: TrackResult, expected_fingerprint: str | None = None) -> bool:
+    def record_result(self, track_id: int, result: TrackResult, expected_fingerprint: str | None = None,
+                      owe_tags: bool = False) -> bool:
         """Write a track's genres and mark it tagged, in one transaction.
 
+        ``owe_tags``: the result's genres are to be written into the file (the daemon's tags sink): a
+        ``tags_owed`` row is stored in the same transaction, so the write survives a crash before it is made.
         Returns False (and writes nothing) when the row changed meanwhile (a file modified or deleted
         while it was being tagged): it will be tagged again from its new state. While the library is
         locked or the disk full, waits with the result in memory (see :meth:`_retry`).
@@ -550,7 +635,7 @@ class Library:
                 row = self.db.execute("SELECT status, fingerprint FROM tracks WHERE id = ?", [track_id]).fetchone()
                 if not row or row[0] != PENDING or (expected_fingerprint and row[1] != expected_fingerprint):
                     return False
-                self._store_result(track_id, result)
+                self._store_result(track_id, result, owe_tags)
             return True
 
         return self._retry(write)
@@ -575,7 +660,13 @@ class Library:
 
         return self._retry(write)
 
-    def _store_result(self, track_id: int, result: TrackResult) -> None:
+    def _store_result(self, track_id: int, result: TrackResult, owe_tags: bool = False) -> None:
+        # A new result replaces the write the old one owed (or its failure): the new one decides.
+        self.db.execute("DELETE FROM tags_owed WHERE track_id = ?", [track_id])
+        if owe_tags:
+            self.db.execute("INSERT INTO tags_owed (track_id, fingerprint, result, owed_at) "
+                            "SELECT id, fingerprint, ?, ? FROM tracks WHERE id = ?",
+                            [result_json(result), now_iso(), track_id])
         self.db.execute("DELETE FROM genres WHERE track_id = ?", [track_id])
         self.db.execute("DELETE FROM track_views WHERE track_id = ?", [track_id])
         genre_rows, view_rows = [], []
@@ -614,6 +705,81 @@ class Library:
             with self.db.conn:
                 return self.db.execute("UPDATE tracks SET status = 'error', error = ?, attempts = attempts + 1 "
                                        f"WHERE id = ?{condition}", args).rowcount > 0
+
+        return self._retry(write)
+
+    # -- genre writes the daemon owes ------------------------------------------------------------------
+
+    def owed_writes(self, after_id: int = 0, up_to_id: int | None = None, limit: int = 100) -> list[OwedWrite]:
+        """Owed tag writes not failed for good, by id (``after_id`` < id <= ``up_to_id``), with their track."""
+        rows = self.db.execute(
+            "SELECT o.id, o.track_id, t.path, t.status, t.fingerprint, o.fingerprint, o.result, o.attempts "
+            "FROM tags_owed o LEFT JOIN tracks t ON t.id = o.track_id WHERE o.failed_at IS NULL AND o.id > ? "
+            "AND o.id <= ? ORDER BY o.id LIMIT ?", [after_id, up_to_id if up_to_id is not None else 2 ** 62, limit])
+        return [OwedWrite(r[0], r[1], None if r[2] is None else fs_path(r[2]), r[3], r[4], r[5], r[6], r[7])
+                for r in rows.fetchall()]
+
+    def owed_write(self, track_id: int) -> OwedWrite | None:
+        """The write owed for this track (not failed for good), or None."""
+        row = self.db.execute("SELECT id FROM tags_owed WHERE track_id = ? AND failed_at IS NULL",
+                              [track_id]).fetchone()
+        if row is None:
+            return None
+        found = self.owed_writes(row[0] - 1, row[0], 1)
+        return found[0] if found else None
+
+    def last_owed_id(self) -> int:
+        return self.db.execute("SELECT coalesce(max(id), 0) FROM tags_owed").fetchone()[0]
+
+    def queue_again(self, track_ids: list[int], priority: int = -1) -> int:
+        """Queue tagged tracks again (behind other work at the default ``priority``)."""
+        def write() -> int:
+            with self.db.conn:
+                return sum(self.db.execute("UPDATE tracks SET status = 'pending', priority = ?, attempts = 0, "
+                                           "queued_at = ? WHERE id = ? AND status = 'tagged'",
+                                           [priority, now_iso(), i]).rowcount for i in track_ids)
+
+        return self._retry(write)
+
+    def owed_done(self, owed_id: int) -> None:
+        """The owed write was made and verified, or is not needed any more (by its row id: a newer result's
+        write, owed meanwhile, stays owed)."""
+        def write() -> None:
+            with self.db.conn:
+                self.db.execute("DELETE FROM tags_owed WHERE id = ?", [owed_id])
+
+        self._retry(write)
+
+    def owed_failed(self, owed_id: int, error: str, lasting: bool) -> bool:
+        """An owed write that failed: recorded as failed for good when ``lasting`` (a read-only file, an
+        unsupported format) or after :data:`OWED_ATTEMPTS` attempts; else kept owed, to be tried again at
+        the next start. Returns whether it failed for good."""
+        def write() -> bool:
+            with self.db.conn:
+                self.db.execute(
+                    "UPDATE tags_owed SET attempts = attempts + 1, error = ?, failed_at = CASE WHEN ? OR "
+                    "attempts + 1 >= ? THEN ? END WHERE id = ?",
+                    [error.splitlines()[0][:500] if error else "", int(lasting), OWED_ATTEMPTS, now_iso(), owed_id])
+                row = self.db.execute("SELECT failed_at FROM tags_owed WHERE id = ?", [owed_id]).fetchone()
+            return bool(row and row[0])
+
+        return self._retry(write)
+
+    def owed_counts(self) -> tuple[int, int]:
+        """(owed, failed for good) tag writes; (0, 0) in a library older than schema v7 (read-only use)."""
+        try:
+            owed, failed = self.db.execute("SELECT count(*) - count(failed_at), count(failed_at) FROM tags_owed"
+                                           ).fetchone()
+        except sqlite3.OperationalError:
+            return 0, 0
+        return owed or 0, failed or 0
+
+    def retry_failed_tag_writes(self) -> int:
+        """Owed tag writes that failed for good are owed again, from their first attempt (``retry_errors``)."""
+        def write() -> int:
+            with self.db.conn:
+                return self.db.execute("UPDATE tags_owed SET failed_at = NULL, attempts = 0 "
+                                       "WHERE failed_at IS NOT NULL").rowcount
 
         return self._retry(write)
 
@@ -743,9 +909,10 @@ class Library:
                                      ).fetchall())
         files, runs = self.db.execute("SELECT count(DISTINCT track_id), count(DISTINCT run_id) FROM tag_writes "
                                       "WHERE restored_at IS NULL").fetchone()
+        owed, failed = self.owed_counts()
         return {"tracks": {s: counts.get(s, 0) for s in STATUSES}, "top_genres": by_output,
                 "music": {"music": music.get(1, 0), "no_music": music.get(0, 0), "unknown": music.get(None, 0)},
-                "tag_writes": {"files": files, "runs": runs},
+                "tag_writes": {"files": files, "runs": runs, "owed": owed, "failed": failed},
                 "schema_version": SCHEMA_VERSION, "path": str(self.path)}
 
     def search(self, label: str | None = None, min_score: float = 0.0, output: str | None = None,
@@ -808,6 +975,11 @@ class Library:
              "restored_at": w["restored_at"]}
             for w in (_decode_write(r) for r in self.db.query("SELECT * FROM tag_writes WHERE track_id = ? "
                                                               "ORDER BY id", [track["id"]]))]
+        track["tags_owed"] = None
+        with contextlib.suppress(sqlite3.OperationalError):  # a library older than v7, opened read-only
+            owed = list(self.db.query("SELECT owed_at, attempts, failed_at, error FROM tags_owed WHERE track_id = ?",
+                                      [track["id"]]))
+            track["tags_owed"] = owed[0] if owed else None
         return track
 
 

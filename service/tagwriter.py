@@ -82,6 +82,7 @@ class Outcome:
     before: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     reason: str = ""
+    lasting: bool = False  # a skip or failure that trying again will not mend (a read-only file, a format)
 
     def line(self) -> str:
         def show(genres: tuple[str, ...]) -> str:
@@ -194,7 +195,7 @@ class TagWriter:
 
             done = write_state(path, target, expected=current, before_replace=record)
         except FileSkipped as exc:
-            return Outcome(path, SKIPPED, reason=_reason(exc, path))
+            return Outcome(path, SKIPPED, reason=_reason(exc, path), lasting=exc.lasting)
         except (TagWriteError, OSError) as exc:
             return Outcome(path, FAILED, reason=_reason(exc, path))
         return Outcome(path, WRITTEN if done.changed else UNCHANGED, current.genres, target.genres)

@@ -63,7 +63,15 @@ class TagWriteError(TaggerError):
 
 
 class FileSkipped(TagWriteError):
-    """A file left alone on purpose (read-only, locked, hard-linked, changed since it was tagged)."""
+    """A file left alone on purpose (read-only, locked, hard-linked, changed since it was tagged).
+
+    ``lasting``: trying again will not help until the user changes something (a read-only file, an
+    unsupported format, hard links); False for what passes (a lock, a change since it was tagged).
+    """
+
+    def __init__(self, message: str, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 @dataclass(frozen=True)
@@ -186,11 +194,11 @@ def _open(path: Path) -> Any:
         raise TagWriteError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if f is None:
         raise FileSkipped(f"{path}: not a format whose tags genre-tagger writes (mp3, flac, ogg, opus, m4a, wav, "
-                          "aiff), tags not written")
+                          "aiff), tags not written", lasting=True)
     kind = _kind(f)
     if kind is None:
         raise FileSkipped(f"{path}: {type(f).__name__} files are not written (mp3, flac, ogg, opus, m4a, wav, aiff "
-                          "are), tags not written")
+                          "are), tags not written", lasting=True)
     return f
 
 
@@ -392,14 +400,15 @@ class WriteResult:
 def check_writable(path: Path) -> None:
     """Raise :class:`FileSkipped` for files genre-tagger must not rewrite."""
     if not path.is_file():
-        raise FileSkipped(f"{path}: not a file")
+        raise FileSkipped(f"{path}: not a file", lasting=True)
     st = path.stat()
     if not os.access(path, os.W_OK) or not st.st_mode & 0o222:
-        raise FileSkipped(f"{path}: read-only file, tags not written")
+        raise FileSkipped(f"{path}: read-only file, tags not written", lasting=True)
     if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise FileSkipped(f"{path}: its folder is read-only, tags not written")
+        raise FileSkipped(f"{path}: its folder is read-only, tags not written", lasting=True)
     if st.st_nlink > 1:
-        raise FileSkipped(f"{path}: has {st.st_nlink} hard links (replacing it would split them), tags not written")
+        raise FileSkipped(f"{path}: has {st.st_nlink} hard links (replacing it would split them), tags not written",
+                          lasting=True)
 
 
 def write_state(path: str | Path, target: GenreState, *, expected: GenreState | None = None,

@@ -393,9 +393,10 @@ def test_only_a_real_delivery_counts_as_a_success_that_ends_a_backoff(caplog) ->
     assert slot.counts.consecutive_failures == 2  # the count goes on: the backoff engages at the third
 
 
-def test_tag_writes_the_tags_sink_never_made_are_queued_again_not_lost(tmp_path: Path, caplog) -> None:
+def test_tag_writes_the_tags_sink_never_made_stay_owed_not_lost(tmp_path: Path, caplog) -> None:
     """Its queue overflowed while a write hung, then the daemon stopped: every file whose tags were not
-    written goes back into the queue (behind other work), to be tagged and written again."""
+    written keeps its owed write in the library (made from there later; test_tags_owed.py), and none is
+    queued to be tagged again."""
     import sqlite3
 
     from service.library import Library
@@ -407,6 +408,8 @@ def test_tag_writes_the_tags_sink_never_made_are_queued_again_not_lost(tmp_path:
     with sqlite3.connect(db) as conn:
         conn.executemany("INSERT INTO tracks (path, size, mtime, status, queued_at, attempts) "
                          "VALUES (?, 1, 0, 'tagged', '', 1)", [(f"/music/{i}.flac",) for i in range(1, 7)])
+        conn.executemany("INSERT INTO tags_owed (track_id, result, owed_at) VALUES (?, '{}', '')",
+                         [(i,) for i in range(1, 7)])
     config = Config()
     config.daemon.library = str(db)
 
@@ -431,9 +434,12 @@ def test_tag_writes_the_tags_sink_never_made_are_queued_again_not_lost(tmp_path:
         sink.release.set()
     with sqlite3.connect(db) as conn:
         rows = dict(conn.execute("SELECT id, status || ' ' || priority FROM tracks"))
-    assert rows == {1: "tagged 0", **{i: "pending -1" for i in range(2, 7)}}
+        owed = [i for (i,) in conn.execute("SELECT track_id FROM tags_owed WHERE failed_at IS NULL ORDER BY 1")]
+    assert rows == {i: "tagged 0" for i in range(1, 7)}  # not tagged again: their writes are owed
+    assert owed == [1, 2, 3, 4, 5, 6]
     assert hub.counts()["tags"]["dropped"] == 5
-    assert any("5 files' tags were not written" in r.getMessage() for r in caplog.records)
+    assert sink._lost  # a running sink makes them at its next heartbeat
+    assert any("5 files' tags were not written now" in r.getMessage() for r in caplog.records)
 
 
 def test_a_sink_that_raises_system_exit_fails_counted_and_its_thread_goes_on() -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import argparse
 
     from service.config import Config
+    from tagger.pipeline import TrackResult
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,16 @@ class Sink:
         """Events this sink's own consumers missed (beyond the hub's queue drops)."""
         return 0
 
+    def owes(self, result: TrackResult) -> bool:
+        """Whether this sink's work for a file's ``result`` must survive a crash: the library then stores a
+        durable note (``tags_owed``) with the result, in the same transaction, and the sink clears it once
+        the work is done. Called in the tagging worker's thread, before the result is stored."""
+        return False
+
+    def takes_owed(self) -> bool:
+        """Whether this sink makes the owed work the library holds (the daemon says so when none does)."""
+        return False
+
     def track(self, event: TrackDone) -> bool | None:
         pass
 
@@ -177,9 +188,10 @@ class Sink:
 
     def lost(self, events: list[Event]) -> None:
         """Events this sink will never get: pushed out of its full queue, dropped while it was suspended, or
-        still queued when the daemon stopped. A sink whose work must not be lost (the tags sink) overrides
-        this to keep a durable note. Called from the sink's own thread, or at the close from the closing
-        thread, possibly while a stuck handler still runs: use no state that handler uses."""
+        still queued when the daemon stopped. A sink whose work must not be lost keeps a durable note of it
+        (:meth:`owes`) and learns here that it must catch up from that note. Called from the sink's own
+        thread, or at the close from the closing thread, possibly while a stuck handler still runs: use no
+        state that handler uses."""
 
     def close(self, deadline: float) -> None:
         """Release everything by ``deadline`` (a :func:`time.monotonic` value)."""
@@ -498,6 +510,13 @@ class SinkHub:
     live: Callable[[LiveUpdate], None] = emit  # type: ignore[assignment]
     genre_changed: Callable[[GenreChanged], None] = emit  # type: ignore[assignment]
     status: Callable[[Status], None] = emit  # type: ignore[assignment]
+
+    def owes(self, result: TrackResult) -> bool:
+        """Whether some sink's work for ``result`` must survive a crash (see :meth:`Sink.owes`)."""
+        return any(slot.sink.owes(result) for slot in self.slots)
+
+    def takes_owed(self) -> bool:
+        return any(slot.sink.takes_owed() for slot in self.slots)
 
     def counts(self) -> dict[str, dict[str, Any]]:
         """Per sink: delivered, dropped (queue full, suspended, or its own consumers), errors, queued, and

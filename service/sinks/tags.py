@@ -8,9 +8,22 @@ as already tagged and never queues it again because of its new tags. A file whos
 longer ``tagged`` (it changed and was queued again) or whose content changed since it was tagged is
 left alone: its next result will be written.
 
-A tagged file whose write this sink never makes (its queue overflowed, it was suspended after failures,
-or the daemon stopped first) is queued again behind all other work (:meth:`TagsSink.lost`), so it is
-tagged and its tags written again later, in this run or the next: none is left unwritten for good.
+Nothing is lost: when a result's genres are to be written (:meth:`TagsSink.owes`), the library stores
+a ``tags_owed`` row with the result in the same transaction that marks the file tagged, and this sink
+removes it only after the write was made and verified (or found unnecessary: already so, the user's own
+genres kept, the file changed since). Whatever stops a write from being made (a kill -9, a crash, a power
+cut, a full queue, a suspension, a stop), the daemon makes it later from that row, without tagging the
+file again: at its next start, or, for writes this sink lost while running, at its next heartbeat. A
+write that cannot be made (a read-only file or folder, an unsupported format, hard links) is recorded as
+failed for good at once, with its reason (``genre-tagger library stats`` counts them, ``library show``
+says why); one that may work later (a file locked by another program, a full disk) is tried again at
+the next start, and recorded as failed after :data:`service.library.OWED_ATTEMPTS` tries.
+``[tagging] retry_errors`` owes the failed ones again. A stored result the writer cannot use (a row
+it cannot read, a ``[tags] outputs`` the old result lacks) sends the file back to be tagged again.
+
+Owed writes are made only while ``write = true``: with file tagging turned off they are kept, untouched,
+and counted in the daemon's status (``tag_writes_owed``); they are made when it is turned on again, unless
+the file changed or was tagged again meanwhile (then its new result decides).
 
 ``retag_outdated`` queues at start, behind every other file, the tracks an older model (or another
 one) tagged; the worker re-tags them and this sink rewrites their files' genres under this section's
@@ -22,22 +35,24 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sqlite3
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from service.events import Event, TrackDone
-from service.library import TAGGED, Library, now_iso
+from service.events import Event, Status, TrackDone
+from service.library import Library, OwedWrite, result_from_json
 from service.sinks import DEFAULT_QUEUE, Sink, SinkContext, SinkSettings, check
 from service.tagwriter import FAILED, SKIPPED, WRITTEN, TagWriter, WriteSettings
 from tagger.errors import ConfigError
-from tagger.filetags import POLICIES
+from tagger.filetags import POLICIES, TagWriteError
 
 if TYPE_CHECKING:
     from service.config import Config
+    from tagger.pipeline import TrackResult
 
 log = logging.getLogger(__name__)
-LOST_TIMEOUT_S = 0.25  # how long noting unwritten files may wait for the library's lock (it may run at SIGTERM)
+CATCH_UP_BATCH = 50  # owed writes read from the library at a time
+CATCH_UP_S = 5.0  # the longest a catch-up writes at one heartbeat before the queued events go first (s)
 
 
 @dataclass
@@ -100,6 +115,11 @@ class TagsSink(Sink):
         self.library: Library | None = None
         self.writer: TagWriter | None = None
         self.written = 0
+        # Owed writes to make from the library at the next heartbeat(s): at start, and after lost events.
+        self._catch_up = False
+        self._lost = False
+        self._pass: tuple[int, int] | None = None  # the pass under way: (last owed id done, last id of the pass)
+        self._tried: set[int] = set()  # owed ids that failed for now in this run: tried again at the next start
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -128,6 +148,15 @@ class TagsSink(Sink):
             if queued:
                 log.info("%d tracks tagged by another model or version queued to be re-tagged with %s", queued,
                          self.context.model)
+        owed, failed = self.library.owed_counts()
+        if settings.write:
+            self._catch_up = True
+            if owed:
+                log.info("tags: %d genre writes owed from before (the daemon stopped before making them): "
+                         "writing them", owed)
+        if failed:
+            log.warning("tags: %d files' genre writes failed for good earlier (`genre-tagger library stats`; "
+                        "[tagging] retry_errors tries them again)", failed)
 
     def describe(self) -> str:
         settings = self.settings
@@ -135,47 +164,98 @@ class TagsSink(Sink):
             return "re-tag outdated tracks (file tags not written)"
         return f"genres into file tags (policy {settings.policy})"
 
-    def track(self, event: TrackDone) -> bool:
-        settings = self.settings
-        if not settings.write or event.result is None or self.library is None or self.writer is None:
+    def owes(self, result: TrackResult) -> bool:
+        """A result owes a write when file tagging is on and it has genres to write (music, decided at the
+        write threshold): never for an uncertain result or music == False."""
+        if not self.settings.write or self.writer is None:
             return False
-        row = self.library.get(event.path)
-        if row is None or row.status != TAGGED or row.id != event.track_id:
-            return False  # changed, moved or deleted since: its next result is written instead
-        result = event.result
-        outcome = self.writer.write(row.id, event.path, result.outputs, result.model, result.model_version,
-                                    row.fingerprint, event.music)
-        if outcome.action == WRITTEN:
-            self.written += 1
-            log.info("tags: %s", outcome.line())
-        elif outcome.action in (SKIPPED, FAILED):
-            log.warning("tags: %s", outcome.line())
+        try:
+            return bool(self.writer.genres(result.outputs, result.music))
+        except TagWriteError:
+            return False
+
+    def takes_owed(self) -> bool:
+        return self.settings.write
+
+    def track(self, event: TrackDone) -> bool:
+        if not self.settings.write or event.result is None or self.library is None:
+            return False
+        owed = self.library.owed_write(event.track_id)
+        if owed is None:
+            return False  # nothing to write (uncertain, not music), or already written by a catch-up
+        return self._settle(owed)
+
+    def status(self, event: Status) -> bool:
+        """At a heartbeat, make owed writes from the library (after a start, or after lost events) for at most
+        :data:`CATCH_UP_S`; the rest at the next heartbeats."""
+        if not self._catch_up or not self.settings.write or self.library is None:
+            return False
+        library = self.library
+        if self._pass is None:
+            self._pass = (0, library.last_owed_id())  # the writes owed now; newer ones come with their events
+        deadline = time.monotonic() + CATCH_UP_S
+        did = False
+        while time.monotonic() < deadline:
+            done, last = self._pass
+            batch = [o for o in library.owed_writes(done, last, CATCH_UP_BATCH)]
+            if not batch:
+                self._pass = None
+                self._catch_up, self._lost = self._lost, False  # lost meanwhile: one more pass
+                break
+            for owed in batch:
+                self._pass = (owed.id, last)
+                if owed.id not in self._tried:
+                    did = self._settle(owed) or did
+                if time.monotonic() >= deadline:
+                    break
+        return did
+
+    def _settle(self, owed: OwedWrite) -> bool:
+        """Make one owed write and record how it ended; False when there was nothing to write."""
+        library, writer = self.library, self.writer
+        assert library is not None and writer is not None
+        if not owed.current or owed.path is None:
+            # Changed, tagged again or deleted since: its new result (or none) decides, not this one.
+            library.owed_done(owed.id)
+            return False
+        try:
+            result = result_from_json(owed.result, owed.path)
+            missing = [o for o in self.settings.outputs if o not in result.outputs]
+            if missing:
+                raise ValueError(f"the stored result has no output {', '.join(missing)}")
+        except ValueError as exc:
+            # The stored result is not enough to write from: tag the file again (behind other work).
+            library.queue_again([owed.track_id])
+            library.owed_done(owed.id)
+            log.warning("tags: %s: %s; queued to be tagged again", owed.path, exc)
+            return False
+        outcome = writer.write(owed.track_id, owed.path, result.outputs, result.model, result.model_version,
+                               owed.fingerprint, result.music)
+        if outcome.action not in (SKIPPED, FAILED):
+            library.owed_done(owed.id)
+            if outcome.action == WRITTEN:
+                self.written += 1
+                log.info("tags: %s", outcome.line())
+            else:
+                log.debug("tags: %s", outcome.line())
+            return True
+        self._tried.add(owed.id)
+        if library.owed_failed(owed.id, outcome.reason, outcome.lasting):
+            log.warning("tags: %s (not tried again: `genre-tagger library stats` counts these)", outcome.line())
         else:
-            log.debug("tags: %s", outcome.line())
+            log.warning("tags: %s (tried again at the next start)", outcome.line())
         return True
 
     def lost(self, events: list[Event]) -> None:
-        """Tagged files whose tags this sink will not write (its queue overflowed, it was suspended, or the
-        daemon stopped first) are queued again behind all other work, so their tags are written after they
-        are tagged again, in this run or the next: a file is never left tagged in the library but unwritten."""
-        ids = [(e.track_id,) for e in events if isinstance(e, TrackDone) and e.result is not None]
-        if not ids or not self.settings.write:
+        """Tagged files whose event this sink will not get (its queue overflowed, it was suspended, or the
+        daemon stopped first): their writes stay owed in the library and are made from there, at the next
+        heartbeat or, after a stop, at the next start; nothing is tagged again."""
+        lost = sum(1 for e in events if isinstance(e, TrackDone) and e.result is not None)
+        if not lost or not self.settings.write:
             return
-        # A connection of its own, quick to give up: this may run at the close, beside a stuck write.
-        try:
-            db = sqlite3.connect(self.context.config.library_path, timeout=LOST_TIMEOUT_S)
-            try:
-                with db:
-                    db.executemany("UPDATE tracks SET status = 'pending', priority = -1, attempts = 0, queued_at = ? "
-                                   f"WHERE id = ? AND status = '{TAGGED}'", [(now_iso(), *i) for i in ids])
-            finally:
-                db.close()
-        except sqlite3.Error as exc:
-            log.warning("tags: %d files' tags were not written and could not be queued again (%s); they get "
-                        "their tags when they are next tagged", len(ids), exc)
-            return
-        log.warning("tags: %d files' tags were not written (the writer fell behind, failed or the daemon stopped "
-                    "first): queued to be tagged and written again", len(ids))
+        self._lost = self._catch_up = True
+        log.warning("tags: %d files' tags were not written now (the writer fell behind, failed or the daemon "
+                    "stopped first): they stay owed in the library and are written later", lost)
 
     def close(self, deadline: float) -> None:
         if self.library is not None:
