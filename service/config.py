@@ -50,8 +50,8 @@ class DaemonSection:
 class TaggingSection:
     """threshold: probability a label needs (0..1). top_k: labels per output in messages.
     store_top_k: labels per output kept in the library. hop: slice hop as a fraction of the window
-    (0 = the model's). retry_errors: re-try files that failed, at start. coverage: how much of each
-    file to analyse, ``full`` or ``excerpts:KxS`` (:mod:`tagger.coverage`)."""
+    (0 = the model's). retry_errors: re-try files that failed, at start (and file-tag writes that failed
+    for good). coverage: how much of each file to analyse, ``full`` or ``excerpts:KxS`` (:mod:`tagger.coverage`)."""
 
     threshold: float = 0.6
     top_k: int = 5

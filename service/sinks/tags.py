@@ -197,7 +197,7 @@ class TagsSink(Sink):
         did = False
         while time.monotonic() < deadline:
             done, last = self._pass
-            batch = [o for o in library.owed_writes(done, last, CATCH_UP_BATCH)]
+            batch = library.owed_writes(done, last, CATCH_UP_BATCH)
             if not batch:
                 self._pass = None
                 self._catch_up, self._lost = self._lost, False  # lost meanwhile: one more pass
