@@ -55,15 +55,19 @@ def test_a_late_listener_gets_the_last_status_and_each_live_genre_within_1_s(
         connected = time.monotonic()
         late.connect(endpoint)
         late.subscribe(b"")
-        first_seen: dict[str, tuple[float, bool]] = {}
-        while time.monotonic() - connected < 3.0 and len(first_seen) < 2:
+        # The cache's copy (replay: true) of each topic, and how soon it came. Not "the first message of each
+        # topic": a live update published in the ~50 ms before the replay came first once (replay: None), at
+        # load 6; that says nothing about the cache.
+        replayed: dict[str, float] = {}
+        while time.monotonic() - connected < 10.0 and len(replayed) < 2:
             if late.poll(100):
                 topic, body = late.recv_multipart()
-                first_seen.setdefault(topic.decode(), (time.monotonic() - connected, json.loads(body).get("replay")))
+                if json.loads(body).get("replay"):
+                    replayed.setdefault(topic.decode(), time.monotonic() - connected)
         late.close()
-        print(f"\nlate subscriber: first message per topic after connecting (s, replayed) {first_seen}")
-        assert first_seen["status"][0] < 1.0 and first_seen["live.radio"][0] < 1.0
-        assert first_seen["status"][1] and first_seen["live.radio"][1]  # the cache's, not the next heartbeat
+        print(f"\nlate subscriber: the cached message per topic, s after connecting: {replayed}")
+        assert set(replayed) == {"status", "live.radio"}
+        assert replayed["status"] < 1.0 and replayed["live.radio"] < 1.0  # at once, not at the next 2 s heartbeat
 
         proc = _listen(endpoint, "--timeout", "1")
         out = proc.stdout

@@ -20,7 +20,10 @@ from daemon_helpers import Subscriber, free_endpoint, start_daemon, stop_daemon
 from service.live import ChangeDetector, ChangeSettings, RingBuffer
 from tagger import Tagger
 
-SINK = "genretagger_test"
+# One null sink per pytest process: two runs on one PulseAudio server (a shared box) each unload only their own
+# sink. With one shared name, one run's module teardown unloaded the sink under the other's live daemon
+# ("PortAudioError: Illegal combination of I/O devices").
+SINK = f"genretagger_test_{os.getpid()}"
 CLIPS = (DATA / "gtzan" / "classical" / "classical.00002.flac", DATA / "gtzan" / "metal" / "metal.00002.flac")
 
 
@@ -50,7 +53,9 @@ def pulse_sink():
     if module:
         subprocess.run(["pactl", "unload-module", module], capture_output=True)
     if started:
-        subprocess.run(["pulseaudio", "--kill"], capture_output=True)
+        sinks = subprocess.run(["pactl", "list", "short", "sinks"], capture_output=True, text=True).stdout
+        if "genretagger_test_" not in sinks:  # another run's sink: that run still uses the server
+            subprocess.run(["pulseaudio", "--kill"], capture_output=True)
 
 
 def test_ring_buffer_never_blocks_and_counts_overflows() -> None:
