@@ -170,6 +170,12 @@ def _shell(home: Path, endpoint: str) -> dict[str, str]:
             "GENRE_TAGGER_PUBLISH_ENDPOINT": endpoint}  # a free port: the README's default may be in use here
 
 
+# Ctrl-C (SIGINT) as in a terminal, even when pytest itself was started from a background job (`cmd &` in a
+# script, nohup): those inherit SIGINT ignored, make then keeps ignoring it and exits 0 instead of dying of
+# the signal, and Python never raises KeyboardInterrupt in `genre-tagger listen`.
+INTERRUPTIBLE = ["env", "--default-signal=INT"]
+
+
 def _script(line: str, cwd: Path, exec_: bool = False) -> str:
     """The line as typed after the README's setup, in ``cwd`` (``exec``: the shell becomes the command)."""
     return f'cd {REPO} && {" && ".join(SETUP[1:])} && cd {cwd} && {"exec " if exec_ else ""}{line}'
@@ -202,8 +208,8 @@ def test_the_readme_command_lines_work_in_a_fresh_shell(tmp_path: Path, format_f
     def serve(line: str, cwd: Path, until, then=None) -> str:
         out = tmp_path / f"serve-{len(ran)}.log"
         with open(out, "w") as log:
-            proc = subprocess.Popen(["bash", "-c", _script(line, cwd, exec_=True)], env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen([*INTERRUPTIBLE, "bash", "-c", _script(line, cwd, exec_=True)], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             if then is not None:
                 time.sleep(1.0)
@@ -240,7 +246,8 @@ def test_the_readme_command_lines_work_in_a_fresh_shell(tmp_path: Path, format_f
     serve("genre-tagger daemon --live-file demo.flac --loop --http 127.0.0.1:0", work,
           lambda text: "genre-tagger daemon:" in text)
 
-    daemon = subprocess.Popen(["bash", "-c", _script("genre-tagger daemon --folder ~/Music", work, True)], env=env,
+    script = _script("genre-tagger daemon --folder ~/Music", work, True)
+    daemon = subprocess.Popen([*INTERRUPTIBLE, "bash", "-c", script], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         text = serve("genre-tagger listen", work, lambda text: "status  up" in text)
