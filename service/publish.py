@@ -33,6 +33,7 @@ import errno
 import ipaddress
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -208,10 +209,18 @@ class Publisher:
         endpoint: where to bind, ``tcp://HOST:PORT``, ``ipc:///path`` or ``inproc://name``.
         send_hwm: messages queued per subscriber before drops start.
         curve: CURVE keys (encryption, and only the listed clients may connect); None for none.
+        exit_on_memory_error: end the whole process (status 3) when the subscription reader runs out of
+            memory, for a publisher alone in its process (:mod:`service.publish_process`).
+
+    ZeroMQ files each subscription before this class can count it, so a flood can grow the process by
+    hundreds of MB before a reset: the daemon runs its publisher in a capped child process
+    (:class:`service.publish_process.PublisherProcess`); this class serves ``inproc://`` endpoints and tests.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, send_hwm: int = 1000, curve: Curve | None = None) -> None:
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, send_hwm: int = 1000, curve: Curve | None = None,
+                 exit_on_memory_error: bool = False) -> None:
         check_endpoint(endpoint)
+        self.exit_on_memory_error = exit_on_memory_error
         self.endpoint = endpoint
         self.send_hwm = send_hwm
         # The process's shared context, so that an inproc:// endpoint is reachable from the rest of the process.
@@ -313,6 +322,11 @@ class Publisher:
                     busy = self._drain() > 0  # more may be waiting: read again at once, between publishes
                     if self._replay_prefixes and time.monotonic() - self._last_replay >= REPLAY_INTERVAL_S:
                         self._replay()
+            except MemoryError:
+                if self.exit_on_memory_error:
+                    os._exit(3)
+                log.exception("ZeroMQ subscription reader ran out of memory; continuing")
+                busy = False
             except Exception:  # never let the thread die silently: the cache and counts would go stale
                 log.exception("ZeroMQ subscription reader failed; continuing")
                 busy = False
@@ -354,6 +368,12 @@ class Publisher:
                 self.replayed += 1
 
     # -- outbound ---------------------------------------------------------------------------------
+
+    def prime(self, topic: str, body: dict[str, Any]) -> None:
+        """Put an already stamped message in the last-value cache without sending it (a restarted process)."""
+        if topic.startswith(CACHED_TOPIC_PREFIXES):
+            with self._lock:
+                self._cache[topic] = body
 
     def publish(self, topic: str, message: dict[str, Any]) -> bool:
         """Send [topic, JSON] to every subscriber with room; False if some subscriber's queue was full."""

@@ -1,7 +1,10 @@
 """The ZeroMQ sink: every event as a [topic, JSON] message on the daemon's XPUB socket.
 
-Inline: :class:`service.publish.Publisher` never blocks (a full subscriber costs counted drops), so
-the live path publishes in its own thread with no queue in between and its latency is unchanged.
+The socket lives in a child process with a memory cap (:class:`service.publish_process.PublisherProcess`):
+a client flooding subscriptions can end that child (a new one starts), never grow the daemon. An
+``inproc://`` endpoint stays in the daemon (:class:`service.publish.Publisher`): only the daemon's own
+threads can reach it. Inline: publishing never blocks (a full queue costs counted drops), so the live path
+publishes in its own thread and its latency is unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any, ClassVar
 
 from service.events import GenreChanged, LiveUpdate, Status, TrackDone
 from service.publish import DEFAULT_ENDPOINT, Curve, Publisher, check_endpoint
+from service.publish_process import DEFAULT_MEMORY_LIMIT_MB, PublisherProcess
 from service.sinks import Sink, SinkContext, SinkSettings, check
 
 
@@ -20,13 +24,16 @@ class PublishSection(SinkSettings):
     """endpoint: ZeroMQ bind address (tcp:// or ipc://; "" disables publishing). send_hwm: messages
     queued per subscriber before drops. heartbeat_seconds: interval of `status` messages.
     curve_secret_key: the daemon's secret CURVE certificate file ("" = no CURVE). curve_clients: the
-    client public keys (Z85 strings or certificate files) allowed to connect when CURVE is on."""
+    client public keys (Z85 strings or certificate files) allowed to connect when CURVE is on.
+    memory_limit_mb: MB the publisher's own process may allocate beyond its start (subscriptions, queued
+    messages); past it that process ends and a new one starts."""
 
     endpoint: str = DEFAULT_ENDPOINT
     send_hwm: int = 1000
     heartbeat_seconds: float = 5.0
     curve_secret_key: str = ""
     curve_clients: list[str] = field(default_factory=list)
+    memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB
 
     def curve(self) -> Curve | None:
         return Curve(self.curve_secret_key, tuple(self.curve_clients)) if self.curve_secret_key else None
@@ -43,6 +50,7 @@ class PublishSection(SinkSettings):
               "list the client public keys allowed to connect (CURVE is on: curve_secret_key is set)")
         check(self.send_hwm >= 1, f"{section}.send_hwm", "must be at least 1")
         check(self.heartbeat_seconds > 0, f"{section}.heartbeat_seconds", "must be positive")
+        check(self.memory_limit_mb >= 64, f"{section}.memory_limit_mb", "must be at least 64")
 
 
 class ZmqSink(Sink):
@@ -53,7 +61,7 @@ class ZmqSink(Sink):
     def __init__(self, settings: PublishSection, context: SinkContext) -> None:
         super().__init__(settings, context)
         self.settings: PublishSection = settings
-        self.publisher: Publisher | None = None
+        self.publisher: Publisher | PublisherProcess | None = None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -64,7 +72,11 @@ class ZmqSink(Sink):
         return {"endpoint": args.endpoint}
 
     def start(self) -> None:
-        self.publisher = Publisher(self.settings.endpoint, self.settings.send_hwm, self.settings.curve())
+        if self.settings.endpoint.startswith("inproc://"):
+            self.publisher = Publisher(self.settings.endpoint, self.settings.send_hwm, self.settings.curve())
+        else:
+            self.publisher = PublisherProcess(self.settings.endpoint, self.settings.send_hwm, self.settings.curve(),
+                                              self.settings.memory_limit_mb)
 
     def describe(self) -> str:
         return f"ZeroMQ on {self.publisher.bound}" if self.publisher else "ZeroMQ (not started)"

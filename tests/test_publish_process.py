@@ -1,0 +1,105 @@
+"""The publisher's own process: it relays every message, is capped, and comes back when it ends.
+
+Real processes and sockets: a child `python -m service.publish_process`, SUB sockets on loopback, and
+signals sent to the child the way a flood at its memory cap or a service manager would end it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from daemon_helpers import Subscriber, wait_until
+
+from service.publish_process import PublisherProcess
+from tagger.errors import ConfigError
+
+
+def _status(i: int) -> dict:
+    return {"type": "status", "uptime_s": float(i), "queue_depth": 0, "tagged": i, "errors": 0,
+            "provider": "CPUExecutionProvider", "model": "m", "dropped_messages": 0}
+
+
+def _publish_until_heard(publisher: PublisherProcess, subscriber: Subscriber, first: int, timeout: float = 30.0) -> int:
+    """Publish status messages (tagged = first, first + 1, ...) until ``subscriber`` hears one; the next number."""
+    number = first
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        publisher.publish("status", _status(number))
+        number += 1
+        subscriber.poll(0.2)
+        if any(m["tagged"] >= first and not m.get("replay") for m in subscriber.of_type("status")):
+            return number
+    raise AssertionError(f"no status numbered {first} or more reached the subscriber within {timeout} s")
+
+
+def test_a_killed_publisher_process_is_replaced_and_subscribers_get_the_state_again(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="service.publish")
+    publisher = PublisherProcess("tcp://127.0.0.1:0")
+    early = late = None
+    try:
+        early = Subscriber(publisher.bound, ("status",))
+        number = _publish_until_heard(publisher, early, 0)
+        before = early.of_type("status")[-1]
+        first_child = publisher.pid
+        assert first_child is not None
+        os.kill(first_child, signal.SIGKILL)  # what the cap does to a flooded child, without the flood
+        assert wait_until(lambda: publisher.pid not in (None, first_child), 60), "no new publisher process"
+        assert publisher.restarts == 1
+        assert "publisher process ended (signal 9)" in caplog.text
+        # A new subscriber gets the state the daemon published last, replayed by the new process.
+        late = Subscriber(publisher.bound, ("status",))
+        assert late.wait_for(lambda msgs: len(msgs) > 0, 30), "the late subscriber got nothing"
+        replayed = late.of_type("status")[0]
+        assert replayed["replay"] is True and replayed["tagged"] == number - 1
+        # The first subscriber reconnects by itself and hears new messages; seq goes on, never back.
+        _publish_until_heard(publisher, early, number)
+        after = [m for m in early.of_type("status") if m["tagged"] >= number and not m.get("replay")]
+        assert after and after[0]["seq"] > before["seq"]
+        # what the new process sent (the killed one reported every 0.5 s, so some of its count may be lost)
+        assert wait_until(lambda: publisher.sent >= len(after), 10), (publisher.sent, len(after))
+    finally:
+        for subscriber in (early, late):
+            if subscriber is not None:
+                subscriber.close()
+        child = publisher.pid
+        publisher.close()
+    assert publisher.pid is None
+    assert child is None or not Path(f"/proc/{child}").exists()
+
+
+def test_the_publisher_process_is_capped_and_leaves_stopping_to_the_daemon() -> None:
+    publisher = PublisherProcess("tcp://127.0.0.1:0", memory_limit_mb=100)
+    try:
+        child = publisher.pid
+        assert child is not None
+        lines = Path(f"/proc/{child}/limits").read_text().splitlines()
+        limits = {line[:26].strip(): line[26:].split() for line in lines}
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{child}/status").read_text().splitlines()
+                      if ":" in line)
+        data_mb = int(status["VmData"].split()[0]) / 1024
+        cap_mb = int(limits["Max data size"][0]) / 2**20
+        print(f"\npublisher process: data segment {data_mb:.0f} MB, capped at {cap_mb:.0f} MB")
+        assert 0 < cap_mb - data_mb <= 100
+        assert limits["Max core file size"][0] == "0"
+        os.kill(child, signal.SIGTERM)  # a service manager signals the whole group; the daemon decides
+        time.sleep(1.0)
+        assert publisher.pid == child and publisher.restarts == 0
+    finally:
+        publisher.close()
+
+
+def test_an_endpoint_the_publisher_process_cannot_bind_is_one_clear_error() -> None:
+    first = PublisherProcess("tcp://127.0.0.1:0")
+    try:
+        with pytest.raises(ConfigError, match="address already in use") as caught:
+            PublisherProcess(first.bound)
+        assert first.bound in str(caught.value) and "\n" not in str(caught.value)
+    finally:
+        first.close()
+    with pytest.raises(ConfigError, match="inproc"):
+        PublisherProcess("inproc://daemon")
