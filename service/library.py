@@ -196,10 +196,17 @@ class OwedWrite:
     result: str
     attempts: int
 
-    @property
-    def current(self) -> bool:
-        """Whether the result is still the track's: tagged, same content (else a new result decides)."""
-        return self.status == TAGGED and self.fingerprint is not None and self.fingerprint == self.owed_fingerprint
+    def file_is_current(self) -> bool:
+        """Whether the result is still for the file: its track is tagged and the file's content is the one
+        tagged (else a new result decides). The file itself is read, not only the row: a daemon killed after
+        recording a write (the row then has the rewritten file's fingerprint) but before the rename left the
+        tagged file as it was, and its write is still owed."""
+        if self.status != TAGGED or self.path is None or self.owed_fingerprint is None:
+            return False
+        try:
+            return fingerprint(self.path) == self.owed_fingerprint
+        except OSError:
+            return False
 
 
 def result_json(result: TrackResult) -> str:

@@ -184,6 +184,36 @@ def test_an_owed_write_that_cannot_be_made_fails_for_good_visibly_and_is_not_tri
     library.close()
 
 
+def test_a_write_recorded_but_not_renamed_when_the_daemon_died_is_still_made(
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """Killed after the write's hook recorded it (the row then has the rewritten copy's size, mtime and
+    fingerprint) but before the rename: the file is still the one tagged, so its write is still owed."""
+    music = tmp_path / "music"
+    music.mkdir()
+    song = music / "song.flac"
+    shutil.copy(format_files["flac"], song)
+    db = tmp_path / "library.db"
+    track_id, = _owed_library(db, [song], tiny_model)
+    library = Library(db)
+    run = library.start_tag_run("daemon")  # what write_state's before_replace hook records, for a copy never renamed
+    library.record_tag_write(run, track_id, song, {"genres": []}, {"genres": ["mid"]}, "if-empty", {}, "tiny-test",
+                             "0.0.1", 1234, 1.0, "f" * 32)
+    library.close()
+    labels = {o.name: tuple(o.labels) for o in Tagger(tiny_model).manifest.outputs}
+    sink, hub = _sink(db, labels)
+    try:
+        _beat(hub)
+        assert wait_until(lambda: _owed(db) == (0, 0), 60)
+    finally:
+        hub.close(time.monotonic() + 4.0)
+    assert read_state(song).genres != () and sink.written == 1
+    library = Library(db)
+    try:
+        assert library.discover(song) == "unchanged"  # the row describes the rewritten file again
+    finally:
+        library.close()
+
+
 def test_tag_writes_a_running_sink_lost_are_made_from_the_library_at_the_next_heartbeat(
         format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, caplog) -> None:
     """Its queue of 1 overflows: the lost writes stay owed in the library and the next heartbeat makes them

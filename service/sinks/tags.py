@@ -214,8 +214,8 @@ class TagsSink(Sink):
         """Make one owed write and record how it ended; False when there was nothing to write."""
         library, writer = self.library, self.writer
         assert library is not None and writer is not None
-        if not owed.current or owed.path is None:
-            # Changed, tagged again or deleted since: its new result (or none) decides, not this one.
+        if not owed.file_is_current() or owed.path is None:
+            # Changed, tagged again, deleted, or written already: its new result (or none) decides.
             library.owed_done(owed.id)
             return False
         try:
@@ -230,7 +230,7 @@ class TagsSink(Sink):
             log.warning("tags: %s: %s; queued to be tagged again", owed.path, exc)
             return False
         outcome = writer.write(owed.track_id, owed.path, result.outputs, result.model, result.model_version,
-                               owed.fingerprint, result.music)
+                               owed.owed_fingerprint, result.music)
         if outcome.action not in (SKIPPED, FAILED):
             library.owed_done(owed.id)
             if outcome.action == WRITTEN:
