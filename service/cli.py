@@ -462,9 +462,10 @@ def _retag(library, args) -> int:
 
     from service.config import load_config
     from service.library import fingerprint
-    from service.tagwriter import FAILED, SKIPPED, WRITTEN, TagWriter, WriteSettings
+    from service.tagwriter import FAILED, QUEUED, SKIPPED, WRITTEN, TagWriter, WriteSettings, write_owed
     from tagger.engine import EngineOptions
     from tagger.errors import TaggerError
+    from tagger.filetags import TagWriteError
     from tagger.pipeline import Tagger
 
     config = load_config(args.config, validate=False)
@@ -488,6 +489,35 @@ def _retag(library, args) -> int:
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
     done = failed = written = 0
     skip: set[int] = set()
+
+    def file_settings(track_id: int) -> WriteSettings | None:
+        """A file's write settings: its last write's, never below this run's threshold (a lower one would write
+        genres the library calls uncertain); this run's with --write-tags for a file never written; None: not
+        to be written."""
+        last = library.last_tag_write(track_id)
+        if last is None:
+            return writer.settings if args.write_tags else None
+        settings = WriteSettings.from_dict(last["settings"])
+        return dataclasses.replace(settings, threshold=max(settings.threshold, writer.settings.threshold))
+
+    def report(outcome) -> None:
+        stream = sys.stderr if outcome.action in (FAILED, SKIPPED, QUEUED) else sys.stdout
+        print(outcome.line(), file=stream, flush=True)
+
+    # Writes an earlier run owed and did not make (Ctrl-C or a crash between a result and its write): made
+    # first, from the stored results, so resuming loses none (daemon-owed writes of files never written
+    # before are left to the daemon unless --write-tags).
+    after = 0
+    while owed_batch := library.owed_writes(after, None, 100):
+        for owed in owed_batch:
+            after = owed.id
+            settings = file_settings(owed.track_id)
+            if settings is None:
+                continue
+            outcome, _ = write_owed(library, writer, owed, settings)
+            if outcome is not None:
+                written += outcome.action == WRITTEN
+                report(outcome)
     with tqdm(total=total, unit="track", disable=not show_progress, file=sys.stderr, dynamic_ncols=True) as bar:
         while not args.limit or done + failed < args.limit:
             row = library.next_pending(skip, below_priority=0)
@@ -503,21 +533,28 @@ def _retag(library, args) -> int:
                 bar.write(f"genre-tagger: error: {exc}", file=sys.stderr)
                 bar.update(1)
                 continue
-            if current != row.fingerprint or not library.record_result(row.id, result, current):
+            # Each file under its last write's settings (file_settings); a write owed is stored with the result.
+            settings = file_settings(row.id)
+            try:
+                owe = settings is not None and bool(writer.genres(result.outputs, result.music, settings))
+            except TagWriteError:
+                owe = False
+            if current != row.fingerprint or not library.record_result(row.id, result, current, owe_tags=owe):
                 skip.add(row.id)  # changed meanwhile: the daemon (or the next run) tags its new content
                 bar.update(1)
                 continue
             done += 1
-            last = library.last_tag_write(row.id)
-            if last is not None or args.write_tags:
-                settings = WriteSettings.from_dict(last["settings"]) if last else writer.settings
-                # Each file under its last write's settings, but never below the threshold this run tags at:
-                # a lower one would write genres the library now calls uncertain.
-                settings = dataclasses.replace(settings, threshold=max(settings.threshold, writer.settings.threshold))
-                outcome = writer.write(row.id, path, result.outputs, name, version, current,
-                                       result.music, settings)
-                written += outcome.action == WRITTEN
-                bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED) else sys.stdout)
+            if settings is not None:
+                owed = library.owed_write(row.id) if owe else None
+                if owed is not None:
+                    outcome, _ = write_owed(library, writer, owed, settings)
+                else:  # nothing to write (uncertain, not music): said so
+                    outcome = writer.write(row.id, path, result.outputs, name, version, current, result.music,
+                                           settings)
+                if outcome is not None:
+                    written += outcome.action == WRITTEN
+                    bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED, QUEUED)
+                              else sys.stdout)
             bar.update(1)
     left = library.queued_below(0)
     print(f"genre-tagger: {done} re-tagged, {written} files' tags rewritten, {failed} failed, {left} left "

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service.library import Library, fingerprint
+from service.library import Library, OwedWrite, fingerprint, result_from_json
 from tagger.ensemble import OutputEstimate, summarise
 from tagger.filetags import (
     DEFAULT_POLICY,
@@ -35,8 +35,8 @@ from tagger.filetags import (
 )
 from tagger.model import OutputSpec
 
-WRITTEN, UNCHANGED, KEPT, UNDECIDED, SKIPPED, FAILED, DRY_RUN, RESTORED = (
-    "written", "unchanged", "kept", "undecided", "skipped", "error", "dry-run", "restored")
+WRITTEN, UNCHANGED, KEPT, UNDECIDED, SKIPPED, FAILED, DRY_RUN, RESTORED, QUEUED = (
+    "written", "unchanged", "kept", "undecided", "skipped", "error", "dry-run", "restored", "queued again")
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,37 @@ class TagWriter:
         except (TagWriteError, OSError) as exc:
             return Outcome(path, FAILED, reason=_reason(exc, path))
         return Outcome(path, WRITTEN if done.changed else UNCHANGED, current.genres, target.genres)
+
+
+def write_owed(library: Library, writer: TagWriter, owed: OwedWrite,
+               settings: WriteSettings | None = None) -> tuple[Outcome | None, bool]:
+    """Make a write the library holds as owed (``tags_owed``) from its stored result, and record how it ended.
+
+    Returns (outcome, failed for good). The outcome is None when there is nothing to write any more (the
+    file changed, was tagged again, was deleted, or was written already: the row is removed), and
+    :data:`QUEUED` when the stored result is not enough to write from (it lacks an output ``settings``
+    names, or cannot be read): the track is queued to be tagged again. A write that was made, or found
+    unnecessary, removes the row; a skip or failure is recorded (:meth:`Library.owed_failed`).
+    """
+    settings = settings or writer.settings
+    if not owed.file_is_current() or owed.path is None:
+        library.owed_done(owed.id)
+        return None, False
+    try:
+        result = result_from_json(owed.result, owed.path)
+        missing = [o for o in settings.outputs if o not in result.outputs]
+        if missing:
+            raise ValueError(f"the stored result has no output {', '.join(missing)}")
+    except ValueError as exc:
+        library.queue_again([owed.track_id])
+        library.owed_done(owed.id)
+        return Outcome(owed.path, QUEUED, reason=f"{exc}: to be tagged again"), False
+    outcome = writer.write(owed.track_id, owed.path, result.outputs, result.model, result.model_version,
+                           owed.owed_fingerprint, result.music, settings)
+    if outcome.action not in (SKIPPED, FAILED):
+        library.owed_done(owed.id)
+        return outcome, False
+    return outcome, library.owed_failed(owed.id, outcome.reason, outcome.lasting)
 
 
 def _reason(exc: BaseException, path: str) -> str:

@@ -61,7 +61,8 @@ def test_a_tag_write_the_daemon_was_killed_before_is_made_at_its_next_start(real
         def writing() -> bool:  # the writer's temporary copy beside the file: the write has begun
             return any(p.name.endswith(".genre-tagger-tmp") for p in music.iterdir())
 
-        assert wait_until(writing, 120, interval=0.01), (state.parent / "state.log").read_text()
+        wait_until(lambda: writing() or daemon.poll() is not None, 120, interval=0.01)
+        assert writing(), (state.parent / "state.log").read_text()
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(30)
     finally:
@@ -271,3 +272,45 @@ def test_the_v7_migration_adds_the_owed_writes_once(tmp_path: Path) -> None:
         assert library.owed_counts() == (0, 0)
         library.close()
     assert os.path.exists(db)
+
+
+def test_a_library_retag_interrupted_before_a_write_makes_it_when_resumed(realworld: Path, tiny_model: Path,
+                                                                         tmp_path: Path) -> None:
+    """Ctrl-C while `library retag` rewrites a file (the new result already recorded): the write stays owed and
+    the resumed run makes it, without re-tagging the file."""
+    from models import export_tiny
+
+    tiny_v2 = export_tiny(tmp_path / "v2" / "tiny-test.onnx", version="0.0.2")
+    song = tmp_path / "long.mp3"  # seconds to rewrite (see the daemon's test above)
+    song.write_bytes((realworld / "asc-music" / "machine_wars.mp3").read_bytes() * 30)
+    db = tmp_path / "library.db"
+    env = {**os.environ, "GENRE_TAGGER_TAGGING_THRESHOLD": THRESHOLD, "GENRE_TAGGER_TAGGING_COVERAGE": "excerpts:2x10"}
+    cli = [sys.executable, "-m", "tagger.cli"]
+    first = subprocess.run([*cli, "tag", "--write-tags", "--model", str(tiny_model), "--threshold", THRESHOLD,
+                            "--coverage", "excerpts:2x10", "--library", str(db), str(song)],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0 and read_state(song).provenance == "tiny-test 0.0.1", first.stderr
+    retag = [*cli, "library", "--library", str(db), "retag", "--outdated", "--model", str(tiny_v2)]
+
+    def writing() -> bool:  # the writer's temporary copy beside the file: the write has begun
+        return any(p.name.endswith(".genre-tagger-tmp") for p in tmp_path.iterdir())
+
+    with subprocess.Popen(retag, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as run:
+        try:
+            wait_until(lambda: writing() or run.poll() is not None, 120, interval=0.01)
+            assert writing(), run.stderr.read().decode() if run.poll() is not None else "no write within 120 s"
+            run.send_signal(signal.SIGINT)
+            run.wait(60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert read_state(song).provenance == "tiny-test 0.0.1"  # interrupted: the file as it was
+    assert query(db, "SELECT model_version, tag_count FROM tracks") == [("0.0.2", 2)]  # the new result is recorded
+    assert _owed(db) == (1, 0)
+
+    resumed = subprocess.run(retag, capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "0 re-tagged, 1 files' tags rewritten" in resumed.stderr
+    assert read_state(song).provenance == "tiny-test 0.0.2"
+    assert query(db, "SELECT model_version, tag_count FROM tracks") == [("0.0.2", 2)]  # not tagged again
+    assert _owed(db) == (0, 0)

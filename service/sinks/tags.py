@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from service.events import Event, Status, TrackDone
-from service.library import Library, OwedWrite, result_from_json
+from service.library import Library, OwedWrite
 from service.sinks import DEFAULT_QUEUE, Sink, SinkContext, SinkSettings, check
-from service.tagwriter import FAILED, SKIPPED, WRITTEN, TagWriter, WriteSettings
+from service.tagwriter import FAILED, QUEUED, SKIPPED, WRITTEN, TagWriter, WriteSettings, write_owed
 from tagger.errors import ConfigError
 from tagger.filetags import POLICIES, TagWriteError
 
@@ -212,27 +212,14 @@ class TagsSink(Sink):
 
     def _settle(self, owed: OwedWrite) -> bool:
         """Make one owed write and record how it ended; False when there was nothing to write."""
-        library, writer = self.library, self.writer
-        assert library is not None and writer is not None
-        if not owed.file_is_current() or owed.path is None:
-            # Changed, tagged again, deleted, or written already: its new result (or none) decides.
-            library.owed_done(owed.id)
+        assert self.library is not None and self.writer is not None
+        outcome, final = write_owed(self.library, self.writer, owed)
+        if outcome is None:
+            return False  # changed, tagged again, deleted, or written already: its new result (or none) decides
+        if outcome.action == QUEUED:
+            log.warning("tags: %s", outcome.line())
             return False
-        try:
-            result = result_from_json(owed.result, owed.path)
-            missing = [o for o in self.settings.outputs if o not in result.outputs]
-            if missing:
-                raise ValueError(f"the stored result has no output {', '.join(missing)}")
-        except ValueError as exc:
-            # The stored result is not enough to write from: tag the file again (behind other work).
-            library.queue_again([owed.track_id])
-            library.owed_done(owed.id)
-            log.warning("tags: %s: %s; queued to be tagged again", owed.path, exc)
-            return False
-        outcome = writer.write(owed.track_id, owed.path, result.outputs, result.model, result.model_version,
-                               owed.owed_fingerprint, result.music)
         if outcome.action not in (SKIPPED, FAILED):
-            library.owed_done(owed.id)
             if outcome.action == WRITTEN:
                 self.written += 1
                 log.info("tags: %s", outcome.line())
@@ -240,7 +227,7 @@ class TagsSink(Sink):
                 log.debug("tags: %s", outcome.line())
             return True
         self._tried.add(owed.id)
-        if library.owed_failed(owed.id, outcome.reason, outcome.lasting):
+        if final:
             log.warning("tags: %s (not tried again: `genre-tagger library stats` counts these)", outcome.line())
         else:
             log.warning("tags: %s (tried again at the next start)", outcome.line())
