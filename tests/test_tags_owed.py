@@ -244,7 +244,7 @@ def test_tag_writes_a_running_sink_lost_are_made_from_the_library_at_the_next_he
             hub.track(event)
         counts = hub.counts
         assert wait_until(lambda: sum(counts()["tags"].get(k, 0) for k in ("delivered", "skipped", "dropped"))
-                          == 1 + len(files), 60)
+                          == len(files), 60)  # the heartbeat that found nothing owed is not counted
         dropped = counts()["tags"]["dropped"]
         assert dropped >= 2 and _owed(db) == (dropped, 0)  # at most one queued, one being written
         assert sum(read_state(p).genres == () for p in files) == dropped

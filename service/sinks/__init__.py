@@ -123,7 +123,8 @@ class Sink:
 
     An event handler returns None (or True) when it did its work, and False when the event asked nothing
     of it (another source's change, an uncertain one, a "no music" title left as it is): such an event is
-    counted as ``skipped``, not ``delivered``, and is no sign that a failing sink works again.
+    counted as ``skipped``, not ``delivered``, and is no sign that a failing sink works again (a heartbeat
+    that asked nothing, e.g. of the tags sink when no write is owed, is not counted at all).
 
     Class attributes:
         name: the TOML section (one word, so ``GENRE_TAGGER_<NAME>_<KEY>`` still parses).
@@ -352,8 +353,9 @@ class _Slot:
             self._failed(exc)
             return
         if done is False:  # nothing was sent: no proof that a failing sink works again
-            with self.lock:
-                self.counts.skipped += 1
+            if type(event) is not Status:  # a heartbeat that asked nothing is the sink's clock, not an event it skipped
+                with self.lock:
+                    self.counts.skipped += 1
             return
         with self.lock:
             c = self.counts
