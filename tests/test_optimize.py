@@ -145,6 +145,48 @@ def test_polyphase_int8_handles_any_batch_and_length(graph: onnx.ModelProto, bat
     np.testing.assert_array_equal(run(quantized, mel[:1])[1][0], after[0])
 
 
+@pytest.mark.parametrize("batch,frames", [(1, 500), (3, 37), (2, 5)])
+def test_float_polyphase_rewrite_matches_the_direct_convolution(graph: onnx.ModelProto, batch: int,
+                                                                 frames: int) -> None:
+    # The int8 file keeps some (k × 1) convolutions in float32 as a polyphase Conv: the same products
+    # summed in another order, so equal up to float32 rounding, for any batch and length.
+    rewritten = rewrite_max_pooled_convs(graph, find_max_pooled_convs(graph), polyphase=True)
+    poly = next(n for n in rewritten.graph.node if n.op_type == "Conv" and n.name.startswith("conv1"))
+    weights = {i.name: i for i in rewritten.graph.initializer}[poly.input[1]]
+    assert list(weights.dims[:2]) == [16 * 6, 16]
+    rng = np.random.default_rng(5)
+    mel = np.concatenate([music_like(rng, frames) for _ in range(batch)])
+    for before, after in zip(run(graph, mel), run(rewritten, mel), strict=True):
+        assert after.shape == before.shape
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_float_kernels_stay_float32_in_the_int8_file(graph: onnx.ModelProto, tmp_path: Path) -> None:
+    from tagger.model import MANIFEST_KEY
+    from training.optimize import quantize_model_file
+
+    rng = np.random.default_rng(6)
+    source = tmp_path / "m.onnx"
+    model = onnx.ModelProto.FromString(graph.SerializeToString())
+    manifest = read_manifest(resolve_model(DEFAULT_MODEL))
+    from dataclasses import replace
+
+    front_end = next(iter(manifest.front_ends.values()))
+    small = replace(manifest, front_ends={k: replace(front_end, n_mels=MELS) for k in manifest.front_ends})
+    model.metadata_props.add(key=MANIFEST_KEY, value=small.to_json())
+    onnx.save(model, str(source))
+    clip = [lambda sr: (0.3 * rng.standard_normal(sr * 3)).astype(np.float32)]
+    info = quantize_model_file(source, tmp_path / "q.onnx", [], calibration_clips=clip, float_kernels=[(9, 1)])
+    assert info["convolutions"] == ["conv0"] and info["float_convolutions"] == ["conv1"]
+    assert info["calibration_clips"] == 1
+    quantized = onnx.load(str(tmp_path / "q.onnx"))
+    ops = [(n.op_type, n.name) for n in quantized.graph.node if n.op_type in ("Conv", "QLinearConv")]
+    assert [op for op, name in ops if name.startswith("conv1")] == ["Conv"]
+    assert [op for op, name in ops if name.startswith("conv0")] == ["QLinearConv"]
+    mel = music_like(rng, 200)
+    np.testing.assert_allclose(run(quantized, mel)[1], run(graph, mel)[1], rtol=1e-5, atol=1e-5)
+
+
 def plain_conv_graph(weights: list[np.ndarray]) -> onnx.ModelProto:
     """x [batch, channels, frames] → Conv1d ('same') → Relu per weight, chained."""
     nodes, inits, name = [], [], "x"

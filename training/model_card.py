@@ -252,6 +252,18 @@ def write_card(out: Path, name: str, report: dict, negatives: Sequence) -> Path:
                       f"(training data, so not a generalisation figure): float32 "
                       f"{(p32.argmax(1) == labels).mean():.3f}, int8 {(p8.argmax(1) == labels).mean():.3f}.")
     exp = report["export"]
+    kinds = exp.get("calibration_clip_kinds", {})
+    int8_calibration = (f"each channel's range calibrated on\n{exp.get('calibration_files', '?')} FMA files, "
+                        + ", ".join(f"{n} {kind} clips" for kind, n in kinds.items())
+                        + " (quiet music, silence and noise must fall\ninside the ranges, not be clipped: "
+                          "calibrated on FMA alone, the ranges clipped a quiet classical clip's\ntemporal "
+                          "features)" if kinds
+                        else f"ranges calibrated on\n{exp.get('calibration_files', '?')} FMA clips")
+    kernels = exp.get("float_kernels", [])
+    int8_float = (f"The max-pooled convolutions with {', '.join(' × '.join(map(str, k)) for k in kernels)} kernels "
+                  f"({', '.join(exp.get('float_convolutions', []))}) stay\nfloat32 (polyphase form): kept "
+                  "in float32 one at a time on windows of the calibration audio,\nonly they brought the music "
+                  "probability closer to the float32 file's.\n" if kernels else "")
     features = ("1506 pooled channels (after its pretrained batch norm)" if shipped["head"].startswith("pooled")
                 else "200-d MSD embedding (pooled channels → dense → ReLU → batch norm, all pretrained)")
     copies = ", plus their copies under every degradation below" if shipped["augmented"] else ""
@@ -374,10 +386,10 @@ CPU cost on this shared 2-core box (decode + front end + both views, ONNX Runtim
 
 ## The int8 file for CPUs: `{name}-int8.onnx`
 
-The same model with the {len(exp.get('convolutions', []))} convolutions of its front end in int8
-(`training/optimize.py`: int8 weights per channel, uint8 input, ranges calibrated on
-{exp.get('calibration_files', '?')} FMA clips); dead filters ({exp.get('dead_filters_dropped', 0)}) restored as
-constants and {exp.get('constant_features_dropped', 0)} constant channels left out of the frame features.
+The same model with {len(exp.get('convolutions', []))} of the convolutions of its front end in int8
+(`training/optimize.py`: int8 weights per channel, uint8 input and output); {int8_calibration}.
+{int8_float}Dead filters ({exp.get('dead_filters_dropped', 0)}) restored as constants and
+{exp.get('constant_features_dropped', 0)} constant channels left out of the frame features.
 The runtime loads it instead of the float32 file on the CPU when no model is named.
 {int8_lines[0]}
 

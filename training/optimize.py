@@ -33,7 +33,7 @@ the default model's card reports both (``training/default_model.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,8 +261,7 @@ def quantize_max_pooled_convs(model: onnx.ModelProto, patterns: list[MaxPooledCo
             numpy_helper.from_array((sign * lo).astype(np.float32)[None, :, None], f"{n}_int8_offset"),
             numpy_helper.from_array(np.array([3], np.int64), f"{n}_int8_mel_axis"),
         ]
-        if (weight.shape[1] == 1 and weight.shape[3] == 1 and weight.shape[2] > 1
-                and sum(_time_pads(p.conv)) == weight.shape[2] - 1):
+        if _is_temporal(p, weight):
             pooled, extra_init = _polyphase_int8(p, n, x, w_int8, w_scale, b_int32)
             added += extra_init
         else:
@@ -303,48 +302,52 @@ def _time_pads(conv: onnx.NodeProto) -> tuple[int, int]:
     return int(pads[0]), int(pads[2])
 
 
-def _polyphase_int8(p: MaxPooledConv, n: str, x: str, w_int8: np.ndarray, w_scale: np.ndarray,
-                    b_int32: np.ndarray) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """A (k × 1) convolution over one input channel, 'same' in time, as a polyphase QLinearConv.
+def _is_temporal(p: MaxPooledConv, weight: np.ndarray) -> bool:
+    """Whether the pattern's convolution is (k × 1) over one input channel, 'same' in time: the form
+    the polyphase rewrites take."""
+    return (weight.shape[1] == 1 and weight.shape[3] == 1 and weight.shape[2] > 1
+            and sum(_time_pads(p.conv)) == weight.shape[2] - 1)
 
-    S = POLYPHASE consecutive frames become S input channels and S·F output channels (output frame
-    u·S + r, filter f is channel r·F + f); the kernel's k taps become Q = ceil((k - 1) / S) + 1. With
-    one input channel ONNX Runtime's im2col copies k values per output; here S·Q per S outputs. The
-    same int8 weights, rearranged (taps outside the filter are zero): the same sums with 1.1-1.3× the
-    multiplications, and on one core 4-5× faster than the direct form (musicnn's temporal filters,
-    128/64/32 × 1: 32 → 9 µs per frame)."""
-    filters, _, k, _ = w_int8.shape
-    before = _time_pads(p.conv)[0]
+
+def _polyphase_weights(weight: np.ndarray) -> np.ndarray:
+    """(k × 1) filters [F, 1, k, 1] rearranged for the polyphase convolution: [S·F, S, Q, 1], output
+    phase r, filter f is channel r·F + f; input phase c, tap q meets the filter's tap S·q + c - r
+    (zero outside the filter)."""
+    filters, _, k, _ = weight.shape
     S = POLYPHASE
     taps = -(-(k - 1) // S) + 1
-    poly = np.zeros((S, filters, S, taps), np.int8)
+    poly = np.zeros((S, filters, S, taps), weight.dtype)
     for r in range(S):
         for c in range(S):
             for q in range(taps):
-                j = S * q + c - r  # the filter tap that input phase c, tap q meets for output phase r
+                j = S * q + c - r
                 if 0 <= j < k:
-                    poly[r, :, c, q] = w_int8[:, 0, j, 0]
+                    poly[r, :, c, q] = weight[:, 0, j, 0]
+    return poly.reshape(S * filters, S, taps, 1)
+
+
+def _polyphase_layout(i: str, source: str, pad_value: str | None, before: int, taps: int, filters: int
+                      ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes around a polyphase convolution named ``i``: those that pad ``source`` [B, 1, T, M] (with
+    ``pad_value``, a scalar tensor's name, or zeros) and fold it into ``{i}_phased`` [B, S, V, M], and
+    those that unfold the pooled ``{i}_phase_max`` [B, S·F, U] into ``{i}_max`` [B, F, T]."""
+    S = POLYPHASE
     init = [
-        numpy_helper.from_array(poly.reshape(S * filters, S, taps, 1), f"{n}_int8_w"),
-        numpy_helper.from_array(np.tile(w_scale, S).astype(np.float32), f"{n}_int8_w_scale"),
-        numpy_helper.from_array(np.zeros(S * filters, np.int8), f"{n}_int8_w_zero"),
-        numpy_helper.from_array(np.tile(b_int32, S), f"{n}_int8_b"),
-        numpy_helper.from_array(np.array([2], np.int64), f"{n}_int8_time_axis"),
-        numpy_helper.from_array(np.array([3], np.int64), f"{n}_int8_time_end"),
-        numpy_helper.from_array(np.array([0], np.int64), f"{n}_int8_zero_i64"),
-        numpy_helper.from_array(np.array([S - 1], np.int64), f"{n}_int8_round_up"),
-        numpy_helper.from_array(np.array([S], np.int64), f"{n}_int8_phases"),
-        numpy_helper.from_array(np.array([taps - 1], np.int64), f"{n}_int8_extra_taps"),
-        numpy_helper.from_array(np.array([before], np.int64), f"{n}_int8_pad_before"),
-        numpy_helper.from_array(np.array([0, 0, before, 0, 0, 0], np.int64), f"{n}_int8_pads_head"),
-        numpy_helper.from_array(np.array([0, -1, S, 0], np.int64), f"{n}_int8_fold"),
-        numpy_helper.from_array(np.array([0, S, filters, -1], np.int64), f"{n}_int8_split"),
-        numpy_helper.from_array(np.array([0, filters, -1], np.int64), f"{n}_int8_unfold"),
+        numpy_helper.from_array(np.array([2], np.int64), f"{i}_time_axis"),
+        numpy_helper.from_array(np.array([3], np.int64), f"{i}_time_end"),
+        numpy_helper.from_array(np.array([0], np.int64), f"{i}_zero_i64"),
+        numpy_helper.from_array(np.array([S - 1], np.int64), f"{i}_round_up"),
+        numpy_helper.from_array(np.array([S], np.int64), f"{i}_phases"),
+        numpy_helper.from_array(np.array([taps - 1], np.int64), f"{i}_extra_taps"),
+        numpy_helper.from_array(np.array([before], np.int64), f"{i}_pad_before"),
+        numpy_helper.from_array(np.array([0, 0, before, 0, 0, 0], np.int64), f"{i}_pads_head"),
+        numpy_helper.from_array(np.array([0, -1, S, 0], np.int64), f"{i}_fold"),
+        numpy_helper.from_array(np.array([0, S, filters, -1], np.int64), f"{i}_split"),
+        numpy_helper.from_array(np.array([0, filters, -1], np.int64), f"{i}_unfold"),
     ]
-    i = f"{n}_int8"
-    nodes = [
+    fold = [
         # frames T; outputs computed U·S ≥ T (U = ceil(T / S)); padded input S·(U + taps - 1) frames.
-        helper.make_node("Shape", [f"{x}_int8"], [f"{i}_shape"], name=f"{i}_shape"),
+        helper.make_node("Shape", [source], [f"{i}_shape"], name=f"{i}_shape"),
         helper.make_node("Slice", [f"{i}_shape", f"{i}_time_axis", f"{i}_time_end"], [f"{i}_frames"],
                          name=f"{i}_frames"),
         helper.make_node("Add", [f"{i}_frames", f"{i}_round_up"], [f"{i}_frames_up"], name=f"{i}_frames_up"),
@@ -355,14 +358,13 @@ def _polyphase_int8(p: MaxPooledConv, n: str, x: str, w_int8: np.ndarray, w_scal
         helper.make_node("Sub", [f"{i}_in_frames", f"{i}_used"], [f"{i}_pad_after"], name=f"{i}_pad_after"),
         helper.make_node("Concat", [f"{i}_pads_head", f"{i}_pad_after", f"{i}_zero_i64"], [f"{i}_pads"],
                          name=f"{i}_pads", axis=0),
-        helper.make_node("Pad", [f"{x}_int8", f"{i}_pads", f"{x}_int8_zero"], [f"{i}_padded"], name=f"{i}_pad"),
+        helper.make_node("Pad", [source, f"{i}_pads", *([pad_value] if pad_value else [])], [f"{i}_padded"],
+                         name=f"{i}_pad"),
         # [B, 1, S·V, M] → [B, V, S, M] → [B, S, V, M]: phase c of step v is frame S·v + c.
         helper.make_node("Reshape", [f"{i}_padded", f"{i}_fold"], [f"{i}_folded"], name=f"{i}_fold"),
         helper.make_node("Transpose", [f"{i}_folded"], [f"{i}_phased"], name=f"{i}_phase", perm=[0, 2, 1, 3]),
-        helper.make_node("QLinearConv", [f"{i}_phased", f"{x}_int8_scale", f"{x}_int8_zero", f"{i}_w",
-                                         f"{i}_w_scale", f"{i}_w_zero", f"{i}_y_scale", f"{i}_y_zero", f"{i}_b"],
-                         [f"{i}_y"], name=i, kernel_shape=[taps, 1]),
-        *_max_over_mel(i, f"{i}_y", p.pool_width, f"{i}_phase_max"),
+    ]
+    unfold = [
         # [B, S·F, U] → [B, S, F, U] → [B, F, U, S] → [B, F, U·S] → the first T frames.
         helper.make_node("Reshape", [f"{i}_phase_max", f"{i}_split"], [f"{i}_split_phases"], name=f"{i}_split"),
         helper.make_node("Transpose", [f"{i}_split_phases"], [f"{i}_interleaved"], name=f"{i}_interleave",
@@ -371,13 +373,65 @@ def _polyphase_int8(p: MaxPooledConv, n: str, x: str, w_int8: np.ndarray, w_scal
         helper.make_node("Slice", [f"{i}_all", f"{i}_zero_i64", f"{i}_frames", f"{i}_time_axis"], [f"{i}_max"],
                          name=f"{i}_trim"),
     ]
-    return nodes, init
+    return fold, unfold, init
 
 
-def rewrite_max_pooled_convs(model: onnx.ModelProto, patterns: list[MaxPooledConv]) -> onnx.ModelProto:
+def _polyphase_int8(p: MaxPooledConv, n: str, x: str, w_int8: np.ndarray, w_scale: np.ndarray,
+                    b_int32: np.ndarray) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """A (k × 1) convolution over one input channel, 'same' in time, as a polyphase QLinearConv.
+
+    S = POLYPHASE consecutive frames become S input channels and S·F output channels (output frame
+    u·S + r, filter f is channel r·F + f); the kernel's k taps become Q = ceil((k - 1) / S) + 1. With
+    one input channel ONNX Runtime's im2col copies k values per output; here S·Q per S outputs. The
+    same int8 weights, rearranged (taps outside the filter are zero): the same sums with 1.1-1.3× the
+    multiplications, and on one core 4-5× faster than the direct form (musicnn's temporal filters,
+    128/64/32 × 1: 32 → 9 µs per frame)."""
+    filters = w_int8.shape[0]
+    poly = _polyphase_weights(w_int8)
+    S = POLYPHASE
+    i = f"{n}_int8"
+    fold, unfold, init = _polyphase_layout(i, f"{x}_int8", f"{x}_int8_zero", _time_pads(p.conv)[0], poly.shape[2],
+                                           filters)
+    init += [
+        numpy_helper.from_array(poly, f"{i}_w"),
+        numpy_helper.from_array(np.tile(w_scale, S).astype(np.float32), f"{i}_w_scale"),
+        numpy_helper.from_array(np.zeros(S * filters, np.int8), f"{i}_w_zero"),
+        numpy_helper.from_array(np.tile(b_int32, S), f"{i}_b"),
+    ]
+    conv = helper.make_node("QLinearConv", [f"{i}_phased", f"{x}_int8_scale", f"{x}_int8_zero", f"{i}_w",
+                                            f"{i}_w_scale", f"{i}_w_zero", f"{i}_y_scale", f"{i}_y_zero", f"{i}_b"],
+                            [f"{i}_y"], name=i, kernel_shape=[poly.shape[2], 1])
+    return [*fold, conv, *_max_over_mel(i, f"{i}_y", p.pool_width, f"{i}_phase_max"), *unfold], init
+
+
+def _polyphase_float(p: MaxPooledConv, n: str, weight: np.ndarray, bias: np.ndarray
+                     ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The float32 polyphase form of a (k × 1) convolution (see :func:`_polyphase_int8`), each channel's
+    maximum over mel in ``{n}_poly_max`` [B, F, T]: the same products as the direct form, summed in
+    another order (float32 rounding apart, the same values), without the direct form's im2col copies."""
+    filters = weight.shape[0]
+    poly = _polyphase_weights(weight.astype(np.float32))
+    i = f"{n}_poly"
+    fold, unfold, init = _polyphase_layout(i, p.conv.input[0], None, _time_pads(p.conv)[0], poly.shape[2], filters)
+    init += [numpy_helper.from_array(poly, f"{i}_w"),
+             numpy_helper.from_array(np.tile(bias.astype(np.float32), POLYPHASE), f"{i}_b"),
+             numpy_helper.from_array(np.array([3], np.int64), f"{i}_mel_axis")]
+    conv = helper.make_node("Conv", [f"{i}_phased", f"{i}_w", f"{i}_b"], [f"{i}_y"], name=i,
+                            kernel_shape=[poly.shape[2], 1])
+    pool = helper.make_node("ReduceMax", [f"{i}_y", f"{i}_mel_axis"], [f"{i}_phase_max"], name=f"{i}_max",
+                            keepdims=0)
+    return [*fold, conv, pool, *unfold], init
+
+
+def rewrite_max_pooled_convs(model: onnx.ModelProto, patterns: list[MaxPooledConv], polyphase: bool = False
+                             ) -> onnx.ModelProto:
     """A copy of ``model`` with every pattern in float32 as ``Conv (channels that need the minimum
     negated) → ReduceMax over mel → Mul(sign)``: the same values, bit for bit (negation is exact, so
-    min z = -max(-z)), with one reduction instead of a ReduceMax and a ReduceMin."""
+    min z = -max(-z)), with one reduction instead of a ReduceMax and a ReduceMin.
+
+    Args:
+        polyphase: the (k × 1) convolutions as a float32 polyphase ``Conv`` (:func:`_polyphase_float`):
+            faster on one core, equal up to float32 rounding (not bit for bit). Default False."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     initialisers = {i.name: i for i in graph.initializer}
@@ -394,15 +448,21 @@ def rewrite_max_pooled_convs(model: onnx.ModelProto, patterns: list[MaxPooledCon
                   numpy_helper.from_array((bias[live] * sign).astype(np.float32), f"{n}_signed_b"),
                   numpy_helper.from_array(sign[None, :, None], f"{n}_sign"),
                   numpy_helper.from_array(np.array([3], np.int64), f"{n}_mel_axis")]
-        conv = helper.make_node("Conv", [p.conv.input[0], f"{n}_signed_w", f"{n}_signed_b"], [f"{n}_signed_y"],
-                                name=f"{n}_signed")
-        conv.attribute.extend(p.conv.attribute)
         restore, restore_init = _pooled_output(n, p, live, bias)
+        if polyphase and _is_temporal(p, weight):
+            pooled, poly_init = _polyphase_float(p, n, weight[live] * sign[:, None, None, None], bias[live] * sign)
+            added += poly_init
+            maxima = f"{n}_poly_max"
+        else:
+            conv = helper.make_node("Conv", [p.conv.input[0], f"{n}_signed_w", f"{n}_signed_b"], [f"{n}_signed_y"],
+                                    name=f"{n}_signed")
+            conv.attribute.extend(p.conv.attribute)
+            pooled = [conv, helper.make_node("ReduceMax", [f"{n}_signed_y", f"{n}_mel_axis"], [f"{n}_signed_max"],
+                                             name=f"{n}_max", keepdims=0)]
+            maxima = f"{n}_signed_max"
         replacement[p.conv.name] = [
-            conv,
-            helper.make_node("ReduceMax", [f"{n}_signed_y", f"{n}_mel_axis"], [f"{n}_signed_max"],
-                             name=f"{n}_max", keepdims=0),
-            helper.make_node("Mul", [f"{n}_signed_max", f"{n}_sign"], [restore[0]], name=f"{n}_unsign"),
+            *pooled,
+            helper.make_node("Mul", [maxima, f"{n}_sign"], [restore[0]], name=f"{n}_unsign"),
             *restore[1],
         ]
         added += restore_init
@@ -720,14 +780,16 @@ def _splice(graph: onnx.GraphProto, replacement: dict[str, list[onnx.NodeProto]]
     graph.initializer.extend(kept + added)
 
 
-def calibration_feeds(paths: Iterable[Path], front_end, input_name: str, chunk_frames: int = 4096
-                      ) -> Iterable[dict[str, np.ndarray]]:
-    """Log-mel feeds ``{input_name: float32 [1, frames, mels]}`` from audio files, ``chunk_frames`` at a
-    time. A file that cannot be decoded raises :class:`tagger.errors.DecodeError`."""
+def calibration_feeds(paths: Iterable[Path], front_end, input_name: str, chunk_frames: int = 4096,
+                      clips: Iterable[Callable[[int], np.ndarray]] = ()) -> Iterable[dict[str, np.ndarray]]:
+    """Log-mel feeds ``{input_name: float32 [1, frames, mels]}`` from audio files, then from ``clips``
+    (each a function of the sample rate in Hz returning mono float samples in [-1, 1]), ``chunk_frames``
+    at a time. A file that cannot be decoded raises :class:`tagger.errors.DecodeError`."""
     from tagger.decode import decode_file
 
-    for path in paths:
-        mel = front_end.spectrogram(decode_file(path, front_end.sample_rate))
+    audio = [*(lambda sr, path=path: decode_file(path, sr) for path in paths), *clips]
+    for make in audio:
+        mel = front_end.spectrogram(make(front_end.sample_rate))
         for start in range(0, mel.shape[0], chunk_frames):
             part = mel[start:start + chunk_frames]
             if part.shape[0] >= 16:
@@ -783,31 +845,46 @@ def drop_constant_features_file(path: Path, tolerance: float = 1e-5) -> int:
 
 
 def quantize_model_file(source: Path, target: Path, calibration_audio: list[Path], within: str | None = None,
-                        name: str | None = None, margin: float = DEFAULT_MARGIN) -> dict:
+                        name: str | None = None, margin: float = DEFAULT_MARGIN,
+                        calibration_clips: Sequence[Callable[[int], np.ndarray]] = (),
+                        float_kernels: Collection[tuple[int, ...]] = ()) -> dict:
     """Write ``target``: the genre-tagger model ``source`` with its max-pooled convolutions (those
-    ``within`` depends on, or all) in int8, calibrated on ``calibration_audio``, and the others
-    rewritten exactly (:func:`rewrite_max_pooled_convs`). The manifest is kept, renamed ``name``
-    (default ``<name>-int8``), with a ``quantization`` entry in its metrics, which is also returned."""
+    ``within`` depends on, or all) in int8, calibrated on ``calibration_audio`` (files) and
+    ``calibration_clips`` (see :func:`calibration_feeds`), and the others rewritten in float32
+    (:func:`rewrite_max_pooled_convs`, the (k × 1) ones in polyphase form). The manifest is kept, renamed
+    ``name`` (default ``<name>-int8``), with a ``quantization`` entry in its metrics, which is also returned.
+
+    Args:
+        float_kernels: kernel shapes (time, mel) of max-pooled convolutions that stay float32 although
+            ``within`` reaches them: those whose int8 rounding moves the outputs most (measure it, as
+            ``training/default_model.py`` did for its ``INT8_FLOAT_KERNELS``). Default none.
+    """
     from tagger.model import MANIFEST_KEY, read_manifest
     from training.export import save_onnx
 
     manifest = read_manifest(source)
     front_end = next(iter(manifest.front_ends.values()))
     model = onnx.load(str(source))
-    patterns = find_max_pooled_convs(model, within, front_end.n_mels)
+    kept = {tuple(k) for k in float_kernels}
+    patterns = [p for p in find_max_pooled_convs(model, within, front_end.n_mels)
+                if tuple(_attributes(p.conv)["kernel_shape"]) not in kept]
     if not patterns:
         raise ValueError(f"{source}: no max-pooled convolution to quantise" + (f" within {within!r}" if within else ""))
-    calibration = calibrate(model, patterns, calibration_feeds(calibration_audio, front_end, manifest.input))
+    calibration = calibrate(model, patterns, calibration_feeds(calibration_audio, front_end, manifest.input,
+                                                               clips=calibration_clips))
     quantized = quantize_max_pooled_convs(model, patterns, calibration, margin)
     others = find_max_pooled_convs(quantized, None, front_end.n_mels)
     if others:
-        quantized = rewrite_max_pooled_convs(quantized, others)
+        quantized = rewrite_max_pooled_convs(quantized, others, polyphase=True)
     quantized, dropped = prune_dead_filters(quantized)
     initialisers = {i.name: i for i in model.graph.initializer}
     dead = sum(int(dead_filters(numpy_helper.to_array(initialisers[p.conv.input[1]])).sum()) for p in patterns)
     info = {"method": "int8 max-pooled convolutions, dead filters dropped (training.optimize)",
             "convolutions": [p.conv.name for p in patterns], "within": within, "margin": margin,
-            "calibration_files": len(calibration_audio), "dead_filters_dropped": dead + dropped}
+            "float_convolutions": [p.conv.name for p in others],
+            "float_kernels": sorted(list(k) for k in kept),
+            "calibration_files": len(calibration_audio), "calibration_clips": len(calibration_clips),
+            "dead_filters_dropped": dead + dropped}
     from dataclasses import replace
 
     renamed = replace(manifest, name=name or f"{manifest.name}-int8",
