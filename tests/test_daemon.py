@@ -253,10 +253,10 @@ def test_a_subscriber_that_never_reads_does_not_slow_tagging(tiny_model: Path, t
         watcher.close()
     statuses = watcher.of_type("status")
     dropping = [m for m in statuses if m["dropped_messages"] > 0]
+    first = dropping[0] if dropping else {"uptime_s": "-", "tagged": "-"}
     print(f"\n{len(library_files)} files side by side: {took['baseline']:.2f} s without a subscriber, "
           f"{took['stuck']:.2f} s with one that never reads; {len(statuses)} statuses read, "
-          f"first drop at {dropping[0]['uptime_s'] if dropping else '-'} s, {dropping[0]['tagged'] if dropping else '-'} "
-          f"tracks tagged")
+          f"first drop at {first['uptime_s']} s, {first['tagged']} tracks tagged")
     # The stuck queue was full while tracks were still being tagged: drops were counted, and tagging went on.
     assert dropping and dropping[0]["tagged"] < len(library_files)
     assert max(m["tagged"] for m in statuses) == len(library_files)
