@@ -153,6 +153,10 @@ class PublisherProcess:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
         self._supervisor.join(5.0)
+        if self._supervisor.is_alive():  # blocked writing to a child that stopped reading: end that child
+            with contextlib.suppress(OSError):
+                self._child.kill()
+            self._supervisor.join(5.0)
 
     # -- the child's life -----------------------------------------------------------------------
 
@@ -242,6 +246,8 @@ class PublisherProcess:
             try:
                 item = self._queue.get(timeout=0.2)
             except queue.Empty:
+                if self._closing.is_set():  # all handed over (the closing None found no room in a full queue)
+                    return
                 continue
             if item is None:
                 return

@@ -6,6 +6,7 @@ signals sent to the child the way a flood at its memory cap or a service manager
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -103,3 +104,26 @@ def test_an_endpoint_the_publisher_process_cannot_bind_is_one_clear_error() -> N
         first.close()
     with pytest.raises(ConfigError, match="inproc"):
         PublisherProcess("inproc://daemon")
+
+
+def test_closing_with_a_hung_publisher_process_ends_it_and_its_thread() -> None:
+    # A child that stops reading its stdin (stopped here; hung for real it looks the same): the daemon's
+    # writes block once the pipe is full. close() must still end the child and the supervising thread,
+    # not leave them behind (a hung child would keep the endpoint bound after the daemon is gone).
+    publisher = PublisherProcess("tcp://127.0.0.1:0", queue_size=100)
+    child = publisher.pid
+    assert child is not None
+    os.kill(child, signal.SIGSTOP)
+    try:
+        big = {"type": "status", "padding": "x" * 20_000}
+        for _ in range(500):  # ~10 MB: more than the pipe holds, and the queue fills behind it
+            publisher.publish("status", big)
+        assert wait_until(lambda: publisher._queue.full(), 30), "the queue never filled behind the hung child"
+    finally:
+        publisher.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGCONT)
+    assert wait_until(lambda: not Path(f"/proc/{child}").exists() or
+                      "State:\tZ" in Path(f"/proc/{child}/status").read_text(), 10), "the hung child was left running"
+    assert wait_until(lambda: not publisher._supervisor.is_alive(), 10), "the supervising thread was left blocked"
+    assert publisher.pid is None
