@@ -165,11 +165,15 @@ class PublisherProcess:
         settings = {"endpoint": endpoint, "send_hwm": self.send_hwm, "memory_limit_mb": self.memory_limit_mb,
                     "curve": [self._curve.secret_key, list(self._curve.clients)] if self._curve else None}
         env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # fewer malloc arenas: less address space per thread
-        child = subprocess.Popen([sys.executable, "-m", "service.publish_process"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, env=env, start_new_session=False)
+        try:
+            child = subprocess.Popen([sys.executable, "-m", "service.publish_process"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, start_new_session=False)
+        except OSError as exc:  # the interpreter is gone (its environment rebuilt), or no process can be made now
+            raise ConfigError(f"cannot start the publisher process ({sys.executable}): {exc.strerror or exc}") from None
         assert child.stdin is not None and child.stdout is not None
-        child.stdin.write(json.dumps(settings).encode() + b"\n")
-        child.stdin.flush()
+        with contextlib.suppress(OSError, ValueError):  # ended at once: its reader says so
+            child.stdin.write(json.dumps(settings).encode() + b"\n")
+            child.stdin.flush()
         answer: queue.Queue[dict[str, Any]] = queue.Queue()
         reader = threading.Thread(target=self._read, args=(child.stdout, answer), name="zmq-publisher-reader",
                                   daemon=True)
@@ -180,13 +184,14 @@ class PublisherProcess:
             first = {"error": f"the publisher process did not start within {START_TIMEOUT_S:.0f} s"}
         if "bound" not in first:
             _end(child, reader)
-            raise ConfigError(str(first.get("error", "the publisher process ended at start")))
+            raise ConfigError(str(first.get("error", f"the publisher process ended at start ({_why(child)})")))
         self._bound = str(first["bound"])
         with self._lock:
             cached = list(self._cache.items())
-        for topic, body in cached:  # a restarted child replays the daemon's state to late subscribers
-            child.stdin.write(json.dumps({"prime": [topic, body]}).encode() + b"\n")
-        child.stdin.flush()
+        with contextlib.suppress(OSError, ValueError):  # ended meanwhile: the supervisor starts another one
+            for topic, body in cached:  # a restarted child replays the daemon's state to late subscribers
+                child.stdin.write(json.dumps({"prime": [topic, body]}).encode() + b"\n")
+            child.stdin.flush()
         return child, reader
 
     def _read(self, stdout: IO[bytes], answer: queue.Queue[dict[str, Any]]) -> None:
@@ -205,6 +210,7 @@ class PublisherProcess:
                 logging.getLogger(name).log(int(level), "%s", message)
             else:
                 answer.put(item)
+        answer.put({})  # its end: a child that ended before answering is not waited for
 
     def _supervise(self) -> None:
         backoff = RESTART_BACKOFF_S[0]
@@ -219,7 +225,7 @@ class PublisherProcess:
             _end(child, reader)  # it ended by itself, or stopped reading: make sure, and read its last counts
             self._retire()
             code = child.returncode
-            why = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            why = _why(child)
             if code in MEMORY_EXITS:
                 why += f", most likely at its {self.memory_limit_mb} MB cap: a client flooding subscriptions?"
             if time.monotonic() - started >= HEALTHY_AFTER_S:
@@ -266,6 +272,12 @@ class PublisherProcess:
             for name in COUNTERS:
                 self._ended[name] += int(self._stats.get(name, 0))
             self._stats = {}
+
+
+def _why(child: subprocess.Popen) -> str:
+    """How an ended child ended, in words."""
+    code = child.returncode
+    return f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
 
 
 def _end(child: subprocess.Popen, reader: threading.Thread, timeout: float = 3.0) -> None:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from daemon_helpers import Subscriber, wait_until
 
-from service.publish_process import PublisherProcess
+from service.publish_process import START_TIMEOUT_S, PublisherProcess
 from tagger.errors import ConfigError
 
 
@@ -127,3 +129,38 @@ def test_closing_with_a_hung_publisher_process_ends_it_and_its_thread() -> None:
                       "State:\tZ" in Path(f"/proc/{child}/status").read_text(), 10), "the hung child was left running"
     assert wait_until(lambda: not publisher._supervisor.is_alive(), 10), "the supervising thread was left blocked"
     assert publisher.pid is None
+
+
+def test_a_publisher_process_that_ends_at_start_is_reported_at_once(monkeypatch) -> None:
+    # An interpreter that exits without a word (here /bin/false): the daemon says so at once instead of
+    # waiting START_TIMEOUT_S for an answer that cannot come.
+    monkeypatch.setattr(sys, "executable", shutil.which("false"))
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="ended at start") as caught:
+        PublisherProcess("tcp://127.0.0.1:0")
+    assert time.monotonic() - started < START_TIMEOUT_S / 2, "waited for an answer from a process that had ended"
+    assert "exit status 1" in str(caught.value)
+
+
+def test_a_publisher_process_that_cannot_be_started_again_is_tried_again_not_given_up(monkeypatch, caplog) -> None:
+    # The interpreter went away under a running daemon (its virtual environment rebuilt, a fork refused):
+    # each restart fails with an OSError; the supervising thread must log it and keep trying, not die.
+    caplog.set_level(logging.WARNING, logger="service.publish")
+    python = sys.executable
+    publisher = PublisherProcess("tcp://127.0.0.1:0")
+    subscriber = None
+    try:
+        first_child = publisher.pid
+        monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+        os.kill(first_child, signal.SIGKILL)
+        assert wait_until(lambda: "cannot start again" in caplog.text, 30), caplog.text
+        assert publisher._supervisor.is_alive(), "the supervising thread died: the publisher never comes back"
+        monkeypatch.setattr(sys, "executable", python)
+        assert wait_until(lambda: publisher.pid not in (None, first_child), 60), "no new publisher process"
+        subscriber = Subscriber(publisher.bound, ("status",))
+        _publish_until_heard(publisher, subscriber, 0)
+    finally:
+        if subscriber is not None:
+            subscriber.close()
+        publisher.close()
+    assert not publisher._supervisor.is_alive()
