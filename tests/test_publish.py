@@ -20,6 +20,15 @@ def _status(i: int) -> dict:
             "provider": "CPUExecutionProvider", "model": "m", "dropped_messages": 0}
 
 
+def _subscribed(publisher: Publisher, count: int, timeout: float = 30.0) -> None:
+    """Wait until the publisher has read ``count`` subscriptions: from then on they get what it sends (a fixed
+    sleep for the connection, as before, is a bet on the box's load)."""
+    deadline = time.monotonic() + timeout
+    while publisher.subscribers < count:
+        assert time.monotonic() < deadline, f"{publisher.subscribers} of {count} subscriptions within {timeout} s"
+        time.sleep(0.02)
+
+
 def test_a_stuck_subscriber_only_costs_counted_drops(tmp_path) -> None:
     publisher = Publisher(f"ipc://{tmp_path}/pub", send_hwm=20)
     stuck = zmq.Context.instance().socket(zmq.SUB)
@@ -27,7 +36,7 @@ def test_a_stuck_subscriber_only_costs_counted_drops(tmp_path) -> None:
     stuck.connect(publisher.bound)
     stuck.subscribe(b"")
     healthy = Subscriber(publisher.bound)
-    time.sleep(0.3)
+    _subscribed(publisher, 2)
     started = time.perf_counter()
     for i in range(3000):
         publisher.publish("status", _status(i))
@@ -53,7 +62,7 @@ def test_a_stuck_subscriber_only_costs_counted_drops(tmp_path) -> None:
 def test_messages_carry_schema_seq_and_time(tmp_path) -> None:
     publisher = Publisher(f"ipc://{tmp_path}/pub2")
     sub = Subscriber(publisher.bound)
-    time.sleep(0.2)
+    _subscribed(publisher, 1)
     for i in range(3):
         publisher.publish("status", _status(i))
     sub.poll(0.5)
@@ -118,7 +127,7 @@ def test_a_late_subscriber_gets_the_latest_status_and_each_live_source_at_once(t
     early.setsockopt(zmq.LINGER, 0)
     early.connect(publisher.bound)
     early.subscribe(b"")
-    time.sleep(0.3)
+    _subscribed(publisher, 1)
     for i in range(3):
         publisher.publish("status", _status(i))
         publisher.publish("live.radio", {"type": "x", "n": i})
@@ -145,7 +154,7 @@ def test_a_late_subscriber_gets_the_latest_status_and_each_live_source_at_once(t
     publisher.close()
 
 
-def test_curve_lets_only_listed_clients_in(tmp_path) -> None:
+def test_curve_lets_only_listed_clients_in(tmp_path, caplog) -> None:
     import zmq.auth
 
     for name in ("daemon", "friend", "stranger"):
@@ -164,8 +173,14 @@ def test_curve_lets_only_listed_clients_in(tmp_path) -> None:
         sock.subscribe(b"")
         return sock
 
+    caplog.set_level(logging.WARNING, logger="service.publish")
     friend, stranger, plain = subscriber("friend"), subscriber("stranger"), subscriber(None)
-    time.sleep(1.0)
+    # The friend's subscription is in and the stranger has been refused (not merely not yet connected).
+    _subscribed(publisher, 1)
+    deadline = time.monotonic() + 30
+    while not any("refused a client whose CURVE key" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the stranger was never refused"
+        time.sleep(0.05)
     for i in range(5):
         publisher.publish("status", _status(i))
     counts = {name: len(_drain(sock, 1.0)) for name, sock in (("friend", friend), ("stranger", stranger),
