@@ -212,8 +212,9 @@ def _start_tagging(model: Path, files: list[Path], base: Path, endpoint: str) ->
 def test_a_subscriber_that_never_reads_does_not_slow_tagging(tiny_model: Path, tmp_path: Path,
                                                             library_files: list[Path]) -> None:
     """Two daemons tag the same files side by side, one with a subscriber that never reads. The ZeroMQ sink is
-    inline in the tagging worker, so a publisher that waited for room would stall that daemon outright, and one
-    that waited a little per message would fall behind its twin. Side by side, both runs see the same load
+    inline in the tagging worker (it hands each message to the publisher process's queue), so a publisher that
+    waited for room, in the daemon or by back-pressure from its process, would stall that daemon outright, and
+    one that waited a little per message would fall behind its twin. Side by side, both runs see the same load
     (timed one after the other, a loaded 2-core box once made the second run take 15.3 s against 8.0 s).
 
     The stuck queue must really fill: over TCP the kernel's loopback buffers took ~700 kB (about 40 s of
