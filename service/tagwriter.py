@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,11 @@ def write_owed(library: Library, writer: TagWriter, owed: OwedWrite,
         library.queue_again([owed.track_id])
         library.owed_done(owed.id)
         return Outcome(owed.path, QUEUED, reason=f"{exc}: to be tagged again"), False
+    # Never below the threshold the library judged this result at (lowered since: the library still calls the
+    # labels in between uncertain, and the file is not tagged again).
+    judged_at = max((result.outputs[o].threshold for o in settings.outputs or result.outputs), default=0.0)
+    if judged_at > settings.threshold:
+        settings = replace(settings, threshold=judged_at)
     outcome = writer.write(owed.track_id, owed.path, result.outputs, result.model, result.model_version,
                            owed.owed_fingerprint, result.music, settings)
     if outcome.action not in (SKIPPED, FAILED):

@@ -314,3 +314,45 @@ def test_a_library_retag_interrupted_before_a_write_makes_it_when_resumed(realwo
     assert read_state(song).provenance == "tiny-test 0.0.2"
     assert query(db, "SELECT model_version, tag_count FROM tracks") == [("0.0.2", 2)]  # not tagged again
     assert _owed(db) == (0, 0)
+
+
+def test_an_owed_write_is_never_made_below_the_threshold_its_result_was_judged_at(realworld: Path, tiny_model: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Owed at tagging.threshold 0.5, made after the threshold was lowered to 0.3 (file tagging off meanwhile,
+    or a restart after a kill): the library's genres were decided at 0.5 and the file is not tagged again, so
+    a label between 0.3 and 0.5 is one the library calls uncertain and must not become a file tag."""
+    music = tmp_path / "music"
+    music.mkdir()
+    song = music / "song.mp3"
+    shutil.copy(realworld / "asc-music" / "machine_wars.mp3", song)
+    song.chmod(0o644)  # the shared copy is read-only
+    db = tmp_path / "library.db"
+    library = Library(db)
+    tagger = Tagger(tiny_model, threshold=0.5)
+    try:
+        library.discover(song)
+        row = library.get(song)
+        result = tagger.tag_file(song)
+        assert result.music and result.outputs["tags"].decided  # something to write at 0.5
+        assert library.record_result(row.id, result, row.fingerprint, owe_tags=True)
+    finally:
+        library.close()
+    decided = {label for label, in query(db, "SELECT label FROM genres WHERE output = 'tags' AND decided = 1")}
+    uncertain = {label for label, score in query(db, "SELECT label, score FROM genres WHERE output = 'tags' "
+                                                     "AND decided = 0") if score >= 0.3}
+    assert uncertain, "no label between 0.3 and 0.5: the test shows nothing"
+    labels = {o.name: tuple(o.labels) for o in tagger.manifest.outputs}
+    config = Config()
+    config.daemon.library = str(db)
+    config.tagging.threshold = 0.3  # lowered since the write was owed
+    sink = TagsSink(TagsSection(write=True, outputs=["tags"]), SinkContext(config, labels, "tiny-test 0.0.1"))
+    hub = SinkHub([sink])
+    hub.start()
+    try:
+        _beat(hub)
+        assert wait_until(lambda: _owed(db) == (0, 0), 60)
+    finally:
+        hub.close(time.monotonic() + 4.0)
+    written = {g.casefold() for g in read_state(song).genres}
+    assert written, "the owed write was not made"
+    assert written <= {label.casefold() for label in decided}, (written, decided, uncertain)
