@@ -312,11 +312,16 @@ class _Outbox:
         self.thread.join(2.0)
 
     def _write(self) -> None:
-        while (line := self.lines.get()) is not None:
-            self.out.write(line)
-            if self.lines.empty():
-                self.out.flush()
-        self.out.flush()
+        try:
+            while (line := self.lines.get()) is not None:
+                self.out.write(line)
+                if self.lines.empty():
+                    self.out.flush()
+            self.out.flush()
+        except (BrokenPipeError, ValueError):  # the daemon is gone (killed): nobody reads; this process ends at
+            # the end of its stdin. No traceback into the log it shares with the daemon, now or at exit's flush.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
 
 
 class _Relay(logging.Handler):

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -164,3 +165,25 @@ def test_a_publisher_process_that_cannot_be_started_again_is_tried_again_not_giv
             subscriber.close()
         publisher.close()
     assert not publisher._supervisor.is_alive()
+
+
+def test_a_publisher_process_whose_daemon_was_killed_ends_quietly(tmp_path: Path) -> None:
+    # kill -9 of the daemon: the child sees the end of its stdin and ends; its last lines meet a closed pipe.
+    # That is expected, and must not print a traceback into the log it shares with the daemon (its stderr).
+    script = ("import sys, time\nfrom service.publish_process import PublisherProcess\n"
+              "p = PublisherProcess('tcp://127.0.0.1:0')\nprint(p.pid, flush=True)\ntime.sleep(600)\n")
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=out)
+    try:
+        child = int(parent.stdout.readline())
+        time.sleep(1.5)  # a few of its counts reports have been read
+        parent.kill()
+        parent.wait(30)
+        assert wait_until(lambda: not Path(f"/proc/{child}").exists(), 30), "the publisher outlived its daemon"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.stdout.close()
+    text = log.read_text()
+    assert "Traceback" not in text and "Exception" not in text, text
