@@ -97,17 +97,16 @@ class PublisherProcess:
 
     def publish(self, topic: str, message: dict[str, Any]) -> bool:
         """Queue [topic, JSON] for the child; False (and a counted drop) when the queue is full."""
-        with self._lock:
+        with self._lock:  # queued under the lock that stamps seq: threads publishing at once never swap seqs
             body = {"schema": SCHEMA_ID, "seq": self.seq, "ts": time.time(), **message}
             self.seq += 1
             if topic.startswith(CACHED_TOPIC_PREFIXES):
                 self._cache[topic] = body
-        try:
-            self._queue.put_nowait((topic, body))
-        except queue.Full:
-            with self._lock:
+            try:
+                self._queue.put_nowait((topic, body))
+            except queue.Full:
                 self.queue_dropped += 1
-            return False
+                return False
         return True
 
     def _count(self, name: str) -> int:
