@@ -401,7 +401,8 @@ class Publisher:
     @property
     def subscribers(self) -> int:
         """Live subscriptions (a client subscribed to two prefixes counts twice)."""
-        return sum(n for n in self.subscriptions.values() if n > 0)
+        # A copy first (one step under the GIL): the reader thread files subscriptions meanwhile.
+        return sum(n for n in list(self.subscriptions.values()) if n > 0)
 
     def _close_all(self) -> None:
         if getattr(self, "_socket", None) is not None:

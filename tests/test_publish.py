@@ -200,3 +200,48 @@ def test_curve_settings_errors_name_the_key(tmp_path) -> None:
     zmq.auth.create_certificates(tmp_path, "daemon")
     with pytest.raises(ConfigError, match="curve_clients: 'not-a-key': cannot read CURVE certificate"):
         Publisher("tcp://127.0.0.1:0", curve=Curve(str(tmp_path / "daemon.key_secret"), ("not-a-key",)))
+
+
+def test_subscribers_can_be_counted_while_subscriptions_pour_in() -> None:
+    # The publisher process's counts reporter reads `subscribers` every 0.5 s from its own thread while the
+    # reader thread files subscriptions; a reporter that died of it would leave the daemon's counts frozen.
+    import sys
+    import threading
+
+    publisher = Publisher("tcp://127.0.0.1:0")
+    client = zmq.Context.instance().socket(zmq.XSUB)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(publisher.bound)
+    errors: list[BaseException] = []
+    counted = 0
+    stop = threading.Event()
+
+    def count() -> None:
+        nonlocal counted
+        while not stop.is_set():
+            try:
+                publisher.subscribers  # noqa: B018 (the property is the test)
+                counted += 1
+            except Exception as exc:  # what the reporter thread would die of
+                errors.append(exc)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    counter = threading.Thread(target=count)
+    counter.start()
+    try:
+        deadline = time.monotonic() + 8  # before the fix: failed within a second
+        while time.monotonic() < deadline and not errors:
+            for i in range(100):  # come and go, below the subscription limit: the table changes size all the time
+                client.send(b"\x01topic-%d" % i)
+            for i in range(100):
+                client.send(b"\x00topic-%d" % i)
+            time.sleep(0.001)
+    finally:
+        stop.set()
+        counter.join(10)
+        sys.setswitchinterval(switch)
+        client.close()
+        publisher.close()
+    assert counted > 0
+    assert not errors, f"{len(errors)} failed counts, first: {errors[0]!r}"
