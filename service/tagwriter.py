@@ -29,6 +29,7 @@ from tagger.filetags import (
     plan_genres,
     provenance_value,
     read_state,
+    remove_stale_temps,
     unique,
     with_genres,
     write_state,
@@ -214,6 +215,8 @@ def write_owed(library: Library, writer: TagWriter, owed: OwedWrite,
     settings = settings or writer.settings
     if not owed.file_is_current() or owed.path is None:
         library.owed_done(owed.id)
+        if owed.path is not None:  # a writer killed mid-write left its copy beside the file: no write removes it now
+            remove_stale_temps(Path(owed.path))
         return None, False
     try:
         result = result_from_json(owed.result, owed.path)
@@ -233,6 +236,8 @@ def write_owed(library: Library, writer: TagWriter, owed: OwedWrite,
                            owed.owed_fingerprint, result.music, settings)
     if outcome.action not in (SKIPPED, FAILED):
         library.owed_done(owed.id)
+        if outcome.action != WRITTEN:  # no write ran, so none removed a killed writer's copy
+            remove_stale_temps(Path(owed.path))
         return outcome, False
     return outcome, library.owed_failed(owed.id, outcome.reason, outcome.lasting)
 

@@ -356,3 +356,34 @@ def test_an_owed_write_is_never_made_below_the_threshold_its_result_was_judged_a
     written = {g.casefold() for g in read_state(song).genres}
     assert written, "the owed write was not made"
     assert written <= {label.casefold() for label in decided}, (written, decided, uncertain)
+
+
+def test_the_copy_a_killed_writer_left_beside_a_file_goes_even_when_its_write_is_not_made(
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """Killed while writing: the writer's temporary copy (a whole copy of the file) stays in the music folder.
+    The file then changed (the user tagged it in another program): the owed write is dropped, not made, and
+    the copy must go too, not stay beside the user's file for good (only a later write of it removed it)."""
+    from mutagen.flac import FLAC
+
+    music = tmp_path / "music"
+    music.mkdir()
+    song = music / "song.flac"
+    shutil.copy(format_files["flac"], song)
+    db = tmp_path / "library.db"
+    _owed_library(db, [song], tiny_model)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = music / f".{song.name}.{dead.pid}.genre-tagger-tmp"
+    shutil.copy(song, left)
+    tags = FLAC(song)
+    tags["genre"] = ["Their own"]
+    tags.save()
+    labels = {o.name: tuple(o.labels) for o in Tagger(tiny_model).manifest.outputs}
+    sink, hub = _sink(db, labels)
+    try:
+        _beat(hub)
+        assert wait_until(lambda: _owed(db) == (0, 0), 60)
+    finally:
+        hub.close(time.monotonic() + 4.0)
+    assert read_state(song).genres == ("Their own",) and sink.written == 0  # changed: not written
+    assert not left.exists(), "the killed writer's copy was left in the music folder"
