@@ -184,7 +184,8 @@ class Status:
     Attributes:
         uptime_s: seconds since start. queue_depth: files waiting. tagged, errors: files since start.
         audio_seconds: audio tagged since start. realtime_factor: audio seconds tagged per wall second
-        since the last heartbeat. dropped_messages: events some consumer missed (every sink's drops).
+        since the last heartbeat. dropped_messages: events some consumer missed (every sink's drops;
+        for ZeroMQ subscribers a lower bound: a full subscriber queue is reported once each time it fills).
         live: per live source, its capture status. sinks: per sink, its counts (see SinkHub.counts).
         library: while the library cannot be written, why and for how long ("library locked by another
         process for 42 s"); None when it is writable.

@@ -2,7 +2,9 @@
 
 The socket is XPUB. Each message is first offered with ``XPUB_NODROP`` set: if some subscriber's
 queue is full (it reads too slowly or not at all), ZeroMQ refuses it with ``Again``, which we count as
-a drop; the message is then sent again in lossy mode, which skips only the full queues, so healthy
+a drop (once each time a queue fills: ZeroMQ then leaves that subscriber out of later sends
+without saying so until it reads again, so the count is a lower bound; subscribers see gaps in
+``seq``); the message is then sent again in lossy mode, which skips only the full queues, so healthy
 subscribers still get everything and nothing ever blocks. Every message carries ``schema``,
 ``type``, ``seq`` and ``ts`` (see ``service/schema/messages-v1.json``).
 
