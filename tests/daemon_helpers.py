@@ -20,6 +20,11 @@ from service.publish import load_schema
 
 VALIDATOR = jsonschema.Draft202012Validator(load_schema())
 
+# A command prefix: the command gets Ctrl-C (SIGINT) as in a terminal even when pytest itself was started from a
+# background job (`cmd &` in a script, nohup). Those inherit SIGINT ignored: make then keeps ignoring it (exit 0
+# instead of dying of the signal) and Python never raises KeyboardInterrupt, so a test's SIGINT did nothing.
+INTERRUPTIBLE = ["env", "--default-signal=INT"]
+
 
 def free_endpoint() -> str:
     with socket.socket() as s:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon_helpers import start_daemon, stop_daemon, tcp_connected, wait_until
+from daemon_helpers import INTERRUPTIBLE, start_daemon, stop_daemon, tcp_connected, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -168,12 +168,6 @@ def _shell(home: Path, endpoint: str) -> dict[str, str]:
     """A fresh login-like environment: a new HOME, the system PATH, nothing from this test's process."""
     return {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
             "GENRE_TAGGER_PUBLISH_ENDPOINT": endpoint}  # a free port: the README's default may be in use here
-
-
-# Ctrl-C (SIGINT) as in a terminal, even when pytest itself was started from a background job (`cmd &` in a
-# script, nohup): those inherit SIGINT ignored, make then keeps ignoring it and exits 0 instead of dying of
-# the signal, and Python never raises KeyboardInterrupt in `genre-tagger listen`.
-INTERRUPTIBLE = ["env", "--default-signal=INT"]
 
 
 def _script(line: str, cwd: Path, exec_: bool = False) -> str:

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon_helpers import Subscriber, free_endpoint, query, start_daemon, stop_daemon, wait_until
+from daemon_helpers import INTERRUPTIBLE, Subscriber, free_endpoint, query, start_daemon, stop_daemon, wait_until
 
 from service.config import Config
 from service.events import TrackDone
@@ -295,7 +295,7 @@ def test_a_library_retag_interrupted_before_a_write_makes_it_when_resumed(realwo
     def writing() -> bool:  # the writer's temporary copy beside the file: the write has begun
         return any(p.name.endswith(".genre-tagger-tmp") for p in tmp_path.iterdir())
 
-    with subprocess.Popen(retag, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as run:
+    with subprocess.Popen([*INTERRUPTIBLE, *retag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as run:
         try:
             wait_until(lambda: writing() or run.poll() is not None, 120, interval=0.01)
             assert writing(), run.stderr.read().decode() if run.poll() is not None else "no write within 120 s"
