@@ -400,6 +400,10 @@ class Publisher:
             self.sent += 1
             return True
 
+    def reading(self) -> bool:
+        """Whether the thread that reads subscriptions is running (until :meth:`close`)."""
+        return self._drainer.is_alive() or self._closed.is_set()
+
     @property
     def subscribers(self) -> int:
         """Live subscriptions (a client subscribed to two prefixes counts twice)."""

@@ -47,6 +47,9 @@ STATS_INTERVAL_S = 0.5
 START_TIMEOUT_S = 60.0  # a cold start on a loaded machine: imports and the bind take a few seconds at most
 RESTART_BACKOFF_S = (0.2, 30.0)  # first wait and cap; doubles while the child keeps ending
 HEALTHY_AFTER_S = 60.0  # a child that lived this long resets the backoff
+# A child that sends no counts for this long is hung (stopped, or a thread of it stuck): it is ended and
+# replaced. Counts come every STATS_INTERVAL_S; a loaded machine delays them by seconds, not tens.
+STALL_S = 30.0
 # How a child ends when an allocation fails: our MemoryError exit, glibc's "cannot allocate memory for
 # thread-local data" (127), libzmq's alloc_assert (abort).
 MEMORY_EXITS = (3, 127, -signal.SIGABRT)
@@ -64,13 +67,15 @@ class PublisherProcess:
         memory_limit_mb: MB the child may allocate beyond what it holds once started; past it the child
             ends and a new one starts.
         queue_size: messages waiting for the child before ``publish`` drops (and counts) them.
+        stall_seconds: a child that reports nothing for this long is ended and replaced.
 
     Raises:
         ConfigError: the endpoint or the CURVE keys are unusable (the child's one-line reason).
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, send_hwm: int = 1000, curve: Curve | None = None,
-                 memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB, queue_size: int = 10_000) -> None:
+                 memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB, queue_size: int = 10_000,
+                 stall_seconds: float = STALL_S) -> None:
         check_endpoint(endpoint)
         if endpoint.startswith("inproc://"):
             raise ConfigError(f"{endpoint!r}: an inproc:// endpoint cannot be served from another process")
@@ -79,6 +84,8 @@ class PublisherProcess:
         self.curve = curve is not None
         self._curve = curve
         self.memory_limit_mb = memory_limit_mb
+        self.stall_seconds = stall_seconds
+        self._last_heard = time.monotonic()
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._cache: dict[str, dict[str, Any]] = {}
@@ -92,6 +99,8 @@ class PublisherProcess:
         self.bound = self._bound
         self._supervisor = threading.Thread(target=self._supervise, name="zmq-publisher", daemon=True)
         self._supervisor.start()
+        self._watchdog = threading.Thread(target=self._watch, name="zmq-publisher-watchdog", daemon=True)
+        self._watchdog.start()
 
     # -- the interface of Publisher -------------------------------------------------------------
 
@@ -174,6 +183,7 @@ class PublisherProcess:
             child.stdin.write(json.dumps(settings).encode() + b"\n")
             child.stdin.flush()
         answer: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._last_heard = time.monotonic()
         reader = threading.Thread(target=self._read, args=(child.stdout, answer), name="zmq-publisher-reader",
                                   daemon=True)
         reader.start()
@@ -196,6 +206,7 @@ class PublisherProcess:
     def _read(self, stdout: IO[bytes], answer: queue.Queue[dict[str, Any]]) -> None:
         """The child's lines: its first answer, its log records and its counts; ends at its end."""
         for line in stdout:
+            self._last_heard = time.monotonic()
             try:
                 item = json.loads(line)
             except ValueError:
@@ -243,6 +254,18 @@ class PublisherProcess:
                 break
             else:
                 return
+
+    def _watch(self) -> None:
+        """End a child that stopped reporting: the supervisor then replaces it as if it had ended."""
+        while not self._closing.wait(1.0):
+            child = self._child
+            silent = time.monotonic() - self._last_heard
+            if child.poll() is None and silent > self.stall_seconds:
+                log.warning("ZeroMQ publisher process %d sent nothing for %.0f s (hung?): ending it", child.pid,
+                            silent)
+                with contextlib.suppress(OSError):
+                    child.kill()
+                self._last_heard = time.monotonic()  # one kill per silence; the supervisor takes it from here
 
     def _feed(self, child: subprocess.Popen) -> None:
         """Write queued messages to ``child`` until it ends or the publisher closes."""
@@ -366,6 +389,8 @@ def child_main() -> int:
     def report() -> None:
         while True:
             ended = done.wait(STATS_INTERVAL_S)
+            if not publisher.reading():  # its subscription reader died: counts and cache would go stale
+                os._exit(4)
             stats = {name: getattr(publisher, name) for name in COUNTERS}
             outbox.say({"stats": {**stats, "subscribers": publisher.subscribers}})
             if ended:

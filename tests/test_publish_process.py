@@ -221,3 +221,24 @@ def test_messages_published_from_several_threads_reach_subscribers_in_seq_order(
     backwards = sum(1 for a, b in itertools.pairwise(seqs) if b < a)
     assert len(seqs) > 1000, len(seqs)  # enough of the burst got through (the rest: counted drops at send_hwm)
     assert backwards == 0, f"{backwards} of {len(seqs)} messages came after one with a higher seq"
+
+
+def test_a_hung_publisher_process_is_ended_and_replaced(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="service.publish")
+    publisher = PublisherProcess("tcp://127.0.0.1:0", stall_seconds=2.0)
+    subscriber = None
+    try:
+        hung = publisher.pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)  # alive but silent, as a child with a stuck thread would be
+        assert wait_until(lambda: publisher.pid not in (None, hung), 60), "the hung process was not replaced"
+        assert f"publisher process {hung} sent nothing for" in caplog.text
+        assert not Path(f"/proc/{hung}").exists() or b" Z " in Path(f"/proc/{hung}/stat").read_bytes()
+        subscriber = Subscriber(publisher.bound, ("status",))
+        _publish_until_heard(publisher, subscriber, 0)
+        time.sleep(3.0)  # a healthy child reports every 0.5 s: the watchdog leaves it alone
+        assert publisher.restarts == 1
+    finally:
+        if subscriber is not None:
+            subscriber.close()
+        publisher.close()
