@@ -6,7 +6,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -200,11 +199,9 @@ def test_bad_files_end_as_errors_and_the_daemon_keeps_going(tiny_model: Path, tm
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _start_tagging(model: Path, files: list[Path], base: Path, endpoint: str) -> subprocess.Popen:
+def _start_idle(model: Path, base: Path, endpoint: str) -> subprocess.Popen:
     music, state = base / "music", base / "state"
     music.mkdir(parents=True)
-    for src in files:
-        shutil.copy(src, music / src.name)
     return start_daemon(state, model, "--folder", str(music), "--settle", "0", endpoint=endpoint,
                         env={"GENRE_TAGGER_PUBLISH_SEND_HWM": "1", "GENRE_TAGGER_PUBLISH_HEARTBEAT_SECONDS": "0.02"})
 
@@ -217,9 +214,10 @@ def test_a_subscriber_that_never_reads_does_not_slow_tagging(tiny_model: Path, t
     one that waited a little per message would fall behind its twin. Side by side, both runs see the same load
     (timed one after the other, a loaded 2-core box once made the second run take 15.3 s against 8.0 s).
 
-    The stuck queue must really fill: over TCP the kernel's loopback buffers took ~700 kB (about 40 s of
-    50 ms heartbeats) and nothing was ever dropped; over ipc:// with send HWM 1 and a status every 20 ms
-    it is full within a few seconds, while tracks are still being tagged."""
+    The stuck queue must really be full while the files are tagged: over TCP the kernel's loopback buffers took
+    ~700 kB (about 40 s of 50 ms heartbeats) and nothing was ever dropped. Over ipc:// with send HWM 1 and a
+    status every 20 ms it fills within a few seconds; the files arrive only once a drop has been counted, so
+    every track is tagged with the stuck subscriber full, however fast the machine tags."""
     import zmq
 
     endpoints = {name: f"ipc://{tmp_path}/{name}.ipc" for name in ("baseline", "stuck")}
@@ -230,20 +228,27 @@ def test_a_subscriber_that_never_reads_does_not_slow_tagging(tiny_model: Path, t
     stuck.subscribe(b"")
     watcher = Subscriber(endpoints["stuck"], ("status",))  # reads every status: the drops and the progress
     daemons: dict[str, subprocess.Popen] = {}
-    started: dict[str, float] = {}
     took: dict[str, float] = {}
     try:
         for name, endpoint in endpoints.items():
-            started[name] = time.monotonic()
-            daemons[name] = _start_tagging(tiny_model, library_files, tmp_path / name, endpoint)
+            daemons[name] = _start_idle(tiny_model, tmp_path / name, endpoint)
+        assert watcher.wait_for(lambda msgs: any(m["dropped_messages"] > 0 for _, m in msgs), 120), \
+            "the stuck subscriber's queue never filled"
+        full_at = len(watcher.messages)
+        staging = tmp_path / "staging"
+        for name in daemons:  # complete files, renamed in: a half-copied file is never what is timed
+            (staging / name).mkdir(parents=True)
+            for src in library_files:
+                shutil.copy(src, staging / name / src.name)
+        started = time.monotonic()
+        for src in library_files:  # the same file to both, one after the other
+            for name in daemons:
+                os.rename(staging / name / src.name, tmp_path / name / "music" / src.name)
         deadline = time.monotonic() + 300
         while len(took) < len(daemons) and time.monotonic() < deadline:
             for name in daemons.keys() - took.keys():
-                try:
-                    if len(_tagged(tmp_path / name / "state" / "library.db")) == len(library_files):
-                        took[name] = time.monotonic() - started[name]
-                except sqlite3.OperationalError:  # the daemon is creating the file
-                    pass
+                if len(_tagged(tmp_path / name / "state" / "library.db")) == len(library_files):
+                    took[name] = time.monotonic() - started
             watcher.poll(0.05)
         assert took.keys() == daemons.keys(), f"not all tagged within 300 s: {took}"
         watcher.poll(0.5)
@@ -252,15 +257,12 @@ def test_a_subscriber_that_never_reads_does_not_slow_tagging(tiny_model: Path, t
             assert stop_daemon(daemon) == 0
         stuck.close()
         watcher.close()
-    statuses = watcher.of_type("status")
-    dropping = [m for m in statuses if m["dropped_messages"] > 0]
-    first = dropping[0] if dropping else {"uptime_s": "-", "tagged": "-"}
+    after = [m for _, m in watcher.messages[full_at:] if m["type"] == "status"]
     print(f"\n{len(library_files)} files side by side: {took['baseline']:.2f} s without a subscriber, "
-          f"{took['stuck']:.2f} s with one that never reads; {len(statuses)} statuses read, "
-          f"first drop at {first['uptime_s']} s, {first['tagged']} tracks tagged")
-    # The stuck queue was full while tracks were still being tagged: drops were counted, and tagging went on.
-    assert dropping and dropping[0]["tagged"] < len(library_files)
-    assert max(m["tagged"] for m in statuses) == len(library_files)
+          f"{took['stuck']:.2f} s with one that never reads (its queue full before the files came); "
+          f"{after[-1]['dropped_messages']} drops counted")
+    assert watcher.messages[full_at - 1][1]["tagged"] == 0  # full before a single track was tagged
+    assert after[-1]["tagged"] == len(library_files) and after[-1]["dropped_messages"] > 0
     assert took["stuck"] < 1.5 * took["baseline"] + 2.0
 
 
