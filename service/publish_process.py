@@ -174,8 +174,16 @@ class PublisherProcess:
                     "curve": [self._curve.secret_key, list(self._curve.clients)] if self._curve else None}
         env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # fewer malloc arenas: less address space per thread
         try:
-            child = subprocess.Popen([sys.executable, "-m", "service.publish_process"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env, start_new_session=False)
+            try:
+                child = subprocess.Popen([sys.executable, "-m", "service.publish_process"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, env=env, start_new_session=False)
+            except PermissionError:
+                # An interpreter reached through a folder this user cannot search (a virtual environment under
+                # /root, for a daemon run as nobody): the very same binary, with our import path (as
+                # tagger/isolated.py does for its decoding child).
+                env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+                child = subprocess.Popen(["/proc/self/exe", "-m", "service.publish_process"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, env=env, start_new_session=False)
         except OSError as exc:  # the interpreter is gone (its environment rebuilt), or no process can be made now
             raise ConfigError(f"cannot start the publisher process ({sys.executable}): {exc.strerror or exc}") from None
         assert child.stdin is not None and child.stdout is not None
