@@ -39,6 +39,7 @@ from typing import IO, Any
 
 from service.publish import CACHED_TOPIC_PREFIXES, DEFAULT_ENDPOINT, SCHEMA_ID, Curve, Publisher, check_endpoint
 from tagger.errors import ConfigError
+from tagger.interpreter import start_python
 
 log = logging.getLogger("service.publish")
 
@@ -173,17 +174,9 @@ class PublisherProcess:
         settings = {"endpoint": endpoint, "send_hwm": self.send_hwm, "memory_limit_mb": self.memory_limit_mb,
                     "curve": [self._curve.secret_key, list(self._curve.clients)] if self._curve else None}
         env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # fewer malloc arenas: less address space per thread
-        try:
-            try:
-                child = subprocess.Popen([sys.executable, "-m", "service.publish_process"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, env=env, start_new_session=False)
-            except PermissionError:
-                # An interpreter reached through a folder this user cannot search (a virtual environment under
-                # /root, for a daemon run as nobody): the very same binary, with our import path (as
-                # tagger/isolated.py does for its decoding child).
-                env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-                child = subprocess.Popen(["/proc/self/exe", "-m", "service.publish_process"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, env=env, start_new_session=False)
+        try:  # through /proc/self/exe when this user cannot reach the interpreter's path (tagger.interpreter)
+            child = start_python(["-m", "service.publish_process"], env, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, start_new_session=False)
         except OSError as exc:  # the interpreter is gone (its environment rebuilt), or no process can be made now
             raise ConfigError(f"cannot start the publisher process ({sys.executable}): {exc.strerror or exc}") from None
         assert child.stdin is not None and child.stdout is not None

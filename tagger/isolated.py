@@ -35,6 +35,7 @@ import numpy as np
 from tagger.coverage import Segment
 from tagger.decode import DECODE_BUDGET_BASE_S, DEFAULT_BLOCK_SECONDS, decode_budget
 from tagger.errors import DecodeError
+from tagger.interpreter import start_python
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +171,10 @@ class IsolatedDecoder:
                 return self._proc
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             boot = ["-c", _CHILD_BOOT, os.path.dirname(os.path.abspath(__file__))]
-            try:
-                self._proc = _spawn([sys.executable, *boot], env)
-            except PermissionError:
-                # An interpreter reached through a folder this user cannot search (a virtual environment
-                # under /root, for a daemon run as nobody): run the very same binary, with our import path.
-                self._proc = _spawn(["/proc/self/exe", *boot],
-                                    {**env, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+            # Through /proc/self/exe when this user cannot reach the interpreter's path (tagger.interpreter); a
+            # session of its own: a Ctrl-C for the parent is the parent's to handle.
+            self._proc = start_python(boot, env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
             with contextlib.suppress(OSError):  # Linux only; elsewhere the default pipe size just decodes less ahead
                 fcntl.fcntl(self._proc.stdout.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
             return self._proc
@@ -227,11 +225,6 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 from tagger.isolated import serve_forever
 serve_forever()
 """
-
-
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)  # a Ctrl-C for the parent is the parent's to handle
 
 
 def _size(path: str | Path) -> int:
