@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
 
 from service.publish import CACHED_TOPIC_PREFIXES, DEFAULT_ENDPOINT, SCHEMA_ID, Curve, Publisher, check_endpoint
 from tagger.errors import ConfigError
@@ -55,6 +55,36 @@ STALL_S = 30.0
 # thread-local data" (127), libzmq's alloc_assert (abort).
 MEMORY_EXITS = (3, 127, -signal.SIGABRT)
 COUNTERS = ("sent", "dropped", "replayed", "ignored_frames", "resets")
+
+
+class _ChildCount:
+    """A read-only count of :class:`PublisherProcess`: the children that ended, plus the running one's last
+    report (every :data:`STATS_INTERVAL_S`), plus the daemon side's own attribute ``plus`` where named."""
+
+    def __init__(self, doc: str, plus: str | None = None) -> None:
+        self.__doc__ = doc
+        self.plus = plus
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if name not in COUNTERS:
+            raise TypeError(f"{name!r} is not a count the publisher process reports ({', '.join(COUNTERS)})")
+        self.name = name
+
+    @overload
+    def __get__(self, publisher: None, owner: type | None = None) -> _ChildCount: ...
+
+    @overload
+    def __get__(self, publisher: PublisherProcess, owner: type | None = None) -> int: ...
+
+    def __get__(self, publisher: PublisherProcess | None, owner: type | None = None) -> int | _ChildCount:
+        if publisher is None:
+            return self  # on the class: the descriptor itself (its doc)
+        with publisher._lock:
+            own = int(getattr(publisher, self.plus)) if self.plus else 0
+            return publisher._ended[self.name] + int(publisher._stats.get(self.name, 0)) + own
+
+    def __set__(self, publisher: PublisherProcess, value: int) -> None:
+        raise AttributeError(f"{self.name} is counted, not set")
 
 
 class PublisherProcess:
@@ -119,31 +149,12 @@ class PublisherProcess:
                 return False
         return True
 
-    def _count(self, name: str) -> int:
-        with self._lock:
-            return self._ended[name] + int(self._stats.get(name, 0))
-
-    @property
-    def sent(self) -> int:
-        return self._count("sent")
-
-    @property
-    def dropped(self) -> int:
-        """Messages some subscriber missed (its queue was full) plus those the child never got."""
-        with self._lock:
-            return self._ended["dropped"] + int(self._stats.get("dropped", 0)) + self.queue_dropped
-
-    @property
-    def replayed(self) -> int:
-        return self._count("replayed")
-
-    @property
-    def ignored_frames(self) -> int:
-        return self._count("ignored_frames")
-
-    @property
-    def resets(self) -> int:
-        return self._count("resets")
+    sent = _ChildCount("Messages handed to ZeroMQ (once each, whatever the number of subscribers).")
+    dropped = _ChildCount("Messages some subscriber missed (its queue was full) plus those the child never got.",
+                          plus="queue_dropped")
+    replayed = _ChildCount("Cached messages sent again to subscribers that joined late.")
+    ignored_frames = _ChildCount("Inbound frames that were not subscriptions.")
+    resets = _ChildCount("Times every connection was closed because of too many subscriptions.")
 
     @property
     def subscribers(self) -> int:

@@ -242,3 +242,32 @@ def test_a_hung_publisher_process_is_ended_and_replaced(caplog) -> None:
         if subscriber is not None:
             subscriber.close()
         publisher.close()
+
+
+def test_the_counts_add_up_over_children_and_queue_drops_and_cannot_be_set() -> None:
+    # sent/dropped/... are summed over every child (the ended ones too) and, for dropped, the messages the
+    # daemon side could not queue; they are counts, not settings.
+    publisher = PublisherProcess("tcp://127.0.0.1:0", queue_size=10)
+    try:
+        assert all(publisher.publish("status", _status(i)) for i in range(5))  # room for them in the queue
+        assert wait_until(lambda: publisher.sent >= 5, 30), publisher.sent
+        first_child = publisher.pid
+        os.kill(first_child, signal.SIGSTOP)  # the child stops reading: the pipe, then the queue fill up
+        try:
+            refused = sum(not publisher.publish("status", _status(i)) for i in range(5, 5005))
+        finally:
+            os.kill(first_child, signal.SIGCONT)
+        assert refused > 0 and publisher.dropped >= refused, (refused, publisher.dropped)
+        sent_before = publisher.sent
+        os.kill(first_child, signal.SIGKILL)
+        assert wait_until(lambda: publisher.pid not in (None, first_child), 60), "no new publisher process"
+        for i in range(10):  # the new child may still be taking what the queue held when the old one ended
+            assert wait_until(lambda i=i: publisher.publish("status", _status(i)), 30), "the queue stays full"
+        # the ended child's counts are kept (up to its last report) and the new one's are added
+        assert wait_until(lambda: publisher.sent >= sent_before + 10, 30), (sent_before, publisher.sent)
+        assert publisher.dropped >= refused and publisher.resets == publisher.ignored_frames == 0
+        with pytest.raises(AttributeError):
+            publisher.sent = 0
+        assert "subscriber missed" in (PublisherProcess.dropped.__doc__ or "")
+    finally:
+        publisher.close()
