@@ -3,16 +3,20 @@ commands exist."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from daemon_helpers import INTERRUPTIBLE, start_daemon, stop_daemon, tcp_connected, wait_until
+from daemon_helpers import INTERRUPTIBLE, free_endpoint, start_daemon, stop_daemon, tcp_connected, wait_until
+
+from service.publish import DEFAULT_ENDPOINT
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -37,9 +41,23 @@ def test_training_example_runs() -> None:
 
 def test_zeromq_example_receives_a_track_from_the_daemon(tiny_model: Path, tmp_path: Path, realworld: Path) -> None:
     (code,) = [b for b in BLOCKS if "import json, zmq" in b]
-    endpoint = re.search(r'sub\.connect\("([^"]+)"\)', code).group(1)
+    readme_endpoint = re.search(r'sub\.connect\("([^"]+)"\)', code).group(1)
+    assert readme_endpoint == DEFAULT_ENDPOINT, "the example must reach a daemon started with its defaults"
+    # The example as a user copies it, on a free port: the README's may be taken on this machine (a user's
+    # daemon, another test run). It is held here while it is free, so the test shows it never needs it.
+    endpoint = free_endpoint()
+    code = code.replace(f'"{readme_endpoint}"', f'"{endpoint}"')
     music = tmp_path / "music"
     music.mkdir()
+    with socket.socket() as readme_port:
+        with contextlib.suppress(OSError):  # taken already: just as good
+            readme_port.bind(("127.0.0.1", int(readme_endpoint.rsplit(":", 1)[1])))
+            readme_port.listen()
+        _walk_the_zeromq_example(code, endpoint, tiny_model, tmp_path, music, realworld)
+
+
+def _walk_the_zeromq_example(code: str, endpoint: str, tiny_model: Path, tmp_path: Path, music: Path,
+                             realworld: Path) -> None:
     daemon = start_daemon(tmp_path / "state", tiny_model, "--folder", str(music), "--settle", "0.2",
                           endpoint=endpoint)
     try:
