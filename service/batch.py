@@ -194,7 +194,11 @@ class ShardWriter:
 
     def __init__(self, out: Path, shard_rows: int = SHARD_ROWS, written: set[str] | None = None) -> None:
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file where the folder belongs, no permission: the user's --out, in one line
+            reason = "not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+            raise TaggerError(f"--out {out}: cannot make the shard folder ({reason})") from None
         self.shard_rows = shard_rows
         self.written = set(written or ())
         self.rows: list[dict] = []

@@ -27,11 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from service.cli import DEFAULT_BENCH_FOLDER
 from service.events import LiveUpdate
 from service.sinks import Sink, SinkContext, SinkHub, SinkSettings
 from tagger.cli import iter_audio_files
 from tagger.decode import decode_blocks, decode_file
 from tagger.engine import EngineOptions, usable_cores
+from tagger.errors import TaggerError
 from tagger.frontend import StreamingFrontEnd
 from tagger.pipeline import Tagger
 from tagger.registry import resolve_model
@@ -487,6 +489,27 @@ def best_of(jobs: list[Callable[[list[Path]], tuple[Row, dict]]], files: list[Pa
     return out
 
 
+def readable_files(folders: list[str]) -> list[Path]:
+    """The audio files under ``folders`` that open as audio; each one that does not is left out with a
+    warning line on stderr (one broken file must not cost the whole run). A missing folder is an error."""
+    from tagger.decode import probe
+
+    for folder in folders:
+        if not Path(folder).exists():
+            raise TaggerError(f"{folder}: no such folder or file" + (
+                " (the default folder is relative to the repository: run from there, or name a folder)"
+                if folder == DEFAULT_BENCH_FOLDER else ""))
+    files = []
+    for path in iter_audio_files(folders):
+        try:
+            probe(path)
+        except TaggerError as exc:
+            print(f"genre-tagger: warning: {exc}: left out of the bench", file=sys.stderr)
+            continue
+        files.append(path)
+    return files
+
+
 def run_bench(folder: str | list[str], model: str | None, device: str, live_seconds: float, out: Path | None,
               skip_daemon: bool = False, repeat: int = 3, job_counts: list[int] | None = None,
               page_clients: int = 50, only: str | None = None) -> dict:
@@ -494,7 +517,7 @@ def run_bench(folder: str | list[str], model: str | None, device: str, live_seco
     runs the `tag --jobs` rows alone, ``only="daemon"`` the daemon rows alone (end to end per job count,
     and live latency while the daemon's slots tag files). Writes the JSON report to ``out``."""
     folders = [folder] if isinstance(folder, str) else list(folder)
-    files = list(iter_audio_files(folders))
+    files = readable_files(folders)
     if not files:
         raise SystemExit(f"genre-tagger bench: no audio files in {', '.join(folders)}")
     if only is not None:

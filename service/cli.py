@@ -10,12 +10,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from tagger.chart import bar
 from tagger.cli import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     EXIT_USAGE,
+    _fraction,
+    _positive_int,
     add_coverage_argument,
     add_engine_arguments,
     add_jobs_argument,
@@ -27,6 +30,8 @@ from tagger.errors import ConfigError, TaggerError
 # The settings bench-coverage compares with full coverage (service.bench_coverage's; here --help needs no numpy).
 DEFAULT_COVERAGES = ("excerpts:3x30", "excerpts:3x20", "excerpts:3x10", "excerpts:2x10", "excerpts:1x10")
 DEFAULT_LISTEN = "tcp://127.0.0.1:5556"
+# What `bench` runs on when no folder is named: the shared data beside a checkout.
+DEFAULT_BENCH_FOLDER = "../shared/data/realworld"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,8 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     listen.add_argument("--topic", "-t", action="append", default=None,
                         help="topic prefix to subscribe to (repeatable; default: everything)")
     listen.add_argument("--json", action="store_true", help="one JSON object per message, with its topic")
-    listen.add_argument("--count", type=int, default=0, help="exit after this many messages (default: never)")
-    listen.add_argument("--timeout", type=float, default=0.0, help="exit after this many seconds (default: never)")
+    listen.add_argument("--count", type=_non_negative_int, default=0,
+                        help="exit after this many messages (default 0: never)")
+    listen.add_argument("--timeout", type=_seconds, default=0.0, help="exit after this many seconds (default 0: never)")
     listen.add_argument("--server-key", metavar="KEY|FILE",
                         help="the daemon's CURVE public key (Z85, or its .key file), when it uses CURVE")
     listen.add_argument("--client-key", metavar="FILE",
@@ -93,19 +99,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     stats.add_argument("--json", action="store_true")
     ls = lsub.add_parser("list", help="tracks, or those with a genre at a minimum confidence")
     ls.add_argument("--genre", "-g", help="label to search (case-insensitive)")
-    ls.add_argument("--min-score", type=float, default=0.0, help="minimum probability of that label (0..1)")
+    ls.add_argument("--min-score", type=_fraction, default=0.0,
+                    help="minimum probability of that label, 0..1 or a percentage (default 0: every stored label)")
     ls.add_argument("--output", help="model output to search (default: all)")
-    ls.add_argument("--status", default="tagged", help="tagged, pending, error, deleted, or 'any' (default tagged)")
+    ls.add_argument("--status", default="tagged", choices=("tagged", "pending", "error", "deleted", "any"),
+                    help="tracks with this status, or any (default tagged)")
     ls.add_argument("--no-music", action="store_true",
                     help="only the tracks the model's music detector called no music (talk, silence, noise)")
-    ls.add_argument("--limit", type=int, default=0, help="at most this many rows")
+    ls.add_argument("--limit", type=_non_negative_int, default=0, help="at most this many rows (default 0: all)")
     ls.add_argument("--json", action="store_true")
     show = lsub.add_parser("show", help="one track with all its genres and per-view results")
     show.add_argument("track", help="path or id")
     m3u = lsub.add_parser("export-m3u", help="write an extended M3U playlist of the tracks with a genre")
     m3u.add_argument("genre")
     m3u.add_argument("out", help="playlist file to write")
-    m3u.add_argument("--min-score", type=float, default=0.6, help="minimum probability (default 0.6)")
+    m3u.add_argument("--min-score", type=_fraction, default=0.6,
+                     help="minimum probability, 0..1 or a percentage (default 0.6)")
     m3u.add_argument("--output", help="model output (default: any)")
     export_csv = lsub.add_parser("export-csv", help="write every tagged track's genres as CSV")
     export_csv.add_argument("out", help="CSV file to write ('-' for stdout)")
@@ -136,16 +145,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     library.set_defaults(func=cmd_library)
 
     bench = sub.add_parser("bench", help="benchmark decode, front end, tagging (fast and naive), live and daemon")
-    bench.add_argument("folders", nargs="*", default=["../shared/data/realworld"], metavar="FOLDER",
-                       help="audio to run on, one folder or several (default ../shared/data/realworld)")
+    bench.add_argument("folders", nargs="*", default=[DEFAULT_BENCH_FOLDER], metavar="FOLDER",
+                       help=f"audio to run on, one folder or several (default {DEFAULT_BENCH_FOLDER}, from the "
+                            "repository)")
     bench.add_argument("--model", "-m", help="model name or .onnx path (default: the shipped default model)")
     bench.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    bench.add_argument("--live-seconds", type=float, default=30.0,
+    bench.add_argument("--live-seconds", type=_seconds, default=30.0,
                        help="seconds of audio played in real time for the live row (0 skips it)")
-    bench.add_argument("--page-clients", type=int, default=50,
+    bench.add_argument("--page-clients", type=_non_negative_int, default=50,
                        help="page clients of the HTTP display in the live + display row (default 50; 0 skips it)")
     bench.add_argument("--no-daemon", action="store_true", help="skip the daemon end-to-end row")
-    bench.add_argument("--repeat", type=int, default=3,
+    bench.add_argument("--repeat", type=_positive_int, default=3,
                        help="runs of each file row, interleaved file by file; each file's fastest counts (default 3)")
     bench.add_argument("--jobs", default="1,2,N", metavar="LIST",
                        help="job counts for the `tag --jobs` rows, N = the default (one per core); '' skips them "
@@ -167,9 +177,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     batch.add_argument("--ray", metavar="ADDRESS", default=None,
                        help="run on Ray: 'auto' (the cluster this machine belongs to), 'local' (start one here) "
                             "or ray://HOST:PORT; needs the cluster extra")
-    batch.add_argument("--actors", type=int, default=0,
+    batch.add_argument("--actors", type=_non_negative_int, default=0,
                        help="with --ray: model actors (default: one per GPU, else one per 4 CPUs, at least 1)")
-    batch.add_argument("--shard-rows", type=int, default=500, help="tracks per Parquet shard (default 500)")
+    batch.add_argument("--shard-rows", type=_positive_int, default=500, help="tracks per Parquet shard (default 500)")
     add_engine_arguments(batch)
     add_jobs_argument(batch)
     add_coverage_argument(batch)
@@ -185,6 +195,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     coverage.add_argument("--out", default="bench-results/coverage.json",
                           help="JSON report (default bench-results/coverage.json)")
     coverage.set_defaults(func=cmd_bench_coverage)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds: a finite number, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: not a number of seconds") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more seconds")
+    return value
 
 
 def _exit_cleanly(signum: int, frame) -> None:
@@ -383,10 +414,23 @@ def _show(library, args) -> int:
     return EXIT_OK
 
 
+def _open_output(path: str, **options) -> TextIO:
+    """``path`` opened for writing, or a one-line error naming it (a missing folder, a folder, no permission)."""
+    try:
+        return open(path, "w", **options)  # the caller closes it
+    except OSError as exc:
+        raise TaggerError(f"{path}: cannot write ({exc.strerror})") from None
+
+
 def _export_m3u(library, args) -> int:
     rows = list(library.search(args.genre, args.min_score, args.output))
+    if not rows and not library.db.execute("SELECT 1 FROM genres WHERE lower(label) = lower(?) LIMIT 1",
+                                           [args.genre]).fetchone():
+        labels = [row[0] for row in library.db.execute("SELECT DISTINCT label FROM genres ORDER BY label")]
+        raise TaggerError(f"{args.genre}: no track has this genre (genres in the library: "
+                          f"{', '.join(labels) if labels else 'none yet'})")
     seen: set[str] = set()
-    with open(args.out, "w", encoding="utf-8", errors="surrogateescape") as f:  # paths byte for byte
+    with _open_output(args.out, encoding="utf-8", errors="surrogateescape") as f:  # paths byte for byte
         f.write("#EXTM3U\n")
         for r in rows:
             if r["path"] in seen:
@@ -401,8 +445,8 @@ def _export_m3u(library, args) -> int:
 def _export_csv(library, args) -> int:
     from service.library import fs_path
 
-    out = sys.stdout if args.out == "-" else open(args.out, "w", newline="", encoding="utf-8",  # noqa: SIM115
-                                                  errors="surrogateescape")
+    out = sys.stdout if args.out == "-" else _open_output(args.out, newline="", encoding="utf-8",
+                                                          errors="surrogateescape")
     try:
         writer = csv.writer(out)
         writer.writerow(["path", "duration_s", "model", "model_version", "tagged_at", "output", "rank", "label",

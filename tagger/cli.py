@@ -84,6 +84,14 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _hop(text: str) -> float:
+    """A slice hop as a fraction of the window: above 0 (a hop of 0 never moves), at most 1."""
+    value = _fraction(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"{text}: must be above 0 (a fraction of the window, such as 0.5)")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -188,8 +196,12 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
         manifest = read_manifest(resolve_model(args.model))
         check_aliases(aliases, list(dict.fromkeys(label for out in manifest.outputs for label in out.labels)), given)
-    if args.policy and not (args.write_tags or args.dry_run):
-        raise TaggerError("--policy: only applies with --write-tags or --dry-run")
+    if not (args.write_tags or args.dry_run):
+        # Options of --write-tags given alone would be ignored: the user would believe genres were written.
+        for given, option in ((args.policy, f"--policy {args.policy}"), (args.library, f"--library {args.library}"),
+                              (args.tag_output, " ".join(f"--tag-output {o}" for o in args.tag_output))):
+            if given:
+                raise TaggerError(f"{option}: only applies with --write-tags or --dry-run")
     files = list(iter_audio_files(args.inputs))
     if not files:
         print("genre-tagger: no audio files found in the given paths", file=sys.stderr)
@@ -313,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"labels to show per output (default {DEFAULT_TOP_K})")
     tag.add_argument("--threshold", type=_fraction, default=DEFAULT_THRESHOLD,
                      help=f"confidence a label needs, 0..1 or a percentage (default {DEFAULT_THRESHOLD})")
-    tag.add_argument("--hop", type=_fraction, default=None,
+    tag.add_argument("--hop", type=_hop, default=None,
                      help="slice hop as a fraction of each window (default: the model's, half a window)")
     tag.add_argument("--alias", action="append", default=[], metavar="LABEL=NAME",
                      help="show a model label under your own name (repeatable)")

@@ -120,7 +120,10 @@ def _user_errors(fn):
         try:
             return fn(args)
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
-            print(f"genre-tagger {args.command}: {exc}".splitlines()[0], file=sys.stderr)
+            # An OSError's own text is "[Errno 2] No such file or directory: 'x.csv'": say it as "x.csv: ...".
+            reason = (f"{exc.filename}: {exc.strerror.lower()}" if isinstance(exc, OSError) and exc.filename
+                      else str(exc))
+            print(f"genre-tagger: error: {reason}".splitlines()[0], file=sys.stderr)
             return 2
 
     return wrapper
@@ -225,13 +228,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     y, probs, votes, slice_y, slice_probs, failed = [], [], [], [], [], 0
     for t in tracks:
         if t.label not in labels:
-            print(f"{t.path}: label {t.label!r} is not one of the model's", file=sys.stderr)
+            print(f"genre-tagger: error: {t.path}: label {t.label!r} is not one of the model's", file=sys.stderr)
             failed += 1
             continue
         try:
             result = tagger.tag_file(t.path, keep_slices=True)
         except TaggerError as exc:
-            print(str(exc), file=sys.stderr)
+            print(f"genre-tagger: error: {exc}", file=sys.stderr)
             failed += 1
             continue
         scores = {s.label: s.score for s in result.outputs[output.name].scores}

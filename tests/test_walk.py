@@ -1,0 +1,113 @@
+"""What a new user met walking the README and every command's --help (Session 9): each run as that user ran
+it, a subprocess on real files, and each answered with one line naming what was typed, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tagger.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=cwd)
+
+
+def one_error_line(proc: subprocess.CompletedProcess, *words: str) -> str:
+    """The one line a usage error gets (exit 2), holding every one of ``words``."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("genre-tagger: error: "), proc.stderr
+    assert all(word in lines[0] for word in words), (words, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def library(tiny_model: Path, realworld: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real library with one track tagged by the tiny model (labels low, mid, high; bright, dark, busy, calm)."""
+    from service.library import Library
+    from tagger.pipeline import Tagger
+
+    song = realworld / "warzone2100-music" / "menu.opus"
+    db = tmp_path_factory.mktemp("walk") / "library.db"
+    result = Tagger(str(tiny_model), coverage="excerpts:1x10").tag_file(song)
+    library = Library(db)
+    try:
+        st = song.stat()
+        library.record_file_result(song, result, st.st_size, st.st_mtime, "fingerprint")
+    finally:
+        library.close()
+    return db
+
+
+def test_readme_states_the_shipped_models_music_threshold() -> None:
+    from tagger.model import read_manifest
+    from tagger.registry import DEFAULT_MODEL, resolve_model
+
+    stated = re.search(r"below the\s+model's threshold, ([0-9.]+)", (REPO / "README.md").read_text())
+    assert stated, "the README no longer says which music threshold the shipped model uses"
+    assert float(stated.group(1)) == read_manifest(resolve_model(DEFAULT_MODEL)).music.threshold
+
+
+def test_write_tags_options_alone_are_refused_not_ignored(tmp_path: Path, realworld: Path) -> None:
+    song = str(realworld / "warzone2100-music" / "menu.opus")
+    one_error_line(run_cli("tag", "--tag-output", "genre", song), "--tag-output genre", "--write-tags")
+    one_error_line(run_cli("tag", "--library", str(tmp_path / "x.db"), song), f"--library {tmp_path / 'x.db'}")
+    assert not (tmp_path / "x.db").exists()
+    one_error_line(run_cli("tag", "--hop", "0", song), "--hop", "0: must be above 0")
+
+
+def test_library_exports_to_a_bad_place_and_bad_options_are_one_line(library: Path, tmp_path: Path) -> None:
+    lib = ("library", "--library", str(library))
+    missing = tmp_path / "no-folder" / "x.m3u"
+    one_error_line(run_cli(*lib, "export-m3u", "low", str(missing)), f"{missing}: cannot write")
+    one_error_line(run_cli(*lib, "export-csv", str(tmp_path)), f"{tmp_path}: cannot write")
+    one_error_line(run_cli(*lib, "export-m3u", "jazz", str(tmp_path / "jazz.m3u")),
+                   "jazz: no track has this genre", "low, mid")
+    assert not (tmp_path / "jazz.m3u").exists()
+    one_error_line(run_cli(*lib, "list", "--status", "bogus"), "--status", "bogus")
+    one_error_line(run_cli(*lib, "list", "--min-score", "7"), "--min-score", "7: not within 0..1")
+    one_error_line(run_cli(*lib, "list", "--limit", "-1"), "--limit", "-1")
+    # A percentage works here as it does for tag --threshold.
+    exported = run_cli(*lib, "export-m3u", "mid", str(tmp_path / "mid.m3u"), "--min-score", "0%")
+    assert exported.returncode == 0, exported.stderr
+    assert "menu.opus" in (tmp_path / "mid.m3u").read_text()
+
+
+def test_batch_out_on_a_file_and_bad_counts_are_one_line(tmp_path: Path, realworld: Path) -> None:
+    pytest.importorskip("pyarrow", reason="batch needs pyarrow (the test extra)")
+    not_a_folder = tmp_path / "shards"
+    not_a_folder.write_text("a file where the shard folder belongs")
+    folder = str(realworld / "warzone2100-music")
+    one_error_line(run_cli("batch", folder, "--out", str(not_a_folder)), f"--out {not_a_folder}", "not a folder")
+    one_error_line(run_cli("batch", folder, "--out", str(tmp_path / "s"), "--shard-rows", "0"), "--shard-rows")
+    one_error_line(run_cli("listen", "--timeout", "-1"), "--timeout", "-1")
+
+
+def test_bench_leaves_out_a_broken_file_and_names_a_missing_folder(tiny_model: Path, tmp_path: Path,
+                                                                  realworld: Path) -> None:
+    music = tmp_path / "music"
+    music.mkdir()
+    shutil.copy(realworld / "warzone2100-music" / "menu.opus", music / "menu.opus")
+    (music / "empty.mp3").write_bytes(b"")
+    proc = run_cli("bench", str(music), "--model", str(tiny_model), "--repeat", "1", "--live-seconds", "0",
+                   "--no-daemon", "--jobs", "", "--out", str(tmp_path / "bench.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{music / 'empty.mp3'}: empty file (0 bytes): left out of the bench" in proc.stderr
+    assert '"files": 1' in (tmp_path / "bench.json").read_text()
+    # The default folder is relative to the repository: from elsewhere, say so.
+    one_error_line(run_cli("bench", cwd=tmp_path), "../shared/data/realworld: no such folder", "repository")
+    one_error_line(run_cli("bench", "--repeat", "0"), "--repeat")
+
+
+def test_training_errors_are_the_one_line_every_command_gives(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="training needs the train extra")
+    missing = tmp_path / "held-out.csv"
+    one_error_line(run_cli("train", "--data", f"csv:{missing}", "--arch", "meza", "--out", str(tmp_path / "run")),
+                   f"{missing}: no such file")
