@@ -84,15 +84,16 @@ def start_daemon(state: Path, model: Path, *args: str, endpoint: str | None = No
     return proc
 
 
+def daemon_log(proc: subprocess.Popen) -> str:
+    """What this run of the daemon (from :func:`start_daemon`) has logged so far."""
+    with open(proc.log_path, "rb") as f:  # type: ignore[attr-defined]
+        f.seek(proc.log_offset)  # type: ignore[attr-defined]
+        return f.read().decode(errors="replace")
+
+
 def wait_started(proc: subprocess.Popen, timeout: float = 60.0) -> bool:
     """Wait for this run's startup line in the daemon's log (model loaded, signal handlers installed)."""
-
-    def started() -> bool:
-        with open(proc.log_path, "rb") as f:  # type: ignore[attr-defined]
-            f.seek(proc.log_offset)  # type: ignore[attr-defined]
-            return b"genre-tagger daemon: model" in f.read()
-
-    return wait_until(started, timeout)
+    return wait_until(lambda: "genre-tagger daemon: model" in daemon_log(proc), timeout)
 
 
 def stop_daemon(proc: subprocess.Popen, timeout: float = 10.0) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import (
     Subscriber,
+    daemon_log,
     free_endpoint,
     holds_open,
     query,
@@ -88,7 +90,9 @@ def test_copied_files_are_tagged_once_moves_keep_tags_and_deletes_are_marked(
     try:
         assert wait_until(lambda: query(db, "SELECT count(*) FROM tracks WHERE path = ?",
                                         (str(music / second.name),))[0][0] == 1, 30)
-        time.sleep(2.0)
+        # The rescan's own account: every file found, none queued (a file queued again would be 'pending' now).
+        assert wait_until(lambda: "scan done:" in daemon_log(daemon), 60), daemon_log(daemon)
+        assert re.search(r"scan done: 5 files, 0 queued, .*\b1 moved\b", daemon_log(daemon)), daemon_log(daemon)
         assert all(count == 1 for _, count in _tagged(db))
         assert len(_tagged(db)) == 5
     finally:

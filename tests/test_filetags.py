@@ -414,6 +414,32 @@ def _models(db: Path) -> dict[str, tuple[str, str]]:
 # -- the daemon's [tags] sink ------------------------------------------------------------------------------------
 
 
+def _after_the_watcher_saw(files: dict[Path, dict], provenance: str, music: Path, db: Path) -> None:
+    """Return once the daemon's folder watcher has handled the replacement of ``files`` by its tag writes.
+
+    The files are read until they carry ``provenance`` (the replacement happened: its event is in the watcher's
+    queue); then a file that is not audio is dropped in after them, and its error row proves that the watcher
+    (one thread, events in order, the same settle time) has decided on the earlier events: a file it queued
+    again would be 'pending' (or tagged twice) by then.
+    """
+    from daemon_helpers import query, wait_until
+
+    assert wait_until(lambda: all(_provenance(p) == provenance for p in files), 60), \
+        {p.name: _provenance(p) for p in files}
+    marker = music / f"not-audio-{provenance.replace(' ', '-')}.mp3"
+    (music.parent / marker.name).write_text("not audio at all\n" * 100)
+    os.rename(music.parent / marker.name, marker)
+    assert wait_until(lambda: query(db, "SELECT status FROM tracks WHERE path = ?", (str(marker),)) == [("error",)],
+                      120), query(db, "SELECT path, status, error FROM tracks")
+
+
+def _provenance(path: Path) -> str | None:
+    try:
+        return read_state(path).provenance
+    except Exception:  # mid-replacement, or not tagged yet
+        return None
+
+
 def test_daemon_writes_tags_once_and_does_not_retag_its_own_writes(tagged_files: dict[str, Path], tiny_model: Path,
                                                                     tiny_v2: Path, tmp_path: Path) -> None:
     from daemon_helpers import query, start_daemon, stop_daemon, wait_until
@@ -432,8 +458,8 @@ def test_daemon_writes_tags_once_and_does_not_retag_its_own_writes(tagged_files:
     try:
         assert wait_until(lambda: query(db, "SELECT count(*) FROM tag_writes")[0][0] == 2, 120), \
             (state.parent / "state.log").read_text()
-        time.sleep(4.0)  # the watcher has seen the renames by now (settle 0.2 s)
-        rows = query(db, "SELECT status, tag_count FROM tracks")
+        _after_the_watcher_saw(originals, "tiny-test 0.0.1", music, db)
+        rows = query(db, "SELECT status, tag_count FROM tracks WHERE path IN (?, ?)", tuple(map(str, originals)))
         assert rows == [("tagged", 1), ("tagged", 1)]  # tagged once: its own tag writes queue nothing
         assert query(db, "SELECT count(*) FROM tag_writes")[0][0] == 2
     finally:
@@ -449,8 +475,9 @@ def test_daemon_writes_tags_once_and_does_not_retag_its_own_writes(tagged_files:
     try:
         assert wait_until(lambda: query(db, "SELECT count(*) FROM tag_writes")[0][0] == 4, 120), \
             (state.parent / "state.log").read_text()
-        time.sleep(4.0)
-        assert query(db, "SELECT status, tag_count, model_version FROM tracks") == [("tagged", 2, "0.0.2")] * 2
+        _after_the_watcher_saw(originals, "tiny-test 0.0.2", music, db)
+        assert query(db, "SELECT status, tag_count, model_version FROM tracks WHERE path IN (?, ?)",
+                     tuple(map(str, originals))) == [("tagged", 2, "0.0.2")] * 2
     finally:
         assert stop_daemon(daemon) == 0
     for path, before in originals.items():

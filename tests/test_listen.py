@@ -42,13 +42,16 @@ def test_a_late_listener_gets_the_last_status_and_each_live_genre_within_1_s(
                           "--source", "radio", endpoint=endpoint, env=env)
     player = None
     watcher = Subscriber(endpoint, ("live.radio",))
+    heartbeats = Subscriber(endpoint, ("status",))
     try:
         player = subprocess.Popen(["paplay", f"--device={pulse_sink}", str(music / "menu.opus")])
         db = tmp_path / "state" / "library.db"
         assert wait_until(lambda: query(db, "SELECT count(*) FROM tracks WHERE status = 'tagged'")[0][0] == 1, 120), \
             daemon.log_path.read_text()
         assert watcher.wait_for(lambda msgs: len(msgs) >= 2, 60), daemon.log_path.read_text()
-        time.sleep(2.5)  # a heartbeat after the scan: the last status counts the track
+        # a heartbeat after the tagging: the last status (the one the cache replays) counts the track
+        assert heartbeats.wait_for(lambda _: any(m["tagged"] >= 1 for m in heartbeats.of_type("status")), 60), \
+            heartbeats.of_type("status")[-1:]
 
         late = zmq.Context.instance().socket(zmq.SUB)
         late.setsockopt(zmq.LINGER, 0)
@@ -86,6 +89,7 @@ def test_a_late_listener_gets_the_last_status_and_each_live_genre_within_1_s(
             player.kill()
             player.wait()
         watcher.close()
+        heartbeats.close()
         assert stop_daemon(daemon) == 0
 
 

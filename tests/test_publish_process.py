@@ -92,9 +92,13 @@ def test_the_publisher_process_is_capped_and_leaves_stopping_to_the_daemon() -> 
         print(f"\npublisher process: data segment {data_mb:.0f} MB, capped at {cap_mb:.0f} MB")
         assert 0 < cap_mb - data_mb <= 100
         assert limits["Max core file size"][0] == "0"
+        subscriber = Subscriber(publisher.bound, ("status",))
         os.kill(child, signal.SIGTERM)  # a service manager signals the whole group; the daemon decides
-        time.sleep(1.0)
+        # A message published after the signal and heard: the child took the signal (delivered before it reads
+        # again) and went on; a new child would have another pid.
+        _publish_until_heard(publisher, subscriber, 0)
         assert publisher.pid == child and publisher.restarts == 0
+        subscriber.close()
     finally:
         publisher.close()
 
@@ -173,13 +177,16 @@ def test_a_publisher_process_whose_daemon_was_killed_ends_quietly(tmp_path: Path
     # kill -9 of the daemon: the child sees the end of its stdin and ends; its last lines meet a closed pipe.
     # That is expected, and must not print a traceback into the log it shares with the daemon (its stderr).
     script = ("import sys, time\nfrom service.publish_process import PublisherProcess\n"
-              "p = PublisherProcess('tcp://127.0.0.1:0')\nprint(p.pid, flush=True)\ntime.sleep(600)\n")
+              "p = PublisherProcess('tcp://127.0.0.1:0')\n"
+              "deadline = time.monotonic() + 60\n"
+              "while not p._stats and time.monotonic() < deadline:\n"  # until a counts report of the child is read
+              "    time.sleep(0.05)\n"
+              "print(p.pid, flush=True)\ntime.sleep(600)\n")
     log = tmp_path / "daemon.log"
     with log.open("wb") as out:
         parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=out)
     try:
         child = int(parent.stdout.readline())
-        time.sleep(1.5)  # a few of its counts reports have been read
         parent.kill()
         parent.wait(30)
         assert wait_until(lambda: not Path(f"/proc/{child}").exists(), 30), "the publisher outlived its daemon"

@@ -10,10 +10,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from daemon_helpers import query, start_daemon, stop_daemon, wait_started, wait_until
+from daemon_helpers import Subscriber, free_endpoint, query, start_daemon, stop_daemon, wait_started, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -161,17 +160,26 @@ def test_a_folder_typed_on_the_command_line_must_exist(tiny_model: Path, tmp_pat
 
 
 def test_live_without_an_audio_device_says_so_once_and_keeps_trying(tiny_model: Path, tmp_path: Path) -> None:
-    daemon = start_daemon(tmp_path / "state", tiny_model, "--live", endpoint="",
+    endpoint = free_endpoint()
+    heartbeats = Subscriber(endpoint, ("status",))
+    daemon = start_daemon(tmp_path / "state", tiny_model, "--live", endpoint=endpoint,
                           env={"PULSE_SERVER": "unix:/nonexistent/pulse"})
     try:
         assert wait_started(daemon), daemon.log_path.read_text()
         assert wait_until(lambda: "no audio input device" in daemon.log_path.read_text(), 30), \
             daemon.log_path.read_text()
-        time.sleep(4.0)  # three more attempts (0.5 + 1 + 2 s pauses)
+
+        def retried(times: int) -> bool:  # the heartbeat counts the attempts after the first
+            return any(live.get("restarts", 0) >= times and "no audio input device" in live.get("error", "")
+                       for status in heartbeats.of_type("status") for live in status.get("live", {}).values())
+
+        # three more attempts (0.5 + 1 + 2 s pauses), each failed and counted
+        assert heartbeats.wait_for(lambda _: retried(4), 60), heartbeats.of_type("status")[-1:]
         assert daemon.poll() is None
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) == 0
+        heartbeats.close()
     lines = [line for line in daemon.log_path.read_text().splitlines() if "live input" in line]
     assert len(lines) == 1, lines
     assert "PortAudioError" not in lines[0] and "Traceback" not in daemon.log_path.read_text()
