@@ -499,14 +499,18 @@ def _low_priority() -> None:
         subprocess.run(["ionice", "-c", "3", "-p", str(os.getpid())], capture_output=True, check=False)
 
 
+# How long `library retag` waits for another process (the daemon) to finish writing a file it wants to write (s).
+CLAIM_WAIT_S = 120.0
+
+
 def _retag(library, args) -> int:
     import dataclasses
 
     from tqdm import tqdm
 
     from service.config import load_config
-    from service.library import fingerprint
-    from service.tagwriter import FAILED, QUEUED, SKIPPED, WRITTEN, TagWriter, WriteSettings, write_owed
+    from service.library import OWED_ATTEMPTS, fingerprint
+    from service.tagwriter import BUSY, FAILED, QUEUED, SKIPPED, WRITTEN, TagWriter, WriteSettings, write_owed
     from tagger.engine import EngineOptions
     from tagger.errors import TaggerError
     from tagger.filetags import TagWriteError
@@ -545,8 +549,18 @@ def _retag(library, args) -> int:
         return dataclasses.replace(settings, threshold=max(settings.threshold, writer.settings.threshold))
 
     def report(outcome) -> None:
-        stream = sys.stderr if outcome.action in (FAILED, SKIPPED, QUEUED) else sys.stdout
+        stream = sys.stderr if outcome.action in (FAILED, SKIPPED, QUEUED, BUSY) else sys.stdout
         print(outcome.line(), file=stream, flush=True)
+
+    attempts = getattr(config.section("tags"), "write_attempts", None) or OWED_ATTEMPTS
+
+    def make_owed(owed, settings):
+        """An owed write, after the daemon's if it is writing this file now (the two share the library's claims)."""
+        def waiting(pid: int) -> None:
+            print(f"genre-tagger: {owed.path}: waiting for genre-tagger process {pid} (the daemon, or "
+                  "another run), which is writing its tags now", file=sys.stderr, flush=True)
+
+        return write_owed(library, writer, owed, settings, attempts, CLAIM_WAIT_S, waiting)
 
     # Writes an earlier run owed and did not make (Ctrl-C or a crash between a result and its write): made
     # first, from the stored results, so resuming loses none (daemon-owed writes of files never written
@@ -558,7 +572,7 @@ def _retag(library, args) -> int:
             settings = file_settings(owed.track_id)
             if settings is None:
                 continue
-            outcome, _ = write_owed(library, writer, owed, settings)
+            outcome, _ = make_owed(owed, settings)
             if outcome is not None:
                 written += outcome.action == WRITTEN
                 report(outcome)
@@ -591,13 +605,13 @@ def _retag(library, args) -> int:
             if settings is not None:
                 owed = library.owed_write(row.id) if owe else None
                 if owed is not None:
-                    outcome, _ = write_owed(library, writer, owed, settings)
+                    outcome, _ = make_owed(owed, settings)
                 else:  # nothing to write (uncertain, not music): said so
                     outcome = writer.write(row.id, path, result.outputs, name, version, current, result.music,
                                            settings)
                 if outcome is not None:
                     written += outcome.action == WRITTEN
-                    bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED, QUEUED)
+                    bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED, QUEUED, BUSY)
                               else sys.stdout)
             bar.update(1)
     left = library.queued_below(0)

@@ -1,6 +1,6 @@
 """The SQLite library: tracks, their genres, per-view results, and the durable work queue.
 
-Schema (version 7; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
+Schema (version 8; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
 
 ``tracks``
     id, path (unique), size (bytes), mtime (seconds), fingerprint (see :func:`fingerprint`),
@@ -25,14 +25,20 @@ Schema (version 7; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades ol
     aliases), model, model_version, size, mtime, fingerprint (the file after the write), restored_at.
     ``library restore-tags`` puts ``before`` back.
 ``tags_owed``
-    id, track_id (unique), fingerprint (the file the result is for), result (JSON: the result's
+    id (never used again, v8), track_id (unique), fingerprint (the file the result is for), result (JSON: the result's
     probabilities for every label, see :func:`result_json`), owed_at, attempts, failed_at, error.
     A genre write into the file that the daemon owes: stored in the same transaction as the result it
     comes from, removed only after the write was made and verified (or found unnecessary), so a kill
     -9, a crash or a power cut between the two loses no write (the daemon makes it at its next start,
     from this row, without tagging the file again). A write that failed for good (a read-only file, an
-    unsupported format, or :data:`OWED_ATTEMPTS` failures) keeps its row with ``failed_at`` and the
+    unsupported format, or ``[tags] write_attempts`` failures) keeps its row with ``failed_at`` and the
     reason, visible in ``library stats`` and ``library show``; ``retry_errors`` tries it again.
+``tag_claims``
+    track_id (primary key), host, pid, started (the process's start time in clock ticks, from
+    ``/proc/PID/stat``; "" where unknown), claimed_at. The process writing an owed write into this
+    track's file now (:meth:`Library.claim_tag_write`): the daemon and ``library retag`` share the
+    library, so neither writes a file the other is writing, nor a write the other has made. A claim
+    whose process is gone (killed mid-write) is taken over.
 
 Pending rows are the queue: a restart resumes them. Each track's result is written in one
 transaction (genres replaced, status set), so a crash never leaves a half-written track. WAL mode
@@ -51,6 +57,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -68,9 +75,12 @@ from tagger.pipeline import TrackResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 7
-# An owed tag write that failed this many times (across daemon starts) is recorded as failed for good.
-OWED_ATTEMPTS = 3
+SCHEMA_VERSION = 8
+# An owed tag write that failed this many times is recorded as failed for good (the daemon's
+# ``[tags] write_attempts`` sets its own; this is the default there and for ``library retag``).
+OWED_ATTEMPTS = 6
+# A claim on a file's tag write by a process on another host (not checkable) is taken over after this (s).
+CLAIM_FOREIGN_S = 3600.0
 # How long SQLite itself waits for a lock (ms) before a write is retried here, with backoff.
 BUSY_TIMEOUT_MS = 2_000
 RETRY_MAX_DELAY_S = 2.0
@@ -315,8 +325,66 @@ def _v6_to_v7(db: sqlite_utils.Database) -> None:
     db["tags_owed"].create_index(["failed_at"], if_not_exists=True)
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7}
-OUR_TABLES = frozenset(("tracks", "genres", "track_views", "tag_runs", "tag_writes", "tags_owed"))
+def _v7_to_v8(db: sqlite_utils.Database) -> None:
+    # v8: who is writing a track's file now, so the daemon and `library retag` never write one file at once.
+    db["tag_claims"].create({"track_id": int, "host": str, "pid": int, "started": str, "claimed_at": str},
+                            pk="track_id", not_null={"host", "pid"}, if_not_exists=True)
+    # An owed write's id is never used again: a writer tells by the id that the row it is making is still the one
+    # owed (a newer result's row must not be taken for it), and SQLite reuses the highest rowid once it is deleted.
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tags_owed'").fetchone()[0]
+    if "AUTOINCREMENT" not in sql.upper():
+        db.execute("CREATE TABLE tags_owed_v8 (id INTEGER PRIMARY KEY AUTOINCREMENT, track_id INTEGER NOT NULL, "
+                   "fingerprint TEXT, result TEXT NOT NULL, owed_at TEXT, attempts INTEGER DEFAULT 0, "
+                   "failed_at TEXT, error TEXT)")
+        db.execute("INSERT INTO tags_owed_v8 SELECT id, track_id, fingerprint, result, owed_at, attempts, failed_at, "
+                   "error FROM tags_owed")
+        db.execute("DROP TABLE tags_owed")
+        db.execute("ALTER TABLE tags_owed_v8 RENAME TO tags_owed")
+    db["tags_owed"].create_index(["track_id"], unique=True, if_not_exists=True)
+    db["tags_owed"].create_index(["failed_at"], if_not_exists=True)
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8}
+OUR_TABLES = frozenset(("tracks", "genres", "track_views", "tag_runs", "tag_writes", "tags_owed", "tag_claims",
+                        "sqlite_sequence"))
+
+
+def _started(pid: int) -> str:
+    """A process's start time in clock ticks since boot (``/proc/PID/stat`` field 22); "" where unknown.
+    With the pid it names one process: a pid used again later has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return ""
+
+
+def _me() -> tuple[str, int, str]:
+    """This process as a tag write claim names it: (host, pid, start time)."""
+    pid = os.getpid()
+    return socket.gethostname(), pid, _started(pid)
+
+
+def _claim_alive(host: str, pid: int, started: str, claimed_at: str) -> bool:
+    """Whether the process that made a claim may still be writing (else its claim is taken over)."""
+    me_host, me_pid, me_started = _me()
+    if host != me_host:  # another machine sharing the library: cannot be asked, so trusted for a while
+        try:
+            age = (datetime.now(UTC) - datetime.fromisoformat(claimed_at)).total_seconds()
+        except (TypeError, ValueError):
+            return False
+        return age < CLAIM_FOREIGN_S
+    if pid == me_pid:
+        return started == me_started  # else an earlier process with this pid (a container's daemon, restarted)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    now = _started(pid)
+    return not (started and now and now != started)
 
 
 def migrate(db: sqlite_utils.Database) -> int:
@@ -757,20 +825,51 @@ class Library:
 
         self._retry(write)
 
-    def owed_failed(self, owed_id: int, error: str, lasting: bool) -> bool:
+    def owed_failed(self, owed_id: int, error: str, lasting: bool, attempts: int = OWED_ATTEMPTS) -> bool:
         """An owed write that failed: recorded as failed for good when ``lasting`` (a read-only file, an
-        unsupported format) or after :data:`OWED_ATTEMPTS` attempts; else kept owed, to be tried again at
-        the next start. Returns whether it failed for good."""
+        unsupported format) or at its ``attempts``-th failure; else kept owed, to be tried again. Returns
+        whether it failed for good."""
         def write() -> bool:
             with self.db.conn:
                 self.db.execute(
                     "UPDATE tags_owed SET attempts = attempts + 1, error = ?, failed_at = CASE WHEN ? OR "
                     "attempts + 1 >= ? THEN ? END WHERE id = ?",
-                    [error.splitlines()[0][:500] if error else "", int(lasting), OWED_ATTEMPTS, now_iso(), owed_id])
+                    [error.splitlines()[0][:500] if error else "", int(lasting), attempts, now_iso(), owed_id])
                 row = self.db.execute("SELECT failed_at FROM tags_owed WHERE id = ?", [owed_id]).fetchone()
             return bool(row and row[0])
 
         return self._retry(write)
+
+    def claim_tag_write(self, track_id: int) -> int | None:
+        """Claim the writing of this track's file for this process (the daemon and ``library retag`` share the
+        library: the claim keeps them from writing one file at once). Returns None once claimed (or already
+        ours), else the pid of the live process that holds the claim. A claim whose process is gone is taken
+        over. Release it with :meth:`release_tag_write`."""
+        host, pid, started = _me()
+
+        def write() -> int | None:
+            with self.db.conn:
+                self.db.execute("BEGIN IMMEDIATE")
+                row = self.db.execute("SELECT host, pid, started, claimed_at FROM tag_claims WHERE track_id = ?",
+                                      [track_id]).fetchone()
+                if row is not None and tuple(row[:3]) != (host, pid, started) and _claim_alive(*row):
+                    return int(row[1])
+                self.db.execute("INSERT OR REPLACE INTO tag_claims (track_id, host, pid, started, claimed_at) "
+                                "VALUES (?, ?, ?, ?, ?)", [track_id, host, pid, started, now_iso()])
+            return None
+
+        return self._retry(write)
+
+    def release_tag_write(self, track_id: int) -> None:
+        """This process is done writing this track's file (see :meth:`claim_tag_write`)."""
+        host, pid, started = _me()
+
+        def write() -> None:
+            with self.db.conn:
+                self.db.execute("DELETE FROM tag_claims WHERE track_id = ? AND host = ? AND pid = ? AND started = ?",
+                                [track_id, host, pid, started])
+
+        self._retry(write)
 
     def owed_counts(self) -> tuple[int, int]:
         """(owed, failed for good) tag writes; (0, 0) in a library older than schema v7 (read-only use)."""
@@ -811,12 +910,19 @@ class Library:
 
     def record_tag_write(self, run_id: int, track_id: int, path: str | Path, before: dict, after: dict,
                          policy: str, settings: dict, model: str, model_version: str, size: int, mtime: float,
-                         fp: str) -> None:
+                         fp: str, owed_id: int | None = None) -> bool:
         """Remember a write about to replace ``path`` and the file's new size, mtime and fingerprint, in one
-        transaction, so the folder watcher recognises the rewritten file as the tagged one."""
-        def write() -> None:
+        transaction, so the folder watcher recognises the rewritten file as the tagged one.
+
+        ``owed_id``: the write is the ``tags_owed`` row with this id; when that row is gone (a newer result
+        replaced it while the file was being written, or another process made it), nothing is recorded and
+        False is returned: the write must not replace the file."""
+        def write() -> bool:
             with self.db.conn:
                 self.db.execute("BEGIN IMMEDIATE")
+                if owed_id is not None and self.db.execute(
+                        "SELECT 1 FROM tags_owed WHERE id = ? AND failed_at IS NULL", [owed_id]).fetchone() is None:
+                    return False
                 self.db.execute(
                     "INSERT INTO tag_writes (run_id, track_id, path, written_at, before, after, policy, settings, "
                     "model, model_version, size, mtime, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -824,8 +930,9 @@ class Library:
                      json.dumps(settings), model, model_version, size, mtime, fp])
                 self.db.execute("UPDATE tracks SET size = ?, mtime = ?, fingerprint = ? WHERE id = ?",
                                 [size, mtime, fp, track_id])
+            return True
 
-        self._retry(write)
+        return self._retry(write)
 
     def file_rewritten(self, track_id: int, size: int, mtime: float, fp: str) -> None:
         """A file genre-tagger rewrote (restore-tags): its new size, mtime and fingerprint."""

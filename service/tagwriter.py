@@ -10,14 +10,15 @@ tagged one and does not queue it again. :func:`restore_tags` puts the recorded `
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.library import Library, OwedWrite, fingerprint, result_from_json
+from service.library import OWED_ATTEMPTS, Library, OwedWrite, fingerprint, result_from_json
 from tagger.ensemble import OutputEstimate, summarise
 from tagger.filetags import (
     DEFAULT_POLICY,
@@ -36,8 +37,16 @@ from tagger.filetags import (
 )
 from tagger.model import OutputSpec
 
-WRITTEN, UNCHANGED, KEPT, UNDECIDED, SKIPPED, FAILED, DRY_RUN, RESTORED, QUEUED = (
-    "written", "unchanged", "kept", "undecided", "skipped", "error", "dry-run", "restored", "queued again")
+WRITTEN, UNCHANGED, KEPT, UNDECIDED, SKIPPED, FAILED, DRY_RUN, RESTORED, QUEUED, BUSY, SUPERSEDED = (
+    "written", "unchanged", "kept", "undecided", "skipped", "error", "dry-run", "restored", "queued again",
+    "busy", "superseded")
+# How often a process waiting for another one's claim on a file looks again (s).
+CLAIM_POLL_S = 0.2
+
+
+class Superseded(FileSkipped):
+    """An owed write whose ``tags_owed`` row went while the file was being written (a newer result replaced
+    it, or another process made it): the rewritten copy is dropped, the file left as it was."""
 
 
 @dataclass(frozen=True)
@@ -159,8 +168,12 @@ class TagWriter:
 
     def write(self, track_id: int | None, path: str | Path, outputs: Mapping[str, OutputEstimate], model: str,
               model_version: str, expected_fingerprint: str | None, music: bool = True,
-              settings: WriteSettings | None = None) -> Outcome:
-        """Write one tagged file's genres (``settings`` overrides the writer's for this file)."""
+              settings: WriteSettings | None = None, owed_id: int | None = None) -> Outcome:
+        """Write one tagged file's genres (``settings`` overrides the writer's for this file).
+
+        ``owed_id``: the write is this ``tags_owed`` row's; if the row is gone by the time the rewritten copy
+        is ready, the file is left as it was (:data:`SUPERSEDED`).
+        """
         settings = settings or self.settings
         path = str(path)
         try:
@@ -190,11 +203,14 @@ class TagWriter:
             def record(temp: Path, st: os.stat_result) -> None:
                 if self.run_id is None:
                     self.run_id = library.start_tag_run(self.command)
-                library.record_tag_write(self.run_id, track_id, path, current.as_dict(), target.as_dict(),
-                                         settings.policy, settings.as_dict(), model, model_version,
-                                         st.st_size, st.st_mtime, fingerprint(temp, st.st_size))
+                if not library.record_tag_write(self.run_id, track_id, path, current.as_dict(), target.as_dict(),
+                                                settings.policy, settings.as_dict(), model, model_version,
+                                                st.st_size, st.st_mtime, fingerprint(temp, st.st_size), owed_id):
+                    raise Superseded(f"{path}: a newer result replaced this write, or it was made meanwhile")
 
             done = write_state(path, target, expected=current, before_replace=record)
+        except Superseded as exc:
+            return Outcome(path, SUPERSEDED, reason=_reason(exc, path))
         except FileSkipped as exc:
             return Outcome(path, SKIPPED, reason=_reason(exc, path), lasting=exc.lasting)
         except (TagWriteError, OSError) as exc:
@@ -202,17 +218,46 @@ class TagWriter:
         return Outcome(path, WRITTEN if done.changed else UNCHANGED, current.genres, target.genres)
 
 
-def write_owed(library: Library, writer: TagWriter, owed: OwedWrite,
-               settings: WriteSettings | None = None) -> tuple[Outcome | None, bool]:
+def write_owed(library: Library, writer: TagWriter, owed: OwedWrite, settings: WriteSettings | None = None,
+               attempts: int = OWED_ATTEMPTS, wait_s: float = 0.0,
+               waiting: Callable[[int], None] | None = None) -> tuple[Outcome | None, bool]:
     """Make a write the library holds as owed (``tags_owed``) from its stored result, and record how it ended.
 
+    The file is claimed first (:meth:`Library.claim_tag_write`), so the daemon and ``library retag`` never
+    write one file at once, and the owed row is read again under the claim, so a write the other one made
+    meanwhile is not made twice. Another live process's claim is waited for up to ``wait_s`` seconds
+    (``waiting`` is called once with its pid when the wait begins); still held, the outcome is :data:`BUSY`
+    and the row is left to that process.
+
     Returns (outcome, failed for good). The outcome is None when there is nothing to write any more (the
-    file changed, was tagged again, was deleted, or was written already: the row is removed), and
-    :data:`QUEUED` when the stored result is not enough to write from (it lacks an output ``settings``
-    names, or cannot be read): the track is queued to be tagged again. A write that was made, or found
-    unnecessary, removes the row; a skip or failure is recorded (:meth:`Library.owed_failed`).
+    file changed, was tagged again, was deleted, or was written already: the row is removed, or a newer
+    result replaced it), and :data:`QUEUED` when the stored result is not enough to write from (it lacks an
+    output ``settings`` names, or cannot be read): the track is queued to be tagged again. A write that was
+    made, or found unnecessary, removes the row; a skip or failure is recorded (:meth:`Library.owed_failed`:
+    failed for good when lasting, or at the ``attempts``-th failure).
     """
-    settings = settings or writer.settings
+    holder = library.claim_tag_write(owed.track_id)
+    if holder is not None and wait_s > 0:
+        if waiting is not None:
+            waiting(holder)
+        deadline = time.monotonic() + wait_s
+        while holder is not None and time.monotonic() < deadline:
+            time.sleep(CLAIM_POLL_S)
+            holder = library.claim_tag_write(owed.track_id)
+    if holder is not None:
+        return Outcome(owed.path or "", BUSY, reason=f"being written by another genre-tagger process "
+                                                     f"(pid {holder}), left to it"), False
+    try:
+        fresh = library.owed_writes(owed.id - 1, owed.id, 1)
+        if not fresh:
+            return None, False  # made by the other process meanwhile, or replaced by a newer result
+        return _write_claimed(library, writer, fresh[0], settings or writer.settings, attempts)
+    finally:
+        library.release_tag_write(owed.track_id)
+
+
+def _write_claimed(library: Library, writer: TagWriter, owed: OwedWrite, settings: WriteSettings,
+                   attempts: int) -> tuple[Outcome | None, bool]:
     if not owed.file_is_current() or owed.path is None:
         library.owed_done(owed.id)
         if owed.path is not None:  # a writer killed mid-write left its copy beside the file: no write removes it now
@@ -233,13 +278,15 @@ def write_owed(library: Library, writer: TagWriter, owed: OwedWrite,
     if judged_at > settings.threshold:
         settings = replace(settings, threshold=judged_at)
     outcome = writer.write(owed.track_id, owed.path, result.outputs, result.model, result.model_version,
-                           owed.owed_fingerprint, result.music, settings)
+                           owed.owed_fingerprint, result.music, settings, owed.id)
+    if outcome.action == SUPERSEDED:
+        return None, False  # its row is gone: the newer result's own write decides
     if outcome.action not in (SKIPPED, FAILED):
         library.owed_done(owed.id)
         if outcome.action != WRITTEN:  # no write ran, so none removed a killed writer's copy
             remove_stale_temps(Path(owed.path))
         return outcome, False
-    return outcome, library.owed_failed(owed.id, outcome.reason, outcome.lasting)
+    return outcome, library.owed_failed(owed.id, outcome.reason, outcome.lasting, attempts)
 
 
 def _reason(exc: BaseException, path: str) -> str:

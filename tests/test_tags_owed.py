@@ -1,9 +1,12 @@
 """Nothing is lost: a genre write into a file that the daemon owes survives a kill -9 (it is stored with the
 result, in the same transaction) and is made at the next start from the stored result, without tagging the
-file again; a write that cannot be made fails for good, visibly, once."""
+file again; a write that fails for a passing reason is tried again while the daemon runs; a write that
+cannot be made fails for good, visibly, once; the daemon and `library retag` never write one file at once."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -11,9 +14,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from daemon_helpers import INTERRUPTIBLE, Subscriber, free_endpoint, query, start_daemon, stop_daemon, wait_until
 
 from service.config import Config
@@ -26,6 +32,44 @@ from tagger.pipeline import Tagger
 
 # The tiny test model's genres need a low threshold; the file tags may not go below the tagging one.
 THRESHOLD = "0.3"
+CLI = [sys.executable, "-m", "tagger.cli"]
+# A daemon that tags excerpts of each file and writes the decided genres into it.
+WRITING = {"GENRE_TAGGER_TAGS_WRITE": "true", "GENRE_TAGGER_TAGS_THRESHOLD": THRESHOLD,
+           "GENRE_TAGGER_TAGGING_THRESHOLD": THRESHOLD, "GENRE_TAGGER_TAGGING_COVERAGE": "excerpts:2x10"}
+
+
+@pytest.fixture
+def music(tmp_path: Path) -> Path:
+    folder = tmp_path / "music"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def labels(tiny_model: Path) -> dict[str, tuple[str, ...]]:
+    """The tiny model's labels by output, as the daemon hands them to its sinks."""
+    return {o.name: tuple(o.labels) for o in Tagger(tiny_model).manifest.outputs}
+
+
+def _long_recording(realworld: Path, path: Path) -> Path:
+    """A long real recording (its MPEG frames 30 times over: 87 MB, 2 h 25 min): the writer takes seconds to
+    copy and verify it, while tagging excerpts of it takes a fraction of one."""
+    path.write_bytes((realworld / "asc-music" / "machine_wars.mp3").read_bytes() * 30)
+    return path
+
+
+def _writing(folder: Path) -> bool:
+    """Whether a writer's temporary copy is beside a file in ``folder``: a write has begun."""
+    return any(p.name.endswith(".genre-tagger-tmp") for p in folder.iterdir())
+
+
+def _log(state: Path) -> str:
+    return (state.parent / f"{state.name}.log").read_text()
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
 
 
 def _status(endpoint: str, predicate, timeout: float = 60.0) -> dict:
@@ -41,28 +85,19 @@ def _status(endpoint: str, predicate, timeout: float = 60.0) -> dict:
 
 
 def test_a_tag_write_the_daemon_was_killed_before_is_made_at_its_next_start(realworld: Path, tiny_model: Path,
-                                                                             tmp_path: Path) -> None:
-    music = tmp_path / "music"
-    music.mkdir()
-    # A long real recording (its MPEG frames 30 times over: 87 MB, 2 h 25 min) takes the writer seconds to
-    # copy and verify, while tagging excerpts of it takes a fraction of one: the daemon has recorded the file
-    # as tagged and is writing its tags when it is killed.
-    song = music / "long.mp3"
-    song.write_bytes((realworld / "asc-music" / "machine_wars.mp3").read_bytes() * 30)
+                                                                             tmp_path: Path, music: Path) -> None:
+    # The daemon has recorded the long file as tagged and is writing its tags when it is killed.
+    song = _long_recording(realworld, music / "long.mp3")
     digest, mtime = audio_digest(song), song.stat().st_mtime_ns
     state = tmp_path / "state"
     db = state / "library.db"
-    env = {"GENRE_TAGGER_TAGS_WRITE": "true", "GENRE_TAGGER_TAGS_THRESHOLD": THRESHOLD,
-           "GENRE_TAGGER_TAGGING_THRESHOLD": THRESHOLD, "GENRE_TAGGER_TAGGING_COVERAGE": "excerpts:2x10"}
+    env = WRITING
     args = ("--folder", str(music), "--settle", "0.2")
 
     daemon = start_daemon(state, tiny_model, *args, endpoint="", env=env)
     try:
-        def writing() -> bool:  # the writer's temporary copy beside the file: the write has begun
-            return any(p.name.endswith(".genre-tagger-tmp") for p in music.iterdir())
-
-        wait_until(lambda: writing() or daemon.poll() is not None, 120, interval=0.01)
-        assert writing(), (state.parent / "state.log").read_text()
+        wait_until(lambda: _writing(music) or daemon.poll() is not None, 120, interval=0.01)
+        assert _writing(music), _log(state)
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(30)
     finally:
@@ -82,14 +117,13 @@ def test_a_tag_write_the_daemon_was_killed_before_is_made_at_its_next_start(real
     finally:
         assert stop_daemon(daemon) == 0
     assert read_state(song).genres == () and song.stat().st_mtime_ns == mtime
-    assert "1 genre writes into files are owed from before, and kept: file tagging is off" in \
-        (state.parent / "state.log").read_text()
+    assert "1 genre writes into files are owed from before, and kept: file tagging is off" in _log(state)
 
     # On again: the write is made from the stored result, the file is not tagged again.
     endpoint = free_endpoint()
     daemon = start_daemon(state, tiny_model, *args, endpoint=endpoint, env=env)
     try:
-        assert wait_until(lambda: read_state(song).genres != (), 120), (state.parent / "state.log").read_text()
+        assert wait_until(lambda: read_state(song).genres != (), 120), _log(state)
         assert _status(endpoint, lambda m: m.get("tag_writes_owed") == 0)["tag_writes_owed"] == 0
     finally:
         assert stop_daemon(daemon) == 0
@@ -119,14 +153,27 @@ def _owed_library(db: Path, files: list[Path], model: Path) -> list[int]:
     return ids
 
 
-def _sink(db: Path, labels: dict, queue: int = 1000) -> tuple[TagsSink, SinkHub]:
+def _sink(db: Path, labels: dict, queue: int = 1000, threshold: float = float(THRESHOLD),
+          **section) -> tuple[TagsSink, SinkHub]:
+    """A started tags sink (``[tags] write = true`` and ``section``) on the library ``db``, and its hub."""
     config = Config()
     config.daemon.library = str(db)
-    config.tagging.threshold = float(THRESHOLD)
-    sink = TagsSink(TagsSection(write=True, queue=queue), SinkContext(config, labels, "tiny-test 0.0.1"))
+    config.tagging.threshold = threshold
+    sink = TagsSink(TagsSection(write=True, queue=queue, **section), SinkContext(config, labels, "tiny-test 0.0.1"))
     hub = SinkHub([sink])
     hub.start()
     return sink, hub
+
+
+def _catch_up(db: Path, labels: dict, done: Callable[[], bool], **sink) -> TagsSink:
+    """A sink started as after a crash (no events): its first heartbeat makes what is owed, until ``done``."""
+    started, hub = _sink(db, labels, **sink)
+    try:
+        _beat(hub)
+        assert wait_until(done, 60)
+    finally:
+        hub.close(time.monotonic() + 4.0)
+    return started
 
 
 def _owed(db: Path) -> tuple[int, int]:
@@ -141,35 +188,25 @@ def _beat(hub: SinkHub) -> None:
 
 
 def test_an_owed_write_that_cannot_be_made_fails_for_good_visibly_and_is_not_tried_again(
-        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
-    music = tmp_path / "music"
-    music.mkdir()
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, music: Path, labels: dict) -> None:
     good, stuck = music / "good.flac", music / "read-only.ogg"
     shutil.copy(format_files["flac"], good)
     shutil.copy(format_files["ogg"], stuck)
     stuck.chmod(0o444)
     db = tmp_path / "library.db"
     ids = _owed_library(db, [good, stuck], tiny_model)
-    labels = {o.name: tuple(o.labels) for o in Tagger(tiny_model).manifest.outputs}
 
     # A start after a crash: no event for either file; the first heartbeat makes what is owed.
-    sink, hub = _sink(db, labels)
-    try:
-        _beat(hub)
-        assert wait_until(lambda: _owed(db) == (0, 1), 60)
-    finally:
-        hub.close(time.monotonic() + 4.0)
+    _catch_up(db, labels, lambda: _owed(db) == (0, 1))
     assert read_state(good).genres != ()
     assert read_state(stuck).genres == ()
     row = query(db, "SELECT track_id, attempts, error FROM tags_owed WHERE failed_at IS NOT NULL")
     assert row == [(ids[1], 1, "read-only file, tags not written")]
 
     # Visible: `library stats` counts it, `library show` says why.
-    stats = subprocess.run([sys.executable, "-m", "tagger.cli", "library", "--library", str(db), "stats"],
-                           capture_output=True, text=True, timeout=120)
+    stats = _cli("library", "--library", str(db), "stats")
     assert "1 genre writes into files failed for good" in stats.stdout, stats.stdout + stats.stderr
-    shown = subprocess.run([sys.executable, "-m", "tagger.cli", "library", "--library", str(db), "show", str(stuck)],
-                           capture_output=True, text=True, timeout=120)
+    shown = _cli("library", "--library", str(db), "show", str(stuck))
     assert json.loads(shown.stdout)["tags_owed"]["error"] == "read-only file, tags not written"
 
     # The next start does not try it again (a new result, or retry_errors, would).
@@ -186,11 +223,9 @@ def test_an_owed_write_that_cannot_be_made_fails_for_good_visibly_and_is_not_tri
 
 
 def test_a_write_recorded_but_not_renamed_when_the_daemon_died_is_still_made(
-        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, music: Path, labels: dict) -> None:
     """Killed after the write's hook recorded it (the row then has the rewritten copy's size, mtime and
     fingerprint) but before the rename: the file is still the one tagged, so its write is still owed."""
-    music = tmp_path / "music"
-    music.mkdir()
     song = music / "song.flac"
     shutil.copy(format_files["flac"], song)
     db = tmp_path / "library.db"
@@ -200,13 +235,7 @@ def test_a_write_recorded_but_not_renamed_when_the_daemon_died_is_still_made(
     library.record_tag_write(run, track_id, song, {"genres": []}, {"genres": ["mid"]}, "if-empty", {}, "tiny-test",
                              "0.0.1", 1234, 1.0, "f" * 32)
     library.close()
-    labels = {o.name: tuple(o.labels) for o in Tagger(tiny_model).manifest.outputs}
-    sink, hub = _sink(db, labels)
-    try:
-        _beat(hub)
-        assert wait_until(lambda: _owed(db) == (0, 0), 60)
-    finally:
-        hub.close(time.monotonic() + 4.0)
+    sink = _catch_up(db, labels, lambda: _owed(db) == (0, 0))
     assert read_state(song).genres != () and sink.written == 1
     library = Library(db)
     try:
@@ -216,11 +245,9 @@ def test_a_write_recorded_but_not_renamed_when_the_daemon_died_is_still_made(
 
 
 def test_tag_writes_a_running_sink_lost_are_made_from_the_library_at_the_next_heartbeat(
-        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, caplog) -> None:
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, music: Path, labels: dict, caplog) -> None:
     """Its queue of 1 overflows: the lost writes stay owed in the library and the next heartbeat makes them
     from there (nothing is queued to be tagged again)."""
-    music = tmp_path / "music"
-    music.mkdir()
     files = []
     for suffix in ("flac", "ogg", "opus", "mp3"):
         files.append(music / f"song.{suffix}")
@@ -230,7 +257,6 @@ def test_tag_writes_a_running_sink_lost_are_made_from_the_library_at_the_next_he
     for path in files:
         library.discover(path)
     tagger = Tagger(tiny_model, threshold=float(THRESHOLD))
-    labels = {o.name: tuple(o.labels) for o in tagger.manifest.outputs}
     sink, hub = _sink(db, labels, queue=1)
     try:
         _beat(hub)  # the start's catch-up: nothing owed yet
@@ -258,18 +284,30 @@ def test_tag_writes_a_running_sink_lost_are_made_from_the_library_at_the_next_he
     assert query(db, "SELECT status, tag_count FROM tracks") == [("tagged", 1)] * 4
 
 
-def test_the_v7_migration_adds_the_owed_writes_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version, dropped", [(6, ("tags_owed", "tag_claims")), (7, ("tag_claims",))])
+def test_the_v7_and_v8_migrations_add_the_owed_writes_and_their_claims_once(tmp_path: Path, version: int,
+                                                                             dropped: tuple[str, ...]) -> None:
     db = tmp_path / "library.db"
     Library(db).close()
     conn = sqlite3.connect(db)
-    conn.execute("DROP TABLE tags_owed")
-    conn.execute("PRAGMA user_version = 6")
+    for table in dropped:
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
     for _ in range(2):
         library = Library(db)
-        assert library.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert library.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
         assert library.owed_counts() == (0, 0)
+        assert {"tags_owed", "tag_claims"} <= set(library.db.table_names())
+        assert library.claim_tag_write(1) is None  # the claims table works
+        library.release_tag_write(1)
+        # An owed write's id is never used again (a writer tells by it that its row is still the one owed).
+        add = "INSERT INTO tags_owed (track_id, result, owed_at) VALUES (1, '{}', '')"
+        first = library.db.execute(add).lastrowid
+        library.db.execute("DELETE FROM tags_owed")
+        assert library.db.execute(add).lastrowid > first
+        library.db.execute("DELETE FROM tags_owed")
         library.close()
     assert os.path.exists(db)
 
@@ -281,24 +319,19 @@ def test_a_library_retag_interrupted_before_a_write_makes_it_when_resumed(realwo
     from models import export_tiny
 
     tiny_v2 = export_tiny(tmp_path / "v2" / "tiny-test.onnx", version="0.0.2")
-    song = tmp_path / "long.mp3"  # seconds to rewrite (see the daemon's test above)
-    song.write_bytes((realworld / "asc-music" / "machine_wars.mp3").read_bytes() * 30)
+    song = _long_recording(realworld, tmp_path / "long.mp3")  # seconds to rewrite
     db = tmp_path / "library.db"
-    env = {**os.environ, "GENRE_TAGGER_TAGGING_THRESHOLD": THRESHOLD, "GENRE_TAGGER_TAGGING_COVERAGE": "excerpts:2x10"}
-    cli = [sys.executable, "-m", "tagger.cli"]
-    first = subprocess.run([*cli, "tag", "--write-tags", "--model", str(tiny_model), "--threshold", THRESHOLD,
-                            "--coverage", "excerpts:2x10", "--library", str(db), str(song)],
-                           capture_output=True, text=True, timeout=300, env=env)
+    env = {"GENRE_TAGGER_TAGGING_THRESHOLD": THRESHOLD, "GENRE_TAGGER_TAGGING_COVERAGE": "excerpts:2x10"}
+    first = _cli("tag", "--write-tags", "--model", str(tiny_model), "--threshold", THRESHOLD, "--coverage",
+                 "excerpts:2x10", "--library", str(db), str(song), env=env)
     assert first.returncode == 0 and read_state(song).provenance == "tiny-test 0.0.1", first.stderr
-    retag = [*cli, "library", "--library", str(db), "retag", "--outdated", "--model", str(tiny_v2)]
+    retag = ("library", "--library", str(db), "retag", "--outdated", "--model", str(tiny_v2))
 
-    def writing() -> bool:  # the writer's temporary copy beside the file: the write has begun
-        return any(p.name.endswith(".genre-tagger-tmp") for p in tmp_path.iterdir())
-
-    with subprocess.Popen([*INTERRUPTIBLE, *retag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as run:
+    with subprocess.Popen([*INTERRUPTIBLE, *CLI, *retag], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, **env}) as run:
         try:
-            wait_until(lambda: writing() or run.poll() is not None, 120, interval=0.01)
-            assert writing(), run.stderr.read().decode() if run.poll() is not None else "no write within 120 s"
+            wait_until(lambda: _writing(tmp_path) or run.poll() is not None, 120, interval=0.01)
+            assert _writing(tmp_path), run.stderr.read().decode() if run.poll() is not None else "no write in 120 s"
             run.send_signal(signal.SIGINT)
             run.wait(60)
         finally:
@@ -308,7 +341,7 @@ def test_a_library_retag_interrupted_before_a_write_makes_it_when_resumed(realwo
     assert query(db, "SELECT model_version, tag_count FROM tracks") == [("0.0.2", 2)]  # the new result is recorded
     assert _owed(db) == (1, 0)
 
-    resumed = subprocess.run(retag, capture_output=True, text=True, timeout=300, env=env)
+    resumed = _cli(*retag, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "0 re-tagged, 1 files' tags rewritten" in resumed.stderr
     assert read_state(song).provenance == "tiny-test 0.0.2"
@@ -316,13 +349,11 @@ def test_a_library_retag_interrupted_before_a_write_makes_it_when_resumed(realwo
     assert _owed(db) == (0, 0)
 
 
-def test_an_owed_write_is_never_made_below_the_threshold_its_result_was_judged_at(realworld: Path, tiny_model: Path,
-                                                                                 tmp_path: Path) -> None:
+def test_an_owed_write_is_never_made_below_the_threshold_its_result_was_judged_at(
+        realworld: Path, tiny_model: Path, tmp_path: Path, music: Path, labels: dict) -> None:
     """Owed at tagging.threshold 0.5, made after the threshold was lowered to 0.3 (file tagging off meanwhile,
     or a restart after a kill): the library's genres were decided at 0.5 and the file is not tagged again, so
     a label between 0.3 and 0.5 is one the library calls uncertain and must not become a file tag."""
-    music = tmp_path / "music"
-    music.mkdir()
     song = music / "song.mp3"
     shutil.copy(realworld / "asc-music" / "machine_wars.mp3", song)
     song.chmod(0o644)  # the shared copy is read-only
@@ -341,32 +372,20 @@ def test_an_owed_write_is_never_made_below_the_threshold_its_result_was_judged_a
     uncertain = {label for label, score in query(db, "SELECT label, score FROM genres WHERE output = 'tags' "
                                                      "AND decided = 0") if score >= 0.3}
     assert uncertain, "no label between 0.3 and 0.5: the test shows nothing"
-    labels = {o.name: tuple(o.labels) for o in tagger.manifest.outputs}
-    config = Config()
-    config.daemon.library = str(db)
-    config.tagging.threshold = 0.3  # lowered since the write was owed
-    sink = TagsSink(TagsSection(write=True, outputs=["tags"]), SinkContext(config, labels, "tiny-test 0.0.1"))
-    hub = SinkHub([sink])
-    hub.start()
-    try:
-        _beat(hub)
-        assert wait_until(lambda: _owed(db) == (0, 0), 60)
-    finally:
-        hub.close(time.monotonic() + 4.0)
+    # tagging.threshold lowered to 0.3 since the write was owed
+    _catch_up(db, labels, lambda: _owed(db) == (0, 0), threshold=0.3, outputs=["tags"])
     written = {g.casefold() for g in read_state(song).genres}
     assert written, "the owed write was not made"
     assert written <= {label.casefold() for label in decided}, (written, decided, uncertain)
 
 
 def test_the_copy_a_killed_writer_left_beside_a_file_goes_even_when_its_write_is_not_made(
-        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, music: Path, labels: dict) -> None:
     """Killed while writing: the writer's temporary copy (a whole copy of the file) stays in the music folder.
     The file then changed (the user tagged it in another program): the owed write is dropped, not made, and
     the copy must go too, not stay beside the user's file for good (only a later write of it removed it)."""
     from mutagen.flac import FLAC
 
-    music = tmp_path / "music"
-    music.mkdir()
     song = music / "song.flac"
     shutil.copy(format_files["flac"], song)
     db = tmp_path / "library.db"
@@ -378,12 +397,172 @@ def test_the_copy_a_killed_writer_left_beside_a_file_goes_even_when_its_write_is
     tags = FLAC(song)
     tags["genre"] = ["Their own"]
     tags.save()
-    labels = {o.name: tuple(o.labels) for o in Tagger(tiny_model).manifest.outputs}
-    sink, hub = _sink(db, labels)
-    try:
-        _beat(hub)
-        assert wait_until(lambda: _owed(db) == (0, 0), 60)
-    finally:
-        hub.close(time.monotonic() + 4.0)
+    sink = _catch_up(db, labels, lambda: _owed(db) == (0, 0))
     assert read_state(song).genres == ("Their own",) and sink.written == 0  # changed: not written
     assert not left.exists(), "the killed writer's copy was left in the music folder"
+
+
+def _lock(path: Path) -> int:
+    """Hold ``path`` locked (``flock``) as another program writing it would; close the fd to let go."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _owed_row(db: Path, name: str) -> tuple | None:
+    """(attempts, failed for good, error) of the write owed for the file named ``name``; None when none is owed
+    (or the daemon has not made its library yet)."""
+    if not db.exists():
+        return None
+    with contextlib.suppress(sqlite3.OperationalError):
+        rows = query(db, "SELECT o.attempts, o.failed_at IS NOT NULL, o.error FROM tags_owed o JOIN tracks t "
+                         "ON t.id = o.track_id WHERE t.path LIKE ?", (f"%/{name}",))
+        return rows[0] if rows else None
+    return None
+
+
+def test_a_write_that_fails_for_a_passing_reason_is_tried_again_while_the_daemon_runs(
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, music: Path) -> None:
+    """Two files locked by another program (flock) when the daemon writes their genres: a passing failure. One is
+    let go: the running daemon writes it at a later try, without a restart; the other stays locked and is
+    recorded as failed for good at its ``write_attempts``-th failure. The daemon goes on all along."""
+    released, stuck = music / "released.flac", music / "stuck.mp3"
+    shutil.copy(format_files["flac"], released)
+    shutil.copy(format_files["mp3"], stuck)
+    locks = {released: _lock(released), stuck: _lock(stuck)}
+    state = tmp_path / "state"
+    db = state / "library.db"
+    env = {**WRITING, "GENRE_TAGGER_TAGS_RETRY_SECONDS": "1", "GENRE_TAGGER_TAGS_WRITE_ATTEMPTS": "4"}
+    daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0.2", endpoint="", env=env)
+    try:
+        assert wait_until(lambda: (_owed_row(db, released.name) or (0,))[0] >= 1, 120), _log(state)
+        os.close(locks.pop(released))  # the other program is done with it
+        assert wait_until(lambda: read_state(released).genres != (), 60), _log(state)
+        assert wait_until(lambda: (_owed_row(db, stuck.name) or (0, 0))[1] == 1, 60), _log(state)
+        assert daemon.poll() is None, _log(state)
+    finally:
+        for fd in locks.values():
+            os.close(fd)
+        if daemon.poll() is None:
+            assert stop_daemon(daemon) == 0
+    log = _log(state)
+    assert f"{released}: skipped: locked by another program, tags not written (failure 1 of 4; tried again in 1 s)" \
+        in log
+    assert _owed_row(db, stuck.name) == (4, 1, "locked by another program, tags not written")
+    assert "locked by another program, tags not written (not tried again" in log
+    assert _owed_row(db, released.name) is None and read_state(stuck).genres == ()
+    genre, = query(db, "SELECT g.label FROM genres g JOIN tracks t ON t.id = g.track_id WHERE g.output = 'genre' "
+                       "AND g.decided = 1 AND t.path LIKE ?", (f"%/{released.name}",))[0]
+    assert read_state(released).genres == (genre,) and read_state(released).provenance == "tiny-test 0.0.1"
+    assert query(db, "SELECT status, tag_count FROM tracks") == [("tagged", 1)] * 2  # nothing tagged again
+    assert query(db, "SELECT count(*) FROM tag_writes") == [(1,)]
+
+
+def test_library_retag_beside_the_daemon_waits_for_the_file_it_writes_and_no_replaced_result_is_written(
+        realworld: Path, tiny_model: Path, tmp_path: Path, music: Path) -> None:
+    """The daemon is writing a file's genres (stopped there, SIGSTOP) when a newer result for the file is recorded
+    (model 0.0.2, its write owed, as `library retag` records it) and `library retag --write-tags` comes to make
+    that write. Before: retag collided with the daemon's write ("locked by another program", a failure counted)
+    and the daemon then wrote the replaced 0.0.1 result over the library's 0.0.2. Now retag waits for the
+    daemon's claim on the file, the daemon drops the write whose result was replaced, and the file gets 0.0.2
+    once: one write, no failure."""
+    from models import export_tiny
+
+    tiny_v2 = export_tiny(tmp_path / "v2" / "tiny-test.onnx", version="0.0.2")
+    song = _long_recording(realworld, music / "long.mp3")
+    digest = audio_digest(song)
+    state = tmp_path / "state"
+    db = state / "library.db"
+    daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0.2", endpoint="", env=WRITING)
+    stopped, lines = False, []
+    try:
+        wait_until(lambda: _writing(music) or daemon.poll() is not None, 120, interval=0.01)
+        assert _writing(music), _log(state)
+        daemon.send_signal(signal.SIGSTOP)
+        stopped = True
+        assert query(db, "SELECT count(*) FROM tag_writes") == [(0,)] and _owed_row(db, song.name)[0] == 0
+
+        library = Library(db)
+        try:
+            row = library.get(song)
+            newer = Tagger(tiny_v2, threshold=float(THRESHOLD), coverage="excerpts:2x10").tag_file(song)
+            assert library.queue_again([row.id]) == 1
+            assert library.record_result(row.id, newer, row.fingerprint, owe_tags=True)
+        finally:
+            library.close()
+
+        retag = [*CLI, "library", "--library", str(db), "retag", "--outdated", "--write-tags", "--model", str(tiny_v2)]
+        env = {**os.environ, "GENRE_TAGGER_TAGGING_THRESHOLD": THRESHOLD,
+               "GENRE_TAGGER_TAGGING_COVERAGE": "excerpts:2x10"}
+        with subprocess.Popen(retag, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as run:
+            reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)
+            reader.start()
+            try:
+                waiting = f"waiting for genre-tagger process {daemon.pid}"
+                wait_until(lambda: any(waiting in line for line in lines) or run.poll() is not None, 120)
+                daemon.send_signal(signal.SIGCONT)
+                stopped = False
+                assert run.wait(120) == 0, "".join(lines)
+                reader.join(10)
+            finally:
+                if run.poll() is None:
+                    run.kill()
+        stderr = "".join(lines)
+        assert waiting in stderr, stderr
+        assert "0 re-tagged, 1 files' tags rewritten, 0 failed" in stderr, stderr + _log(state)
+        assert wait_until(lambda: not _writing(music), 60), _log(state)  # the daemon dropped its copy
+    finally:
+        if stopped:
+            daemon.send_signal(signal.SIGCONT)
+        if daemon.poll() is None:
+            assert stop_daemon(daemon) == 0
+    assert "locked by another program" not in stderr + _log(state)
+    assert read_state(song).provenance == "tiny-test 0.0.2"  # the library's result, not the replaced one
+    genre, = query(db, "SELECT label FROM genres WHERE output = 'genre' AND decided = 1")[0]
+    assert read_state(song).genres == (genre,)
+    assert query(db, "SELECT model_version FROM tag_writes") == [("0.0.2",)]  # one write: the replaced one never
+    assert query(db, "SELECT model_version, tag_count FROM tracks") == [("0.0.2", 2)]
+    assert query(db, "SELECT count(*) FROM tags_owed") == [(0,)] and query(db, "SELECT count(*) FROM tag_claims") \
+        == [(0,)]
+    assert audio_digest(song) == digest
+
+
+def test_a_claim_on_a_file_s_write_holds_while_its_process_lives_and_is_taken_over_after(tmp_path: Path) -> None:
+    """The claims the daemon and `library retag` take before writing a file: another live process's claim holds;
+    a killed one's is taken over (else its file would never be written again), as is one left by an earlier
+    process that had this process's pid (a daemon restarted in a container gets the same pid)."""
+    db = tmp_path / "library.db"
+    library = Library(db)
+    try:
+        assert library.claim_tag_write(1) is None and library.claim_tag_write(1) is None  # ours, and ours again
+        claim = ("import sys; from service.library import Library; "
+                 f"assert Library({str(db)!r}).claim_tag_write(2) is None; print('claimed', flush=True); "
+                 "sys.stdin.read()")
+        with subprocess.Popen([sys.executable, "-c", claim], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) as other:
+            assert other.stdout.readline() == "claimed\n"
+            assert library.claim_tag_write(2) == other.pid  # held while that process lives
+            other.kill()
+            other.wait(30)
+        assert library.claim_tag_write(2) is None  # killed: taken over
+        library.release_tag_write(2)
+        library.db.execute("UPDATE tag_claims SET started = 'earlier' WHERE track_id = 1")  # this pid, another life
+        library.db.execute("INSERT INTO tag_claims VALUES (3, 'another-host', 1, '', ?)",
+                           [time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())])
+        assert library.claim_tag_write(1) is None
+        assert library.claim_tag_write(3) == 1  # another machine's: cannot be asked, trusted for an hour
+        library.release_tag_write(1)
+        assert query(db, "SELECT track_id FROM tag_claims") == [(3,)]
+    finally:
+        library.close()
+
+
+@pytest.mark.parametrize("key, value, needle", [("retry_seconds", 0.0, "must be positive"),
+                                                ("write_attempts", 0, "must be at least 1")])
+def test_the_retry_settings_are_checked(key: str, value: float, needle: str) -> None:
+    from tagger.errors import ConfigError
+
+    section = TagsSection(write=True, **{key: value})
+    with pytest.raises(ConfigError, match=f"config tags.{key}: {needle}"):
+        section.validate("tags")
+    assert TagsSection().retry_seconds == 60.0 and TagsSection().write_attempts == 6  # the documented defaults

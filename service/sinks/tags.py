@@ -16,10 +16,14 @@ cut, a full queue, a suspension, a stop), the daemon makes it later from that ro
 file again: at its next start, or, for writes this sink lost while running, at its next heartbeat. A
 write that cannot be made (a read-only file or folder, an unsupported format, hard links) is recorded as
 failed for good at once, with its reason (``genre-tagger library stats`` counts them, ``library show``
-says why); one that may work later (a file locked by another program, a full disk) is tried again at
-the next start, and recorded as failed after :data:`service.library.OWED_ATTEMPTS` tries.
-``[tagging] retry_errors`` owes the failed ones again. A stored result the writer cannot use (a row
-it cannot read, a ``[tags] outputs`` the old result lacks) sends the file back to be tagged again.
+says why); one that may work later (a file locked by another program, a full disk) is tried again
+while the daemon runs, at a heartbeat after ``retry_seconds``, then twice as long after each failure
+(at most :data:`RETRY_MAX_S`), and at the next start; it is recorded as failed for good at its
+``write_attempts``-th failure. ``[tagging] retry_errors`` owes the failed ones again. A file that
+``genre-tagger library retag`` is writing meanwhile (it claims it in the library) is left to it and
+looked at again at the next heartbeat: the two never write one file at once, nor one write twice. A
+stored result the writer cannot use (a row it cannot read, a ``[tags] outputs`` the old result lacks)
+sends the file back to be tagged again.
 
 Owed writes are made only while ``write = true``: with file tagging turned off they are kept, untouched,
 and counted in the daemon's status (``tag_writes_owed``); they are made when it is turned on again, unless
@@ -40,9 +44,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from service.events import Event, Status, TrackDone
-from service.library import Library, OwedWrite
+from service.library import OWED_ATTEMPTS, Library, OwedWrite
 from service.sinks import DEFAULT_QUEUE, Sink, SinkContext, SinkSettings, check
-from service.tagwriter import FAILED, QUEUED, SKIPPED, WRITTEN, TagWriter, WriteSettings, write_owed
+from service.tagwriter import BUSY, FAILED, QUEUED, SKIPPED, WRITTEN, TagWriter, WriteSettings, write_owed
 from tagger.errors import ConfigError
 from tagger.filetags import POLICIES, TagWriteError
 
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 CATCH_UP_BATCH = 50  # owed writes read from the library at a time
 CATCH_UP_S = 5.0  # the longest a catch-up writes at one heartbeat before the queued events go first (s)
+RETRY_MAX_S = 3600.0  # the longest wait before a failed owed write is tried again while the daemon runs (s)
 
 
 @dataclass
@@ -63,7 +68,10 @@ class TagsSection(SinkSettings):
     probability a label needs, 0..1 (0 = [tagging] threshold; higher for stricter tags, never lower: a
     file never gets a genre the library calls uncertain). aliases: "label=Name" strings, the names
     written. retag_outdated: at start, queue the tracks another model or version tagged,
-    behind all other work. queue: tracks waiting to be written before the oldest are dropped."""
+    behind all other work. queue: tracks waiting to be written before the oldest are dropped.
+    retry_seconds: wait (s) before a write that failed for a passing reason (a file locked by another
+    program, a full disk) is tried again while the daemon runs, doubled after each failure up to an hour.
+    write_attempts: failures after which such a write is recorded as failed for good."""
 
     write: bool = False
     policy: str = "if-empty"
@@ -72,6 +80,8 @@ class TagsSection(SinkSettings):
     aliases: list[str] = field(default_factory=list)
     retag_outdated: bool = False
     queue: int = DEFAULT_QUEUE
+    retry_seconds: float = 60.0
+    write_attempts: int = OWED_ATTEMPTS
 
     def active(self) -> bool:
         return self.write or self.retag_outdated
@@ -83,6 +93,8 @@ class TagsSection(SinkSettings):
         for alias in self.aliases:
             check("=" in alias and alias.split("=", 1)[0].strip() and alias.split("=", 1)[1].strip(),
                   f"{section}.aliases", f"{alias!r} is not LABEL=NAME")
+        check(self.retry_seconds > 0, f"{section}.retry_seconds", "must be positive (seconds)")
+        check(self.write_attempts >= 1, f"{section}.write_attempts", "must be at least 1")
 
     def validate_with(self, section: str, config: Config) -> None:
         # Below the tagging threshold, files would get genres the library, console and status call
@@ -119,7 +131,9 @@ class TagsSink(Sink):
         self._catch_up = False
         self._lost = False
         self._pass: tuple[int, int] | None = None  # the pass under way: (last owed id done, last id of the pass)
-        self._tried: set[int] = set()  # owed ids that failed for now in this run: tried again at the next start
+        # Owed ids to try again while running (a passing failure, or another process was writing the file):
+        # the time.monotonic() at which; the catch-up passes leave them to that time.
+        self._due: dict[int, float] = {}
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -186,14 +200,27 @@ class TagsSink(Sink):
         return self._settle(owed)
 
     def status(self, event: Status) -> bool:
-        """At a heartbeat, make owed writes from the library (after a start, or after lost events) for at most
-        :data:`CATCH_UP_S`; the rest at the next heartbeats."""
-        if not self._catch_up or not self.settings.write or self.library is None:
+        """At a heartbeat, make owed writes from the library (after a start, or after lost events) and try again
+        those whose time came (:meth:`_settle`), for at most :data:`CATCH_UP_S`; the rest at the next heartbeats."""
+        if not self.settings.write or self.library is None:
             return False
+        deadline = time.monotonic() + CATCH_UP_S
+        did = self._catch_up_pass(deadline) if self._catch_up else False
+        now = time.monotonic()
+        for owed_id in sorted(i for i, due in self._due.items() if due <= now):
+            if time.monotonic() >= deadline:
+                break
+            del self._due[owed_id]
+            owed = self.library.owed_writes(owed_id - 1, owed_id, 1)
+            if owed:  # else made, replaced by a newer result, or failed for good meanwhile
+                did = self._settle(owed[0]) or did
+        return did
+
+    def _catch_up_pass(self, deadline: float) -> bool:
+        assert self.library is not None
         library = self.library
         if self._pass is None:
             self._pass = (0, library.last_owed_id())  # the writes owed now; newer ones come with their events
-        deadline = time.monotonic() + CATCH_UP_S
         did = False
         while time.monotonic() < deadline:
             done, last = self._pass
@@ -204,20 +231,29 @@ class TagsSink(Sink):
                 break
             for owed in batch:
                 self._pass = (owed.id, last)
-                if owed.id not in self._tried:
+                if owed.id not in self._due:
                     did = self._settle(owed) or did
                 if time.monotonic() >= deadline:
                     break
         return did
 
+    def retry_delay(self, attempts: int) -> float:
+        """Seconds to wait before trying again a write that failed ``attempts`` times (passing failures)."""
+        return min(RETRY_MAX_S, self.settings.retry_seconds * 2.0 ** max(0, attempts - 1))
+
     def _settle(self, owed: OwedWrite) -> bool:
         """Make one owed write and record how it ended; False when there was nothing to write."""
         assert self.library is not None and self.writer is not None
-        outcome, final = write_owed(self.library, self.writer, owed)
+        self._due.pop(owed.id, None)
+        outcome, final = write_owed(self.library, self.writer, owed, attempts=self.settings.write_attempts)
         if outcome is None:
             return False  # changed, tagged again, deleted, or written already: its new result (or none) decides
         if outcome.action == QUEUED:
             log.warning("tags: %s", outcome.line())
+            return False
+        if outcome.action == BUSY:  # `library retag` is writing it: made by it, or failed and ours to try again
+            log.info("tags: %s (looked at again at the next heartbeat)", outcome.line())
+            self._due[owed.id] = time.monotonic()
             return False
         if outcome.action not in (SKIPPED, FAILED):
             if outcome.action == WRITTEN:
@@ -226,11 +262,14 @@ class TagsSink(Sink):
             else:
                 log.debug("tags: %s", outcome.line())
             return True
-        self._tried.add(owed.id)
         if final:
             log.warning("tags: %s (not tried again: `genre-tagger library stats` counts these)", outcome.line())
         else:
-            log.warning("tags: %s (tried again at the next start)", outcome.line())
+            attempts = owed.attempts + 1
+            delay = self.retry_delay(attempts)
+            self._due[owed.id] = time.monotonic() + delay
+            log.warning("tags: %s (failure %d of %d; tried again in %.0f s)", outcome.line(), attempts,
+                        self.settings.write_attempts, delay)
         return True
 
     def lost(self, events: list[Event]) -> None:
