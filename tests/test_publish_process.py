@@ -80,6 +80,7 @@ def test_a_killed_publisher_process_is_replaced_and_subscribers_get_the_state_ag
 
 def test_the_publisher_process_is_capped_and_leaves_stopping_to_the_daemon() -> None:
     publisher = PublisherProcess("tcp://127.0.0.1:0", memory_limit_mb=100)
+    subscriber = None
     try:
         child = publisher.pid
         assert child is not None
@@ -98,8 +99,9 @@ def test_the_publisher_process_is_capped_and_leaves_stopping_to_the_daemon() -> 
         # again) and went on; a new child would have another pid.
         _publish_until_heard(publisher, subscriber, 0)
         assert publisher.pid == child and publisher.restarts == 0
-        subscriber.close()
     finally:
+        if subscriber is not None:
+            subscriber.close()
         publisher.close()
 
 
