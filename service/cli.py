@@ -229,6 +229,13 @@ def example_config() -> str:
     return resources.files("service").joinpath("genre-tagger.toml").read_text(encoding="utf-8")
 
 
+# The daemon's own flags, by the setting each overrides: a bad value's error names the flag typed.
+DAEMON_FLAGS = {"daemon.jobs": "--jobs", "daemon.model": "--model", "daemon.device": "--device",
+                "daemon.library": "--library", "daemon.state_dir": "--state-dir", "folders.settle_seconds": "--settle",
+                "tagging.coverage": "--coverage", "live.source": "--source", "live.horizon_seconds": "--horizon",
+                "live.file": "--live-file"}
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     import signal
 
@@ -253,7 +260,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     }
     if args.live is not None:
         overrides["live"].update(enabled=True, device=args.live)
-    config = load_config(args.config, overrides=overrides, extra_roots=args.folders or [])
+    config = load_config(args.config, overrides=overrides, extra_roots=args.folders or [], flags=DAEMON_FLAGS)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     return Daemon(config).run()
 

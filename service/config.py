@@ -124,6 +124,9 @@ class Config:
     live: LiveSection = field(default_factory=LiveSection)
     # Each sink's section ([publish], [http]...), by name: see service/sinks/.
     sinks: dict[str, SinkSettings] = field(default_factory=default_sink_settings)
+    # "section.key" → what the user typed to set it outside the TOML file ("--settle -1",
+    # "GENRE_TAGGER_TAGGING_THRESHOLD=abc"), so that an error names it.
+    origins: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def publish(self) -> PublishSection:
@@ -208,8 +211,13 @@ class Config:
         check(bool(self.folders.roots) or lv.enabled or bool(lv.file), "folders.roots",
               "nothing to do: give a folder to watch, enable live capture or play a live file")
         if errors:
-            raise ConfigError("config " + "; ".join(errors))
+            raise ConfigError("config " + "; ".join(self._with_origin(error) for error in errors))
         return self
+
+    def _with_origin(self, error: str) -> str:
+        """``error`` ("section.key: reason"), saying what set the key when it was not the TOML file."""
+        origin = self.origins.get(error.split(":", 1)[0])
+        return f"{error} (set by {origin})" if origin else error
 
 
 def _coverage_ok(text: object) -> bool:
@@ -226,6 +234,13 @@ def _coverage_ok(text: object) -> bool:
 MAX_JOBS = 256
 # ONNX Runtime threads beyond this are refused (a typo like 100000 would hang creating them).
 MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+
+
+def _typed(value: Any) -> str:
+    """A flag's parsed value as it was most likely typed (``-1.0`` → ``-1``)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
@@ -267,7 +282,9 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     raise ConfigError(f"config {key}: unsupported type")
 
 
-def _apply(config: Config, section: str, values: dict[str, Any], where: str) -> None:
+def _apply(config: Config, section: str, values: dict[str, Any], where: str,
+           origins: dict[str, str] | None = None) -> None:
+    """Set ``values`` in ``section``; ``origins`` says what set each key (``--settle -1``), when not the file."""
     target = config.section(section)
     if target is None or not dataclasses.is_dataclass(target):
         raise ConfigError(f"{where}: unknown section [{section}] (known: {', '.join(config.section_names())})")
@@ -275,15 +292,24 @@ def _apply(config: Config, section: str, values: dict[str, Any], where: str) -> 
     for key, value in values.items():
         if key not in hints:
             raise ConfigError(f"{where}: unknown key {section}.{key} (known: {', '.join(sorted(hints))})")
-        setattr(target, key, _coerce(value, hints[key], f"{section}.{key}"))
+        name = f"{section}.{key}"
+        if origins and key in origins:
+            config.origins[name] = origins[key]
+        else:
+            config.origins.pop(name, None)  # a later layer set it
+        try:
+            setattr(target, key, _coerce(value, hints[key], name))
+        except ConfigError as exc:
+            raise ConfigError("config " + config._with_origin(str(exc).removeprefix("config "))) from None
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
                 overrides: dict[str, dict[str, Any]] | None = None, extra_roots: list[str] | None = None,
-                validate: bool = True) -> Config:
+                validate: bool = True, flags: dict[str, str] | None = None) -> Config:
     """Defaults ← TOML file ← environment ← ``overrides`` (from CLI flags), plus ``extra_roots``.
 
-    ``validate=False`` skips the checks (to locate the library, say).
+    ``validate=False`` skips the checks (to locate the library, say). ``flags`` names the flag behind
+    each override (``{"folders.settle_seconds": "--settle"}``), so that an error names what was typed.
     """
     config = Config()
     if path:
@@ -309,9 +335,12 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         rest = name[len("GENRE_TAGGER_"):].lower()
         section, _, key = rest.partition("_")
         if section in sections and key:
-            _apply(config, section, {key: value}, f"environment {name}")
+            _apply(config, section, {key: value}, f"environment {name}", {key: f"{name}={value}"})
     for section, values in (overrides or {}).items():
-        _apply(config, section, {k: v for k, v in values.items() if v is not None}, "command line")
+        given = {k: v for k, v in values.items() if v is not None}
+        flag_of = {k: (flags or {}).get(f"{section}.{k}") for k in given}
+        _apply(config, section, given, "command line",
+               {k: f"{flag} {_typed(given[k])}" for k, flag in flag_of.items() if flag})
     for root in extra_roots or []:  # typed on the command line: a typo, not a drive to wait for
         if not Path(root).expanduser().is_dir():
             raise ConfigError(f"--folder {root}: " + ("not a directory" if Path(root).expanduser().exists()

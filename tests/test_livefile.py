@@ -78,4 +78,4 @@ def test_a_live_file_that_does_not_exist_is_one_clear_line(tmp_path: Path) -> No
                            "--live-file", str(tmp_path / "nope.flac")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == (f"genre-tagger: error: config live.file: '{tmp_path / 'nope.flac'}' is neither "
-                                   "an audio file nor a URL")
+                                   f"an audio file nor a URL (set by --live-file {tmp_path / 'nope.flac'})")

@@ -111,3 +111,32 @@ def test_training_errors_are_the_one_line_every_command_gives(tmp_path: Path) ->
     missing = tmp_path / "held-out.csv"
     one_error_line(run_cli("train", "--data", f"csv:{missing}", "--arch", "meza", "--out", str(tmp_path / "run")),
                    f"{missing}: no such file")
+
+
+def test_a_bad_daemon_setting_names_the_flag_or_variable_that_set_it(tmp_path: Path) -> None:
+    """The daemon validates its settings after merging file, environment and flags: the error still names
+    what the user typed, not only the setting's name in the TOML file."""
+    from service.cli import DAEMON_FLAGS
+    from service.config import load_config
+    from tagger.errors import ConfigError
+
+    roots = [str(tmp_path)]
+    with pytest.raises(ConfigError) as error:
+        load_config(env={"GENRE_TAGGER_TAGGING_THRESHOLD": "abc"}, extra_roots=roots)
+    assert str(error.value) == ("config tagging.threshold: 'abc' is not a valid float "
+                                "(set by GENRE_TAGGER_TAGGING_THRESHOLD=abc)")
+    with pytest.raises(ConfigError) as error:
+        load_config(env={"GENRE_TAGGER_FOLDERS_SETTLE_SECONDS": "5", "GENRE_TAGGER_TAGGING_THRESHOLD": "5"},
+                    overrides={"folders": {"settle_seconds": -1.0}}, extra_roots=roots, flags=DAEMON_FLAGS)
+    assert str(error.value) == ("config tagging.threshold: must be within 0..1 (got 5.0) (set by "
+                                "GENRE_TAGGER_TAGGING_THRESHOLD=5); folders.settle_seconds: must be within 0..86400 s "
+                                "(got -1.0) (set by --settle -1)")
+    # Set in the file, the key is what was typed: no more words.
+    config = tmp_path / "genre-tagger.toml"
+    config.write_text("[folders]\nsettle_seconds = -1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(config, env={}, extra_roots=roots, flags=DAEMON_FLAGS)
+    assert str(error.value) == "config folders.settle_seconds: must be within 0..86400 s (got -1.0)"
+    line = one_error_line(run_cli("daemon", "--state-dir", str(tmp_path / "s"), "--folder", str(tmp_path),
+                                  "--endpoint", "", "--jobs", "999"))
+    assert line.endswith("(got 999) (set by --jobs 999)"), line
