@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,10 +72,15 @@ def _timed(tagger: Tagger, path: Path, coverage: str) -> tuple[TrackResult, floa
 
 
 def run(folders: list[str], coverages: list[str], model: str | None = None) -> dict:
+    """Every setting against full coverage on each folder's files; a file that fails is an error line on
+    stderr and counted in ``failed``. A folder that does not exist stops it before any work."""
+    for folder in folders:
+        if not Path(folder).exists():
+            raise TaggerError(f"{folder}: no such folder")
     tagger = Tagger(model)
     settings = ["full", *(str(Coverage.parse(c)) for c in coverages)]
     report: dict = {"model": f"{tagger.manifest.name} {tagger.manifest.version}", "settings": settings,
-                    "folders": {}}
+                    "folders": {}, "failed": 0}
     for folder in folders:
         labels = _labels(Path(folder))
         cells = {s: Cell() for s in settings}
@@ -82,7 +88,8 @@ def run(folders: list[str], coverages: list[str], model: str | None = None) -> d
             try:
                 results = {s: _timed(tagger, path, s) for s in settings}
             except TaggerError as exc:
-                print(f"genre-tagger: error: {exc}")
+                print(f"genre-tagger: error: {exc}", file=sys.stderr)
+                report["failed"] += 1
                 continue
             full = _probabilities(results["full"][0])
             full_decided = {name: est.decided for name, est in results["full"][0].outputs.items()}
@@ -135,4 +142,4 @@ def main(folders: list[str], coverages: list[str], out: Path, model: str | None 
     out.write_text(json.dumps(report, indent=1))
     print(markdown(report))
     print(f"report: {out}")
-    return 0
+    return 1 if report["failed"] else 0

@@ -483,6 +483,11 @@ def _restore_tags(library, args) -> int:
             print(f"genre-tagger: error: --run {args.run}: not a run id or 'last'", file=sys.stderr)
             return EXIT_USAGE
         run_id = int(args.run)
+        first, last = library.db.execute("SELECT min(id), max(id) FROM tag_runs").fetchone()
+        if library.db.execute("SELECT 1 FROM tag_runs WHERE id = ?", [run_id]).fetchone() is None:
+            known = f"runs {first}..{last}" if first is not None else "no tag writes yet"
+            print(f"genre-tagger: error: --run {args.run}: no such run of tag writes ({known})", file=sys.stderr)
+            return EXIT_USAGE
     paths = [str(Path(p).expanduser().absolute()) for p in args.paths]
     outcomes = restore_tags(library, run_id, paths, args.dry_run, args.force)
     for o in outcomes:
@@ -739,7 +744,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         public, secret = zmq.auth.create_certificates(folder, args.name)
         Path(secret).chmod(0o600)
     except OSError as exc:
-        print(f"genre-tagger: error: {args.folder}: {exc.strerror or exc}", file=sys.stderr)
+        # mkdir's "File exists" for a file where the folder belongs (or in its path) says too little.
+        reason = "not a folder" if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror or exc
+        print(f"genre-tagger: error: {args.folder}: {reason}", file=sys.stderr)
         return EXIT_USAGE
     print(f"public key  {public}  ({zmq.auth.load_certificate(public)[0].decode()})")
     print(f"secret key  {secret}  (keep it private)")

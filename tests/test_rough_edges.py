@@ -110,7 +110,8 @@ def test_library_show_takes_a_relative_path_and_list_says_when_nothing_matches(
     music = tmp_path / "music"
     music.mkdir()
     shutil.copy(realworld / "warzone2100-music" / "menu.opus", music / "menu.opus")
-    daemon = start_daemon(tmp_path / "state", tiny_model, "--folder", str(music), "--settle", "0.2")
+    daemon = start_daemon(tmp_path / "state", tiny_model, "--folder", str(music), "--settle", "0.2",
+                          endpoint="")  # no ZeroMQ: the default port may be a user's daemon
     db = tmp_path / "state" / "library.db"
     try:
         assert wait_until(lambda: query(db, "SELECT count(*) FROM tracks WHERE status = 'tagged'")[0][0] == 1, 120)

@@ -140,3 +140,29 @@ def test_a_bad_daemon_setting_names_the_flag_or_variable_that_set_it(tmp_path: P
     line = one_error_line(run_cli("daemon", "--state-dir", str(tmp_path / "s"), "--folder", str(tmp_path),
                                   "--endpoint", "", "--jobs", "999"))
     assert line.endswith("(got 999) (set by --jobs 999)"), line
+
+
+def test_restore_tags_of_a_run_that_never_was_and_keys_into_a_file_are_one_line(library: Path,
+                                                                                 tmp_path: Path) -> None:
+    one_error_line(run_cli("library", "--library", str(library), "restore-tags", "--run", "5"),
+                   "--run 5: no such run of tag writes")
+    a_file = tmp_path / "keys"
+    a_file.write_text("not a folder")
+    one_error_line(run_cli("keys", str(a_file), "--name", "daemon"), f"{a_file}: not a folder")
+
+
+def test_bench_coverage_names_a_missing_folder_and_counts_a_broken_file(tiny_model: Path, tmp_path: Path,
+                                                                        realworld: Path) -> None:
+    out = tmp_path / "coverage.json"
+    one_error_line(run_cli("bench-coverage", str(tmp_path / "Muisc"), "--out", str(out)),
+                   f"{tmp_path / 'Muisc'}: no such folder")
+    assert not out.exists()
+    music = tmp_path / "music"
+    music.mkdir()
+    shutil.copy(realworld / "warzone2100-music" / "menu.opus", music / "menu.opus")
+    (music / "broken.mp3").write_text("not audio")
+    proc = run_cli("bench-coverage", str(music), "--coverages", "excerpts:1x10", "--model", str(tiny_model),
+                   "--out", str(out))
+    assert proc.returncode == 1, proc.stderr  # some files failed, the others measured
+    assert proc.stderr.startswith(f"genre-tagger: error: {music / 'broken.mp3'}: not a readable audio file")
+    assert "error" not in proc.stdout and "| music | full | 1 (0) |" in proc.stdout, proc.stdout
