@@ -252,7 +252,7 @@ class TagsSink(Sink):
             log.warning("tags: %s", outcome.line())
             return False
         if outcome.action == BUSY:  # `library retag` is writing it: made by it, or failed and ours to try again
-            log.info("tags: %s (looked at again at the next heartbeat)", outcome.line())
+            log.debug("tags: %s (looked at again at the next heartbeat)", outcome.line())
             self._due[owed.id] = time.monotonic()
             return False
         if outcome.action not in (SKIPPED, FAILED):
