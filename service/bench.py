@@ -466,14 +466,19 @@ def best_of(jobs: list[Callable[[list[Path]], tuple[Row, dict]]], files: list[Pa
     file, then each on the second…), so that a slow spell of a shared machine hits every row alike.
     A row's time is the sum over files of each file's fastest run; ``extra['runs_s']`` holds each
     round's total and ``extra['cpu_s']`` the process's CPU time (every thread, seconds) in the runs kept."""
+    from tqdm import tqdm
+
     rounds = max(1, repeat)
     runs: list[list[list[tuple[float, float, Row, dict]]]] = [[[] for _ in files] for _ in jobs]
-    for _ in range(rounds):
-        for i, path in enumerate(files):
-            for j, job in enumerate(jobs):
-                cpu = time.process_time()
-                row, results = job([path])
-                runs[j][i].append((row.seconds, time.process_time() - cpu, row, results))
+    with tqdm(total=rounds * len(files), unit="file", disable=not sys.stderr.isatty(), file=sys.stderr,
+              dynamic_ncols=True, leave=False) as progress:
+        for _ in range(rounds):
+            for i, path in enumerate(files):
+                for j, job in enumerate(jobs):
+                    cpu = time.process_time()
+                    row, results = job([path])
+                    runs[j][i].append((row.seconds, time.process_time() - cpu, row, results))
+                progress.update(1)
     out = []
     for per_file in runs:
         kept = [min(file_runs, key=lambda run: run[0]) for file_runs in per_file]
@@ -487,6 +492,11 @@ def best_of(jobs: list[Callable[[list[Path]], tuple[Row, dict]]], files: list[Pa
             results.update(k[3])
         out.append((row, results))
     return out
+
+
+def _say(stage: str) -> None:
+    """What the bench runs now, on stderr: a full run takes minutes."""
+    print(f"genre-tagger bench: {stage}…", file=sys.stderr, flush=True)
 
 
 def readable_files(folders: list[str]) -> list[Path]:
@@ -519,7 +529,7 @@ def run_bench(folder: str | list[str], model: str | None, device: str, live_seco
     folders = [folder] if isinstance(folder, str) else list(folder)
     files = readable_files(folders)
     if not files:
-        raise SystemExit(f"genre-tagger bench: no audio files in {', '.join(folders)}")
+        raise TaggerError(f"{', '.join(folders)}: no audio files there")
     if only is not None:
         return _run_only(only, files, folders, model, device, live_seconds, out, repeat, job_counts or [1])
     folder = ", ".join(folders)
@@ -537,6 +547,7 @@ def run_bench(folder: str | list[str], model: str | None, device: str, live_seco
             jobs.append(lambda fs: bench_tagging(fs, float32,
                                                  f"same, fast path, float32 file ({float32.manifest.name})"))
     jobs.append(lambda fs: bench_tagging(fs, naive, "same model, naive (every window through the whole net)"))
+    _say(f"file rows: {len(jobs)} rows × {len(files)} files × {max(1, repeat)} rounds")
     measured = best_of(jobs, files, repeat)
     rows = [row for row, _ in measured]
     fast_results, naive_results = measured[fast_job][1] if fast.fast else {}, measured[-1][1]
@@ -545,7 +556,9 @@ def run_bench(folder: str | list[str], model: str | None, device: str, live_seco
     model_cpu = {"fast": rows[fast_job].extra["cpu_s"] - front_end_cpu if fast.fast else None,
                  "naive": rows[-1].extra["cpu_s"] - front_end_cpu}
     if live_seconds > 0:
-        for i, live_tagger in enumerate(([fast] if fast.fast else []) + [naive]):
+        live_taggers = ([fast] if fast.fast else []) + [naive]
+        _say(f"live rows: {live_seconds:g} s played in real time, {len(live_taggers) + bool(page_clients)} times")
+        for i, live_tagger in enumerate(live_taggers):
             plain = bench_live(files[0], live_tagger, live_seconds)
             rows.append(plain)
             if i == 0 and page_clients:  # right after the plain row, so that both see the machine alike
@@ -553,9 +566,12 @@ def run_bench(folder: str | list[str], model: str | None, device: str, live_seco
                 loaded.extra["p99_increase_ms"] = loaded.extra["p99_ms"] - plain.extra["p99_ms"]
                 rows.append(loaded)
     if not skip_daemon:
+        _say("daemon end to end")
         rows.append(bench_daemon(files, model))
     jobs_comparison = None
     if job_counts:
+        _say(f"tag --jobs rows: {', '.join(map(str, job_counts))} jobs × {max(1, repeat)} rounds"
+             + ("" if skip_daemon else ", then the daemon with each"))
         job_rows, jobs_comparison = bench_jobs(files, model, device, job_counts, repeat)
         rows.extend(job_rows)
         if not skip_daemon:  # one run each: the daemon's start-up is part of what it measures
@@ -587,8 +603,11 @@ def _run_only(only: str, files: list[Path], folders: list[str], model: str | Non
     rows: list[Row] = []
     comparison: dict = {}
     if only == "jobs":
+        _say(f"tag --jobs rows: {', '.join(map(str, job_counts))} jobs × {max(1, repeat)} rounds")
         rows, comparison = bench_jobs(files, model, device, job_counts, repeat)
     elif only == "daemon":
+        _say(f"daemon end to end with {', '.join(map(str, job_counts))} jobs"
+             + (f", then live latency ({live_seconds:g} s) while it tags" if live_seconds > 0 else ""))
         rows = [bench_daemon(files, model, n) for n in job_counts]
         for n, row in zip(job_counts[1:], rows[1:], strict=True):
             comparison[f"daemon_{n}_vs_{job_counts[0]}"] = {"speedup": rows[0].seconds / row.seconds}

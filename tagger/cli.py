@@ -204,7 +204,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
                 raise TaggerError(f"{option}: only applies with --write-tags or --dry-run")
     files = list(iter_audio_files(args.inputs))
     if not files:
-        print("genre-tagger: no audio files found in the given paths", file=sys.stderr)
+        print(f"genre-tagger: error: {' '.join(args.inputs)}: no audio files there (found by their extension: "
+              ".mp3, .flac, .ogg, .opus, .wav, .m4a and the like; a file named directly is read whatever its name)",
+              file=sys.stderr)
         return EXIT_SOME_FAILED
     if args.write_tags or args.dry_run:
         from service.cli import tag_and_write

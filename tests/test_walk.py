@@ -100,6 +100,8 @@ def test_bench_leaves_out_a_broken_file_and_names_a_missing_folder(tiny_model: P
                    "--no-daemon", "--jobs", "", "--out", str(tmp_path / "bench.json"))
     assert proc.returncode == 0, proc.stderr
     assert f"{music / 'empty.mp3'}: empty file (0 bytes): left out of the bench" in proc.stderr
+    # Minutes of work say what they are doing.
+    assert re.search(r"^genre-tagger bench: file rows: \d rows × 1 files × 1 rounds…$", proc.stderr, re.M), proc.stderr
     assert '"files": 1' in (tmp_path / "bench.json").read_text()
     # The default folder is relative to the repository: from elsewhere, say so.
     one_error_line(run_cli("bench", cwd=tmp_path), "../shared/data/realworld: no such folder", "repository")
@@ -166,3 +168,10 @@ def test_bench_coverage_names_a_missing_folder_and_counts_a_broken_file(tiny_mod
     assert proc.returncode == 1, proc.stderr  # some files failed, the others measured
     assert proc.stderr.startswith(f"genre-tagger: error: {music / 'broken.mp3'}: not a readable audio file")
     assert "error" not in proc.stdout and "| music | full | 1 (0) |" in proc.stdout, proc.stdout
+
+
+def test_tag_on_a_folder_without_audio_names_it(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no music here")
+    proc = run_cli("tag", str(tmp_path))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"genre-tagger: error: {tmp_path}: no audio files there"), proc.stderr
