@@ -261,6 +261,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if args.live is not None:
         overrides["live"].update(enabled=True, device=args.live)
     config = load_config(args.config, overrides=overrides, extra_roots=args.folders or [], flags=DAEMON_FLAGS)
+    # Flags that only qualify another setting would be ignored silently without it.
+    if args.tag_policy and not config.section("tags").write:
+        raise ConfigError(f"--tag-policy {args.tag_policy}: only applies with --write-tags (or [tags] write = true)")
+    if args.loop and not config.live.file:
+        raise ConfigError("--loop: only applies with --live-file (or [live] file)")
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     return Daemon(config).run()
 

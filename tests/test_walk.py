@@ -175,3 +175,27 @@ def test_tag_on_a_folder_without_audio_names_it(tmp_path: Path) -> None:
     proc = run_cli("tag", str(tmp_path))
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith(f"genre-tagger: error: {tmp_path}: no audio files there"), proc.stderr
+
+
+def test_daemon_flags_that_qualify_another_are_refused_alone(tmp_path: Path) -> None:
+    common = ("daemon", "--state-dir", str(tmp_path / "s"), "--folder", str(tmp_path), "--endpoint", "")
+    one_error_line(run_cli(*common, "--tag-policy", "merge"), "--tag-policy merge: only applies with --write-tags")
+    one_error_line(run_cli(*common, "--loop"), "--loop: only applies with --live-file")
+
+
+def test_the_console_says_each_live_genre_change() -> None:
+    """`daemon --live` printed nothing about what it heard on its terminal: now a line per change."""
+    import io
+
+    from service.config import Config
+    from service.events import GenreChanged
+    from service.sinks import SinkContext
+    from service.sinks.console import ConsoleSection, ConsoleSink
+
+    out = io.StringIO()
+    sink = ConsoleSink(ConsoleSection(), SinkContext(Config()), out=out, err=io.StringIO())
+    sink.genre_changed(GenreChanged(source="radio", stream_s=6.4, previous=None, current="jazz", confidence=0.72))
+    sink.genre_changed(GenreChanged(source="radio", stream_s=42.0, previous="jazz", current="no music",
+                                    confidence=0.9, music=False))
+    assert out.getvalue().splitlines() == ["live radio  at 6 s  → jazz (72 %)",
+                                           "live radio  at 42 s  → no music (90 %)"]

@@ -1,7 +1,9 @@
 """The console sink: the daemon says what it does, a line per file, and a progress bar of the queue.
 
 Each tagged file is one line on stdout: ``tagged  PATH  → jazz (72 %)``, ``→ uncertain: jazz / blues
-(56 %)`` below the threshold, or ``→ no music (90 %)``. A file that failed is the daemon's own warning
+(56 %)`` below the threshold, or ``→ no music (90 %)``; so is each genre change of a live source
+(``live radio  at 42 s  → jazz (72 %)``, or ``→ no music (90 %)``), so that ``daemon --live`` shows on
+its terminal what it hears. A file that failed is the daemon's own warning
 line on stderr (``genre-tagger: WARNING: PATH: reason``), so it is not repeated here. Each library scan
 ends with a ``scan done: N files, M queued, in S s`` line (the folder watcher's).
 
@@ -17,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
-from service.events import Status, TrackDone
+from service.events import GenreChanged, Status, TrackDone
 from service.sinks import DEFAULT_QUEUE, Sink, SinkContext, SinkSettings
 from tagger.ensemble import NO_MUSIC
 
@@ -54,6 +56,18 @@ def describe_track(event: TrackDone) -> str:
     return f"tagged  {event.path}  → {verdict}"
 
 
+def describe_change(event: GenreChanged) -> str:
+    """``live radio  at 42 s  → jazz (72 %)`` (or no music) for a live source's genre change; the stream
+    time in seconds since the source started."""
+    if not event.music:
+        verdict = f"{NO_MUSIC} ({100 * event.confidence:.0f} %)"
+    elif event.uncertain:  # never announced by the detector; said as what it is if it ever were
+        verdict = f"uncertain: {event.current} ({100 * event.confidence:.0f} %)"
+    else:
+        verdict = f"{event.current} ({100 * event.confidence:.0f} %)"
+    return f"live {event.source}  at {event.stream_s:.0f} s  → {verdict}"
+
+
 class ConsoleSink(Sink):
     name: ClassVar[str] = "console"
     Settings: ClassVar[type[SinkSettings]] = ConsoleSection
@@ -87,6 +101,9 @@ class ConsoleSink(Sink):
             self.done += 1
             self._bar.total = max(self._bar.total, self.done)
             self._bar.update(1)
+
+    def genre_changed(self, event: GenreChanged) -> None:
+        self._print(describe_change(event))
 
     def status(self, event: Status) -> None:
         if not self.use_bar:
