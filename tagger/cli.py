@@ -367,13 +367,24 @@ def _register_plugins(sub: argparse._SubParsersAction) -> None:
         plugin.register(sub)
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command ``args`` ran: ``genre-tagger library list``'s for ``library list``."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        chosen = getattr(args, action.dest, None) if isinstance(action, argparse._SubParsersAction) else None
+        if chosen in action.choices:
+            return _command_parser(action.choices[chosen], args)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # File names need not be UTF-8: print their undecodable bytes as \xNN rather than fail on them.
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="backslashreplace")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own parser, so that its --help is the one named
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="genre-tagger: %(levelname)s: %(message)s")
     try:

@@ -199,3 +199,9 @@ def test_the_console_says_each_live_genre_change() -> None:
                                     confidence=0.9, music=False))
     assert out.getvalue().splitlines() == ["live radio  at 6 s  → jazz (72 %)",
                                            "live radio  at 42 s  → no music (90 %)"]
+
+
+def test_an_unknown_option_points_at_its_commands_help() -> None:
+    one_error_line(run_cli("library", "list", "--bogus"), "unrecognized arguments: --bogus",
+                   "(see genre-tagger library list --help)")
+    one_error_line(run_cli("export", "--run", "runs/x"), "(see genre-tagger export --help)")
