@@ -99,8 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     stats.add_argument("--json", action="store_true")
     ls = lsub.add_parser("list", help="tracks, or those with a genre at a minimum confidence")
     ls.add_argument("--genre", "-g", help="label to search (case-insensitive)")
-    ls.add_argument("--min-score", type=_fraction, default=0.0,
-                    help="minimum probability of that label, 0..1 or a percentage (default 0: every stored label)")
+    ls.add_argument("--min-score", type=_fraction, default=None,
+                    help="minimum probability of that label, 0..1 or a percentage (default: the tracks where it was "
+                         "decided, at or above the threshold they were tagged with; 0 lists every stored score)")
     ls.add_argument("--output", help="model output to search (default: all)")
     ls.add_argument("--status", default="tagged", choices=("tagged", "pending", "error", "deleted", "any"),
                     help="tracks with this status, or any (default tagged)")
@@ -374,8 +375,8 @@ def _list(library, args) -> int:
 
     status = None if args.status == "any" else args.status
     printed = False
-    rows = library.search(args.genre, args.min_score, args.output, status, args.limit or None,
-                          music=False if args.no_music else None)
+    rows = library.search(args.genre, args.min_score or 0.0, args.output, status, args.limit or None,
+                          music=False if args.no_music else None, decided=_decided_only(args))
     shown: set[int] = set()
     for r in rows:
         if args.json:
@@ -397,6 +398,12 @@ def _list(library, args) -> int:
     return EXIT_OK
 
 
+def _decided_only(args) -> bool:
+    """``list --genre X`` without ``--min-score``: the tracks where X was decided, not every stored score
+    (a track at 1 % jazz is not a jazz track)."""
+    return args.genre is not None and args.min_score is None
+
+
 def _no_match(library, args) -> str:
     """Why ``library list`` found nothing, in the words of the options given."""
     where = "" if args.status == "any" else f" ({args.status} tracks)"
@@ -405,6 +412,8 @@ def _no_match(library, args) -> str:
         if args.genre.lower() not in {label.lower() for label in labels}:
             known = ", ".join(labels) if labels else "none yet"
             return f"no track has the genre {args.genre!r}{where} (genres in the library: {known})"
+        if _decided_only(args):
+            return f"no track has {args.genre} decided{where} (--min-score 0 lists every stored score)"
         floor = f" at {100 * args.min_score:.0f} % or more" if args.min_score else ""
         return f"no track has {args.genre}{floor}{where}"
     if args.no_music:

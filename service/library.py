@@ -1030,8 +1030,10 @@ class Library:
                 "schema_version": SCHEMA_VERSION, "path": str(self.path)}
 
     def search(self, label: str | None = None, min_score: float = 0.0, output: str | None = None,
-               status: str | None = TAGGED, limit: int | None = None, music: bool | None = None) -> Iterator[dict]:
-        """Tracks (best first) with ``label`` at ``min_score`` or more; all tracks when label is None.
+               status: str | None = TAGGED, limit: int | None = None, music: bool | None = None,
+               decided: bool = False) -> Iterator[dict]:
+        """Tracks (best first) with ``label`` at ``min_score`` or more (and ``decided``: at or above the
+        threshold it was tagged with); all tracks when label is None.
 
         A genre search leaves out tracks that are not music (their genres mean nothing). ``music``:
         only tracks the detector called music (True; rows without an answer count as music) or not (False).
@@ -1042,6 +1044,8 @@ class Library:
         if label is not None:
             sql.append("JOIN genres g ON g.track_id = t.id AND lower(g.label) = lower(?) AND g.score >= ?")
             args += [label, min_score]
+            if decided:
+                sql.append("AND g.decided = 1")
             if output:
                 sql.append("AND g.output = ?")
                 args.append(output)

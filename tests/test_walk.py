@@ -205,3 +205,18 @@ def test_an_unknown_option_points_at_its_commands_help() -> None:
     one_error_line(run_cli("library", "list", "--bogus"), "unrecognized arguments: --bogus",
                    "(see genre-tagger library list --help)")
     one_error_line(run_cli("export", "--run", "runs/x"), "(see genre-tagger export --help)")
+
+
+def test_library_list_of_a_genre_lists_the_tracks_where_it_was_decided(library: Path) -> None:
+    """A track at 1 % jazz is not a jazz track: without --min-score, `list --genre` keeps decided genres."""
+    import sqlite3
+
+    with sqlite3.connect(library) as db:
+        (undecided,) = db.execute("SELECT label FROM genres WHERE output = 'genre' AND decided = 0 "
+                                  "ORDER BY score DESC LIMIT 1").fetchone()
+    lib = ("library", "--library", str(library), "list", "--genre", undecided)
+    by_default = run_cli(*lib)
+    assert by_default.returncode == 0 and by_default.stdout == "", by_default.stdout
+    assert f"no track has {undecided} decided" in by_default.stderr, by_default.stderr
+    every_score = run_cli(*lib, "--min-score", "0")
+    assert every_score.returncode == 0 and "menu.opus\tgenre\t" + undecided in every_score.stdout, every_score
