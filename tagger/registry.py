@@ -58,7 +58,8 @@ def resolve_model(name_or_path: str | Path | None = None) -> Path:
         if candidate.is_file():
             return candidate
     searched = ", ".join(str(d) for d in model_dirs())
-    raise ModelError(f"model {target!r} not found (searched {searched})")
+    installed = ", ".join(entry.name for entry in list_models()) or "none"
+    raise ModelError(f"{target}: no such model (installed: {installed}; searched {searched})")
 
 
 def default_cpu_model() -> Path | None:

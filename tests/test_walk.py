@@ -220,3 +220,8 @@ def test_library_list_of_a_genre_lists_the_tracks_where_it_was_decided(library: 
     assert f"no track has {undecided} decided" in by_default.stderr, by_default.stderr
     every_score = run_cli(*lib, "--min-score", "0")
     assert every_score.returncode == 0 and "menu.opus\tgenre\t" + undecided in every_score.stdout, every_score
+
+
+def test_an_unknown_model_name_lists_the_installed_ones() -> None:
+    line = one_error_line(run_cli("models", "msd-musicnn"), "msd-musicnn: no such model (installed: ")
+    assert "msd-musicnn-gtzan" in line.split("installed: ", 1)[1], line
