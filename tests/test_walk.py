@@ -225,3 +225,14 @@ def test_library_list_of_a_genre_lists_the_tracks_where_it_was_decided(library: 
 def test_an_unknown_model_name_lists_the_installed_ones() -> None:
     line = one_error_line(run_cli("models", "msd-musicnn"), "msd-musicnn: no such model (installed: ")
     assert "msd-musicnn-gtzan" in line.split("installed: ", 1)[1], line
+
+
+def test_a_fold_that_does_not_exist_is_refused_before_any_work(tmp_path: Path) -> None:
+    """`train --split fold:7/5` trained for minutes on an empty test fold; `fold:x` said "invalid literal for
+    int()"."""
+    train = ("train", "--data", f"gtzan:{tmp_path}", "--arch", "meza", "--out", str(tmp_path / "run"))
+    one_error_line(run_cli(*train, "--split", "fold:7/5"), "--split", "fold:7/5: fold K of N needs")
+    one_error_line(run_cli(*train, "--split", "fold:x"), "--split", "fold:x: expected dataset, all or fold:K/N")
+    one_error_line(run_cli("evaluate", "--model", "x.onnx", "--data", f"gtzan:{tmp_path}", "--split", "tset"),
+                   "--split", "tset")
+    assert not (tmp_path / "run").exists()

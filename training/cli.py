@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--data", required=True, help="gtzan:DIR, fma:META:AUDIO[:subset], folders:DIR or csv:FILE")
     train.add_argument("--arch", required=True, help=arch_help)
     train.add_argument("--out", required=True, help="run folder: logs, checkpoints, curves, the model file")
-    train.add_argument("--split", default="dataset",
+    train.add_argument("--split", default="dataset", type=_split,
                        help="'dataset' (the dataset's own train/valid/test), 'fold:K/N' (grouped fold K of N "
                             "is the test set) or 'all' (no test set); default dataset")
     train.add_argument("--name", help="model name in the file (default: the run folder's name)")
@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("evaluate", help="evaluate a model file on a labelled dataset through the runtime")
     evaluate.add_argument("--model", "-m", required=True, help="model name or .onnx path")
     evaluate.add_argument("--data", required=True, help="dataset (as for train)")
-    evaluate.add_argument("--split", default="test", help="which tracks: test, valid, train or all (default test)")
+    evaluate.add_argument("--split", default="test", choices=("test", "valid", "train", "all"),
+                          help="which tracks: test, valid, train or all (default test)")
     evaluate.add_argument("--out", help="folder for report.json and confusion.png")
     evaluate.add_argument("--naive", action="store_true", help="run every window through the whole network")
     evaluate.set_defaults(func=cmd_evaluate)
@@ -127,6 +128,18 @@ def _user_errors(fn):
             return 2
 
     return wrapper
+
+
+def _split(text: str) -> str:
+    """A --split value, checked before any data is read: dataset, all, or fold:K/N with 0 <= K < N, N >= 2."""
+    if text in ("dataset", "all"):
+        return text
+    k, slash, n = text.removeprefix("fold:").partition("/")
+    if not text.startswith("fold:") or not slash or not k.isdigit() or not n.isdigit():
+        raise argparse.ArgumentTypeError(f"{text}: expected dataset, all or fold:K/N (e.g. fold:0/5)")
+    if int(n) < 2 or int(k) >= int(n):
+        raise argparse.ArgumentTypeError(f"{text}: fold K of N needs N >= 2 and K within 0..N-1")
+    return text
 
 
 def split_indices(tracks, split: str, seed: int = 0):
