@@ -235,4 +235,8 @@ def test_a_fold_that_does_not_exist_is_refused_before_any_work(tmp_path: Path) -
     one_error_line(run_cli(*train, "--split", "fold:x"), "--split", "fold:x: expected dataset, all or fold:K/N")
     one_error_line(run_cli("evaluate", "--model", "x.onnx", "--data", f"gtzan:{tmp_path}", "--split", "tset"),
                    "--split", "tset")
+    one_error_line(run_cli("train", "--data", f"gtzan:{tmp_path}", "--arch", "mezza", "--out", str(tmp_path / "run")),
+                   "--arch", "mezza")
+    one_error_line(run_cli("compare", "--data", f"gtzan:{tmp_path}", "--folds", "1", "--out", str(tmp_path / "c.md")),
+                   "--folds", "1")
     assert not (tmp_path / "run").exists()

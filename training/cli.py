@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Train an architecture on a dataset, split by track (grouped by artist "
                                        "where known), and export the best epoch as a genre-tagger model file.")
     train.add_argument("--data", required=True, help="gtzan:DIR, fma:META:AUDIO[:subset], folders:DIR or csv:FILE")
-    train.add_argument("--arch", required=True, help=arch_help)
+    train.add_argument("--arch", required=True, choices=ARCHITECTURE_NAMES, metavar="ARCH", help=arch_help)
     train.add_argument("--out", required=True, help="run folder: logs, checkpoints, curves, the model file")
     train.add_argument("--split", default="dataset", type=_split,
                        help="'dataset' (the dataset's own train/valid/test), 'fold:K/N' (grouped fold K of N "
@@ -61,8 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     compare = sub.add_parser("compare", help="grouped k-fold comparison of architectures, as a Markdown table")
     compare.add_argument("--data", default="gtzan:../shared/data/gtzan", help="dataset (default the shared GTZAN)")
-    compare.add_argument("--arch", action="append", help=arch_help + " (repeatable; default all)")
-    compare.add_argument("--folds", type=int, default=5, help="number of grouped folds (default 5)")
+    compare.add_argument("--arch", action="append", choices=ARCHITECTURE_NAMES, metavar="ARCH",
+                         help=arch_help + " (repeatable; default all)")
+    compare.add_argument("--folds", type=_at_least_two, default=5, help="number of grouped folds (default 5)")
     compare.add_argument("--out", default="docs/training-comparison.md", help="Markdown report")
     compare.add_argument("--runs", default=".cache/compare", help="per-run results (resumable)")
     _train_options(compare, epochs=12, budget=90.0, slices=256, threads=2)
@@ -128,6 +129,12 @@ def _user_errors(fn):
             return 2
 
     return wrapper
+
+
+def _at_least_two(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text}: a number of folds, 2 or more")
+    return int(text)
 
 
 def _split(text: str) -> str:
