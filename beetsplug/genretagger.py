@@ -251,14 +251,23 @@ class GenreTaggerPlugin(BeetsPlugin):
                               help="do not write the files' tags")
         cmd.parser.add_option("--policy", choices=("if-empty", "merge", "replace"),
                               help="items that already have genres (default: the config's policy)")
-        cmd.parser.add_option("--threshold", type="float",
-                              help="probability a genre needs, 0..1 (stricter than the config's, never looser)")
+        cmd.parser.add_option("--threshold", metavar="P",
+                              help="probability a genre needs, 0..1 or a percentage like 70% (stricter than the "
+                                   "config's, never looser)")
         cmd.parser.add_option("-a", "--album", action="store_true",
                               help="match albums: set each album's tracks and the album's own genres")
 
         def run(lib: Any, opts: Any, args: Sequence[str]) -> None:
+            import argparse
+
+            from tagger.cli import _fraction
             from tagger.errors import TaggerError
 
+            if opts.threshold is not None:  # as genre-tagger tag --threshold takes it
+                try:
+                    opts.threshold = _fraction(opts.threshold)
+                except argparse.ArgumentTypeError as exc:
+                    raise ui.UserError(f"genretag --threshold {exc}") from None
             configured = self.config["threshold"].as_number()
             if opts.threshold is not None and opts.threshold < configured:
                 # Results are judged (and recorded in genre-tagger's library) at the configured threshold:

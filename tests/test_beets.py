@@ -115,3 +115,9 @@ def test_genretag_refuses_a_threshold_below_the_configured_one(beets_home: Path)
     assert proc.returncode != 0
     assert "genretag --threshold 0.1 is below genretagger.threshold 0.3" in proc.stderr, proc.stdout + proc.stderr
     assert beet(beets_home, "genretag", "--threshold", "0.5", "-p").returncode == 0  # stricter is fine
+    # A percentage, as genre-tagger tag --threshold takes it; a word is one line naming it.
+    assert beet(beets_home, "genretag", "--threshold", "50%", "-p").returncode == 0
+    proc = subprocess.run([str(BEET), "-c", str(beets_home / "config.yaml"), "genretag", "--threshold", "half"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0 and proc.stderr.strip() == (
+        "error: genretag --threshold half: not a number (give 0..1, or a percentage like 70%)"), proc.stderr
