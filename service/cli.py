@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     daemon.add_argument("--folder", "-f", action="append", dest="folders", metavar="DIR",
                         help="watch this folder (repeatable; adds to the config's roots)")
     daemon.add_argument("--live", nargs="?", const="", default=None, metavar="DEVICE",
-                        help="capture live audio from a PortAudio device (name or index; none = default input)")
+                        help="capture live audio from a PortAudio device (name or index; none = the config's "
+                             "[live] device, else the default input)")
     daemon.add_argument("--live-file", metavar="PATH|URL",
                         help="play an audio file or an http(s):// stream (Icecast) through the live path in "
                              "real time, as a live source")
@@ -237,17 +238,9 @@ DAEMON_FLAGS = {"daemon.jobs": "--jobs", "daemon.model": "--model", "daemon.devi
                 "live.file": "--live-file"}
 
 
-def cmd_daemon(args: argparse.Namespace) -> int:
-    import signal
-
-    if args.print_config:
-        sys.stdout.write(example_config())
-        return EXIT_OK
-    # A stop request while the model loads ends the process cleanly too; Daemon.run takes over after.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _exit_cleanly)
+def daemon_config(args: argparse.Namespace):
+    """The daemon's settings: the config file, the environment, then the flags in ``args``."""
     from service.config import load_config
-    from service.daemon import Daemon
     from service.sinks import sink_classes
 
     overrides = {
@@ -260,13 +253,30 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         **{name: sink.overrides(args) for name, sink in sink_classes().items()},
     }
     if args.live is not None:
-        overrides["live"].update(enabled=True, device=args.live)
+        # A bare --live keeps the config's [live] device (the live unit sets "pulse" there): only a named
+        # one overrides it.
+        overrides["live"].update(enabled=True, device=args.live or None)
     config = load_config(args.config, overrides=overrides, extra_roots=args.folders or [], flags=DAEMON_FLAGS)
     # Flags that only qualify another setting would be ignored silently without it.
     if args.tag_policy and not config.section("tags").write:
         raise ConfigError(f"--tag-policy {args.tag_policy}: only applies with --write-tags (or [tags] write = true)")
     if args.loop and not config.live.file:
         raise ConfigError("--loop: only applies with --live-file (or [live] file)")
+    return config
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    import signal
+
+    if args.print_config:
+        sys.stdout.write(example_config())
+        return EXIT_OK
+    # A stop request while the model loads ends the process cleanly too; Daemon.run takes over after.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
+    from service.daemon import Daemon
+
+    config = daemon_config(args)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     return Daemon(config).run()
 

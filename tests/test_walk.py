@@ -240,3 +240,18 @@ def test_a_fold_that_does_not_exist_is_refused_before_any_work(tmp_path: Path) -
     one_error_line(run_cli("compare", "--data", f"gtzan:{tmp_path}", "--folds", "1", "--out", str(tmp_path / "c.md")),
                    "--folds", "1")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bare_live_flag_keeps_the_configs_device(tmp_path: Path) -> None:
+    """systemd/genre-tagger-live.service runs `daemon --config live.toml --live` with `device = "pulse"` in
+    live.toml (systemd/README.md): the bare --live replaced it with the default input."""
+    from service.cli import daemon_config
+    from tagger.cli import build_parser
+
+    config = tmp_path / "live.toml"
+    config.write_text('[live]\ndevice = "pulse"\nsource = "radio"\n')
+    parse = build_parser().parse_args
+    assert daemon_config(parse(["daemon", "--config", str(config), "--live"])).live.device == "pulse"
+    named = daemon_config(parse(["daemon", "--config", str(config), "--live", "hw:1"])).live
+    assert named.enabled and named.device == "hw:1"
+    assert daemon_config(parse(["daemon", "--live"])).live.device == ""  # no config: the default input
