@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     library.add_argument("--config", "-c", help="TOML configuration file (to find the library)")
     lsub = library.add_subparsers(dest="library_command", required=True)
     stats = lsub.add_parser("stats", help="track counts by status, and tracks per top genre")
-    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--json", action="store_true", help="the counts as one JSON object")
     ls = lsub.add_parser("list", help="tracks, or those with a genre at a minimum confidence")
     ls.add_argument("--genre", "-g", help="label to search (case-insensitive)")
     ls.add_argument("--min-score", type=_fraction, default=None,
@@ -109,11 +109,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--no-music", action="store_true",
                     help="only the tracks the model's music detector called no music (talk, silence, noise)")
     ls.add_argument("--limit", type=_non_negative_int, default=0, help="at most this many rows (default 0: all)")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="one JSON object per row")
     show = lsub.add_parser("show", help="one track with all its genres and per-view results")
     show.add_argument("track", help="path or id")
     m3u = lsub.add_parser("export-m3u", help="write an extended M3U playlist of the tracks with a genre")
-    m3u.add_argument("genre")
+    m3u.add_argument("genre", help="the label whose tracks to list (case-insensitive)")
     m3u.add_argument("out", help="playlist file to write")
     m3u.add_argument("--min-score", type=_fraction, default=0.6,
                      help="minimum probability, 0..1 or a percentage (default 0.6)")
@@ -151,7 +151,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=f"audio to run on, one folder or several (default {DEFAULT_BENCH_FOLDER}, from the "
                             "repository)")
     bench.add_argument("--model", "-m", help="model name or .onnx path (default: the shipped default model)")
-    bench.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    bench.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                       help="where to run the model (default: auto = CUDA when it works, else CPU)")
     bench.add_argument("--live-seconds", type=_seconds, default=30.0,
                        help="seconds of audio played in real time for the live row (0 skips it)")
     bench.add_argument("--page-clients", type=_non_negative_int, default=50,
