@@ -75,9 +75,9 @@ class FoldersSection:
 class LiveSection:
     """enabled: capture live audio. device: PortAudio device name or index ("" = the default input).
     source: the name in topics (live.<source>). horizon_seconds: the running ensemble's span (0 = whole
-    stream). hysteresis, evidence_nats, drift_nats, cap_nats, evidence_views, music_evidence_nats: how a
-    genre_changed is decided (service.live.ChangeSettings says each; the evidence is in nats, natural-log
-    units of a probability ratio).
+    stream). hysteresis, evidence_nats, drift_nats, cap_nats, evidence_views, music_evidence_nats,
+    music_drift_nats, withdraw_nats: how a genre_changed is decided (service.live.ChangeSettings says each;
+    the evidence is in nats, natural-log units of a probability ratio).
     block_seconds: PortAudio block length. buffer_seconds: the capture ring buffer.
     file: an audio file or http(s):// stream played through the live path in real time, as a source of
     its own beside any capture. file_loop: start the file over when it ends. file_source: its name in
@@ -97,6 +97,8 @@ class LiveSection:
     cap_nats: float = _CHANGES.cap_nats
     evidence_views: str = _CHANGES.evidence_views
     music_evidence_nats: float = _CHANGES.music_evidence_nats
+    music_drift_nats: float = _CHANGES.music_drift_nats
+    withdraw_nats: float = _CHANGES.withdraw_nats
     block_seconds: float = 0.05
     buffer_seconds: float = 30.0
     sample_rate: int = 0
@@ -107,8 +109,10 @@ class LiveSection:
 
     def change_settings(self) -> ChangeSettings:
         """The live path's change detection settings (service.live.ChangeSettings)."""
-        return ChangeSettings(self.horizon_seconds or None, self.hysteresis, self.evidence_nats, self.drift_nats,
-                              self.cap_nats, self.evidence_views, self.music_evidence_nats)
+        return ChangeSettings(horizon_seconds=self.horizon_seconds or None, hysteresis=self.hysteresis,
+                              evidence_nats=self.evidence_nats, drift_nats=self.drift_nats, cap_nats=self.cap_nats,
+                              evidence_views=self.evidence_views, music_evidence_nats=self.music_evidence_nats,
+                              music_drift_nats=self.music_drift_nats, withdraw_nats=self.withdraw_nats)
 
     @property
     def file_source_name(self) -> str:
@@ -184,7 +188,7 @@ class Config:
         check(0 <= lv.horizon_seconds <= 86400, "live.horizon_seconds", "must be within 0..86400 s (0 = whole stream)",
               lv.horizon_seconds)
         check(1 <= lv.hysteresis <= 1000, "live.hysteresis", "must be within 1..1000", lv.hysteresis)
-        for key in ("evidence_nats", "drift_nats", "music_evidence_nats"):
+        for key in ("evidence_nats", "drift_nats", "music_evidence_nats", "music_drift_nats", "withdraw_nats"):
             check(0 <= getattr(lv, key) <= 1000, f"live.{key}", "must be within 0..1000 (0 = off)", getattr(lv, key))
         check(0 < lv.cap_nats <= 1000, "live.cap_nats", "must be within 0..1000 and above 0", lv.cap_nats)
         check(lv.evidence_views in ("shortest", "all"), "live.evidence_views", "must be \"shortest\" or \"all\"",

@@ -114,9 +114,18 @@ class ChangeSettings:
         evidence_views: the views whose windows count as evidence: "shortest" (the shortest window, clean
             soonest after a switch) or "all".
         music_evidence_nats: the evidence (log-odds of no music over the music detector's threshold, per
-            window of the evidence views, capped and drifting as above) that "no music" needs while a genre
-            is current; 0: "no music" is announced once the running ensemble's music probability has been
-            below the threshold for ``hysteresis`` updates.
+            window of the evidence views, capped as above, less ``music_drift_nats``) that "no music" needs
+            while a genre is current (above ``cap_nats`` less ``music_drift_nats``: one silent window, a pause
+            in a song, is not enough), and that music needs after "no music" to be announced (as its
+            likeliest genre, uncertain) before a genre is decided; 0: "no music" is announced once the running
+            ensemble's music probability has been below the threshold for ``hysteresis`` updates, and music
+            only with a decided genre.
+        music_drift_nats: as ``drift_nats``, for the music evidence (a window's music log-odds are smaller
+            than the genres' ratios: a calibrated 0.07 past a 0.35 threshold is 2 nats).
+        withdraw_nats: the evidence (the current genre's log-odds below the threshold's, per music window of
+            the evidence views, capped and drifting as above) after which a current genre that no challenger
+            has replaced yet is withdrawn: the likeliest other genre is announced as uncertain (a sink never
+            writes it), until a genre is decided, the current one again included; 0 = never withdrawn.
     """
 
     # Chosen by python -m training.live_eval on the tuning half of its streams (see service/config.py).
@@ -126,7 +135,9 @@ class ChangeSettings:
     drift_nats: float = 1.0
     cap_nats: float = 6.0
     evidence_views: str = "shortest"
-    music_evidence_nats: float = 9.0
+    music_evidence_nats: float = 6.0
+    music_drift_nats: float = 0.25
+    withdraw_nats: float = 6.0
 
 
 class ChangeDetector:
@@ -144,7 +155,14 @@ class ChangeDetector:
     every case without evidence (or with ``evidence_nats`` 0), a label is announced once it has been the
     update's label for ``hysteresis`` consecutive updates. The
     update's label is the running ensemble's decided top genre, "no music", or None (uncertain: it breaks a
-    run and never becomes a change, contract §3); only a decided genre or "no music" is ever announced.
+    run and never becomes a change, contract §3).
+
+    Music that comes back without a decided genre must not stay "no music": while "no music" is current,
+    the evidence views' music log-odds past the threshold add up (capped and drifting as above) to the
+    evidence for music, and at ``music_evidence_nats`` the likeliest genre is announced as *uncertain*
+    (:attr:`uncertain`; music, but no genre a sink may present as fact). From there a decided genre is
+    announced as from the start, and "no music" as from a genre. An uncertain genre is announced only on the
+    way back from "no music", never in place of a decided one.
 
     Args:
         settings: the thresholds (:class:`ChangeSettings`).
@@ -160,6 +178,17 @@ class ChangeDetector:
         self.labels = tuple(labels)
         self.threshold = threshold
         self.current: str | None = None
+        # True while the current label is only the likeliest genre: of music that came back undecided after
+        # "no music", or after the decided genre was withdrawn.
+        self.uncertain = False
+        # The decided genre every window's evidence is weighed against (its index); None without one.
+        self._reference: int | None = None
+        self._withdraw = 0.0  # evidence that the reference genre no longer holds
+        self._withdraw_sum = np.zeros(len(self.labels))  # genre probabilities over the windows since it was 0
+        self._withdraw_windows = 0
+        self._music_back = 0.0  # evidence for music while "no music" is current
+        self._back_sum = np.zeros(len(self.labels))  # genre probabilities over the windows since it was 0
+        self._back_windows = 0
         # The announced label's probability over the windows that decided it (None: the update's own).
         self.confidence: float | None = None
         self._candidate: str | None = None
@@ -186,8 +215,12 @@ class ChangeDetector:
         self._no_music = 0.0
         self._music_sum, self._music_windows = 0.0, 0
 
-    def _announce(self, label: str, confidence: float | None = None) -> tuple[str | None, str]:
-        previous, self.current, self.confidence = self.current, label, confidence
+    def _announce(self, label: str, confidence: float | None = None, uncertain: bool = False
+                  ) -> tuple[str | None, str]:
+        previous, self.current, self.confidence, self.uncertain = self.current, label, confidence, uncertain
+        self._reference = self.labels.index(label) if label in self.labels and not uncertain else None
+        self._withdraw, self._withdraw_sum[:], self._withdraw_windows = 0.0, 0.0, 0
+        self._music_back, self._back_sum[:], self._back_windows = 0.0, 0.0, 0
         self._candidate, self._count = None, 0
         self._reset_evidence()
         self._run_sum[:], self._run_windows = 0.0, 0
@@ -199,18 +232,29 @@ class ChangeDetector:
         windows it completed (view, end in seconds, genre probabilities, music probability or None without
         a music detector); return (previous, new) when a change is announced."""
         s = self.settings
-        evidence_on = s.evidence_nats > 0 and self.current in self.labels and (
-            top != NO_MUSIC or s.music_evidence_nats > 0)
-        if evidence_on:
+        if self._reference is not None and s.evidence_nats > 0 and (top != NO_MUSIC or s.music_evidence_nats > 0):
+            # A decided genre, or one withdrawn: every window weighed against it.
             self._candidate, self._count = None, 0
             return self._weigh(windows, top)
-        if top == NO_MUSIC or self.current not in self.labels:
+        if self.uncertain:
+            # Undecided music after "no music": "no music" on its evidence; a genre (its own label too) once
+            # decided, as from the start.
+            change = self._undecided(windows)
+            if change is not None:
+                return change
+        if not self.uncertain and (top == NO_MUSIC or self.current not in self.labels):
             self._reset_evidence()
-        if s.evidence_nats > 0 and self.current not in self.labels:
+        if s.evidence_nats > 0 and (self.current not in self.labels or self.uncertain):
             start = self._start(windows)
             if start is not None:
                 return start
-        if top is None or top == self.current:
+            if self.current == NO_MUSIC and s.music_evidence_nats > 0:
+                back = self._music_returns(windows)
+                if back is not None:
+                    return back
+        if self.uncertain and top == NO_MUSIC and s.music_evidence_nats > 0:
+            top = None  # from music, "no music" needs its evidence (above), as from a genre
+        if top is None or (top == self.current and not self.uncertain):
             self._candidate, self._count = None, 0
             return None
         if top == self._candidate:
@@ -239,17 +283,64 @@ class ChangeDetector:
         best = int(np.argmax(mean))
         return self._announce(self.labels[best], float(mean[best])) if mean[best] >= self.threshold else None
 
+    def _music_step(self, music: float) -> float:
+        """One window's evidence for "no music" (nats, capped): its log-odds of no music past the threshold's."""
+        m = min(max(music, 1e-9), 1 - 1e-9)
+        return float(np.clip(np.log((1 - m) / m) - self._music_prior, -self.settings.cap_nats, self.settings.cap_nats))
+
+    def _music_returns(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]]
+                       ) -> tuple[str | None, str] | None:
+        """While "no music" is current: music evidence from the evidence views; at ``music_evidence_nats``,
+        the likeliest genre of the music windows since it last stood at zero, announced as uncertain."""
+        s = self.settings
+        for view, _end, probs, music in windows:
+            if music is None or (self._views is not None and view not in self._views):
+                continue
+            self._music_back += -self._music_step(music) - s.music_drift_nats
+            if self._music_back <= 0.0:
+                self._music_back, self._back_sum[:], self._back_windows = 0.0, 0.0, 0
+                continue
+            self._back_sum += np.asarray(probs, dtype=np.float64)
+            self._back_windows += 1
+            if self._music_back >= s.music_evidence_nats:
+                mean = self._back_sum / self._back_windows
+                best = int(np.argmax(mean))
+                run = self._run_sum.copy(), self._run_windows
+                change = self._announce(self.labels[best], float(mean[best]), uncertain=True)
+                self._run_sum, self._run_windows = run  # the run towards a decided genre goes on
+                return change
+        return None
+
+    def _undecided(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]]
+                   ) -> tuple[str | None, str] | None:
+        """The current genre is uncertain: "no music" on its evidence, as from a genre."""
+        s = self.settings
+        for view, _end, _probs, music in windows:
+            if s.music_evidence_nats <= 0 or music is None or (self._views is not None and view not in self._views):
+                continue
+            self._no_music = max(0.0, self._no_music + self._music_step(music) - s.music_drift_nats)
+            if self._no_music == 0.0:
+                self._music_sum, self._music_windows = 0.0, 0
+            else:
+                self._music_sum += music
+                self._music_windows += 1
+            if self._no_music >= s.music_evidence_nats:
+                return self._announce(NO_MUSIC, 1.0 - self._music_sum / self._music_windows)
+        return None
+
     def _weigh(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]], top: str | None
                ) -> tuple[str | None, str] | None:
         s = self.settings
-        current = self.labels.index(self.current)
+        current = self._reference
+        assert current is not None
+        withdraw_prior = float(np.log((1 - self.threshold) / self.threshold))
         for view, _end, probs, music in windows:
             if self._views is not None and view not in self._views:
                 continue
             if s.music_evidence_nats > 0 and music is not None:
                 m = min(max(music, 1e-9), 1 - 1e-9)
-                step = float(np.clip(np.log((1 - m) / m) - self._music_prior, -s.cap_nats, s.cap_nats))
-                self._no_music += step - s.drift_nats
+                step = self._music_step(m)
+                self._no_music += step - s.music_drift_nats
                 if self._no_music <= 0.0:
                     self._no_music, self._music_sum, self._music_windows = 0.0, 0.0, 0
                 else:
@@ -268,15 +359,35 @@ class ChangeDetector:
             self._sums = np.where(restart, 0.0, self._sums + p)
             self._windows = np.where(restart, 0.0, self._windows + 1)
             self._evidence[current] = 0.0
+            own = float(np.clip(np.log((1 - p[current]) / p[current]) - withdraw_prior, -s.cap_nats, s.cap_nats))
+            self._withdraw = max(0.0, self._withdraw + own - s.drift_nats)
+            if self._withdraw == 0.0:
+                self._withdraw_sum[:], self._withdraw_windows = 0.0, 0
+            else:
+                self._withdraw_sum += p
+                self._withdraw_windows += 1
         mean = np.divide(self._sums, self._windows, out=np.zeros_like(self._sums), where=self._windows > 0)
         decided = mean >= self.threshold
         if top in self.labels:
             decided[self.labels.index(top)] = True
         ready = (self._evidence >= s.evidence_nats) & decided
-        if not ready.any():
+        if ready.any():
+            best = int(np.argmax(np.where(ready, self._evidence, -1.0)))
+            return self._announce(self.labels[best], float(mean[best]))
+        if self.uncertain:
+            # Withdrawn: the genre is back once the running ensemble decides it again.
+            if top == self.labels[current]:
+                return self._announce(top)
             return None
-        best = int(np.argmax(np.where(ready, self._evidence, -1.0)))
-        return self._announce(self.labels[best], float(mean[best]))
+        if s.withdraw_nats > 0 and self._withdraw >= s.withdraw_nats:
+            # The likeliest other genre over the windows that withdrew it, announced as uncertain; the
+            # evidence goes on against the withdrawn genre.
+            heard = self._withdraw_sum / self._withdraw_windows
+            best = int(np.argmax(np.where(np.arange(len(self.labels)) == current, -1.0, heard)))
+            previous, self.current, self.uncertain = self.current, self.labels[best], True
+            self.confidence = float(heard[best])
+            return previous, self.current
+        return None
 
 
 @dataclass
@@ -360,7 +471,7 @@ class LiveTagger:
             confidence = self.changes.confidence if self.changes.confidence is not None else update.confidence
             self.sink.genre_changed(GenreChanged(
                 source=self.source, stream_s=update.stream_s, previous=previous, current=current,
-                confidence=confidence, uncertain=False, music=current != NO_MUSIC))
+                confidence=confidence, uncertain=self.changes.uncertain, music=current != NO_MUSIC))
 
 
 class LiveUnavailable(Exception):

@@ -88,8 +88,9 @@ def _window(jazz: float, rock: float, music: float = 0.9, view: str = "short") -
 
 
 def test_change_detector_weighs_evidence_against_the_current_genre() -> None:
+    # The evidence test alone: withdrawing a genre the music left is test_change_detector_withdraws_….
     settings = ChangeSettings(hysteresis=1, evidence_nats=4.0, drift_nats=1.0, cap_nats=6.0,
-                              evidence_views="shortest", music_evidence_nats=12.0)
+                              evidence_views="shortest", music_evidence_nats=12.0, withdraw_nats=0.0)
     d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
     assert d.update("jazz", [_window(0.9, 0.05)]) == (None, "jazz")  # the first label: hysteresis alone
     # One clear window: log(0.9 / 0.01) = 4.5 nats, less 1 of drift: not yet; the second one decides.
@@ -125,6 +126,82 @@ def test_change_detector_starts_on_a_run_of_music_windows() -> None:
     assert d.update(None, [_window(0.6, 0.3)]) is None
     assert d.update(None, [_window(0.9, 0.05)]) == (None, "jazz")
     assert d.confidence == pytest.approx((0.5 + 0.6 + 0.9) / 3)
+
+
+def test_change_detector_says_music_came_back_even_without_a_decided_genre() -> None:
+    """Music after talk whose genre stays undecided (a game soundtrack's 0.4-0.57 rock for minutes) must not
+    go on being called "no music": it is announced as music with its likeliest genre, uncertain."""
+    settings = ChangeSettings(hysteresis=1, evidence_nats=4.0, drift_nats=1.0, cap_nats=6.0,
+                              evidence_views="shortest", music_evidence_nats=6.0)
+    d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+    assert d.update("jazz", [_window(0.9, 0.05)]) == (None, "jazz")
+    talk = [d.update("no music", [_window(0.3, 0.3, music=0.001)]) for _ in range(2)]
+    assert talk == [None, ("jazz", "no music")] and not d.uncertain
+    # Music again (0.95: log-odds 2.94 past the threshold's -0.62, less 1 of drift: 2.56 nats a window), but
+    # jazz 0.45 / rock 0.35 decides nothing; windows of the longer view are no evidence.
+    assert d.update("no music", [_window(0.45, 0.35, music=0.95, view="long")] * 3) is None
+    assert d.update(None, [_window(0.45, 0.35, music=0.95)]) is None
+    assert d.update(None, [_window(0.45, 0.35, music=0.95)]) is None
+    assert d.update(None, [_window(0.42, 0.38, music=0.95)]) == ("no music", "jazz")
+    assert d.uncertain and d.confidence == pytest.approx((0.45 + 0.45 + 0.42) / 3)
+    # Still undecided: nothing more to say, however long.
+    for _ in range(10):
+        assert d.update(None, [_window(0.3, 0.5, music=0.95)]) is None
+    # The run of music windows since the talk (rock 0.9 once after 13 undecided) decides nothing yet; the
+    # running ensemble's decided top, held for `hysteresis` updates (one here), does.
+    assert d.update(None, [_window(0.05, 0.9, music=0.95)]) is None
+    assert d.update("rock", [_window(0.05, 0.9, music=0.95)]) == ("jazz", "rock")
+    assert not d.uncertain and d.current == "rock"
+    # From uncertain music, talk is "no music" on its evidence, as from a genre.
+    d2 = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+    d2.update("jazz", [_window(0.9, 0.05)])
+    for _ in range(2):
+        d2.update("no music", [_window(0.3, 0.3, music=0.001)])
+    changes = [d2.update(None, [_window(0.45, 0.35, music=0.95)]) for _ in range(3)]
+    assert changes[-1] == ("no music", "jazz") and d2.uncertain
+    changes = [d2.update("no music", [_window(0.45, 0.35, music=0.001)]) for _ in range(2)]
+    assert changes == [None, ("jazz", "no music")] and not d2.uncertain
+    # A single odd music window in talk is no music: the evidence drifts back to zero.
+    for _ in range(6):
+        assert d2.update("no music", [_window(0.45, 0.35, music=0.95)]) is None
+        assert d2.update("no music", [_window(0.45, 0.35, music=0.01)]) is None
+    assert d2.current == "no music"
+
+
+def test_change_detector_withdraws_a_genre_the_music_left() -> None:
+    """A switch to music whose genre is not decided yet (windows at 0.4-0.6) must not go on showing the
+    previous genre as decided: it is withdrawn, its likeliest successor announced as uncertain."""
+    settings = ChangeSettings(hysteresis=1, evidence_nats=4.0, drift_nats=1.0, cap_nats=6.0,
+                              evidence_views="shortest", music_evidence_nats=9.0, withdraw_nats=6.0)
+    d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+    assert d.update("jazz", [_window(0.9, 0.05)]) == (None, "jazz")
+    # Jazz at 0.05: log(0.95 / 0.05) = 2.94 nats past the threshold's log(0.4 / 0.6) = -0.41, less 1 of drift:
+    # 2.35 a window; rock at 0.5 is no decided challenger. The third window withdraws jazz.
+    assert d.update(None, [_window(0.05, 0.5)]) is None
+    assert d.update(None, [_window(0.05, 0.5)]) is None
+    assert d.update(None, [_window(0.05, 0.45)]) == ("jazz", "rock")
+    assert d.uncertain and d.confidence == pytest.approx((0.5 + 0.5 + 0.45) / 3)
+    # Nothing more until a genre is decided: the evidence against jazz goes on, so rock once decided (its
+    # mean since its evidence began reaches 0.6) is announced on it, as any challenger of jazz.
+    assert d.update(None, [_window(0.02, 0.9)]) is None
+    assert d.update(None, [_window(0.02, 0.9)]) == ("rock", "rock")
+    assert not d.uncertain and d.current == "rock"
+    # A dip of the current genre that the running ensemble decides again is no change of genre: jazz withdrawn
+    # in uncertain music, then claimed again.
+    d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+    d.update("jazz", [_window(0.9, 0.05)])
+    changes = [d.update(None, [_window(0.05, 0.5)]) for _ in range(3)]
+    assert changes[-1] == ("jazz", "rock") and d.uncertain
+    assert d.update("jazz", [_window(0.7, 0.2)]) == ("rock", "jazz")
+    assert not d.uncertain
+    # Odd windows in a steady genre do not add up (each drifts back), and withdraw_nats 0 never withdraws.
+    for _ in range(10):
+        assert d.update("jazz", [_window(0.2, 0.5)]) is None
+        assert d.update("jazz", [_window(0.9, 0.05)]) is None
+    never = ChangeDetector(ChangeSettings(hysteresis=1, withdraw_nats=0.0), LABELS, threshold=0.6,
+                           views=["short", "long"], music_threshold=0.35)
+    never.update("jazz", [_window(0.9, 0.05)])
+    assert all(never.update(None, [_window(0.05, 0.5)]) is None for _ in range(20)) and not never.uncertain
 
 
 def _mean_genre(messages: list[dict], labels: tuple[str, ...], start: float, end: float) -> np.ndarray:

@@ -15,8 +15,12 @@ streams only, then reported on the held-out half and on all streams.
 - switch delay: from the switch to the first ``genre_changed`` naming the second clip's own genre (a
   switch never announced within the second clip counts as its length, and is reported as missed);
 - changes to a third genre: in switch streams, changes to a label that is neither clip's;
-- spurious changes: ``genre_changed`` events on a single-track stream after its first announcement
-  (counts, streams with any, and per hour of audio).
+- spurious changes: ``genre_changed`` claims (a decided genre or "no music") on a single-track stream after
+  its first one (counts, streams with any, and per hour of audio); an uncertain genre, announced when music
+  comes back undecided after "no music", claims no genre and is counted apart;
+- music called no music: how long "no music" is the announced label on those (all music) streams;
+- talk: from the talk's start to "no music"; back to music: to the second clip's decided genre, and to any
+  music announcement (uncertain too); music claimed during talk after "no music".
 
     python -m training.live_eval --data ../shared/data --out models/msd-musicnn-gtzan.live.json
 """
@@ -39,13 +43,14 @@ from service.live import ChangeDetector, ChangeSettings
 from tagger.decode import decode_file
 from tagger.ensemble import NO_MUSIC, Ensemble
 from tagger.pipeline import Tagger
-from training.negatives import ESPEAK_VOICES, SPEECH_TEXTS, espeak
+from training.negatives import ESPEAK_VOICES, SPEECH_TEXTS, NonMusic, all_non_music, espeak
 
 BLOCK_SECONDS = 0.25
 SEGMENT_SECONDS = 30.0  # an FMA clip or a realworld track's stretch in a switch stream
 GTZAN_SECONDS = 15.0  # a GTZAN clip's stretch in a switch stream (every clip has at least 15 s)
 REALWORLD_OFFSET_S = 30.0  # a realworld track's stretch starts here (its intro skipped)
 TALK_SECONDS = 15.0  # at most this much speech in a talk stream
+NONMUSIC_SECONDS = 15.0  # a non-music clip after music, repeated to this length
 SWITCH_JITTER_S = 2.56  # the first clip's stretch is shortened by up to this (the switch's phase in the hops)
 SEED = 20261129
 
@@ -120,9 +125,9 @@ def record(tagger: Tagger, audio: np.ndarray, name: str, block_seconds: float = 
     return rec
 
 
-def replay(rec: Recording, tagger: Tagger, settings: ChangeSettings) -> list[tuple[float, str]]:
-    """The ``genre_changed`` events (stream time, new label) the daemon would announce with ``settings``
-    (as :class:`service.live.LiveTagger` does, from the slices alone)."""
+def replay(rec: Recording, tagger: Tagger, settings: ChangeSettings) -> list[tuple[float, str, bool]]:
+    """The ``genre_changed`` events (stream time, new label, uncertain) the daemon would announce with
+    ``settings`` (as :class:`service.live.LiveTagger` does, from the slices alone)."""
     manifest = tagger.manifest
     views = [v.name for v in tagger.views]
     genre = manifest.genre_outputs[0]
@@ -150,7 +155,7 @@ def replay(rec: Recording, tagger: Tagger, settings: ChangeSettings) -> list[tup
             label = NO_MUSIC
         change = changes.update(label, slices)
         if change:
-            events.append((t, change[1]))
+            events.append((t, change[1], changes.uncertain))
     return events
 
 
@@ -269,14 +274,18 @@ class Streams:
     switches: list[Recording] = field(default_factory=list)
     steady: list[Recording] = field(default_factory=list)  # single clips, and pairs of one genre
     talks: list[Recording] = field(default_factory=list)  # music, talk from ``switch_s`` to ``back_s``, music
+    nonmusic: list[Recording] = field(default_factory=list)  # music, then a non-music clip from ``switch_s``
 
     def __add__(self, other: Streams) -> Streams:
-        return Streams(self.switches + other.switches, self.steady + other.steady, self.talks + other.talks)
+        return Streams(self.switches + other.switches, self.steady + other.steady, self.talks + other.talks,
+                       self.nonmusic + other.nonmusic)
 
 
 def build_streams(tagger: Tagger, clips: Sequence[Clip], half: dict[str, int], pairs_per_half: int,
-                  cache: Path | None, progress: Callable[[str], None] = print) -> list[Streams]:
-    """Per artist half: switch streams (pairs within the half) and every clip of the half on its own."""
+                  cache: Path | None, progress: Callable[[str], None] = print,
+                  negatives: Sequence[NonMusic] = ()) -> list[Streams]:
+    """Per artist half: switch streams (pairs within the half), talk and non-music streams (every other
+    voice and clip of ``negatives``), and every clip of the half on its own."""
     rate = tagger.sample_rate
     rng = np.random.default_rng(SEED)
     halves = []
@@ -304,80 +313,222 @@ def build_streams(tagger: Tagger, clips: Sequence[Clip], half: dict[str, int], p
                 rec.switch_s, rec.back_s = first.size / rate, (first.size + speech.size) / rate
                 rec.first, rec.second, rec.artists = a.label, b.label, (a.artist, b.artist)
                 streams.talks.append(rec)
+        # Every other non-music clip (noise, hum, tones, speech, effects: training/negatives.py) after music,
+        # repeated to NONMUSIC_SECONDS: "no music" must be said for all of them, not only for talk.
+        # Their own generator, so that the streams above stay the ones measured before they were added.
+        quiet_rng = np.random.default_rng(SEED + 1 + h)
+        length = int(NONMUSIC_SECONDS * rate)
+        for k, clip in enumerate(negatives):
+            if k % 2 != h:
+                continue
+            a = decided[int(quiet_rng.integers(len(decided)))]
+            first = a.segment[: a.segment.size - int(quiet_rng.uniform(0.0, SWITCH_JITTER_S) * rate)]
+            sound = clip.make(rate)
+            sound = np.tile(sound, -(-length // max(1, sound.size)))[:length]
+            rec = record(tagger, np.concatenate([first, sound]), f"{a.name} → {clip.clip_id}", cache=cache)
+            rec.switch_s, rec.first, rec.artists = first.size / rate, a.label, (a.artist,)
+            streams.nonmusic.append(rec)
         for c in mine:
             rec = record(tagger, c.whole, c.name, cache=cache)
             rec.first, rec.artists = c.label, (c.artist,)
             streams.steady.append(rec)
         progress(f"half {h}: {len(streams.switches)} switch streams, {len(streams.talks)} talk streams, "
+                 f"{len(streams.nonmusic)} non-music streams, "
                  f"{len(streams.steady)} single-genre streams "
                  f"({sum(r.seconds for r in streams.steady) / 60:.1f} min)")
         halves.append(streams)
     return halves
 
 
+def _claims(events: Sequence[tuple[float, str, bool]]) -> list[tuple[float, str]]:
+    """The claims among ``events`` that change what was claimed: decided genres and "no music" (an
+    uncertain genre claims no genre; a genre claimed again after it was withdrawn is counted as a
+    withdrawal, :func:`_withdrawals`)."""
+    claims: list[tuple[float, str]] = []
+    for t, label, uncertain in events:
+        if not uncertain and (not claims or claims[-1][1] != label):
+            claims.append((t, label))
+    return claims
+
+
+def _withdrawals(events: Sequence[tuple[float, str, bool]]) -> int:
+    """Decided genres withdrawn (an uncertain announcement right after a decided genre)."""
+    return sum(1 for (_, a, ua), (_, _, ub) in itertools.pairwise(events) if a != NO_MUSIC and not ua and ub)
+
+
+def _no_music_seconds(events: Sequence[tuple[float, str, bool]], seconds: float) -> float:
+    """How long (s) "no music" is the announced label over a stream of ``seconds``."""
+    total, since = 0.0, None
+    for t, label, _ in events:
+        if label == NO_MUSIC and since is None:
+            since = t
+        elif label != NO_MUSIC and since is not None:
+            total, since = total + t - since, None
+    return total + (seconds - since if since is not None else 0.0)
+
+
 def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
     """Switch delays, misses and changes to a third genre over ``streams.switches``; spurious changes over
-    ``streams.steady`` (in total, on GTZAN+FMA clips, and on the realworld tracks)."""
-    delays, missed, wrong = [], 0, 0
+    ``streams.steady`` (in total, on GTZAN+FMA clips, and on the realworld tracks), and how long those music
+    streams are announced as "no music"; talk → "no music" and back over ``streams.talks``.
+
+    Only claims count as changes (a decided genre, "no music"): an uncertain genre, announced when music
+    comes back undecided after "no music", is counted apart (``uncertain_announcements``)."""
+    delays, missed, wrong, uncertain, stale = [], 0, 0, 0, []
     for rec in streams.switches:
         assert rec.switch_s is not None
         events = replay(rec, tagger, settings)
-        hit = next((t for t, label in events if t > rec.switch_s and label == rec.second), None)
+        claims = _claims(events)
+        uncertain += sum(1 for e in events if e[2])
+        # How long the first clip's genre is still shown as decided after the switch.
+        gone = next((t for t, label, u in events if t > rec.switch_s and (label != rec.first or u)), rec.seconds)
+        stale.append(gone - rec.switch_s)
+        hit = next((t for t, label in claims if t > rec.switch_s and label == rec.second), None)
         if hit is None:
             missed += 1
             delays.append(rec.seconds - rec.switch_s)
         else:
             delays.append(hit - rec.switch_s)
-        wrong += sum(1 for _, label in events if label not in (rec.first, rec.second))
-    talk, back, talk_missed, back_missed = [], [], 0, 0
+        wrong += sum(1 for _, label in claims if label not in (rec.first, rec.second))
+    talk, back, back_any, talk_missed, back_missed, talk_music = [], [], [], 0, 0, 0
     for rec in streams.talks:
         assert rec.switch_s is not None and rec.back_s is not None
         events = replay(rec, tagger, settings)
-        hit = next((t for t, label in events if rec.switch_s < t <= rec.back_s + 8 and label == NO_MUSIC), None)
+        uncertain += sum(1 for e in events if e[2])
+        hit = next((t for t, label, _ in events if rec.switch_s < t <= rec.back_s + 8 and label == NO_MUSIC), None)
         talk_missed += hit is None
         talk.append((rec.back_s - rec.switch_s) if hit is None else hit - rec.switch_s)
-        hit = next((t for t, label in events if t > rec.back_s and label == rec.second), None)
-        back_missed += hit is None
-        back.append((rec.seconds - rec.back_s) if hit is None else hit - rec.back_s)
+        if hit is not None:  # music announced (even uncertain) while the talk goes on: a false claim of music
+            talk_music += sum(1 for t, label, _ in events if hit < t <= rec.back_s and label != NO_MUSIC)
+        t_back = next((t for t, label, u in events if t > rec.back_s and label == rec.second and not u), None)
+        back_missed += t_back is None
+        back.append((rec.seconds - rec.back_s) if t_back is None else t_back - rec.back_s)
+        t_any = next((t for t, label, _ in events if t > rec.back_s and label != NO_MUSIC), None)
+        back_any.append((rec.seconds - rec.back_s) if t_any is None else t_any - rec.back_s)
+    quiet_delays, quiet_claims = [], 0
+    for rec in streams.nonmusic:
+        assert rec.switch_s is not None
+        events = replay(rec, tagger, settings)
+        uncertain += sum(1 for e in events if e[2])
+        hit = next((t for t, label, _ in events if t > rec.switch_s and label == NO_MUSIC), None)
+        quiet_delays.append((rec.seconds - rec.switch_s) if hit is None else hit - rec.switch_s)
+        if hit is not None:  # music announced (even uncertain) after "no music": a false claim of music
+            quiet_claims += sum(1 for t, label, _ in events if t > hit and label != NO_MUSIC)
     spurious: dict[str, list[int]] = {}
     hours: dict[str, float] = {}
+    no_music_s: dict[str, list[float]] = {}
+    withdrawn: dict[str, int] = {}
     for rec in streams.steady:
         kind = "pairs" if " → " in rec.name else "realworld" if rec.name.startswith("realworld/") else "clips"
-        spurious.setdefault(kind, []).append(max(0, len(replay(rec, tagger, settings)) - 1))
+        events = replay(rec, tagger, settings)
+        claims = _claims(events)
+        uncertain += sum(1 for e in events if e[2])
+        withdrawn[kind] = withdrawn.get(kind, 0) + _withdrawals(events)
+        spurious.setdefault(kind, []).append(max(0, len(claims) - 1))
         hours[kind] = hours.get(kind, 0.0) + rec.seconds / 3600
+        no_music_s.setdefault(kind, []).append(_no_music_seconds(events, rec.seconds))
     d = np.array(delays) if delays else np.zeros(1)
-    out = {"pairs": len(streams.switches), "median_delay_s": float(np.median(d)),
-           "p90_delay_s": float(np.percentile(d, 90)), "worst_delay_s": float(d.max()), "missed": missed,
-           "wrong_genre_changes": wrong, "delays_s": d.round(3).tolist()}
+    st = np.array(stale) if stale else np.zeros(1)
+    out = {"pairs": len(streams.switches), "stale_median_s": float(np.median(st)),
+           "stale_p90_s": float(np.percentile(st, 90)), "stale_worst_s": float(st.max()),
+           "stale_over_8s": int((st > 8.0).sum()), "median_delay_s": float(np.median(d)),
+           "p90_delay_s": float(np.percentile(d, 90)), "worst_delay_s": float(d.max()),
+           "within_8s": round(float(np.mean(d <= 8.0)), 4), "missed": missed,
+           "wrong_genre_changes": wrong, "uncertain_announcements": uncertain, "delays_s": d.round(3).tolist()}
     if talk:
         out |= {"talks": len(talk), "talk_median_delay_s": float(np.median(talk)), "talk_worst_delay_s": max(talk),
-                "talk_missed": talk_missed, "back_median_delay_s": float(np.median(back)),
-                "back_worst_delay_s": max(back), "back_missed": back_missed}
+                "talk_missed": talk_missed, "talk_music_claims": talk_music,
+                "back_median_delay_s": float(np.median(back)), "back_worst_delay_s": max(back),
+                "back_missed": back_missed, "back_music_median_delay_s": float(np.median(back_any)),
+                "back_music_worst_delay_s": max(back_any)}
+    if quiet_delays:
+        q = np.array(quiet_delays)
+        out |= {"nonmusic_streams": len(q), "nonmusic_median_delay_s": float(np.median(q)),
+                "nonmusic_p90_delay_s": float(np.percentile(q, 90)), "nonmusic_worst_delay_s": float(q.max()),
+                "nonmusic_over_8s": int((q > TALK_LIMIT_S).sum()),
+                "nonmusic_missed": int(sum(1 for rec, d in zip(streams.nonmusic, q, strict=True)
+                                           if d >= rec.seconds - rec.switch_s)),
+                "nonmusic_music_claims": quiet_claims}
     total = [s for kind in spurious for s in spurious[kind]]
+    quiet = [x for kind in no_music_s for x in no_music_s[kind]]
     out |= {"steady_streams": len(total), "spurious_changes": int(sum(total)),
             "steady_streams_with_changes": int(sum(1 for s in total if s)),
             "steady_hours": round(sum(hours.values()), 4),
-            "spurious_per_hour": round(sum(total) / max(1e-9, sum(hours.values())), 3)}
+            "spurious_per_hour": round(sum(total) / max(1e-9, sum(hours.values())), 3),
+            "steady_no_music_s": round(sum(quiet), 1), "steady_streams_called_no_music": sum(1 for x in quiet if x),
+            "steady_withdrawals": sum(withdrawn.values())}
     for kind in sorted(spurious):
         out[f"{kind}_streams"] = len(spurious[kind])
         out[f"{kind}_spurious_changes"] = int(sum(spurious[kind]))
         out[f"{kind}_streams_with_changes"] = int(sum(1 for s in spurious[kind] if s))
         out[f"{kind}_hours"] = round(hours[kind], 4)
+        out[f"{kind}_no_music_s"] = round(sum(no_music_s[kind]), 1)
+        out[f"{kind}_withdrawals"] = withdrawn[kind]
     return out
 
 
 def candidates(defaults: ChangeSettings) -> list[ChangeSettings]:
     """The settings tried: the ensemble-and-hysteresis detector alone over horizons (the previous way), and
-    the evidence detector over its bound, per-window cap, drift, "no music" bound and hysteresis."""
-    grid = [replace(defaults, evidence_nats=0.0, music_evidence_nats=0.0, horizon_seconds=h, hysteresis=k)
-            for h, k in itertools.product((2.0, 3.0, 4.0, 6.0, 8.0, 15.0, 30.0), (1, 2, 3))]
-    for bound, cap, drift, music, k in itertools.product((3.0, 4.0, 5.0, 6.0), (4.0, 6.0), (0.5, 1.0),
-                                                         (9.0, 12.0, 15.0, 18.0), (1, 2, 3)):
+    the evidence detector over its bound, per-window cap, drift and hysteresis (the music evidence is
+    chosen after, by :func:`choose_music`; a genre's withdrawal by :func:`choose_withdraw`)."""
+    grid = [replace(defaults, evidence_nats=0.0, music_evidence_nats=0.0, withdraw_nats=0.0, horizon_seconds=h,
+                    hysteresis=k) for h, k in itertools.product((2.0, 3.0, 4.0, 6.0, 8.0, 15.0, 30.0), (1, 2, 3))]
+    for bound, cap, drift, k in itertools.product((3.0, 4.0, 5.0, 6.0), (4.0, 6.0), (0.5, 1.0), (1, 2, 3)):
         if cap * 3 < bound:  # three windows could not reach it: slower than any other row
             continue
-        grid.append(replace(defaults, evidence_nats=bound, cap_nats=cap, drift_nats=drift, music_evidence_nats=music,
-                            hysteresis=k, evidence_views="shortest"))
+        grid.append(replace(defaults, evidence_nats=bound, cap_nats=cap, drift_nats=drift, hysteresis=k,
+                            evidence_views="shortest"))
     return grid
+
+
+WITHDRAW_BOUNDS = (0.0, 4.0, 6.0, 8.0, 10.0, 12.0)  # withdraw_nats tried
+
+
+def choose_withdraw(streams: Streams, tagger: Tagger, settings: ChangeSettings,
+                    bounds: Sequence[float] = WITHDRAW_BOUNDS) -> tuple[float, list[dict]]:
+    """The smallest ``withdraw_nats`` (the soonest withdrawal of a genre the music left) that withdraws no
+    genre on the single-genre clips and same-genre pairs of ``streams`` (the tuning half), and every bound's
+    figures. Withdrawals are no claims, so the other figures do not depend on it."""
+    rows = []
+    for bound in bounds:
+        r = measure(streams, tagger, replace(settings, withdraw_nats=bound))
+        rows.append({"withdraw_nats": bound, **{k: r[k] for k in (
+            "stale_median_s", "stale_p90_s", "stale_worst_s", "stale_over_8s", "clips_withdrawals",
+            "pairs_withdrawals", "realworld_withdrawals", "uncertain_announcements") if k in r}})
+    quiet = [row["withdraw_nats"] for row in rows if row["withdraw_nats"] > 0
+             and row.get("clips_withdrawals", 0) + row.get("pairs_withdrawals", 0) == 0]
+    return (min(quiet) if quiet else 0.0), rows
+
+
+MUSIC_BOUNDS = (4.0, 6.0, 9.0, 12.0)  # music_evidence_nats tried
+MUSIC_DRIFTS = (0.0, 0.25, 0.5, 1.0)  # music_drift_nats tried
+
+
+def music_key(r: dict) -> tuple:
+    """The order of the music settings: the fewest mistakes (changes on single-genre streams, to a third
+    genre, missed switches, music claimed in talk or non-music), then the fewest talk and non-music
+    streams announced as "no music" late (over 8 s) or never, then their 90th percentile delay."""
+    mistakes = (r["spurious_changes"] + r["wrong_genre_changes"] + r["missed"] + r.get("talk_music_claims", 0)
+                + r.get("nonmusic_music_claims", 0))
+    late = r.get("nonmusic_over_8s", 0) + int(r.get("talk_worst_delay_s", 0.0) > TALK_LIMIT_S) + r.get("talk_missed", 0)
+    return mistakes, late, r.get("nonmusic_p90_delay_s", 0.0), r.get("talk_worst_delay_s", 0.0)
+
+
+def choose_music(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> tuple[ChangeSettings, list[dict]]:
+    """The music evidence's bound and drift (``music_evidence_nats``, ``music_drift_nats``) first in
+    :func:`music_key` over ``streams`` (the tuning half), the other settings kept; and every pair's figures."""
+    rows = []
+    for bound, drift in itertools.product(MUSIC_BOUNDS, MUSIC_DRIFTS):
+        if bound <= settings.cap_nats - drift:  # one silent window (a pause in a song) would be "no music"
+            continue
+        tried = replace(settings, music_evidence_nats=bound, music_drift_nats=drift)
+        rows.append((tried, measure(streams, tagger, tried)))
+    rows.sort(key=lambda sr: music_key(sr[1]))
+    keep = ("spurious_changes", "wrong_genre_changes", "missed", "talk_worst_delay_s", "talk_music_claims",
+            "nonmusic_median_delay_s", "nonmusic_p90_delay_s", "nonmusic_over_8s", "nonmusic_missed",
+            "nonmusic_music_claims", "steady_no_music_s", "back_music_median_delay_s")
+    return rows[0][0], [{"music_evidence_nats": s.music_evidence_nats, "music_drift_nats": s.music_drift_nats,
+                         **{k: r[k] for k in keep if k in r}} for s, r in rows]
 
 
 TARGET_MEDIAN_S = 5.0  # the issue's switch target
@@ -395,13 +546,20 @@ def score_key(r: dict) -> tuple:
 
 def _line(r: dict) -> str:
     return (f"median {r['median_delay_s']:.2f} s, p90 {r['p90_delay_s']:.2f} s, worst {r['worst_delay_s']:.2f} s, "
+            f"old genre shown for median {r['stale_median_s']:.2f} s, p90 {r['stale_p90_s']:.2f} s, worst "
+            f"{r['stale_worst_s']:.2f} s, "
             f"missed {r['missed']}/{r['pairs']}, third genre {r['wrong_genre_changes']}, single-genre changes "
             f"{r['spurious_changes']} on {r['steady_streams_with_changes']}/{r['steady_streams']} streams "
             f"({r['spurious_per_hour']:.1f}/h of {r['steady_hours']:.2f} h; clips {r.get('clips_spurious_changes', 0)}"
             f", same-genre pairs {r.get('pairs_spurious_changes', 0)}, realworld "
             f"{r.get('realworld_spurious_changes', 0)}), talk → no music median {r.get('talk_median_delay_s', 0):.2f}"
             f" s worst {r.get('talk_worst_delay_s', 0):.2f} s, back to music median "
-            f"{r.get('back_median_delay_s', 0):.2f} s worst {r.get('back_worst_delay_s', 0):.2f} s")
+            f"{r.get('back_median_delay_s', 0):.2f} s worst {r.get('back_worst_delay_s', 0):.2f} s (any music: "
+            f"{r.get('back_music_median_delay_s', 0):.2f} s), music called no music {r['steady_no_music_s']:.0f} s, "
+            f"withdrawals on single-genre streams {r['steady_withdrawals']}, non-music → no music median "
+            f"{r.get('nonmusic_median_delay_s', 0):.2f} s p90 {r.get('nonmusic_p90_delay_s', 0):.2f} s, over 8 s "
+            f"{r.get('nonmusic_over_8s', 0)} (never {r.get('nonmusic_missed', 0)}) of {r.get('nonmusic_streams', 0)}, "
+            f"music claimed in talk or non-music {r.get('talk_music_claims', 0) + r.get('nonmusic_music_claims', 0)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,20 +581,32 @@ def main(argv: list[str] | None = None) -> int:
     for c in clips:
         c.label, c.decided = own_label(tagger, c.whole if c.name.startswith("realworld/") else c.segment)
     half = split_artists(clips)
-    halves = build_streams(tagger, clips, half, args.pairs, cache)
+    halves = build_streams(tagger, clips, half, args.pairs, cache, negatives=all_non_music())
     defaults = LiveSection().change_settings()
     tried = candidates(defaults)
     print(f"{len(tried)} settings on the tuning half …", flush=True)
     tuning = [(s, measure(halves[0], tagger, s)) for s in tried]
     tuning.sort(key=lambda sr: score_key(sr[1]))
     best = tuning[0][0]
+    music, music_rows = choose_music(halves[0], tagger, defaults)
+    print(f"music evidence: {music.music_evidence_nats} nats, drift {music.music_drift_nats} (shipped "
+          f"{defaults.music_evidence_nats}, {defaults.music_drift_nats}) on the tuning half; the first five:")
+    for row in music_rows[:5]:
+        print("  ", row)
+    withdraw, withdraw_rows = choose_withdraw(halves[0], tagger, defaults)
+    print(f"withdraw_nats: {withdraw} (shipped {defaults.withdraw_nats}) on the tuning half:")
+    for row in withdraw_rows:
+        print("  ", row)
     rows = {}
     shown = [("defaults", defaults)] + ([("best on tuning", best)] if best != defaults else [])
     for label, s in (*shown,
+                     ("defaults, never withdrawn", replace(defaults, withdraw_nats=0.0)),
+                     ("defaults, music evidence as before", replace(defaults, music_evidence_nats=9.0,
+                                                                    music_drift_nats=1.0)),
                      ("previous 4 s / 1", replace(defaults, evidence_nats=0.0, music_evidence_nats=0.0,
-                                                  horizon_seconds=4.0, hysteresis=1)),
+                                                  withdraw_nats=0.0, horizon_seconds=4.0, hysteresis=1)),
                      ("old 30 s / 3", replace(defaults, evidence_nats=0.0, music_evidence_nats=0.0,
-                                              horizon_seconds=30.0, hysteresis=3))):
+                                              withdraw_nats=0.0, horizon_seconds=30.0, hysteresis=3))):
         rows[label] = {"settings": asdict(s), "tuning": measure(halves[0], tagger, s),
                        "held_out": measure(halves[1], tagger, s), "all": measure(halves[0] + halves[1], tagger, s)}
         print(label, asdict(s))
@@ -445,10 +615,14 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"model": tagger.manifest.name, "version": tagger.manifest.version, "model_sha1": model_id,
            "command": " ".join(["python -m training.live_eval", *(sys.argv[1:] if argv is None else argv)]),
            "defaults_are_best_on_tuning": best == defaults,
+           "withdraw_nats_on_tuning": withdraw, "withdraw_tuning": withdraw_rows,
+           "music_on_tuning": {"music_evidence_nats": music.music_evidence_nats,
+                               "music_drift_nats": music.music_drift_nats}, "music_tuning": music_rows,
            "block_s": BLOCK_SECONDS, "seed": SEED, "rows": rows,
            "halves": [{"artists": sorted(a for a, h in half.items() if h == i),
                        "switches": [r.name for r in halves[i].switches],
                        "talks": [r.name for r in halves[i].talks],
+                       "nonmusic": [r.name for r in halves[i].nonmusic],
                        "steady": [r.name for r in halves[i].steady]} for i in (0, 1)],
            "own_labels": {c.name: [c.label, c.decided] for c in clips},
            "tuning": [{"settings": asdict(s), **{k: v for k, v in r.items() if k != "delays_s"}}
