@@ -90,7 +90,8 @@ def _window(jazz: float, rock: float, music: float = 0.9, view: str = "short") -
 def test_change_detector_weighs_evidence_against_the_current_genre() -> None:
     # The evidence test alone: withdrawing a genre the music left is test_change_detector_withdraws_….
     settings = ChangeSettings(hysteresis=1, evidence_nats=4.0, drift_nats=1.0, cap_nats=6.0,
-                              evidence_views="shortest", music_evidence_nats=12.0, withdraw_nats=0.0)
+                              evidence_views="shortest", music_evidence_nats=12.0, music_drift_nats=1.0,
+                              withdraw_nats=0.0)
     d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
     assert d.update("jazz", [_window(0.9, 0.05)]) == (None, "jazz")  # the first label: hysteresis alone
     # One clear window: log(0.9 / 0.01) = 4.5 nats, less 1 of drift: not yet; the second one decides.
@@ -132,7 +133,7 @@ def test_change_detector_says_music_came_back_even_without_a_decided_genre() -> 
     """Music after talk whose genre stays undecided (a game soundtrack's 0.4-0.57 rock for minutes) must not
     go on being called "no music": it is announced as music with its likeliest genre, uncertain."""
     settings = ChangeSettings(hysteresis=1, evidence_nats=4.0, drift_nats=1.0, cap_nats=6.0,
-                              evidence_views="shortest", music_evidence_nats=6.0)
+                              evidence_views="shortest", music_evidence_nats=6.0, music_drift_nats=1.0)
     d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
     assert d.update("jazz", [_window(0.9, 0.05)]) == (None, "jazz")
     talk = [d.update("no music", [_window(0.3, 0.3, music=0.001)]) for _ in range(2)]
