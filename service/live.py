@@ -359,7 +359,8 @@ class ChangeDetector:
             self._sums = np.where(restart, 0.0, self._sums + p)
             self._windows = np.where(restart, 0.0, self._windows + 1)
             self._evidence[current] = 0.0
-            own = float(np.clip(np.log((1 - p[current]) / p[current]) - withdraw_prior, -s.cap_nats, s.cap_nats))
+            kept = min(float(p[current]), 1 - 1e-9)
+            own = float(np.clip(np.log((1 - kept) / kept) - withdraw_prior, -s.cap_nats, s.cap_nats))
             self._withdraw = max(0.0, self._withdraw + own - s.drift_nats)
             if self._withdraw == 0.0:
                 self._withdraw_sum[:], self._withdraw_windows = 0.0, 0
