@@ -344,7 +344,8 @@ def cmd_library(args: argparse.Namespace) -> int:
 
     path = _library_path(args)
     if not path.is_file() and args.library_command != "import":
-        print(f"genre-tagger: error: {path}: no library (has the daemon run?)", file=sys.stderr)
+        reason = "a folder, not a library file" if path.is_dir() else "no library (has the daemon run?)"
+        print(f"genre-tagger: error: {path}: {reason}", file=sys.stderr)
         return EXIT_USAGE
     # Queries never write, so a read-only file or folder is fine for them; restore-tags and retag write.
     library = Library(path, readonly=args.library_command not in _WRITING_COMMANDS)

@@ -80,7 +80,8 @@ class Daemon:
         try:
             c.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LibraryError(f"{c.state_dir}: cannot create the state folder ({exc.strerror or exc})") from None
+            reason = "a file is in the way" if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror
+            raise LibraryError(f"{c.state_dir}: cannot create the state folder ({reason or exc})") from None
         self.library = Library(c.library_path, c.tagging.store_top_k, stop=self.stop)
         # Files are decoded in child processes (one per slot): a decoder crash or hang costs that file, never
         # the daemon. That also takes FFmpeg, which holds the GIL, out of this process: the slots are threads

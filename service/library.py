@@ -442,6 +442,8 @@ class Library:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             if "file is not a database" in reason:
                 reason = "not a genre-tagger library (not an SQLite database)"
+            elif self.path.is_dir():  # SQLite says "unable to open database file"
+                reason = "a folder, not a library file"
             raise LibraryError(f"{printable(str(self.path))}: cannot open the library: {reason}") from None
 
     def _connect(self) -> sqlite3.Connection:

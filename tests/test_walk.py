@@ -275,3 +275,14 @@ def test_every_option_of_every_command_says_what_it_does_in_its_help() -> None:
     walk(build_parser(), "genre-tagger")
     # library retag belongs to another change of this session (its --device has no help yet).
     assert [s for s in silent if not s.startswith("genre-tagger library retag")] == [], silent
+
+
+def test_a_state_dir_or_library_in_the_wrong_kind_of_place_says_which(tmp_path: Path) -> None:
+    a_file = tmp_path / "state"
+    a_file.write_text("a file where the state folder belongs")
+    daemon = ("daemon", "--folder", str(tmp_path), "--endpoint", "")
+    one_error_line(run_cli(*daemon, "--state-dir", str(a_file)), f"{a_file}: cannot create the state folder (a file is "
+                                                                 "in the way)")
+    one_error_line(run_cli("library", "--library", str(tmp_path), "stats"), f"{tmp_path}: a folder, not a library file")
+    one_error_line(run_cli(*daemon, "--library", str(tmp_path), "--state-dir", str(tmp_path / "s")),
+                   f"{tmp_path}: cannot open the library: a folder, not a library file")
