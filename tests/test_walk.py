@@ -197,8 +197,11 @@ def test_the_console_says_each_live_genre_change() -> None:
     sink.genre_changed(GenreChanged(source="radio", stream_s=6.4, previous=None, current="jazz", confidence=0.72))
     sink.genre_changed(GenreChanged(source="radio", stream_s=42.0, previous="jazz", current="no music",
                                     confidence=0.9, music=False))
+    sink.genre_changed(GenreChanged(source="radio", stream_s=50.0, previous="no music", current="jazz",
+                                    confidence=0.45, uncertain=True))
     assert out.getvalue().splitlines() == ["live radio  at 6 s  → jazz (72 %)",
-                                           "live radio  at 42 s  → no music (90 %)"]
+                                           "live radio  at 42 s  → no music (90 %)",
+                                           "live radio  at 50 s  → uncertain: jazz (45 %)"]
 
 
 def test_an_unknown_option_points_at_its_commands_help() -> None:

@@ -2,8 +2,8 @@
 
 Each tagged file is one line on stdout: ``tagged  PATH  → jazz (72 %)``, ``→ uncertain: jazz / blues
 (56 %)`` below the threshold, or ``→ no music (90 %)``; so is each genre change of a live source
-(``live radio  at 42 s  → jazz (72 %)``, or ``→ no music (90 %)``), so that ``daemon --live`` shows on
-its terminal what it hears. A file that failed is the daemon's own warning
+(``live radio  at 42 s  → jazz (72 %)``, ``→ uncertain: jazz (45 %)`` or ``→ no music (90 %)``), so
+that ``daemon --live`` shows on its terminal what it hears. A file that failed is the daemon's own warning
 line on stderr (``genre-tagger: WARNING: PATH: reason``), so it is not repeated here. Each library scan
 ends with a ``scan done: N files, M queued, in S s`` line (the folder watcher's).
 
@@ -61,7 +61,7 @@ def describe_change(event: GenreChanged) -> str:
     time in seconds since the source started."""
     if not event.music:
         verdict = f"{NO_MUSIC} ({100 * event.confidence:.0f} %)"
-    elif event.uncertain:  # never announced by the detector; said as what it is if it ever were
+    elif event.uncertain:  # music whose genre is not decided: the likeliest, never said as fact
         verdict = f"uncertain: {event.current} ({100 * event.confidence:.0f} %)"
     else:
         verdict = f"{event.current} ({100 * event.confidence:.0f} %)"
