@@ -219,8 +219,10 @@ def test_uncertain_or_no_music_changes_never_become_a_title_or_a_file(icecast: s
         for s in (sink, text):
             s.genre_changed(change("jazz"))
         assert wait_until(lambda: _title(icecast) == "jazz", 10) and path.read_text() == "jazz\n"
-        for s in (sink, text):
-            s.genre_changed(change("rock", uncertain=True))
+        # Jazz withdrawn (the music left it, its successor undecided): the file no longer says jazz, and
+        # never rock; the title is left (uncertain = "" by default, as no_music).
+        assert sink.genre_changed(change("rock", uncertain=True)) is False
+        assert text.genre_changed(change("rock", uncertain=True)) is True and path.read_text() == ""
         for s in (sink, text):
             s.genre_changed(change("no music", uncertain=False, music=False))
         wrong = IcecastSink(IcecastSection(enabled=True, url=icecast, mount=MOUNT, password="wrong"), context)
@@ -229,7 +231,12 @@ def test_uncertain_or_no_music_changes_never_become_a_title_or_a_file(icecast: s
         time.sleep(1.5)  # Icecast's statistics follow an update within a second (the first one above)
         assert _title(icecast) == "jazz"  # not the uncertain rock, not "no music" (no_music = "" leaves it)
         assert path.read_text() == "(talk)\n"  # the file says no music, never an uncertain genre
-        assert sink.updates == 1 and text.writes == 2
+        assert sink.updates == 1 and text.writes == 3
+        # With an `uncertain` title, a withdrawn genre's title is replaced by it (never by the uncertain genre).
+        said = IcecastSink(IcecastSection(enabled=True, url=icecast, mount=MOUNT, password=SOURCE_PASSWORD,
+                                          uncertain="Live music"), context)
+        assert said.genre_changed(change("rock", uncertain=True)) is True
+        assert wait_until(lambda: _title(icecast) == "Live music", 10), _title(icecast)
     finally:
         source.close()
 

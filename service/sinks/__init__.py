@@ -201,12 +201,15 @@ class Sink:
 @dataclass
 class ChangeSection(QueuedSinkSettings):
     """The keys of a sink that shows a live source's genre as text. format: the text for a genre (see
-    :func:`format_change`). no_music: the text when the stream turns to talk or silence. source: the live
-    source to follow ("" = every source)."""
+    :func:`format_change`). no_music: the text when the stream turns to talk or silence. uncertain: the
+    text when the music's genre is not decided (a genre the music left, withdrawn; music back after "no
+    music" before its genre is decided): never the genre itself (contract §3). source: the live source to
+    follow ("" = every source)."""
 
     queue: int = 100
     format: str = "{genre}"
     no_music: str = ""
+    uncertain: str = ""
     source: str = ""
 
     def validate(self, section: str) -> None:
@@ -216,7 +219,8 @@ class ChangeSection(QueuedSinkSettings):
 
 class ChangeSink(Sink):
     """A sink that shows each genre change of its source as text (:meth:`show`): ``format`` for a decided
-    genre, ``no_music`` for a change to "no music", nothing at all for an uncertain change (contract §3)."""
+    genre, ``no_music`` for a change to "no music", ``uncertain`` for an uncertain change (never its genre,
+    contract §3: the genre shown before must not go on looking true once the detector withdrew it)."""
 
     settings: ChangeSection
 
@@ -224,12 +228,13 @@ class ChangeSink(Sink):
         if self.settings.source and event.source != self.settings.source:
             return False
         if event.uncertain and event.music:
-            log.debug("%s: not updated: the change to %s is uncertain", self.describe(), event.current)
-            return False
+            log.debug("%s: the change to %s is uncertain: showing %r", self.describe(), event.current,
+                      self.settings.uncertain)
+            return self.show(self.settings.uncertain)
         return self.show(format_change(self.settings.format, event) if event.trustworthy else self.settings.no_music)
 
     def show(self, text: str) -> bool:
-        """Present ``text`` (the formatted genre, or ``no_music``); False when nothing was done."""
+        """Present ``text`` (the formatted genre, ``no_music`` or ``uncertain``); False when nothing was done."""
         raise NotImplementedError
 
 

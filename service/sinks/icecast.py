@@ -2,8 +2,9 @@
 
 Section ``[icecast]``. On every ``genre_changed`` of the chosen source it asks the server for
 ``/admin/metadata?mount=MOUNT&mode=updinfo&song=TEXT`` (HTTP basic auth: the mount's source
-credentials or the admin's) and checks Icecast's XML answer. An uncertain change never reaches the
-server (contract §3); a change to "no music" sends ``no_music``, or nothing when that is "". A server
+credentials or the admin's) and checks Icecast's XML answer. An uncertain change sends ``uncertain``,
+never its genre (contract §3), and a change to "no music" sends ``no_music``; either sends nothing when it
+is "" (the default). A server
 that does not answer costs counted errors and a backoff (the hub's), never the live path.
 """
 
@@ -28,8 +29,9 @@ class IcecastSection(ChangeSection):
     """enabled: update the metadata. url: the Icecast server (http:// or https://). mount: the mount
     point, e.g. /stream. user, password: the mount's source credentials or the admin's (or
     password_file: a file holding it, first line). format: the title for a genre (fields as in
-    [textfile]). no_music: the title when the stream turns to talk or silence ("" = leave it). source:
-    the live source to follow ("" = every source). timeout_seconds: per request."""
+    [textfile]). no_music: the title when the stream turns to talk or silence ("" = leave it).
+    uncertain: the title while the music's genre is not decided, never the genre ("" = leave it).
+    source: the live source to follow ("" = every source). timeout_seconds: per request."""
 
     url: str = "http://127.0.0.1:8000"
     mount: str = "/stream"
@@ -70,7 +72,7 @@ class IcecastSink(ChangeSink):
         return f"Icecast metadata of {self.settings.url.rstrip('/')}{self.settings.mount}"
 
     def show(self, text: str) -> bool:
-        if not text:  # "" (no_music by default): leave the title as it is
+        if not text:  # "" (no_music and uncertain by default): leave the title as it is
             return False
         self.update(text)
         return True

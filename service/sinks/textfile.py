@@ -2,8 +2,9 @@
 
 Section ``[textfile]``. On every ``genre_changed`` of the chosen source the file is replaced
 atomically (a temporary file in the same folder, flushed, then renamed over it), so a reader never
-sees half a line. An uncertain change is never written (contract §3); a change to "no music" writes
-``no_music`` (by default an empty file), never a genre.
+sees half a line. An uncertain change (a genre withdrawn, music back after "no music" with its genre
+undecided) writes ``uncertain``, never its genre (contract §3); a change to "no music" writes ``no_music``;
+both are by default an empty file ("no genre now").
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from service.sinks import ChangeSection, ChangeSink, SinkContext, SinkSettings, 
 class TextFileSection(ChangeSection):
     """enabled: write the file. path: the file (its folder must exist). format: the text for a genre,
     with {genre}, {confidence} (0..1), {percent}, {source}, {previous}, {time}. no_music: the text when
-    the stream turns to talk or silence. source: the live source to follow ("" = every source)."""
+    the stream turns to talk or silence. uncertain: the text while the music's genre is not decided (never
+    the genre). source: the live source to follow ("" = every source)."""
 
     path: str = ""
     format: str = "{genre}\n"
