@@ -23,6 +23,7 @@ import csv
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -78,7 +79,10 @@ def read_source(source: str | Path) -> list[str]:
         elif suffix in (".jsonl", ".ndjson"):
             items = _jsonl_paths(source)
         elif suffix == ".parquet":
-            table = _pyarrow().parquet.read_table(source)
+            try:
+                table = _pyarrow().parquet.read_table(source)
+            except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                raise ConfigError(f"{source}: not a readable Parquet manifest ({str(exc).splitlines()[0]})") from None
             if "path" not in table.column_names:
                 raise ConfigError(f"{source}: a Parquet manifest needs a 'path' column (has {table.column_names})")
             items = (str(p) for p in table.column("path").to_pylist() if p)
@@ -263,6 +267,8 @@ def run_batch(source: str | Path, out: str | Path, tagger_arguments: dict[str, A
             for row in rows:
                 if writer.add(row):
                     bar.update(1)
+                    if not row["ok"]:  # which file, and why: the count alone says neither
+                        bar.write(f"genre-tagger: error: {row['error']}", file=sys.stderr)
         finally:
             writer.flush()  # what is done is kept, also on Ctrl-C or an error
     return BatchSummary(len(paths), len(paths) - len(todo), writer.counts["ok"], writer.counts["error"],

@@ -80,8 +80,17 @@ def test_library_exports_to_a_bad_place_and_bad_options_are_one_line(library: Pa
     assert "menu.opus" in (tmp_path / "mid.m3u").read_text()
 
 
-def test_batch_out_on_a_file_and_bad_counts_are_one_line(tmp_path: Path, realworld: Path) -> None:
+def test_batch_out_on_a_file_and_bad_counts_are_one_line(tmp_path: Path, realworld: Path, tiny_model: Path) -> None:
     pytest.importorskip("pyarrow", reason="batch needs pyarrow (the test extra)")
+    broken = tmp_path / "catalogue.parquet"
+    broken.write_text("not Parquet")
+    one_error_line(run_cli("batch", str(broken), "--out", str(tmp_path / "s")), f"{broken}: not a readable Parquet")
+    # Each failed file is named, not only counted.
+    manifest = tmp_path / "catalogue.txt"
+    manifest.write_text("missing.mp3\n")
+    proc = run_cli("batch", str(manifest), "--out", str(tmp_path / "s"), "--model", str(tiny_model), "--jobs", "1")
+    assert proc.returncode == 1 and f"genre-tagger: error: {tmp_path / 'missing.mp3'}: no such file" in proc.stderr, \
+        proc.stderr
     not_a_folder = tmp_path / "shards"
     not_a_folder.write_text("a file where the shard folder belongs")
     folder = str(realworld / "warzone2100-music")
