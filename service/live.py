@@ -161,8 +161,14 @@ class ChangeDetector:
     the evidence views' music log-odds past the threshold add up (capped and drifting as above) to the
     evidence for music, and at ``music_evidence_nats`` the likeliest genre is announced as *uncertain*
     (:attr:`uncertain`; music, but no genre a sink may present as fact). From there a decided genre is
-    announced as from the start, and "no music" as from a genre. An uncertain genre is announced only on the
-    way back from "no music", never in place of a decided one.
+    announced as from the start, and "no music" as from a genre.
+
+    A decided genre the music has left before another one is decided is withdrawn (``withdraw_nats``): the
+    likeliest other genre is announced as uncertain, and the windows go on being weighed against the withdrawn
+    genre. From there the first of: a challenger that passes the evidence test; the withdrawn genre, once the
+    running ensemble decides it again; a genre the running ensemble decides for ``hysteresis`` updates in a
+    row (whose evidence may never grow: rock at 0.65 over a withdrawn jazz at 0.3 is decided, but no evidence
+    with 1 nat of drift); or "no music" on its evidence. An uncertain genre is never announced twice in a row.
 
     Args:
         settings: the thresholds (:class:`ChangeSettings`).
@@ -233,8 +239,10 @@ class ChangeDetector:
         a music detector); return (previous, new) when a change is announced."""
         s = self.settings
         if self._reference is not None and s.evidence_nats > 0 and (top != NO_MUSIC or s.music_evidence_nats > 0):
-            # A decided genre, or one withdrawn: every window weighed against it.
-            self._candidate, self._count = None, 0
+            # A decided genre, or one withdrawn: every window weighed against it (while withdrawn, the running
+            # ensemble's decided top is counted too: see _weigh).
+            if not self.uncertain:
+                self._candidate, self._count = None, 0
             return self._weigh(windows, top)
         if self.uncertain:
             # Undecided music after "no music": "no music" on its evidence; a genre (its own label too) once
@@ -376,10 +384,18 @@ class ChangeDetector:
             best = int(np.argmax(np.where(ready, self._evidence, -1.0)))
             return self._announce(self.labels[best], float(mean[best]))
         if self.uncertain:
-            # Withdrawn: the genre is back once the running ensemble decides it again.
+            # Withdrawn: the genre is back once the running ensemble decides it again; another genre that
+            # the running ensemble decides for ``hysteresis`` updates is announced even when its evidence
+            # cannot grow (its probability less than e^drift_nats times the withdrawn genre's): never
+            # "uncertain" for as long as a genre plays that the ensemble calls decided.
             if top == self.labels[current]:
                 return self._announce(top)
-            return None
+            if top not in self.labels:
+                self._candidate, self._count = None, 0
+                return None
+            self._count = self._count + 1 if top == self._candidate else 1
+            self._candidate = top
+            return self._announce(top) if self._count >= s.hysteresis else None
         if s.withdraw_nats > 0 and self._withdraw >= s.withdraw_nats:
             # The likeliest other genre over the windows that withdrew it, announced as uncertain; the
             # evidence goes on against the withdrawn genre.
@@ -466,13 +482,15 @@ class LiveTagger:
                                                    aliases)[1],
                     float(r.probabilities[self._music_output][0]) if self._music_output else None) for r in results]
         # Only a decided genre, or "no music", can be announced: an uncertain top is no news.
+        was_uncertain = self.changes.uncertain
         change = self.changes.update(update.top if not update.music or not update.uncertain else None, windows)
         if change:
             previous, current = change
             confidence = self.changes.confidence if self.changes.confidence is not None else update.confidence
             self.sink.genre_changed(GenreChanged(
                 source=self.source, stream_s=update.stream_s, previous=previous, current=current,
-                confidence=confidence, uncertain=self.changes.uncertain, music=current != NO_MUSIC))
+                confidence=confidence, uncertain=self.changes.uncertain, music=current != NO_MUSIC,
+                previous_uncertain=was_uncertain))
 
 
 class LiveUnavailable(Exception):

@@ -205,6 +205,26 @@ def test_change_detector_withdraws_a_genre_the_music_left() -> None:
     assert all(never.update(None, [_window(0.05, 0.5)]) is None for _ in range(20)) and not never.uncertain
 
 
+def test_a_withdrawn_genre_gives_way_to_the_genre_the_running_ensemble_decides() -> None:
+    """Rock at 0.65 over jazz at 0.3 is decided, but never evidence against jazz (log(0.65 / 0.3) = 0.77 nats, less
+    1 of drift): once jazz is withdrawn, rock held by the running ensemble for `hysteresis` updates is announced,
+    not "maybe rock" for as long as it plays."""
+    settings = ChangeSettings(hysteresis=2, evidence_nats=4.0, drift_nats=1.0, cap_nats=6.0, evidence_views="shortest",
+                              music_evidence_nats=6.0, music_drift_nats=0.25, withdraw_nats=6.0)
+    d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+    assert [d.update("jazz", [_window(0.9, 0.05)]) for _ in range(2)] == [None, (None, "jazz")]
+    # Jazz at 0.3: log(0.7 / 0.3) + log(0.6 / 0.4) - 1 = 0.25 nats a window: withdrawn at the 24th.
+    changes = [(d.update("rock", [_window(0.3, 0.65)]), d.uncertain) for _ in range(60)]
+    said = [(i, change, uncertain) for i, (change, uncertain) in enumerate(changes) if change]
+    assert said == [(23, ("jazz", "rock"), True), (25, ("rock", "rock"), False)], said
+    # An undecided top (None) breaks the run: withdrawn again, rock needs two decided updates in a row.
+    d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+    [d.update("jazz", [_window(0.9, 0.05)]) for _ in range(2)]
+    tops = ["rock"] * 23 + ["rock", None, "rock", None, "rock", "rock"]
+    said = [(i, change) for i, top in enumerate(tops) if (change := d.update(top, [_window(0.3, 0.65)]))]
+    assert said == [(23, ("jazz", "rock")), (28, ("rock", "rock"))], said
+
+
 def _mean_genre(messages: list[dict], labels: tuple[str, ...], start: float, end: float) -> np.ndarray:
     probs = [[s["probabilities"]["genre"][label] for label in labels]
              for m in messages if start <= m["ts"] <= end for s in m["slices"]]
