@@ -917,7 +917,8 @@ def render_message(topic: str, message: dict, clear: bool = False) -> str:
         return ("\x1b[H\x1b[2J" + text) if clear else text
     if kind == "genre_changed":
         current = message["current"] + (" (uncertain)" if message.get("uncertain") else "")
-        return f"{topic}  genre changed at {message['stream_s']:.1f} s: {message['previous']} → {current}"
+        previous = f"{message['previous']}" + (" (uncertain)" if message.get("previous_uncertain") else "")
+        return f"{topic}  genre changed at {message['stream_s']:.1f} s: {previous} → {current}"
     if kind == "track":
         if not message["ok"]:
             return f"track  {message['path']}: error: {message['error']}"

@@ -148,9 +148,12 @@ class GenreChanged:
         previous: the genre before (None at the start of the stream).
         current: the new genre, or "no music".
         confidence: the current genre's probability (of no music, for "no music").
-        uncertain: whether the estimate that made the change was below the threshold; a sink that
+        uncertain: whether the new genre is not decided (a genre the music left, withdrawn: ``current`` is
+            the likeliest other one; music back after "no music" before its genre is decided); a sink that
             writes a genre somewhere (a file, Icecast) must not write an uncertain one (contract §3).
         music: False when the change is to "no music".
+        previous_uncertain: whether ``previous`` was announced as uncertain (so "rock" → "rock" is an
+            uncertain rock now decided, not a repeat).
     """
 
     source: str
@@ -160,6 +163,7 @@ class GenreChanged:
     confidence: float
     uncertain: bool = False
     music: bool = True
+    previous_uncertain: bool = False
     ts: float = field(default_factory=_now)
 
     @property
@@ -171,7 +175,7 @@ class GenreChanged:
     def _message(self) -> dict[str, Any]:
         return {"type": "genre_changed", "ts": self.ts, "source": self.source, "stream_s": round(self.stream_s, 3),
                 "previous": self.previous, "current": self.current, "confidence": round(self.confidence, 6),
-                "uncertain": self.uncertain, "music": self.music}
+                "uncertain": self.uncertain, "music": self.music, "previous_uncertain": self.previous_uncertain}
 
     def as_message(self) -> Message:
         return f"change.{self.source}", self._message

@@ -264,9 +264,11 @@ def test_the_page_shows_uncertain_and_no_music_and_never_an_uncertain_genre(brow
         browser.get(sink.url + "?source=radio")
         until(browser, lambda d: page_state(d)["connection"] == "connected", 30, "the page to connect")
 
-        def change(previous: str | None, current: str, uncertain: bool = False, music: bool = True) -> None:
+        def change(previous: str | None, current: str, uncertain: bool = False, music: bool = True,
+                   previous_uncertain: bool = False) -> None:
             hub.genre_changed(GenreChanged(source="radio", stream_s=10.0, previous=previous, current=current,
-                                           confidence=0.9 if not uncertain else 0.4, uncertain=uncertain, music=music))
+                                           confidence=0.9 if not uncertain else 0.4, uncertain=uncertain, music=music,
+                                           previous_uncertain=previous_uncertain))
 
         hub.genre_changed(GenreChanged(source="other", stream_s=1.0, previous=None, current="pop", confidence=0.9))
         change(None, "jazz")
@@ -274,12 +276,18 @@ def test_the_page_shows_uncertain_and_no_music_and_never_an_uncertain_genre(brow
         assert page_state(browser)["state"] == "genre"
         change("jazz", "rock", uncertain=True)
         until(browser, lambda d: page_state(d)["state"] == "uncertain", 20, "the uncertain state")
-        assert page_state(browser)["genre"] == "uncertain"  # never "rock" in large type
+        state = page_state(browser)
+        assert state["genre"] == "uncertain"  # never "rock" in large type
+        assert state["badge"] == "maybe rock"  # jazz withdrawn: what the music may be, in small type
+        change("rock", "rock", previous_uncertain=True)  # the uncertain rock decided: no repeat
+        until(browser, lambda d: page_state(d)["state"] == "genre", 20, "the decided rock")
+        state = page_state(browser)
+        assert state["genre"] == "rock" and "maybe rock → rock" in state["history"][0], state
         change("rock", "no music", music=False)
         until(browser, lambda d: page_state(d)["state"] == "nomusic", 20, "the no music state")
         state = page_state(browser)
-        assert state["genre"] == "no music" and len(state["history"]) == 3
-        assert "(uncertain)" in state["history"][1]
+        assert state["genre"] == "no music" and len(state["history"]) == 4
+        assert "(uncertain)" in state["history"][2] and "jazz → rock" in state["history"][2]
         assert browser.execute_script("return document.querySelectorAll('.source').length") == 1  # ?source=radio
     finally:
         hub.close(time.monotonic() + 2)

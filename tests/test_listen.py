@@ -116,3 +116,25 @@ def test_lines_mark_results_below_the_threshold_uncertain() -> None:
     assert headline == "live.radio  12.0 s  → uncertain: jazz / classical (56 %)"
     assert render_message("live.radio", {**live, "ensemble": {"genre": decided}, "confidence": 0.72}
                           ).splitlines()[0] == "live.radio  12.0 s  → jazz (72 %)"
+
+
+def test_a_withdrawn_genre_and_its_return_read_as_what_they_are() -> None:
+    """The live detector's uncertain announcements as `listen` prints them: a withdrawal, then that uncertain
+    genre decided ("rock" → "rock" is no repeat: its message says the previous one was uncertain)."""
+    from daemon_helpers import VALIDATOR
+
+    from service.cli import render_message
+    from service.events import GenreChanged
+    from service.publish import SCHEMA_ID
+
+    withdrawn = GenreChanged(source="radio", stream_s=20.0, previous="jazz", current="rock", confidence=0.45,
+                             uncertain=True)
+    decided = GenreChanged(source="radio", stream_s=24.0, previous="rock", current="rock", confidence=0.7,
+                           previous_uncertain=True)
+    lines = []
+    for event in (withdrawn, decided):
+        topic, message = event.as_message()
+        VALIDATOR.validate({"schema": SCHEMA_ID, "seq": 0, **message})  # as the publisher sends it
+        lines.append(render_message(topic, message))
+    assert lines == ["change.radio  genre changed at 20.0 s: jazz → rock (uncertain)",
+                     "change.radio  genre changed at 24.0 s: rock (uncertain) → rock"]

@@ -85,6 +85,8 @@ function render(state) {
     note = percent(estimate.confidence);
   } else if (mode === "genre") {
     note = percent(current.confidence);
+  } else if (mode === "uncertain") {
+    note = `maybe ${current.current}`;  // the large type never says an uncertain genre
   }
   badge.textContent = note;
 
@@ -108,7 +110,7 @@ function render(state) {
 
   const history = el.querySelector(".history ol");
   history.innerHTML = state.history.map((c) =>
-    `<li><time>${clockTime(c.ts)}</time> ${escapeHtml(c.previous || "—")} → ` +
+    `<li><time>${clockTime(c.ts)}</time> ${escapeHtml(c.previous_uncertain ? `maybe ${c.previous}` : c.previous || "—")} → ` +
     `<strong>${escapeHtml(isNoMusic(c) ? NO_MUSIC : c.current)}</strong>` +
     `${c.uncertain ? " <em>(uncertain)</em>" : ` <span class="muted">${percent(c.confidence)}</span>`}</li>`).join("");
   tick(state);
