@@ -289,3 +289,16 @@ def test_change_settings_come_from_the_config_and_bad_ones_are_named() -> None:
         load_config(env=bad)
     message = str(caught.value)
     assert "live.evidence_views" in message and "'middle'" in message and "live.cap_nats" in message
+
+
+def test_live_eval_counts_a_withdrawn_genre_claimed_again_as_still_shown() -> None:
+    """training.live_eval's switch figures: jazz withdrawn 5 s after the switch then claimed again until 30 s was
+    shown for 15 s, not 5; every announcement after the first is a change a listener sees."""
+    from training.live_eval import _claims, _shown_changes, _stale
+
+    events = [(1.0, "jazz", False), (20.0, "rock", True), (22.0, "jazz", False), (30.0, "rock", False)]
+    assert _stale(events, 15.0, "jazz", 45.0) == 15.0
+    assert _stale(events[:1], 15.0, "jazz", 45.0) == 30.0  # never left: to the end of the stream
+    assert _stale([(1.0, "jazz", False), (18.0, "rock", False)], 15.0, "jazz", 45.0) == 3.0
+    assert _stale([(18.0, "rock", False)], 15.0, "jazz", 45.0) == 0.0  # never shown after the switch
+    assert len(_claims(events)) == 2 and _shown_changes(events) == 3

@@ -16,8 +16,13 @@ streams only, then reported on the held-out half and on all streams.
   switch never announced within the second clip counts as its length, and is reported as missed);
 - changes to a third genre: in switch streams, changes to a label that is neither clip's;
 - spurious changes: ``genre_changed`` claims (a decided genre or "no music") on a single-track stream after
-  its first one (counts, streams with any, and per hour of audio); an uncertain genre, announced when music
-  comes back undecided after "no music", claims no genre and is counted apart;
+  its first one (counts, streams with any, and per hour of audio); an uncertain genre (a withdrawal, music
+  back undecided after "no music") claims no genre and is counted apart, but a listener sees it: every
+  announcement after the first, uncertain ones and a withdrawn genre claimed again included, is counted in
+  ``*_shown_changes``;
+- after a switch, also: the first clip's genre claimed again (``first_claimed_again``), uncertain
+  announcements of a third genre (``uncertain_third_genre``), and how long the first clip's genre is shown as
+  decided, to the end of its last showing (``stale_*``);
 - music called no music: how long "no music" is the announced label on those (all music) streams;
 - talk: from the talk's start to "no music"; back to music: to the second clip's decided genre, and to any
   music announcement (uncertain too); music claimed during talk after "no music".
@@ -356,6 +361,23 @@ def _withdrawals(events: Sequence[tuple[float, str, bool]]) -> int:
     return sum(1 for (_, a, ua), (_, _, ub) in itertools.pairwise(events) if a != NO_MUSIC and not ua and ub)
 
 
+def _stale(events: Sequence[tuple[float, str, bool]], switch_s: float, first: str, seconds: float) -> float:
+    """How long (s) after ``switch_s`` the first clip's genre is still shown as decided, to the end of its last
+    showing (a genre withdrawn, then claimed again, was shown again: the time runs on)."""
+    until, showing = switch_s, False
+    for t, label, uncertain in events:
+        if t > switch_s and showing:
+            until = t
+        showing = label == first and not uncertain
+    return (seconds if showing else until) - switch_s
+
+
+def _shown_changes(events: Sequence[tuple[float, str, bool]]) -> int:
+    """Changes of what a listener is shown after the first announcement: claims, and uncertain announcements
+    (a withdrawal, music back undecided; a textfile or a display changes for each)."""
+    return max(0, len(events) - 1)
+
+
 def _no_music_seconds(events: Sequence[tuple[float, str, bool]], seconds: float) -> float:
     """How long (s) "no music" is the announced label over a stream of ``seconds``."""
     total, since = 0.0, None
@@ -374,15 +396,19 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
 
     Only claims count as changes (a decided genre, "no music"): an uncertain genre, announced when music
     comes back undecided after "no music", is counted apart (``uncertain_announcements``)."""
-    delays, missed, wrong, uncertain, stale = [], 0, 0, 0, []
+    delays, missed, wrong, uncertain, stale, wrong_uncertain, reclaimed = [], 0, 0, 0, [], 0, 0
     for rec in streams.switches:
         assert rec.switch_s is not None
         events = replay(rec, tagger, settings)
         claims = _claims(events)
         uncertain += sum(1 for e in events if e[2])
-        # How long the first clip's genre is still shown as decided after the switch.
-        gone = next((t for t, label, u in events if t > rec.switch_s and (label != rec.first or u)), rec.seconds)
-        stale.append(gone - rec.switch_s)
+        # How long the first clip's genre is still shown as decided after the switch (claimed again included).
+        stale.append(_stale(events, rec.switch_s, rec.first, rec.seconds))
+        # The first clip's genre claimed again after the switch (withdrawn, then back): changes shown for nothing.
+        reclaimed += sum(1 for (_, a, ua), (t, b, ub) in itertools.pairwise(events)
+                         if t > rec.switch_s and b == rec.first and not ub and (a != b or ua))
+        wrong_uncertain += sum(1 for t, label, u in events
+                               if u and t > rec.switch_s and label not in (rec.first, rec.second))
         hit = next((t for t, label in claims if t > rec.switch_s and label == rec.second), None)
         if hit is None:
             missed += 1
@@ -418,12 +444,14 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
     hours: dict[str, float] = {}
     no_music_s: dict[str, list[float]] = {}
     withdrawn: dict[str, int] = {}
+    shown: dict[str, int] = {}
     for rec in streams.steady:
         kind = "pairs" if " → " in rec.name else "realworld" if rec.name.startswith("realworld/") else "clips"
         events = replay(rec, tagger, settings)
         claims = _claims(events)
         uncertain += sum(1 for e in events if e[2])
         withdrawn[kind] = withdrawn.get(kind, 0) + _withdrawals(events)
+        shown[kind] = shown.get(kind, 0) + _shown_changes(events)
         spurious.setdefault(kind, []).append(max(0, len(claims) - 1))
         hours[kind] = hours.get(kind, 0.0) + rec.seconds / 3600
         no_music_s.setdefault(kind, []).append(_no_music_seconds(events, rec.seconds))
@@ -434,7 +462,9 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
            "stale_over_8s": int((st > 8.0).sum()), "median_delay_s": float(np.median(d)),
            "p90_delay_s": float(np.percentile(d, 90)), "worst_delay_s": float(d.max()),
            "within_8s": round(float(np.mean(d <= 8.0)), 4), "missed": missed,
-           "wrong_genre_changes": wrong, "uncertain_announcements": uncertain, "delays_s": d.round(3).tolist()}
+           "wrong_genre_changes": wrong, "uncertain_third_genre": wrong_uncertain,
+           "first_claimed_again": reclaimed,
+           "uncertain_announcements": uncertain, "delays_s": d.round(3).tolist()}
     if talk:
         out |= {"talks": len(talk), "talk_median_delay_s": float(np.median(talk)), "talk_worst_delay_s": max(talk),
                 "talk_missed": talk_missed, "talk_music_claims": talk_music,
@@ -456,7 +486,7 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
             "steady_hours": round(sum(hours.values()), 4),
             "spurious_per_hour": round(sum(total) / max(1e-9, sum(hours.values())), 3),
             "steady_no_music_s": round(sum(quiet), 1), "steady_streams_called_no_music": sum(1 for x in quiet if x),
-            "steady_withdrawals": sum(withdrawn.values())}
+            "steady_withdrawals": sum(withdrawn.values()), "steady_shown_changes": sum(shown.values())}
     for kind in sorted(spurious):
         out[f"{kind}_streams"] = len(spurious[kind])
         out[f"{kind}_spurious_changes"] = int(sum(spurious[kind]))
@@ -464,6 +494,7 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
         out[f"{kind}_hours"] = round(hours[kind], 4)
         out[f"{kind}_no_music_s"] = round(sum(no_music_s[kind]), 1)
         out[f"{kind}_withdrawals"] = withdrawn[kind]
+        out[f"{kind}_shown_changes"] = shown[kind]
     return out
 
 
@@ -556,7 +587,9 @@ def _line(r: dict) -> str:
             f" s worst {r.get('talk_worst_delay_s', 0):.2f} s, back to music median "
             f"{r.get('back_median_delay_s', 0):.2f} s worst {r.get('back_worst_delay_s', 0):.2f} s (any music: "
             f"{r.get('back_music_median_delay_s', 0):.2f} s), music called no music {r['steady_no_music_s']:.0f} s, "
-            f"withdrawals on single-genre streams {r['steady_withdrawals']}, non-music → no music median "
+            f"withdrawals on single-genre streams {r['steady_withdrawals']} (changes shown there, uncertain "
+            f"ones too: {r['steady_shown_changes']}; uncertain third genre after a switch "
+            f"{r['uncertain_third_genre']}), non-music → no music median "
             f"{r.get('nonmusic_median_delay_s', 0):.2f} s p90 {r.get('nonmusic_p90_delay_s', 0):.2f} s, over 8 s "
             f"{r.get('nonmusic_over_8s', 0)} (never {r.get('nonmusic_missed', 0)}) of {r.get('nonmusic_streams', 0)}, "
             f"music claimed in talk or non-music {r.get('talk_music_claims', 0) + r.get('nonmusic_music_claims', 0)}")
