@@ -66,8 +66,9 @@ def arrow_schema():
 # -- the source ----------------------------------------------------------------------------------------
 
 def read_source(source: str | Path) -> list[str]:
-    """The paths a folder or a manifest lists, in order, without repeats."""
-    source = Path(source).expanduser()
+    """The paths a folder or a manifest lists, in order, without repeats; absolute (the library keys its
+    tracks by absolute path: a relative one would be another track than the daemon's)."""
+    source = Path(source).expanduser().absolute()
     if source.is_dir():
         items: Iterable[str] = (str(p) for p in iter_audio_files([str(source)]))
     elif not source.is_file():
@@ -317,6 +318,9 @@ def import_shards(library, out: Path) -> dict[str, int]:
                 (known["fingerprint"] or "", known["model"], known["model_version"]) == \
                 (row["fingerprint"] or "", row["model"], row["model_version"]):
             counts["unchanged"] += 1
+            continue
+        if known is not None and known["status"] == "error" and not row["ok"] and known["error"] == row["error"]:
+            counts["unchanged"] += 1  # the same failure imported again: nothing to change
             continue
         if row["ok"]:
             library.record_file_result(row["path"], result_from_row(row), row["size"] or 0, row["mtime"] or 0.0,

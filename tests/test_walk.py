@@ -99,6 +99,31 @@ def test_batch_out_on_a_file_and_bad_counts_are_one_line(tmp_path: Path, realwor
     one_error_line(run_cli("listen", "--timeout", "-1"), "--timeout", "-1")
 
 
+def test_batch_from_a_relative_manifest_imports_absolute_paths_once(tmp_path: Path, realworld: Path,
+                                                                   tiny_model: Path) -> None:
+    """`batch catalogue.txt` typed in the catalogue's folder stored 'music/menu.opus' as the path: imported,
+    it was a track no other command (nor the daemon) would find. A failure imported twice counted twice."""
+    pytest.importorskip("pyarrow", reason="batch needs pyarrow (the test extra)")
+    import sqlite3
+
+    (tmp_path / "music").mkdir()
+    shutil.copy(realworld / "warzone2100-music" / "menu.opus", tmp_path / "music" / "menu.opus")
+    (tmp_path / "catalogue.txt").write_text("music/menu.opus\nmusic/missing.mp3\n")
+    proc = run_cli("batch", "catalogue.txt", "--out", "shards", "--model", str(tiny_model), "--jobs", "1",
+                   "--coverage", "excerpts:1x10", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    db = tmp_path / "library.db"
+    for _ in range(2):
+        imported = run_cli("library", "--library", str(db), "import", "shards", cwd=tmp_path)
+        assert imported.returncode == 0, imported.stderr
+    assert "imported 0 tagged and 0 failed tracks from shards (2 already in the library)" in imported.stderr, \
+        imported.stderr
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT path, status, attempts FROM tracks ORDER BY path").fetchall()
+    assert rows == [(str(tmp_path / "music" / "menu.opus"), "tagged", 1),
+                    (str(tmp_path / "music" / "missing.mp3"), "error", 1)], rows
+
+
 def test_bench_leaves_out_a_broken_file_and_names_a_missing_folder(tiny_model: Path, tmp_path: Path,
                                                                   realworld: Path) -> None:
     music = tmp_path / "music"
