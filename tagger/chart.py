@@ -36,12 +36,16 @@ def render_output(est: OutputEstimate, top_k: int, width: int | None = None) -> 
 
 
 def render_track(name: str, duration_s: float, outputs: dict[str, OutputEstimate], top_k: int,
-                 width: int | None = None, music: bool = True, music_probability: float | None = None) -> str:
+                 width: int | None = None, music: bool = True, music_probability: float | None = None,
+                 coverage: str = "full", analysed_s: float | None = None) -> str:
     """The whole chart for one track. When the model's music detector says it is not ``music``, one
-    "no music" line stands instead of the genre bars (genres of silence or speech mean nothing)."""
+    "no music" line stands instead of the genre bars (genres of silence or speech mean nothing).
+    ``coverage`` and ``analysed_s`` (seconds): when only excerpts were analysed, the header says how much."""
     first = next(iter(outputs.values()))
     slices = ", ".join(f"{v} ×{n}" for v, n in first.slices.items())
-    lines = [f"{name}  ({duration_s:.1f} s; slices {slices}; threshold {100 * first.threshold:.0f} %)"]
+    part = (f", {analysed_s:.0f} s analysed ({coverage})" if coverage != "full" and analysed_s is not None
+            and analysed_s < duration_s else "")
+    lines = [f"{name}  ({duration_s:.1f} s{part}; slices {slices}; threshold {100 * first.threshold:.0f} %)"]
     if not music:
         sure = "" if music_probability is None else f" ({100 * (1 - music_probability):.1f} % sure)"
         lines.append(f"  → {NO_MUSIC}{sure}")

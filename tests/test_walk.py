@@ -323,3 +323,12 @@ def test_a_state_dir_or_library_in_the_wrong_kind_of_place_says_which(tmp_path: 
     one_error_line(run_cli("library", "--library", str(tmp_path), "stats"), f"{tmp_path}: a folder, not a library file")
     one_error_line(run_cli(*daemon, "--library", str(tmp_path), "--state-dir", str(tmp_path / "s")),
                    f"{tmp_path}: cannot open the library: a folder, not a library file")
+
+
+def test_the_chart_says_when_only_excerpts_were_analysed(tiny_model: Path, realworld: Path) -> None:
+    song = realworld / "warzone2100-music" / "menu.opus"  # 180 s
+    proc = run_cli("tag", "--model", str(tiny_model), "--coverage", "excerpts:1x10", str(song))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{song}  (180.0 s, 10 s analysed (excerpts:1x10); slices "), proc.stdout
+    full = run_cli("tag", "--model", str(tiny_model), str(song))
+    assert full.stdout.startswith(f"{song}  (180.0 s; slices "), full.stdout
