@@ -125,7 +125,8 @@ class ChangeSettings:
         withdraw_nats: the evidence (the current genre's log-odds below the threshold's, per music window of
             the evidence views, capped and drifting as above) after which a current genre that no challenger
             has replaced yet is withdrawn: the likeliest other genre is announced as uncertain (a sink never
-            writes it), until a genre is decided, the current one again included; 0 = never withdrawn.
+            writes it), until a genre is decided, the current one again included; 0 = never withdrawn. With
+            ``evidence_nats`` 0 there is no withdrawal, nor any uncertain announcement (both weigh windows).
     """
 
     # Chosen by python -m training.live_eval on the tuning half of its streams (see service/config.py).
