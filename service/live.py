@@ -26,6 +26,11 @@ from tagger.ensemble import NO_MUSIC, apply_aliases
 from tagger.pipeline import SliceResult, Tagger
 
 log = logging.getLogger(__name__)
+# While a genre is decided, another genre that the running ensemble decides for this many times ``hysteresis``
+# updates in a row replaces it even without evidence (a ratio under e^drift_nats never adds any: rock at 0.62
+# over a current jazz at 0.38 would leave jazz shown as decided for as long as rock plays). On the live_eval
+# recordings no change with 3 (with 1: one more change on a single-genre clip).
+DECIDED_HOLD = 3
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -170,6 +175,8 @@ class ChangeDetector:
     running ensemble decides it again; a genre the running ensemble decides for ``hysteresis`` updates in a
     row (whose evidence may never grow: rock at 0.65 over a withdrawn jazz at 0.3 is decided, but no evidence
     with 1 nat of drift); or "no music" on its evidence. An uncertain genre is never announced twice in a row.
+    Likewise a decided genre gives way to a genre the running ensemble decides for ``DECIDED_HOLD`` times
+    ``hysteresis`` updates in a row, evidence or not.
 
     Args:
         settings: the thresholds (:class:`ChangeSettings`).
@@ -240,10 +247,8 @@ class ChangeDetector:
         a music detector); return (previous, new) when a change is announced."""
         s = self.settings
         if self._reference is not None and s.evidence_nats > 0 and (top != NO_MUSIC or s.music_evidence_nats > 0):
-            # A decided genre, or one withdrawn: every window weighed against it (while withdrawn, the running
-            # ensemble's decided top is counted too: see _weigh).
-            if not self.uncertain:
-                self._candidate, self._count = None, 0
+            # A decided genre, or one withdrawn: every window weighed against it, and the running ensemble's
+            # decided top counted (see _weigh).
             return self._weigh(windows, top)
         if self.uncertain:
             # Undecided music after "no music": "no music" on its evidence; a genre (its own label too) once
@@ -384,19 +389,24 @@ class ChangeDetector:
         if ready.any():
             best = int(np.argmax(np.where(ready, self._evidence, -1.0)))
             return self._announce(self.labels[best], float(mean[best]))
-        if self.uncertain:
-            # Withdrawn: the genre is back once the running ensemble decides it again; another genre that
-            # the running ensemble decides for ``hysteresis`` updates is announced even when its evidence
-            # cannot grow (its probability less than e^drift_nats times the withdrawn genre's): never
-            # "uncertain" for as long as a genre plays that the ensemble calls decided.
-            if top == self.labels[current]:
+        # A genre the running ensemble decides, held for updates in a row, even when its evidence cannot grow (its
+        # probability under e^drift_nats times the current genre's): ``hysteresis`` updates while the current
+        # genre is withdrawn (never "uncertain" for as long as a decided genre plays), DECIDED_HOLD times that
+        # while it is decided (never a genre shown as decided for as long as another one is). A withdrawn
+        # genre is back once the running ensemble decides it again.
+        if top == self.labels[current]:
+            if self.uncertain:
                 return self._announce(top)
-            if top not in self.labels:
-                self._candidate, self._count = None, 0
-                return None
+            self._candidate, self._count = None, 0
+        elif top in self.labels:
             self._count = self._count + 1 if top == self._candidate else 1
             self._candidate = top
-            return self._announce(top) if self._count >= s.hysteresis else None
+            if self._count >= s.hysteresis * (1 if self.uncertain else DECIDED_HOLD):
+                return self._announce(top)
+        else:
+            self._candidate, self._count = None, 0
+        if self.uncertain:
+            return None
         if s.withdraw_nats > 0 and self._withdraw >= s.withdraw_nats:
             # The likeliest other genre over the windows that withdrew it, announced as uncertain; the
             # evidence goes on against the withdrawn genre.

@@ -213,16 +213,36 @@ def test_a_withdrawn_genre_gives_way_to_the_genre_the_running_ensemble_decides()
                               music_evidence_nats=6.0, music_drift_nats=0.25, withdraw_nats=6.0)
     d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
     assert [d.update("jazz", [_window(0.9, 0.05)]) for _ in range(2)] == [None, (None, "jazz")]
-    # Jazz at 0.3: log(0.7 / 0.3) + log(0.6 / 0.4) - 1 = 0.25 nats a window: withdrawn at the 24th.
-    changes = [(d.update("rock", [_window(0.3, 0.65)]), d.uncertain) for _ in range(60)]
-    said = [(i, change, uncertain) for i, (change, uncertain) in enumerate(changes) if change]
+    # Jazz at 0.3: log(0.7 / 0.3) + log(0.6 / 0.4) - 1 = 0.25 nats a window: withdrawn at the 24th while the
+    # running ensemble is still undecided (None); then it decides rock.
+    tops = [None] * 24 + ["rock"] * 30
+    said = [(i, change, d.uncertain) for i, top in enumerate(tops) if (change := d.update(top, [_window(0.3, 0.65)]))]
     assert said == [(23, ("jazz", "rock"), True), (25, ("rock", "rock"), False)], said
-    # An undecided top (None) breaks the run: withdrawn again, rock needs two decided updates in a row.
+    # An undecided top (None) breaks the run: withdrawn, rock needs two decided updates in a row.
     d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
     [d.update("jazz", [_window(0.9, 0.05)]) for _ in range(2)]
-    tops = ["rock"] * 23 + ["rock", None, "rock", None, "rock", "rock"]
+    tops = [None] * 23 + ["rock", None, "rock", None, "rock", "rock"]
     said = [(i, change) for i, top in enumerate(tops) if (change := d.update(top, [_window(0.3, 0.65)]))]
     assert said == [(23, ("jazz", "rock")), (28, ("rock", "rock"))], said
+
+
+def test_a_decided_genre_gives_way_to_one_the_running_ensemble_decides_for_long() -> None:
+    """Jazz decided, then rock at 0.62 over jazz at 0.38: no evidence for rock (0.49 nats, less 1 of drift) and no
+    withdrawal of jazz (its log-odds are above the threshold's less the drift); the running ensemble decides rock.
+    After DECIDED_HOLD x hysteresis updates of it, rock is announced, not jazz kept as decided for good."""
+    from service.live import DECIDED_HOLD
+
+    settings = ChangeSettings(hysteresis=2, evidence_nats=4.0, drift_nats=1.0, cap_nats=6.0, evidence_views="shortest",
+                              music_evidence_nats=6.0, music_drift_nats=0.25, withdraw_nats=6.0)
+    d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+    [d.update("jazz", [_window(0.9, 0.05)]) for _ in range(2)]
+    tops = ["rock", "rock", None] + ["rock"] * 30  # an undecided update starts the count again
+    said = [(i, change, d.uncertain) for i, top in enumerate(tops) if (change := d.update(top, [_window(0.38, 0.62)]))]
+    assert said == [(2 + DECIDED_HOLD * 2, ("jazz", "rock"), False)], said
+    # The ensemble deciding the current genre now and then is no run of another one.
+    d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+    [d.update("jazz", [_window(0.9, 0.05)]) for _ in range(2)]
+    assert all(d.update(top, [_window(0.45, 0.5)]) is None for top in ["rock", "rock", "jazz"] * 20)
 
 
 def _mean_genre(messages: list[dict], labels: tuple[str, ...], start: float, end: float) -> np.ndarray:
