@@ -37,7 +37,9 @@ AUDIO_EXTENSIONS = frozenset((
 
 def iter_audio_files(inputs: Sequence[str]) -> Iterator[Path]:
     """Files named directly (whatever their extension), and audio files found under directories. A URL
-    (``https://…``, :func:`tagger.decode.is_url`) is yielded as the string it is."""
+    (``https://…``, :func:`tagger.decode.is_url`) is yielded as the string it is. A symlink named like an
+    audio file that leads nowhere (dangling, a loop) is yielded too, so that it is an error line naming it
+    rather than a file silently left out."""
     from tagger.decode import is_url
 
     for item in inputs:
@@ -47,11 +49,16 @@ def iter_audio_files(inputs: Sequence[str]) -> Iterator[Path]:
         path = Path(item)
         if path.is_dir():
             for found in sorted(path.rglob("*")):
-                if (found.suffix.lower() in AUDIO_EXTENSIONS and found.is_file()
+                if (found.suffix.lower() in AUDIO_EXTENSIONS and (found.is_file() or _broken_link(found))
                         and not any(part.startswith(".") for part in found.relative_to(path).parts)):
                     yield found
         else:
             yield path
+
+
+def _broken_link(path: Path) -> bool:
+    """A symlink whose target does not exist or loops (``is_file`` is False for it, as for a folder)."""
+    return path.is_symlink() and not path.exists()
 
 
 def _parse_aliases(items: Sequence[str]) -> dict[str, str]:

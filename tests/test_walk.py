@@ -3,6 +3,7 @@ it, a subprocess on real files, and each answered with one line naming what was 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -332,3 +333,14 @@ def test_the_chart_says_when_only_excerpts_were_analysed(tiny_model: Path, realw
     assert proc.stdout.startswith(f"{song}  (180.0 s, 10 s analysed (excerpts:1x10); slices "), proc.stdout
     full = run_cli("tag", "--model", str(tiny_model), str(song))
     assert full.stdout.startswith(f"{song}  (180.0 s; slices "), full.stdout
+
+
+def test_a_dangling_symlink_in_a_folder_is_an_error_line_not_left_out(tiny_model: Path, tmp_path: Path,
+                                                                     realworld: Path) -> None:
+    shutil.copy(realworld / "warzone2100-music" / "menu.opus", tmp_path / "menu.opus")
+    (tmp_path / "gone.mp3").symlink_to(tmp_path / "moved-away.mp3")
+    (tmp_path / "cover.jpg.mp3").mkdir()  # a folder named like audio is no file: left out
+    proc = run_cli("tag", "--model", str(tiny_model), "--coverage", "excerpts:1x10", "--json", str(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    assert f"genre-tagger: error: {tmp_path / 'gone.mp3'}: dangling symbolic link" in proc.stderr, proc.stderr
+    assert [json.loads(line)["ok"] for line in proc.stdout.splitlines()] == [False, True]  # gone.mp3, menu.opus
