@@ -143,7 +143,7 @@ class ChangeSettings:
     evidence_views: str = "shortest"
     music_evidence_nats: float = 6.0
     music_drift_nats: float = 0.25
-    withdraw_nats: float = 6.0
+    withdraw_nats: float = 0.0
 
 
 class ChangeDetector:
