@@ -23,6 +23,7 @@ from tagger.cli import (
     add_engine_arguments,
     add_jobs_argument,
     engine_options,
+    whole_number,
 )
 from tagger.ensemble import NO_MUSIC
 from tagger.errors import ConfigError, TaggerError
@@ -201,13 +202,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text}: not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
-    return value
+    return whole_number(text, 0)
 
 
 def _seconds(text: str) -> float:

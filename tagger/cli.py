@@ -99,14 +99,19 @@ def _hop(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def whole_number(text: str, minimum: int = 0) -> int:
+    """An argparse type: a whole number, at least ``minimum`` (default 0)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text}: not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text}: must be {'0 or more' if minimum == 0 else f'at least {minimum}'}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return whole_number(text, 1)
 
 
 class ArgumentParser(argparse.ArgumentParser):
