@@ -762,8 +762,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        public, secret = zmq.auth.create_certificates(folder, args.name)
+        # Created unreadable by others from the start: chmod after the write leaves the secret readable until then.
+        umask = os.umask(0o077)
+        try:
+            public, secret = zmq.auth.create_certificates(folder, args.name)
+        finally:
+            os.umask(umask)
         Path(secret).chmod(0o600)
+        Path(public).chmod(0o644)  # the public key is meant to be copied to subscribers
     except OSError as exc:
         # mkdir's "File exists" for a file where the folder belongs (or in its path) says too little.
         reason = "not a folder" if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror or exc

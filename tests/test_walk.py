@@ -344,3 +344,28 @@ def test_a_dangling_symlink_in_a_folder_is_an_error_line_not_left_out(tiny_model
     assert proc.returncode == 1, proc.stderr
     assert f"genre-tagger: error: {tmp_path / 'gone.mp3'}: dangling symbolic link" in proc.stderr, proc.stderr
     assert [json.loads(line)["ok"] for line in proc.stdout.splitlines()] == [False, True]  # gone.mp3, menu.opus
+
+
+def test_keys_never_leave_the_secret_key_readable_by_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secret key is 0600 from the moment it is written, not only once `keys` chmods it afterwards."""
+    import zmq.auth
+
+    from tagger.cli import main
+
+    created = zmq.auth.create_certificates
+    modes: dict[str, int] = {}
+
+    def create_and_look(folder, name):  # the files as create_certificates leaves them, before any chmod
+        public, secret = created(folder, name)
+        modes.update(public=os.stat(public).st_mode & 0o777, secret=os.stat(secret).st_mode & 0o777)
+        return public, secret
+
+    monkeypatch.setattr(zmq.auth, "create_certificates", create_and_look)
+    umask = os.umask(0o022)  # a usual login umask: files 0644 unless told otherwise
+    try:
+        assert main(["keys", str(tmp_path / "keys"), "--name", "daemon"]) == 0
+    finally:
+        os.umask(umask)
+    assert modes["secret"] & 0o077 == 0, oct(modes["secret"])
+    assert (tmp_path / "keys" / "daemon.key_secret").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys" / "daemon.key").stat().st_mode & 0o777 == 0o644
