@@ -111,7 +111,8 @@ class ChangeSettings:
             the updates every change must hold.
         evidence_nats: how much evidence (natural log units of the probability ratio, summed over windows)
             a challenger needs against the current genre before a change is announced; 0 turns the
-            evidence test off (a change then only needs the running ensemble's top to hold).
+            evidence test off (a change then only needs the running ensemble's top to hold), and with it both
+            uncertain announcements (music back after "no music", a withdrawn genre).
         drift_nats: subtracted from every window's evidence, so that evidence decays while the current genre
             holds and chance disagreements do not add up.
         cap_nats: the most evidence one window can add or take away (one odd window cannot decide alone
