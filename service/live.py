@@ -326,21 +326,31 @@ class ChangeDetector:
                 return change
         return None
 
+    def _no_music_evidence(self, music: float) -> tuple[str | None, str] | None:
+        """Add one evidence window's music probability to the evidence for "no music" (capped, less
+        ``music_drift_nats``, never below 0); announce "no music" once it reaches ``music_evidence_nats``."""
+        s = self.settings
+        m = min(max(music, 1e-9), 1 - 1e-9)
+        self._no_music = max(0.0, self._no_music + self._music_step(m) - s.music_drift_nats)
+        if self._no_music == 0.0:
+            self._music_sum, self._music_windows = 0.0, 0
+        else:
+            self._music_sum += m
+            self._music_windows += 1
+        if self._no_music >= s.music_evidence_nats:
+            return self._announce(NO_MUSIC, 1.0 - self._music_sum / self._music_windows)
+        return None
+
     def _undecided(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]]
                    ) -> tuple[str | None, str] | None:
         """The current genre is uncertain: "no music" on its evidence, as from a genre."""
-        s = self.settings
         for view, _end, _probs, music in windows:
-            if s.music_evidence_nats <= 0 or music is None or (self._views is not None and view not in self._views):
+            if (self.settings.music_evidence_nats <= 0 or music is None
+                    or (self._views is not None and view not in self._views)):
                 continue
-            self._no_music = max(0.0, self._no_music + self._music_step(music) - s.music_drift_nats)
-            if self._no_music == 0.0:
-                self._music_sum, self._music_windows = 0.0, 0
-            else:
-                self._music_sum += music
-                self._music_windows += 1
-            if self._no_music >= s.music_evidence_nats:
-                return self._announce(NO_MUSIC, 1.0 - self._music_sum / self._music_windows)
+            change = self._no_music_evidence(music)
+            if change is not None:
+                return change
         return None
 
     def _weigh(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]], top: str | None
@@ -353,17 +363,10 @@ class ChangeDetector:
             if self._views is not None and view not in self._views:
                 continue
             if s.music_evidence_nats > 0 and music is not None:
-                m = min(max(music, 1e-9), 1 - 1e-9)
-                step = self._music_step(m)
-                self._no_music += step - s.music_drift_nats
-                if self._no_music <= 0.0:
-                    self._no_music, self._music_sum, self._music_windows = 0.0, 0.0, 0
-                else:
-                    self._music_sum += m
-                    self._music_windows += 1
-                if self._no_music >= s.music_evidence_nats:
-                    return self._announce(NO_MUSIC, 1.0 - self._music_sum / self._music_windows)
-                if step > 0:  # the window is more likely not music: its genres are no evidence
+                change = self._no_music_evidence(music)
+                if change is not None:
+                    return change
+                if self._music_step(music) > 0:  # the window is more likely not music: its genres are no evidence
                     continue
             p = np.clip(np.asarray(probs, dtype=np.float64), 1e-9, 1.0)
             log_p = np.log(p)
