@@ -378,6 +378,14 @@ def _shown_changes(events: Sequence[tuple[float, str, bool]]) -> int:
     return max(0, len(events) - 1)
 
 
+def _first(events: Sequence[tuple[float, str, bool]], after: float, until: float = float("inf"), *,
+           label: str | None = None, music: bool | None = None, decided: bool = False) -> float | None:
+    """When (s) the first announcement in (``after``, ``until``] came: of ``label``, or music (any label but
+    "no music") or not, only a decided one with ``decided``; None if none did."""
+    return next((t for t, lab, uncertain in events if after < t <= until and (label is None or lab == label)
+                 and (music is None or (lab != NO_MUSIC) == music) and not (decided and uncertain)), None)
+
+
 def _no_music_seconds(events: Sequence[tuple[float, str, bool]], seconds: float) -> float:
     """How long (s) "no music" is the announced label over a stream of ``seconds``."""
     total, since = 0.0, None
@@ -409,7 +417,7 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
                          if t > rec.switch_s and b == rec.first and not ub and (a != b or ua))
         wrong_uncertain += sum(1 for t, label, u in events
                                if u and t > rec.switch_s and label not in (rec.first, rec.second))
-        hit = next((t for t, label in claims if t > rec.switch_s and label == rec.second), None)
+        hit = _first(events, rec.switch_s, label=rec.second, decided=True)
         if hit is None:
             missed += 1
             delays.append(rec.seconds - rec.switch_s)
@@ -421,22 +429,23 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
         assert rec.switch_s is not None and rec.back_s is not None
         events = replay(rec, tagger, settings)
         uncertain += sum(1 for e in events if e[2])
-        hit = next((t for t, label, _ in events if rec.switch_s < t <= rec.back_s + 8 and label == NO_MUSIC), None)
+        hit = _first(events, rec.switch_s, rec.back_s + 8, label=NO_MUSIC)
         talk_missed += hit is None
         talk.append((rec.back_s - rec.switch_s) if hit is None else hit - rec.switch_s)
         if hit is not None:  # music announced (even uncertain) while the talk goes on: a false claim of music
             talk_music += sum(1 for t, label, _ in events if hit < t <= rec.back_s and label != NO_MUSIC)
-        t_back = next((t for t, label, u in events if t > rec.back_s and label == rec.second and not u), None)
+        t_back = _first(events, rec.back_s, label=rec.second, decided=True)
         back_missed += t_back is None
         back.append((rec.seconds - rec.back_s) if t_back is None else t_back - rec.back_s)
-        t_any = next((t for t, label, _ in events if t > rec.back_s and label != NO_MUSIC), None)
+        t_any = _first(events, rec.back_s, music=True)
         back_any.append((rec.seconds - rec.back_s) if t_any is None else t_any - rec.back_s)
-    quiet_delays, quiet_claims = [], 0
+    quiet_delays, quiet_claims, quiet_missed = [], 0, 0
     for rec in streams.nonmusic:
         assert rec.switch_s is not None
         events = replay(rec, tagger, settings)
         uncertain += sum(1 for e in events if e[2])
-        hit = next((t for t, label, _ in events if t > rec.switch_s and label == NO_MUSIC), None)
+        hit = _first(events, rec.switch_s, label=NO_MUSIC)
+        quiet_missed += hit is None
         quiet_delays.append((rec.seconds - rec.switch_s) if hit is None else hit - rec.switch_s)
         if hit is not None:  # music announced (even uncertain) after "no music": a false claim of music
             quiet_claims += sum(1 for t, label, _ in events if t > hit and label != NO_MUSIC)
@@ -476,8 +485,7 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
         out |= {"nonmusic_streams": len(q), "nonmusic_median_delay_s": float(np.median(q)),
                 "nonmusic_p90_delay_s": float(np.percentile(q, 90)), "nonmusic_worst_delay_s": float(q.max()),
                 "nonmusic_over_8s": int((q > TALK_LIMIT_S).sum()),
-                "nonmusic_missed": int(sum(1 for rec, d in zip(streams.nonmusic, q, strict=True)
-                                           if d >= rec.seconds - rec.switch_s)),
+                "nonmusic_missed": quiet_missed,
                 "nonmusic_music_claims": quiet_claims}
     total = [s for kind in spurious for s in spurious[kind]]
     quiet = [x for kind in no_music_s for x in no_music_s[kind]]
