@@ -238,7 +238,8 @@ class ChangeDetector:
         self._music_back, self._back_sum[:], self._back_windows = 0.0, 0.0, 0
         self._candidate, self._count = None, 0
         self._reset_evidence()
-        self._run_sum[:], self._run_windows = 0.0, 0
+        if not uncertain:  # undecided music goes on counting towards its decided genre
+            self._run_sum[:], self._run_windows = 0.0, 0
         return previous, label
 
     def update(self, top: str | None, windows: Sequence[tuple[str, float, np.ndarray, float | None]] = ()
@@ -320,10 +321,7 @@ class ChangeDetector:
             if self._music_back >= s.music_evidence_nats:
                 mean = self._back_sum / self._back_windows
                 best = int(np.argmax(mean))
-                run = self._run_sum.copy(), self._run_windows
-                change = self._announce(self.labels[best], float(mean[best]), uncertain=True)
-                self._run_sum, self._run_windows = run  # the run towards a decided genre goes on
-                return change
+                return self._announce(self.labels[best], float(mean[best]), uncertain=True)
         return None
 
     def _no_music_evidence(self, music: float) -> tuple[str | None, str] | None:
