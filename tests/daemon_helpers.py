@@ -74,13 +74,21 @@ class Subscriber:
 
 def start_daemon(state: Path, model: Path, *args: str, endpoint: str | None = None, env: dict | None = None,
                  prefix: list[str] | None = None) -> subprocess.Popen:
+    """Start the daemon on ``state`` with ``model``; its output goes to ``STATE.log`` (:func:`daemon_log`).
+
+    ``endpoint``: where it publishes; "" publishes nothing; None (a test that does not care) a free loopback
+    port, never the default tcp://127.0.0.1:5556, which a user's daemon or another test run may hold. The
+    endpoint used is ``proc.endpoint``.
+    """
     env = {"GENRE_TAGGER_PUBLISH_HEARTBEAT_SECONDS": "0.5", **(env or {})}
+    endpoint = free_endpoint() if endpoint is None else endpoint
     cmd = [*(prefix or []), sys.executable, "-m", "tagger.cli", "daemon", "--model", str(model),
-           "--state-dir", str(state), *(["--endpoint", endpoint] if endpoint is not None else []), *args]
+           "--state-dir", str(state), "--endpoint", endpoint, *args]
     log = open(state.parent / f"{state.name}.log", "ab")  # noqa: SIM115
     offset = log.tell()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     proc.log_path, proc.log_offset = Path(log.name), offset  # type: ignore[attr-defined]
+    proc.endpoint = endpoint  # type: ignore[attr-defined]
     return proc
 
 

@@ -287,6 +287,34 @@ def test_sigterm_mid_track_exits_0_within_5_s_and_keeps_the_track_queued(tiny_mo
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
 
 
+def test_a_test_daemon_that_names_no_endpoint_publishes_on_a_free_port_not_the_default(tiny_model: Path,
+                                                                                        tmp_path: Path) -> None:
+    """Two test runs (or a user's own daemon) on one machine: the default port is held, and a daemon a test
+    starts without naming an endpoint still starts and publishes (on a port of its own)."""
+    import contextlib
+    import socket
+
+    from service.publish import DEFAULT_ENDPOINT
+
+    (tmp_path / "music").mkdir()
+    with socket.socket() as default_port:
+        with contextlib.suppress(OSError):  # held by someone else already: just as good
+            default_port.bind(("127.0.0.1", int(DEFAULT_ENDPOINT.rsplit(":", 1)[1])))
+            default_port.listen()
+        daemon = start_daemon(tmp_path / "state", tiny_model, "--folder", str(tmp_path / "music"), "--settle", "0")
+        try:
+            assert wait_started(daemon) and daemon.poll() is None, daemon_log(daemon)
+            endpoint = getattr(daemon, "endpoint", DEFAULT_ENDPOINT)
+            assert endpoint != DEFAULT_ENDPOINT
+            heartbeats = Subscriber(endpoint, ("status",))
+            try:
+                heartbeats.wait_connected(60)
+            finally:
+                heartbeats.close()
+        finally:
+            assert stop_daemon(daemon) == 0, daemon_log(daemon)
+
+
 @pytest.mark.parametrize(("toml", "message"), [
     ("[tagging]\nthreshold = 2\n", "config tagging.threshold: must be within 0..1"),
     ("[tagging]\nthreshhold = 0.5\n", "unknown key tagging.threshhold"),

@@ -233,11 +233,12 @@ def test_the_display_is_read_only_and_loopback_unless_told(tmp_path: Path, tiny_
         assert missing.value.code in (403, 404)
     finally:
         assert stop_daemon(daemon) == 0
+    anywhere = f"0.0.0.0:{free_port()}"  # refused before it binds; were it not, it would bind a free port only
     done = subprocess.run([sys.executable, "-m", "tagger.cli", "daemon", "--folder", str(music), "--model",
-                           str(tiny_model), "--state-dir", str(tmp_path / "s2"), "--http", "0.0.0.0:8765"],
+                           str(tiny_model), "--state-dir", str(tmp_path / "s2"), "--http", anywhere],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("genre-tagger: error: config http.listen: '0.0.0.0:8765' is not a loopback "
+    assert done.stderr.strip() == (f"genre-tagger: error: config http.listen: '{anywhere}' is not a loopback "
                                    "address; set http.allow_remote = true to serve other machines")
     # Allowed explicitly: it serves, and says so in the log.
     daemon = start_daemon(tmp_path / "s3", tiny_model, "--folder", str(music), "--http", "0.0.0.0:0", endpoint="",
