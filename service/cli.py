@@ -93,7 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     keys.add_argument("--name", default="genre-tagger", help="file name of the pair (default genre-tagger)")
     keys.set_defaults(func=cmd_keys)
 
-    library = sub.add_parser("library", help="query the tag library: stats, list, show, export")
+    library = sub.add_parser("library", help="the tag library: query and export it, undo tag writes (restore-tags), "
+                                             "import batch shards, re-tag after a model update")
     library.add_argument("--library", help="SQLite library file (default: the daemon's)")
     library.add_argument("--config", "-c", help="TOML configuration file (to find the library)")
     lsub = library.add_subparsers(dest="library_command", required=True)
@@ -135,13 +136,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     retag.add_argument("--outdated", action="store_true", required=True,
                        help="the tracks whose model or model version is not the current model's")
     retag.add_argument("--model", "-m", help="the current model (default: the daemon's)")
-    retag.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    retag.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                       help="where to run the model (default: auto = CUDA when it works, else CPU)")
     retag.add_argument("--write-tags", action="store_true",
                        help="also write genres into files genre-tagger has not written before (under --policy)")
-    retag.add_argument("--policy", choices=("if-empty", "merge", "replace"), default="if-empty",
+    retag.add_argument("--policy", choices=("if-empty", "merge", "replace"), default=None,
                        help="with --write-tags, for files never written before (default if-empty); files written "
                             "before keep the policy they were written with")
-    retag.add_argument("--limit", type=int, default=0, help="stop after this many tracks (default: all)")
+    retag.add_argument("--limit", type=_non_negative_int, default=0,
+                       help="stop after this many tracks (default 0: all)")
     retag.add_argument("--dry-run", action="store_true", help="list the outdated tracks, change nothing")
     retag.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="progress bar on stderr (default: on on a terminal)")
@@ -337,6 +340,10 @@ def _library_path(args: argparse.Namespace) -> Path:
 def cmd_library(args: argparse.Namespace) -> int:
     from service.library import Library
 
+    if args.library_command == "retag" and args.policy and not args.write_tags:
+        # Ignored, the user would believe files were written under it.
+        print(f"genre-tagger: error: --policy {args.policy}: only applies with --write-tags", file=sys.stderr)
+        return EXIT_USAGE
     path = _library_path(args)
     if not path.is_file() and args.library_command != "import":
         reason = "a folder, not a library file" if path.is_dir() else "no library (has the daemon run?)"
@@ -565,7 +572,8 @@ def _retag(library, args) -> int:
     total = min(remaining, args.limit) if args.limit else remaining
     print(f"genre-tagger: {queued} tracks newly queued, {total} to re-tag with {name} {version}", file=sys.stderr)
     _low_priority()
-    writer = TagWriter(library, WriteSettings(args.policy, threshold=config.tagging.threshold), "library retag",
+    writer = TagWriter(library, WriteSettings(args.policy or "if-empty", threshold=config.tagging.threshold),
+                       "library retag",
                        [o.name for o in tagger.manifest.outputs])
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
     done = failed = written = 0

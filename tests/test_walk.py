@@ -311,8 +311,18 @@ def test_every_option_of_every_command_says_what_it_does_in_its_help() -> None:
                 silent.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
 
     walk(build_parser(), "genre-tagger")
-    # library retag belongs to another change of this session (its --device has no help yet).
-    assert [s for s in silent if not s.startswith("genre-tagger library retag")] == [], silent
+    assert silent == []
+
+
+def test_library_retag_refuses_a_negative_limit_and_a_policy_it_would_ignore(library: Path) -> None:
+    """`--limit -1` was taken (and meant: no limit); `--policy merge` without --write-tags was silently ignored.
+    Both refused before the model loads or the library changes."""
+    before = library.stat().st_mtime_ns, library.stat().st_size
+    retag = ("library", "--library", str(library), "retag", "--outdated", "--dry-run")
+    one_error_line(run_cli(*retag, "--limit", "-1"), "--limit", "-1: must be 0 or more")
+    one_error_line(run_cli(*retag, "--limit", "ten"), "--limit", "ten: not a whole number")
+    one_error_line(run_cli(*retag, "--policy", "merge"), "--policy merge: only applies with --write-tags")
+    assert (library.stat().st_mtime_ns, library.stat().st_size) == before
 
 
 def test_a_state_dir_or_library_in_the_wrong_kind_of_place_says_which(tmp_path: Path) -> None:
