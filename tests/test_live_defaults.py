@@ -8,6 +8,8 @@ models/msd-musicnn-gtzan.live.json).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from conftest import DATA
 
@@ -80,3 +82,24 @@ def test_live_defaults_hold_one_genre_across_artists() -> None:
                                 for n in names])
         changes = _changes(tagger, audio, defaults)
         assert [c for _, c in changes] == [names[0].split(".")[0]], (names, changes)
+
+
+def test_a_genre_after_an_uncertain_announcement_says_so() -> None:
+    """Music back after talk before its genre is decided is announced as uncertain; the decided genre that
+    follows says ``previous_uncertain`` (a consumer otherwise reads "classical → classical" as no news).
+    ``hysteresis`` 6 (the music windows in a row a genre needs after "no music") makes the uncertain step
+    certain to come first: the music evidence needs about 3 windows."""
+    tagger = Tagger()
+    rate = tagger.sample_rate
+    parts = [decode_file(DATA / "gtzan" / "metal" / "metal.00002.flac", rate)[: 12 * rate],
+             espeak(SPEECH_TEXTS["en"], "en", "", rate)[: 12 * rate],
+             decode_file(DATA / "gtzan" / "classical" / "classical.00002.flac", rate)[: 15 * rate]]
+    sink = Changes()
+    live = LiveTagger(tagger, "test", rate, replace(LiveSection().change_settings(), hysteresis=6), sink)
+    audio = np.concatenate(parts)
+    block = int(0.25 * rate)
+    for start in range(0, audio.size, block):
+        live.feed(audio[start:start + block])
+    said = [(e.previous, e.current, e.uncertain, e.previous_uncertain) for e in sink.events]
+    assert said == [(None, "metal", False, False), ("metal", NO_MUSIC, False, False),
+                    (NO_MUSIC, "classical", True, False), ("classical", "classical", False, True)], said
