@@ -397,19 +397,21 @@ def _no_music_seconds(events: Sequence[tuple[float, str, bool]], seconds: float)
     return total + (seconds - since if since is not None else 0.0)
 
 
-def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
-    """Switch delays, misses and changes to a third genre over ``streams.switches``; spurious changes over
-    ``streams.steady`` (in total, on GTZAN+FMA clips, and on the realworld tracks), and how long those music
-    streams are announced as "no music"; talk → "no music" and back over ``streams.talks``.
+def _uncertain(events: Sequence[tuple[float, str, bool]]) -> int:
+    """How many of ``events`` are uncertain announcements."""
+    return sum(1 for e in events if e[2])
 
-    Only claims count as changes (a decided genre, "no music"): an uncertain genre, announced when music
-    comes back undecided after "no music", is counted apart (``uncertain_announcements``)."""
+
+def _switch_figures(switches: Sequence[Recording], tagger: Tagger, settings: ChangeSettings) -> tuple[dict, int]:
+    """Over switch streams: the delays to the second clip's decided genre (a miss counts as the rest of the
+    stream), how long the first clip's genre is still shown, changes to a third genre; and the uncertain
+    announcements heard."""
     delays, missed, wrong, uncertain, stale, wrong_uncertain, reclaimed = [], 0, 0, 0, [], 0, 0
-    for rec in streams.switches:
+    for rec in switches:
         assert rec.switch_s is not None
         events = replay(rec, tagger, settings)
         claims = _claims(events)
-        uncertain += sum(1 for e in events if e[2])
+        uncertain += _uncertain(events)
         # How long the first clip's genre is still shown as decided after the switch (claimed again included).
         stale.append(_stale(events, rec.switch_s, rec.first, rec.seconds))
         # The first clip's genre claimed again after the switch (withdrawn, then back): changes shown for nothing.
@@ -424,11 +426,25 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
         else:
             delays.append(hit - rec.switch_s)
         wrong += sum(1 for _, label in claims if label not in (rec.first, rec.second))
-    talk, back, back_any, talk_missed, back_missed, talk_music = [], [], [], 0, 0, 0
-    for rec in streams.talks:
+    d = np.array(delays) if delays else np.zeros(1)
+    st = np.array(stale) if stale else np.zeros(1)
+    return {"pairs": len(switches), "stale_median_s": float(np.median(st)),
+            "stale_p90_s": float(np.percentile(st, 90)), "stale_worst_s": float(st.max()),
+            "stale_over_8s": int((st > 8.0).sum()), "median_delay_s": float(np.median(d)),
+            "p90_delay_s": float(np.percentile(d, 90)), "worst_delay_s": float(d.max()),
+            "within_8s": round(float(np.mean(d <= 8.0)), 4), "missed": missed,
+            "wrong_genre_changes": wrong, "uncertain_third_genre": wrong_uncertain,
+            "first_claimed_again": reclaimed, "delays_s": d.round(3).tolist()}, uncertain
+
+
+def _talk_figures(talks: Sequence[Recording], tagger: Tagger, settings: ChangeSettings) -> tuple[dict, int]:
+    """Over music → talk → music streams: from the talk's start to "no music", music claimed during the talk
+    after it, and back to music (any, and the second clip's decided genre); and the uncertain announcements."""
+    talk, back, back_any, talk_missed, back_missed, talk_music, uncertain = [], [], [], 0, 0, 0, 0
+    for rec in talks:
         assert rec.switch_s is not None and rec.back_s is not None
         events = replay(rec, tagger, settings)
-        uncertain += sum(1 for e in events if e[2])
+        uncertain += _uncertain(events)
         hit = _first(events, rec.switch_s, rec.back_s + 8, label=NO_MUSIC)
         talk_missed += hit is None
         talk.append((rec.back_s - rec.switch_s) if hit is None else hit - rec.switch_s)
@@ -439,62 +455,68 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
         back.append((rec.seconds - rec.back_s) if t_back is None else t_back - rec.back_s)
         t_any = _first(events, rec.back_s, music=True)
         back_any.append((rec.seconds - rec.back_s) if t_any is None else t_any - rec.back_s)
-    quiet_delays, quiet_claims, quiet_missed = [], 0, 0
-    for rec in streams.nonmusic:
+    if not talk:
+        return {}, uncertain
+    return {"talks": len(talk), "talk_median_delay_s": float(np.median(talk)), "talk_worst_delay_s": max(talk),
+            "talk_missed": talk_missed, "talk_music_claims": talk_music,
+            "back_median_delay_s": float(np.median(back)), "back_worst_delay_s": max(back),
+            "back_missed": back_missed, "back_music_median_delay_s": float(np.median(back_any)),
+            "back_music_worst_delay_s": max(back_any)}, uncertain
+
+
+def _nonmusic_figures(nonmusic: Sequence[Recording], tagger: Tagger, settings: ChangeSettings) -> tuple[dict, int]:
+    """Over music → non-music streams: from the switch to "no music", music claimed after it; and the uncertain
+    announcements."""
+    quiet_delays, quiet_claims, quiet_missed, uncertain = [], 0, 0, 0
+    for rec in nonmusic:
         assert rec.switch_s is not None
         events = replay(rec, tagger, settings)
-        uncertain += sum(1 for e in events if e[2])
+        uncertain += _uncertain(events)
         hit = _first(events, rec.switch_s, label=NO_MUSIC)
         quiet_missed += hit is None
         quiet_delays.append((rec.seconds - rec.switch_s) if hit is None else hit - rec.switch_s)
         if hit is not None:  # music announced (even uncertain) after "no music": a false claim of music
             quiet_claims += sum(1 for t, label, _ in events if t > hit and label != NO_MUSIC)
+    if not quiet_delays:
+        return {}, uncertain
+    q = np.array(quiet_delays)
+    return {"nonmusic_streams": len(q), "nonmusic_median_delay_s": float(np.median(q)),
+            "nonmusic_p90_delay_s": float(np.percentile(q, 90)), "nonmusic_worst_delay_s": float(q.max()),
+            "nonmusic_over_8s": int((q > TALK_LIMIT_S).sum()), "nonmusic_missed": quiet_missed,
+            "nonmusic_music_claims": quiet_claims}, uncertain
+
+
+def _steady_kind(rec: Recording) -> str:
+    """A single-genre stream's kind: "pairs" (clips of one genre back to back), "realworld" or "clips"."""
+    return "pairs" if " → " in rec.name else "realworld" if rec.name.startswith("realworld/") else "clips"
+
+
+def _steady_figures(steady: Sequence[Recording], tagger: Tagger, settings: ChangeSettings) -> tuple[dict, int]:
+    """Over single-genre streams, in total and per kind: spurious changes (claims after the first), withdrawals,
+    every change shown, hours, and how long "no music" is announced; and the uncertain announcements."""
     spurious: dict[str, list[int]] = {}
     hours: dict[str, float] = {}
     no_music_s: dict[str, list[float]] = {}
     withdrawn: dict[str, int] = {}
     shown: dict[str, int] = {}
-    for rec in streams.steady:
-        kind = "pairs" if " → " in rec.name else "realworld" if rec.name.startswith("realworld/") else "clips"
+    uncertain = 0
+    for rec in steady:
+        kind = _steady_kind(rec)
         events = replay(rec, tagger, settings)
-        claims = _claims(events)
-        uncertain += sum(1 for e in events if e[2])
+        uncertain += _uncertain(events)
         withdrawn[kind] = withdrawn.get(kind, 0) + _withdrawals(events)
         shown[kind] = shown.get(kind, 0) + _shown_changes(events)
-        spurious.setdefault(kind, []).append(max(0, len(claims) - 1))
+        spurious.setdefault(kind, []).append(max(0, len(_claims(events)) - 1))
         hours[kind] = hours.get(kind, 0.0) + rec.seconds / 3600
         no_music_s.setdefault(kind, []).append(_no_music_seconds(events, rec.seconds))
-    d = np.array(delays) if delays else np.zeros(1)
-    st = np.array(stale) if stale else np.zeros(1)
-    out = {"pairs": len(streams.switches), "stale_median_s": float(np.median(st)),
-           "stale_p90_s": float(np.percentile(st, 90)), "stale_worst_s": float(st.max()),
-           "stale_over_8s": int((st > 8.0).sum()), "median_delay_s": float(np.median(d)),
-           "p90_delay_s": float(np.percentile(d, 90)), "worst_delay_s": float(d.max()),
-           "within_8s": round(float(np.mean(d <= 8.0)), 4), "missed": missed,
-           "wrong_genre_changes": wrong, "uncertain_third_genre": wrong_uncertain,
-           "first_claimed_again": reclaimed,
-           "uncertain_announcements": uncertain, "delays_s": d.round(3).tolist()}
-    if talk:
-        out |= {"talks": len(talk), "talk_median_delay_s": float(np.median(talk)), "talk_worst_delay_s": max(talk),
-                "talk_missed": talk_missed, "talk_music_claims": talk_music,
-                "back_median_delay_s": float(np.median(back)), "back_worst_delay_s": max(back),
-                "back_missed": back_missed, "back_music_median_delay_s": float(np.median(back_any)),
-                "back_music_worst_delay_s": max(back_any)}
-    if quiet_delays:
-        q = np.array(quiet_delays)
-        out |= {"nonmusic_streams": len(q), "nonmusic_median_delay_s": float(np.median(q)),
-                "nonmusic_p90_delay_s": float(np.percentile(q, 90)), "nonmusic_worst_delay_s": float(q.max()),
-                "nonmusic_over_8s": int((q > TALK_LIMIT_S).sum()),
-                "nonmusic_missed": quiet_missed,
-                "nonmusic_music_claims": quiet_claims}
     total = [s for kind in spurious for s in spurious[kind]]
     quiet = [x for kind in no_music_s for x in no_music_s[kind]]
-    out |= {"steady_streams": len(total), "spurious_changes": int(sum(total)),
-            "steady_streams_with_changes": int(sum(1 for s in total if s)),
-            "steady_hours": round(sum(hours.values()), 4),
-            "spurious_per_hour": round(sum(total) / max(1e-9, sum(hours.values())), 3),
-            "steady_no_music_s": round(sum(quiet), 1), "steady_streams_called_no_music": sum(1 for x in quiet if x),
-            "steady_withdrawals": sum(withdrawn.values()), "steady_shown_changes": sum(shown.values())}
+    out = {"steady_streams": len(total), "spurious_changes": int(sum(total)),
+           "steady_streams_with_changes": int(sum(1 for s in total if s)),
+           "steady_hours": round(sum(hours.values()), 4),
+           "spurious_per_hour": round(sum(total) / max(1e-9, sum(hours.values())), 3),
+           "steady_no_music_s": round(sum(quiet), 1), "steady_streams_called_no_music": sum(1 for x in quiet if x),
+           "steady_withdrawals": sum(withdrawn.values()), "steady_shown_changes": sum(shown.values())}
     for kind in sorted(spurious):
         out[f"{kind}_streams"] = len(spurious[kind])
         out[f"{kind}_spurious_changes"] = int(sum(spurious[kind]))
@@ -503,7 +525,25 @@ def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
         out[f"{kind}_no_music_s"] = round(sum(no_music_s[kind]), 1)
         out[f"{kind}_withdrawals"] = withdrawn[kind]
         out[f"{kind}_shown_changes"] = shown[kind]
-    return out
+    return out, uncertain
+
+
+def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
+    """Switch delays, misses and changes to a third genre over ``streams.switches``; spurious changes over
+    ``streams.steady`` (in total, on GTZAN+FMA clips, and on the realworld tracks), and how long those music
+    streams are announced as "no music"; talk → "no music" and back over ``streams.talks``; non-music → "no
+    music" over ``streams.nonmusic``.
+
+    Only claims count as changes (a decided genre, "no music"): an uncertain genre, announced when music
+    comes back undecided after "no music", is counted apart (``uncertain_announcements``)."""
+    switches, in_switches = _switch_figures(streams.switches, tagger, settings)
+    talks, in_talks = _talk_figures(streams.talks, tagger, settings)
+    nonmusic, in_nonmusic = _nonmusic_figures(streams.nonmusic, tagger, settings)
+    steady, in_steady = _steady_figures(streams.steady, tagger, settings)
+    delays = switches.pop("delays_s")
+    out = switches | {"uncertain_announcements": in_switches + in_talks + in_nonmusic + in_steady,
+                      "delays_s": delays}
+    return out | talks | nonmusic | steady
 
 
 def candidates(defaults: ChangeSettings) -> list[ChangeSettings]:
