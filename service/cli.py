@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from tagger.chart import bar
 from tagger.cli import (
@@ -27,6 +27,13 @@ from tagger.cli import (
 )
 from tagger.ensemble import NO_MUSIC
 from tagger.errors import ConfigError, TaggerError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from service.library import Library
+    from service.tagwriter import Outcome, TagWriter
+    from tagger.pipeline import TrackResult
 
 # The settings bench-coverage compares with full coverage (service.bench_coverage's; here --help needs no numpy).
 DEFAULT_COVERAGES = ("excerpts:3x30", "excerpts:3x20", "excerpts:3x10", "excerpts:2x10", "excerpts:1x10")
@@ -498,7 +505,8 @@ def _export_csv(library, args) -> int:
 
 
 def _restore_tags(library, args) -> int:
-    from service.tagwriter import FAILED, SKIPPED, restore_tags
+    from service import tagwriter
+    from service.tagwriter import BUSY, FAILED, SKIPPED, restore_tags, waiting_line
 
     run_id = None
     if args.run == "last":
@@ -517,10 +525,11 @@ def _restore_tags(library, args) -> int:
             print(f"genre-tagger: error: --run {args.run}: no such run of tag writes ({known})", file=sys.stderr)
             return EXIT_USAGE
     paths = [str(Path(p).expanduser().absolute()) for p in args.paths]
-    outcomes = restore_tags(library, run_id, paths, args.dry_run, args.force)
+    outcomes = restore_tags(library, run_id, paths, args.dry_run, args.force, tagwriter.CLAIM_WAIT_S,
+                            lambda path, pid: print(waiting_line(path, pid), file=sys.stderr, flush=True))
     for o in outcomes:
-        print(o.line(), file=sys.stderr if o.action in (FAILED, SKIPPED) else sys.stdout)
-    failed = sum(o.action in (FAILED, SKIPPED) for o in outcomes)
+        print(o.line(), file=sys.stderr if o.action in (FAILED, SKIPPED, BUSY) else sys.stdout)
+    failed = sum(o.action in (FAILED, SKIPPED, BUSY) for o in outcomes)
     print(f"genre-tagger: {len(outcomes) - failed} of {len(outcomes)} files restored or already so"
           + (" (dry run)" if args.dry_run else ""), file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
@@ -539,18 +548,25 @@ def _low_priority() -> None:
         subprocess.run(["ionice", "-c", "3", "-p", str(os.getpid())], capture_output=True, check=False)
 
 
-# How long `library retag` waits for another process (the daemon) to finish writing a file it wants to write (s).
-CLAIM_WAIT_S = 120.0
-
-
 def _retag(library, args) -> int:
     import dataclasses
 
     from tqdm import tqdm
 
+    from service import tagwriter
     from service.config import load_config
     from service.library import OWED_ATTEMPTS, fingerprint
-    from service.tagwriter import BUSY, FAILED, QUEUED, SKIPPED, WRITTEN, TagWriter, WriteSettings, write_owed
+    from service.tagwriter import (
+        BUSY,
+        FAILED,
+        QUEUED,
+        SKIPPED,
+        WRITTEN,
+        TagWriter,
+        WriteSettings,
+        waiting_line,
+        write_owed,
+    )
     from tagger.engine import EngineOptions
     from tagger.errors import TaggerError
     from tagger.filetags import TagWriteError
@@ -598,10 +614,9 @@ def _retag(library, args) -> int:
     def make_owed(owed, settings):
         """An owed write, after the daemon's if it is writing this file now (the two share the library's claims)."""
         def waiting(pid: int) -> None:
-            print(f"genre-tagger: {owed.path}: waiting for genre-tagger process {pid} (the daemon, or "
-                  "another run), which is writing its tags now", file=sys.stderr, flush=True)
+            print(waiting_line(owed.path, pid), file=sys.stderr, flush=True)
 
-        return write_owed(library, writer, owed, settings, attempts, CLAIM_WAIT_S, waiting)
+        return write_owed(library, writer, owed, settings, attempts, tagwriter.CLAIM_WAIT_S, waiting)
 
     # Writes an earlier run owed and did not make (Ctrl-C or a crash between a result and its write): made
     # first, from the stored results, so resuming loses none (daemon-owed writes of files never written
@@ -686,7 +701,7 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
 
     from service.config import load_config
     from service.library import Library, fingerprint
-    from service.tagwriter import FAILED, SKIPPED, TagWriter, WriteSettings
+    from service.tagwriter import BUSY, FAILED, SKIPPED, TagWriter, WriteSettings
     from tagger.cli import engine_options
     from tagger.parallel import default_jobs, engine_options_for_jobs, tag_files
     from tagger.pipeline import Tagger
@@ -739,14 +754,19 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
                     track_id = known.id if known else None
                 else:
                     track_id = library.record_file_result(file, result, st.st_size, st.st_mtime, before_fp)
-                written = writer.write(track_id, file, result.outputs, result.model, result.model_version,
-                                       before_fp, result.music)
-                if written.action in (FAILED, SKIPPED):
+                if library is None or track_id is None or args.dry_run:  # nothing written: nothing to coordinate
+                    written = writer.write(track_id, file, result.outputs, result.model, result.model_version,
+                                           before_fp, result.music)
+                else:
+                    written = _write_claimed(library, writer, track_id, file, result, before_fp,
+                                             lambda line: bar.write(line, file=sys.stderr))
+                if written.action in (FAILED, SKIPPED, BUSY):
                     failed += 1
                 if args.json:
                     print(json.dumps({**result.as_dict(args.top_k), "tags": written.as_dict()}), flush=True)
                 else:
-                    bar.write(written.line(), file=sys.stderr if written.action in (FAILED, SKIPPED) else sys.stdout)
+                    bar.write(written.line(),
+                              file=sys.stderr if written.action in (FAILED, SKIPPED, BUSY) else sys.stdout)
                 bar.update(1)
     finally:
         if library is not None:
@@ -754,6 +774,26 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
     if failed and len(files) > 1:
         print(f"genre-tagger: {failed} of {len(files)} files failed or were skipped", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _write_claimed(library: Library, writer: TagWriter, track_id: int, file: Path, result: TrackResult, before_fp: str,
+                   say: Callable[[str], None]) -> Outcome:
+    """``tag --write-tags``'s write of one file, under its claim in the library: the daemon (or a `library`
+    command) writing this file now is waited for, up to ``tagwriter.CLAIM_WAIT_S`` (``say`` prints the one line
+    that says so), never raced."""
+    from service import tagwriter
+    from service.tagwriter import BUSY, Outcome, claim, waiting_line
+
+    wait_s = tagwriter.CLAIM_WAIT_S
+    holder = claim(library, track_id, wait_s, lambda pid: say(waiting_line(file, pid)))
+    if holder is not None:
+        return Outcome(str(file), BUSY, reason=f"genre-tagger process {holder} was writing its tags for {wait_s:g} s, "
+                                               "not written (run the command again)")
+    try:
+        return writer.write(track_id, file, result.outputs, result.model, result.model_version, before_fp,
+                            result.music)
+    finally:
+        library.release_tag_write(track_id)
 
 
 NO_DAEMON_SECONDS = 3.0

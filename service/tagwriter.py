@@ -42,6 +42,9 @@ WRITTEN, UNCHANGED, KEPT, UNDECIDED, SKIPPED, FAILED, DRY_RUN, RESTORED, QUEUED,
     "busy", "superseded")
 # How often a process waiting for another one's claim on a file looks again (s).
 CLAIM_POLL_S = 0.2
+# How long a command (`library retag`, `tag --write-tags`, `library restore-tags`) waits for another process (the
+# daemon) to finish writing a file it wants to write (s); still held after that, the file is left (BUSY).
+CLAIM_WAIT_S = 120.0
 
 
 class Superseded(FileSkipped):
@@ -218,6 +221,30 @@ class TagWriter:
         return Outcome(path, WRITTEN if done.changed else UNCHANGED, current.genres, target.genres)
 
 
+def claim(library: Library, track_id: int, wait_s: float = 0.0,
+          waiting: Callable[[int], None] | None = None) -> int | None:
+    """Claim the writing of a track's file for this process (:meth:`Library.claim_tag_write`: the daemon and
+    every command that writes tags share the library's claims, so no two write one file at once), waiting up
+    to ``wait_s`` seconds for another live process's claim (``waiting`` is called once with its pid when the
+    wait begins). Returns None once claimed (release it with :meth:`Library.release_tag_write`), else the pid
+    of the process that still holds it."""
+    holder = library.claim_tag_write(track_id)
+    if holder is not None and wait_s > 0:
+        if waiting is not None:
+            waiting(holder)
+        deadline = time.monotonic() + wait_s
+        while holder is not None and time.monotonic() < deadline:
+            time.sleep(CLAIM_POLL_S)
+            holder = library.claim_tag_write(track_id)
+    return holder
+
+
+def waiting_line(path: str | Path, pid: int) -> str:
+    """The one line a command prints when it begins to wait for another process's claim on ``path``."""
+    return (f"genre-tagger: {path}: waiting for genre-tagger process {pid} (the daemon, or another run), which is "
+            "writing its tags now")
+
+
 def write_owed(library: Library, writer: TagWriter, owed: OwedWrite, settings: WriteSettings | None = None,
                attempts: int = OWED_ATTEMPTS, wait_s: float = 0.0,
                waiting: Callable[[int], None] | None = None) -> tuple[Outcome | None, bool]:
@@ -236,14 +263,7 @@ def write_owed(library: Library, writer: TagWriter, owed: OwedWrite, settings: W
     made, or found unnecessary, removes the row; a skip or failure is recorded (:meth:`Library.owed_failed`:
     failed for good when lasting, or at the ``attempts``-th failure).
     """
-    holder = library.claim_tag_write(owed.track_id)
-    if holder is not None and wait_s > 0:
-        if waiting is not None:
-            waiting(holder)
-        deadline = time.monotonic() + wait_s
-        while holder is not None and time.monotonic() < deadline:
-            time.sleep(CLAIM_POLL_S)
-            holder = library.claim_tag_write(owed.track_id)
+    holder = claim(library, owed.track_id, wait_s, waiting)
     if holder is not None:
         return Outcome(owed.path or "", BUSY, reason=f"being written by another genre-tagger process "
                                                      f"(pid {holder}), left to it"), False
@@ -298,7 +318,8 @@ def _reason(exc: BaseException, path: str) -> str:
 
 
 def restore_tags(library: Library, run_id: int | None = None, paths: Sequence[str] | None = None,
-                 dry_run: bool = False, force: bool = False) -> list[Outcome]:
+                 dry_run: bool = False, force: bool = False, wait_s: float = 0.0,
+                 waiting: Callable[[str, int], None] | None = None) -> list[Outcome]:
     """Put back the genre tags files had before genre-tagger wrote them.
 
     Args:
@@ -306,6 +327,9 @@ def restore_tags(library: Library, run_id: int | None = None, paths: Sequence[st
         paths: only files at or under these paths.
         dry_run: say what would change, write nothing.
         force: restore even files whose genres were changed by someone else since genre-tagger wrote them.
+        wait_s: how long to wait (s) for another process (the daemon) that is writing a file's tags now; still
+            writing after that, the file is left as it is (:data:`BUSY`).
+        waiting: called with (path, pid) when such a wait begins.
     """
     writes = library.tag_writes(None, list(paths) if paths else None)
     if run_id is not None:
@@ -315,36 +339,51 @@ def restore_tags(library: Library, run_id: int | None = None, paths: Sequence[st
         by_track.setdefault(w["track_id"], []).append(w)
     outcomes = []
     for track_id, history in by_track.items():
-        first, last = history[0], history[-1]
-        path = last["path"]
+        path = history[-1]["path"]
         row = library.track(track_id)
         if row and row["path"] != path and Path(row["path"]).exists():
             path = row["path"]  # the file moved since; its row followed it
-        original = GenreState.from_dict(first["before"])
-        ids = [w["id"] for w in history]
+        if dry_run:
+            outcomes.append(_restore_one(library, track_id, path, history, dry_run, force))
+            continue
+        # Read and written under the claim: a write the daemon is making now is waited for, not raced.
+        holder = claim(library, track_id, wait_s, None if waiting is None else lambda pid, p=path: waiting(p, pid))
+        if holder is not None:
+            outcomes.append(Outcome(path, BUSY, reason=f"genre-tagger process {holder} was writing its tags for "
+                                                       f"{wait_s:g} s, not restored (run restore-tags again)"))
+            continue
         try:
-            current = read_state(path)
-            if current == original:
-                if not dry_run:
-                    library.mark_restored(ids)
-                outcomes.append(Outcome(path, UNCHANGED, current.genres, current.genres))
-                continue
-            written = GenreState.from_dict(last["after"])
-            if current.genres != written.genres and not force:
-                raise FileSkipped(f"{path}: genres changed since genre-tagger wrote them "
-                                  f"({'; '.join(current.genres) or 'none'}), left alone (--force restores anyway)")
-            if dry_run:
-                outcomes.append(Outcome(path, DRY_RUN, current.genres, original.genres))
-                continue
-
-            def record(temp: Path, st: os.stat_result, track_id: int = track_id) -> None:
-                library.file_rewritten(track_id, st.st_size, st.st_mtime, fingerprint(temp, st.st_size))
-
-            write_state(path, original, expected=current, before_replace=record)
-            library.mark_restored(ids)
-            outcomes.append(Outcome(path, RESTORED, current.genres, original.genres))
-        except FileSkipped as exc:
-            outcomes.append(Outcome(path, SKIPPED, reason=_reason(exc, path)))
-        except (TagWriteError, OSError) as exc:
-            outcomes.append(Outcome(path, FAILED, reason=_reason(exc, path)))
+            outcomes.append(_restore_one(library, track_id, path, history, dry_run, force))
+        finally:
+            library.release_tag_write(track_id)
     return outcomes
+
+
+def _restore_one(library: Library, track_id: int, path: str, history: list[dict], dry_run: bool,
+                 force: bool) -> Outcome:
+    first, last = history[0], history[-1]
+    original = GenreState.from_dict(first["before"])
+    ids = [w["id"] for w in history]
+    try:
+        current = read_state(path)
+        if current == original:
+            if not dry_run:
+                library.mark_restored(ids)
+            return Outcome(path, UNCHANGED, current.genres, current.genres)
+        written = GenreState.from_dict(last["after"])
+        if current.genres != written.genres and not force:
+            raise FileSkipped(f"{path}: genres changed since genre-tagger wrote them "
+                              f"({'; '.join(current.genres) or 'none'}), left alone (--force restores anyway)")
+        if dry_run:
+            return Outcome(path, DRY_RUN, current.genres, original.genres)
+
+        def record(temp: Path, st: os.stat_result) -> None:
+            library.file_rewritten(track_id, st.st_size, st.st_mtime, fingerprint(temp, st.st_size))
+
+        write_state(path, original, expected=current, before_replace=record)
+        library.mark_restored(ids)
+        return Outcome(path, RESTORED, current.genres, original.genres)
+    except FileSkipped as exc:
+        return Outcome(path, SKIPPED, reason=_reason(exc, path))
+    except (TagWriteError, OSError) as exc:
+        return Outcome(path, FAILED, reason=_reason(exc, path))

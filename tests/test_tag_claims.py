@@ -1,0 +1,144 @@
+"""`tag --write-tags` and `library restore-tags` take the library's tag claims, as the daemon and `library retag`
+do: a file another genre-tagger process (the daemon) is writing is waited for, with one line saying so, and
+never written by two processes at once; one still held after the wait is left alone and said so. The other
+process here is a real second process holding a real claim in the library file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_helpers import query, wait_until
+
+from service.library import Library
+from tagger.filetags import read_state
+
+CLI = [sys.executable, "-m", "tagger.cli"]
+# The tiny test model decides genres at this threshold; ten seconds of the song are enough to tag it.
+TAG = ("--threshold", "0.3", "--coverage", "excerpts:1x10")
+# A second process that claims a track's file write and holds it until a line comes on its stdin.
+HOLDER = ("import sys; from service.library import Library; library = Library(sys.argv[1]); "
+          "assert library.claim_tag_write(int(sys.argv[2])) is None; print('claimed', flush=True); "
+          "sys.stdin.readline(); library.release_tag_write(int(sys.argv[2])); library.close()")
+
+
+@contextlib.contextmanager
+def holding(db: Path, track_id: int) -> Iterator[subprocess.Popen]:
+    """A live process holding the claim on ``track_id``'s file write until the block ends."""
+    with subprocess.Popen([sys.executable, "-c", HOLDER, str(db), str(track_id)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout.readline() == "claimed\n"
+            yield holder
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            assert holder.wait(60) == 0
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+
+
+class Run:
+    """A genre-tagger command running now, its stderr read as it comes."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ})
+        self.err: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.err.extend(iter(self.proc.stderr.readline, "")),
+                                       daemon=True)
+        self.reader.start()
+
+    def says(self, text: str, timeout: float = 120.0) -> bool:
+        """Whether it prints ``text`` on stderr (before it ends, within ``timeout`` s)."""
+        wait_until(lambda: any(text in line for line in self.err) or self.proc.poll() is not None, timeout)
+        return any(text in line for line in self.err)
+
+    def finish(self) -> tuple[int, str, str]:
+        out = self.proc.stdout.read()
+        code = self.proc.wait(120)
+        self.reader.join(30)
+        return code, out, "".join(self.err)
+
+
+@pytest.fixture
+def song(realworld: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "music" / "menu.opus"
+    path.parent.mkdir()
+    shutil.copyfile(realworld / "warzone2100-music" / "menu.opus", path)  # writable, unlike the shared data
+    return path
+
+
+def _track(db: Path, song: Path) -> int:
+    """The song's track in a new library (found as the daemon's folder watcher finds it)."""
+    library = Library(db)
+    try:
+        library.discover(song)
+        return library.get(song).id
+    finally:
+        library.close()
+
+
+def test_tag_write_tags_and_restore_tags_wait_for_a_process_writing_the_file(tiny_model: Path, song: Path,
+                                                                            tmp_path: Path) -> None:
+    db = tmp_path / "library.db"
+    track_id = _track(db, song)
+    original = read_state(song)
+    with holding(db, track_id) as holder:
+        tag = Run("tag", "--write-tags", "--model", str(tiny_model), *TAG, "--library", str(db), str(song))
+        assert tag.says(f"genre-tagger: {song}: waiting for genre-tagger process {holder.pid} (the daemon, or "
+                        "another run), which is writing its tags now"), tag.finish()
+        assert tag.proc.poll() is None and read_state(song) == original  # nothing written while it is held
+    code, out, err = tag.finish()
+    assert code == 0, err
+    written = read_state(song)
+    assert written.genres and written.genres != original.genres and written.provenance == "tiny-test 0.0.1", out
+    assert out.startswith(f"{song}: ") and query(db, "SELECT count(*) FROM tag_writes") == [(1,)]
+    assert query(db, "SELECT count(*) FROM tag_claims") == [(0,)]
+
+    with holding(db, track_id) as holder:
+        restore = Run("library", "--library", str(db), "restore-tags")
+        assert restore.says(f"genre-tagger: {song}: waiting for genre-tagger process {holder.pid}"), restore.finish()
+        assert restore.proc.poll() is None and read_state(song) == written
+    code, out, err = restore.finish()
+    assert code == 0 and "1 of 1 files restored" in err, err
+    assert read_state(song) == original and query(db, "SELECT count(*) FROM tag_claims") == [(0,)]
+
+
+def test_a_file_still_held_after_the_wait_is_left_alone_and_said_so(tiny_model: Path, song: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from service import tagwriter
+    from tagger.cli import main
+
+    monkeypatch.setattr(tagwriter, "CLAIM_WAIT_S", 0.5)
+    db = tmp_path / "library.db"
+    track_id = _track(db, song)
+    original = read_state(song)
+    tag = ("tag", "--write-tags", "--model", str(tiny_model), *TAG, "--library", str(db), str(song))
+    with holding(db, track_id) as holder:
+        assert main(tag) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"genre-tagger: {song}: waiting for genre-tagger process {holder.pid} (the daemon, or another "
+                       "run), which is writing its tags now",
+                       f"{song}: busy: genre-tagger process {holder.pid} was writing its tags for 0.5 s, not written "
+                       "(run the command again)"]
+        assert read_state(song) == original and query(db, "SELECT count(*) FROM tag_writes") == [(0,)]
+    assert main(tag) == 0  # let go: written
+    written = read_state(song)
+    assert written.genres and written.genres != original.genres
+    capsys.readouterr()
+    with holding(db, track_id) as holder:
+        assert main(("library", "--library", str(db), "restore-tags")) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert err[1:] == [f"{song}: busy: genre-tagger process {holder.pid} was writing its tags for 0.5 s, not "
+                           "restored (run restore-tags again)", "genre-tagger: 0 of 1 files restored or already so"]
+        assert read_state(song) == written
+    assert query(db, "SELECT count(*) FROM tag_claims") == [(0,)]
