@@ -229,20 +229,18 @@ def test_a_withdrawn_genre_gives_way_to_the_genre_the_running_ensemble_decides()
 def test_a_decided_genre_gives_way_to_one_the_running_ensemble_decides_for_long() -> None:
     """Jazz decided, then rock at 0.62 over jazz at 0.38: no evidence for rock (0.49 nats, less 1 of drift) and no
     withdrawal of jazz (its log-odds are above the threshold's less the drift); the running ensemble decides rock.
-    After DECIDED_HOLD x hysteresis updates of it, rock is announced, not jazz kept as decided for good."""
-    from service.live import DECIDED_HOLD
-
+    After hysteresis updates of it in a row, rock is announced, not jazz kept as decided for good."""
     settings = ChangeSettings(hysteresis=2, evidence_nats=4.0, drift_nats=1.0, cap_nats=6.0, evidence_views="shortest",
                               music_evidence_nats=6.0, music_drift_nats=0.25, withdraw_nats=6.0)
     d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
     [d.update("jazz", [_window(0.9, 0.05)]) for _ in range(2)]
-    tops = ["rock", "rock", None] + ["rock"] * 30  # an undecided update starts the count again
+    tops = ["rock", None] + ["rock"] * 30  # an undecided update starts the count again
     said = [(i, change, d.uncertain) for i, top in enumerate(tops) if (change := d.update(top, [_window(0.38, 0.62)]))]
-    assert said == [(2 + DECIDED_HOLD * 2, ("jazz", "rock"), False)], said
+    assert said == [(3, ("jazz", "rock"), False)], said
     # The ensemble deciding the current genre now and then is no run of another one.
     d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
     [d.update("jazz", [_window(0.9, 0.05)]) for _ in range(2)]
-    assert all(d.update(top, [_window(0.45, 0.5)]) is None for top in ["rock", "rock", "jazz"] * 20)
+    assert all(d.update(top, [_window(0.45, 0.5)]) is None for top in ["rock", "jazz"] * 30)
 
 
 def _mean_genre(messages: list[dict], labels: tuple[str, ...], start: float, end: float) -> np.ndarray:
