@@ -556,6 +556,7 @@ def _retag(library, args) -> int:
     from service import tagwriter
     from service.config import load_config
     from service.library import OWED_ATTEMPTS, fingerprint
+    from service.sinks.tags import retry_delay
     from service.tagwriter import (
         BUSY,
         FAILED,
@@ -610,13 +611,16 @@ def _retag(library, args) -> int:
         print(outcome.line(), file=stream, flush=True)
 
     attempts = getattr(config.section("tags"), "write_attempts", None) or OWED_ATTEMPTS
+    retry_seconds = getattr(config.section("tags"), "retry_seconds", None) or 60.0
 
     def make_owed(owed, settings):
         """An owed write, after the daemon's if it is writing this file now (the two share the library's claims)."""
         def waiting(pid: int) -> None:
             print(waiting_line(owed.path, pid), file=sys.stderr, flush=True)
 
-        return write_owed(library, writer, owed, settings, attempts, tagwriter.CLAIM_WAIT_S, waiting)
+        # A failure is tried again when the daemon would have (the time kept in the library, for it to keep to).
+        return write_owed(library, writer, owed, settings, attempts, tagwriter.CLAIM_WAIT_S, waiting,
+                          lambda failures: retry_delay(retry_seconds, failures))
 
     # Writes an earlier run owed and did not make (Ctrl-C or a crash between a result and its write): made
     # first, from the stored results, so resuming loses none (daemon-owed writes of files never written

@@ -26,7 +26,8 @@ Schema (version 8; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades ol
     ``library restore-tags`` puts ``before`` back.
 ``tags_owed``
     id (never used again, v8), track_id (unique), fingerprint (the file the result is for), result (JSON: the result's
-    probabilities for every label, see :func:`result_json`), owed_at, attempts, failed_at, error.
+    probabilities for every label, see :func:`result_json`), owed_at, attempts, failed_at, error,
+    retry_at (v9: after a passing failure, when the write is tried again, UTC ISO time; kept across restarts).
     A genre write into the file that the daemon owes: stored in the same transaction as the result it
     comes from, removed only after the write was made and verified (or found unnecessary), so a kill
     -9, a crash or a power cut between the two loses no write (the daemon makes it at its next start,
@@ -63,7 +64,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -75,7 +76,7 @@ from tagger.pipeline import TrackResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # An owed tag write that failed this many times is recorded as failed for good (the daemon's
 # ``[tags] write_attempts`` sets its own; this is the default there and for ``library retag``).
 OWED_ATTEMPTS = 6
@@ -194,7 +195,8 @@ class OwedWrite:
     Attributes:
         id: the owed row's id. track_id: its track. path, status, fingerprint: the track's now (None when the
         track is gone). owed_fingerprint: the file's fingerprint when the result was stored. result: JSON
-        (:func:`result_json`). attempts: failed tries so far.
+        (:func:`result_json`). attempts: failed tries so far. retry_at: when to try it again after a passing
+        failure (UTC ISO time; None: at once).
     """
 
     id: int
@@ -205,6 +207,16 @@ class OwedWrite:
     owed_fingerprint: str | None
     result: str
     attempts: int
+    retry_at: str | None = None
+
+    def retry_wait(self) -> float:
+        """Seconds until this write is to be tried again (0: now)."""
+        if not self.retry_at:
+            return 0.0
+        try:
+            return max(0.0, (datetime.fromisoformat(self.retry_at) - datetime.now(UTC)).total_seconds())
+        except ValueError:
+            return 0.0
 
     def file_is_current(self) -> bool:
         """Whether the result is still for the file: its track is tagged and the file's content is the one
@@ -344,7 +356,15 @@ def _v7_to_v8(db: sqlite_utils.Database) -> None:
     db["tags_owed"].create_index(["failed_at"], if_not_exists=True)
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8}
+def _v8_to_v9(db: sqlite_utils.Database) -> None:
+    # v9: when a write that failed for a passing reason is tried again, so a restart keeps to the schedule (it tried
+    # every such write at once, and a few quick restarts used up its attempts).
+    if "retry_at" not in db["tags_owed"].columns_dict:
+        db["tags_owed"].add_column("retry_at", str)
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
+              8: _v8_to_v9}
 OUR_TABLES = frozenset(("tracks", "genres", "track_views", "tag_runs", "tag_writes", "tags_owed", "tag_claims",
                         "sqlite_sequence"))
 
@@ -790,10 +810,10 @@ class Library:
     def owed_writes(self, after_id: int = 0, up_to_id: int | None = None, limit: int = 100) -> list[OwedWrite]:
         """Owed tag writes not failed for good, by id (``after_id`` < id <= ``up_to_id``), with their track."""
         rows = self.db.execute(
-            "SELECT o.id, o.track_id, t.path, t.status, t.fingerprint, o.fingerprint, o.result, o.attempts "
+            "SELECT o.id, o.track_id, t.path, t.status, t.fingerprint, o.fingerprint, o.result, o.attempts, o.retry_at "
             "FROM tags_owed o LEFT JOIN tracks t ON t.id = o.track_id WHERE o.failed_at IS NULL AND o.id > ? "
             "AND o.id <= ? ORDER BY o.id LIMIT ?", [after_id, up_to_id if up_to_id is not None else 2 ** 62, limit])
-        return [OwedWrite(r[0], r[1], None if r[2] is None else fs_path(r[2]), r[3], r[4], r[5], r[6], r[7])
+        return [OwedWrite(r[0], r[1], None if r[2] is None else fs_path(r[2]), r[3], r[4], r[5], r[6], r[7], r[8])
                 for r in rows.fetchall()]
 
     def owed_write(self, track_id: int) -> OwedWrite | None:
@@ -827,16 +847,20 @@ class Library:
 
         self._retry(write)
 
-    def owed_failed(self, owed_id: int, error: str, lasting: bool, attempts: int = OWED_ATTEMPTS) -> bool:
+    def owed_failed(self, owed_id: int, error: str, lasting: bool, attempts: int = OWED_ATTEMPTS,
+                    retry_in: float = 0.0) -> bool:
         """An owed write that failed: recorded as failed for good when ``lasting`` (a read-only file, an
-        unsupported format) or at its ``attempts``-th failure; else kept owed, to be tried again. Returns
-        whether it failed for good."""
+        unsupported format) or at its ``attempts``-th failure; else kept owed, to be tried again ``retry_in``
+        seconds from now (kept in the row: a restart keeps to it). Returns whether it failed for good."""
+        retry_at = (datetime.now(UTC) + timedelta(seconds=retry_in)).isoformat(timespec="seconds") if retry_in else None
+
         def write() -> bool:
             with self.db.conn:
                 self.db.execute(
                     "UPDATE tags_owed SET attempts = attempts + 1, error = ?, failed_at = CASE WHEN ? OR "
-                    "attempts + 1 >= ? THEN ? END WHERE id = ?",
-                    [error.splitlines()[0][:500] if error else "", int(lasting), attempts, now_iso(), owed_id])
+                    "attempts + 1 >= ? THEN ? END, retry_at = ? WHERE id = ?",
+                    [error.splitlines()[0][:500] if error else "", int(lasting), attempts, now_iso(), retry_at,
+                     owed_id])
                 row = self.db.execute("SELECT failed_at FROM tags_owed WHERE id = ?", [owed_id]).fetchone()
             return bool(row and row[0])
 
@@ -886,7 +910,7 @@ class Library:
         """Owed tag writes that failed for good are owed again, from their first attempt (``retry_errors``)."""
         def write() -> int:
             with self.db.conn:
-                return self.db.execute("UPDATE tags_owed SET failed_at = NULL, attempts = 0 "
+                return self.db.execute("UPDATE tags_owed SET failed_at = NULL, attempts = 0, retry_at = NULL "
                                        "WHERE failed_at IS NOT NULL").rowcount
 
         return self._retry(write)
@@ -1097,9 +1121,9 @@ class Library:
                                                               "ORDER BY id", [track["id"]]))]
         track["tags_owed"] = None
         with contextlib.suppress(sqlite3.OperationalError):  # a library older than v7, opened read-only
-            owed = list(self.db.query("SELECT owed_at, attempts, failed_at, error FROM tags_owed WHERE track_id = ?",
-                                      [track["id"]]))
-            track["tags_owed"] = owed[0] if owed else None
+            owed = list(self.db.query("SELECT * FROM tags_owed WHERE track_id = ?", [track["id"]]))
+            keys = ("owed_at", "attempts", "failed_at", "error", "retry_at")  # retry_at from v9
+            track["tags_owed"] = {k: owed[0][k] for k in keys if k in owed[0]} if owed else None
         return track
 
 

@@ -246,8 +246,8 @@ def waiting_line(path: str | Path, pid: int) -> str:
 
 
 def write_owed(library: Library, writer: TagWriter, owed: OwedWrite, settings: WriteSettings | None = None,
-               attempts: int = OWED_ATTEMPTS, wait_s: float = 0.0,
-               waiting: Callable[[int], None] | None = None) -> tuple[Outcome | None, bool]:
+               attempts: int = OWED_ATTEMPTS, wait_s: float = 0.0, waiting: Callable[[int], None] | None = None,
+               retry_delay: Callable[[int], float] | None = None) -> tuple[Outcome | None, bool]:
     """Make a write the library holds as owed (``tags_owed``) from its stored result, and record how it ended.
 
     The file is claimed first (:meth:`Library.claim_tag_write`), so the daemon and ``library retag`` never
@@ -261,7 +261,8 @@ def write_owed(library: Library, writer: TagWriter, owed: OwedWrite, settings: W
     result replaced it), and :data:`QUEUED` when the stored result is not enough to write from (it lacks an
     output ``settings`` names, or cannot be read): the track is queued to be tagged again. A write that was
     made, or found unnecessary, removes the row; a skip or failure is recorded (:meth:`Library.owed_failed`:
-    failed for good when lasting, or at the ``attempts``-th failure).
+    failed for good when lasting, or at the ``attempts``-th failure; else to be tried again
+    ``retry_delay(failures so far)`` seconds later, a time kept in the row).
     """
     holder = claim(library, owed.track_id, wait_s, waiting)
     if holder is not None:
@@ -271,13 +272,13 @@ def write_owed(library: Library, writer: TagWriter, owed: OwedWrite, settings: W
         fresh = library.owed_writes(owed.id - 1, owed.id, 1)
         if not fresh:
             return None, False  # made by the other process meanwhile, or replaced by a newer result
-        return _write_claimed(library, writer, fresh[0], settings or writer.settings, attempts)
+        return _write_claimed(library, writer, fresh[0], settings or writer.settings, attempts, retry_delay)
     finally:
         library.release_tag_write(owed.track_id)
 
 
 def _write_claimed(library: Library, writer: TagWriter, owed: OwedWrite, settings: WriteSettings,
-                   attempts: int) -> tuple[Outcome | None, bool]:
+                   attempts: int, retry_delay: Callable[[int], float] | None) -> tuple[Outcome | None, bool]:
     if not owed.file_is_current() or owed.path is None:
         library.owed_done(owed.id)
         if owed.path is not None:  # a writer killed mid-write left its copy beside the file: no write removes it now
@@ -306,7 +307,8 @@ def _write_claimed(library: Library, writer: TagWriter, owed: OwedWrite, setting
         if outcome.action != WRITTEN:  # no write ran, so none removed a killed writer's copy
             remove_stale_temps(Path(owed.path))
         return outcome, False
-    return outcome, library.owed_failed(owed.id, outcome.reason, outcome.lasting, attempts)
+    retry_in = retry_delay(owed.attempts + 1) if retry_delay is not None else 0.0
+    return outcome, library.owed_failed(owed.id, outcome.reason, outcome.lasting, attempts, retry_in)
 
 
 def _reason(exc: BaseException, path: str) -> str:

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -284,22 +285,25 @@ def test_tag_writes_a_running_sink_lost_are_made_from_the_library_at_the_next_he
     assert query(db, "SELECT status, tag_count FROM tracks") == [("tagged", 1)] * 4
 
 
-@pytest.mark.parametrize("version, dropped", [(6, ("tags_owed", "tag_claims")), (7, ("tag_claims",))])
-def test_the_v7_and_v8_migrations_add_the_owed_writes_and_their_claims_once(tmp_path: Path, version: int,
-                                                                             dropped: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("version, dropped", [(6, ("tags_owed", "tag_claims")), (7, ("tag_claims",)), (8, ())])
+def test_the_v7_to_v9_migrations_add_the_owed_writes_their_claims_and_retry_times_once(
+        tmp_path: Path, version: int, dropped: tuple[str, ...]) -> None:
     db = tmp_path / "library.db"
     Library(db).close()
     conn = sqlite3.connect(db)
     for table in dropped:
         conn.execute(f"DROP TABLE {table}")
+    if version == 8:
+        conn.execute("ALTER TABLE tags_owed DROP COLUMN retry_at")
     conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
     for _ in range(2):
         library = Library(db)
-        assert library.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert library.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         assert library.owed_counts() == (0, 0)
         assert {"tags_owed", "tag_claims"} <= set(library.db.table_names())
+        assert "retry_at" in library.db["tags_owed"].columns_dict
         assert library.claim_tag_write(1) is None  # the claims table works
         library.release_tag_write(1)
         # An owed write's id is never used again (a writer tells by it that its row is still the one owed).
@@ -456,6 +460,37 @@ def test_a_write_that_fails_for_a_passing_reason_is_tried_again_while_the_daemon
     assert read_state(released).genres == (genre,) and read_state(released).provenance == "tiny-test 0.0.1"
     assert query(db, "SELECT status, tag_count FROM tracks") == [("tagged", 1)] * 2  # nothing tagged again
     assert query(db, "SELECT count(*) FROM tag_writes") == [(1,)]
+
+
+def test_a_restart_keeps_to_the_retry_time_of_a_write_that_failed_for_a_passing_reason(
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, music: Path, labels: dict) -> None:
+    """A write that failed because its file was locked is tried again at its time after a restart too: before,
+    each start tried every such write at once, so a few quick restarts (a crash loop, updates) used up its
+    ``write_attempts`` in seconds instead of the half hour the schedule gives it."""
+    locked, later = music / "locked.flac", music / "later.ogg"
+    shutil.copy(format_files["flac"], locked)
+    shutil.copy(format_files["ogg"], later)
+    db = tmp_path / "library.db"
+    _owed_library(db, [locked], tiny_model)
+    fd = _lock(locked)
+    try:
+        # The first try fails (locked by another program): tried again in an hour.
+        _catch_up(db, labels, lambda: (_owed_row(db, locked.name) or (0,))[0] == 1, retry_seconds=3600)
+        (retry_at,) = query(db, "SELECT retry_at FROM tags_owed")[0]
+        assert 3500 < (datetime.fromisoformat(retry_at) - datetime.now(UTC)).total_seconds() <= 3600
+        # Restarted: a write owed since (a higher id, so the start's pass looks at the locked file first) is made,
+        # and the locked file's is left to its time: not tried, its attempts kept.
+        _owed_library(db, [later], tiny_model)
+        _catch_up(db, labels, lambda: read_state(later).genres != (), retry_seconds=3600)
+        assert _owed_row(db, locked.name) == (1, 0, "locked by another program, tags not written")
+        assert query(db, "SELECT retry_at FROM tags_owed") == [(retry_at,)]
+    finally:
+        os.close(fd)
+    # Its time come (set so here rather than waited for), the next start makes it.
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE tags_owed SET retry_at = ?", [(datetime.now(UTC) - timedelta(seconds=1)).isoformat()])
+    _catch_up(db, labels, lambda: _owed_row(db, locked.name) is None, retry_seconds=3600)
+    assert read_state(locked).genres != () and query(db, "SELECT count(*) FROM tag_writes") == [(2,)]
 
 
 def test_library_retag_beside_the_daemon_waits_for_the_file_it_writes_and_no_replaced_result_is_written(

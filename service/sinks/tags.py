@@ -18,10 +18,12 @@ write that cannot be made (a read-only file or folder, an unsupported format, ha
 failed for good at once, with its reason (``genre-tagger library stats`` counts them, ``library show``
 says why); one that may work later (a file locked by another program, a full disk) is tried again
 while the daemon runs, at a heartbeat after ``retry_seconds``, then twice as long after each failure
-(at most :data:`RETRY_MAX_S`), and at the next start; it is recorded as failed for good at its
-``write_attempts``-th failure. ``[tagging] retry_errors`` owes the failed ones again. A file that
-``genre-tagger library retag`` is writing meanwhile (it claims it in the library) is left to it and
-looked at again at the next heartbeat: the two never write one file at once, nor one write twice. A
+(at most :data:`RETRY_MAX_S`), and after a restart at the time it was given (kept in the library, so quick
+restarts do not use up its attempts); it is recorded as failed for good at its ``write_attempts``-th
+failure. ``[tagging] retry_errors`` owes the failed ones again. A file that another genre-tagger process
+(``library retag``, ``tag --write-tags``, ``library restore-tags``) is writing meanwhile (it claims it in
+the library) is left to it and looked at again at the next heartbeat: no two processes write one file at
+once, nor one write twice. A
 stored result the writer cannot use (a row it cannot read, a ``[tags] outputs`` the old result lacks)
 sends the file back to be tagged again.
 
@@ -58,6 +60,12 @@ log = logging.getLogger(__name__)
 CATCH_UP_BATCH = 50  # owed writes read from the library at a time
 CATCH_UP_S = 5.0  # the longest a catch-up writes at one heartbeat before the queued events go first (s)
 RETRY_MAX_S = 3600.0  # the longest wait before a failed owed write is tried again while the daemon runs (s)
+
+
+def retry_delay(retry_seconds: float, attempts: int) -> float:
+    """Seconds to wait before trying again a write that failed ``attempts`` times for a passing reason:
+    ``retry_seconds``, then twice as long after each failure, at most :data:`RETRY_MAX_S`."""
+    return min(RETRY_MAX_S, retry_seconds * 2.0 ** max(0, attempts - 1))
 
 
 @dataclass
@@ -231,7 +239,11 @@ class TagsSink(Sink):
                 break
             for owed in batch:
                 self._pass = (owed.id, last)
-                if owed.id not in self._due:
+                if owed.id in self._due:
+                    pass  # its time is kept there
+                elif (wait := owed.retry_wait()) > 0:  # failed before a restart: tried at the time it was given
+                    self._due[owed.id] = time.monotonic() + min(wait, RETRY_MAX_S)
+                else:
                     did = self._settle(owed) or did
                 if time.monotonic() >= deadline:
                     break
@@ -239,13 +251,14 @@ class TagsSink(Sink):
 
     def retry_delay(self, attempts: int) -> float:
         """Seconds to wait before trying again a write that failed ``attempts`` times (passing failures)."""
-        return min(RETRY_MAX_S, self.settings.retry_seconds * 2.0 ** max(0, attempts - 1))
+        return retry_delay(self.settings.retry_seconds, attempts)
 
     def _settle(self, owed: OwedWrite) -> bool:
         """Make one owed write and record how it ended; False when there was nothing to write."""
         assert self.library is not None and self.writer is not None
         self._due.pop(owed.id, None)
-        outcome, final = write_owed(self.library, self.writer, owed, attempts=self.settings.write_attempts)
+        outcome, final = write_owed(self.library, self.writer, owed, attempts=self.settings.write_attempts,
+                                    retry_delay=self.retry_delay)
         if outcome is None:
             return False  # changed, tagged again, deleted, or written already: its new result (or none) decides
         if outcome.action == QUEUED:
