@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -15,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import query, wait_until
+from daemon_helpers import daemon_log, query, start_daemon, stop_daemon, wait_until
 
 from service.library import Library
-from tagger.filetags import read_state
+from tagger.filetags import audio_digest, read_state
 
 CLI = [sys.executable, "-m", "tagger.cli"]
 # The tiny test model decides genres at this threshold; ten seconds of the song are enough to tag it.
@@ -142,3 +143,49 @@ def test_a_file_still_held_after_the_wait_is_left_alone_and_said_so(tiny_model: 
                            "restored (run restore-tags again)", "genre-tagger: 0 of 1 files restored or already so"]
         assert read_state(song) == written
     assert query(db, "SELECT count(*) FROM tag_claims") == [(0,)]
+
+
+def test_tag_write_tags_beside_the_daemon_waits_for_its_write_and_the_replaced_result_is_never_written(
+        realworld: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """The daemon is writing a long file's genres (stopped there, SIGSTOP) when `tag --write-tags` with a newer
+    model comes to the same file. Before: tag wrote beside it and met its lock ("locked by another program",
+    exit 1). Now tag records its result, says it waits for the daemon's pid, the daemon (continued) drops the
+    write whose result was replaced, and the file gets tag's result: one write, the audio untouched."""
+    from test_tags_owed import THRESHOLD, WRITING, _long_recording, _writing
+
+    from models import export_tiny
+
+    tiny_v2 = export_tiny(tmp_path / "v2" / "tiny-test.onnx", version="0.0.2")
+    music = tmp_path / "music"
+    music.mkdir()
+    song = _long_recording(realworld, music / "long.mp3")
+    digest = audio_digest(song)
+    state = tmp_path / "state"
+    db = state / "library.db"
+    daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0.2", endpoint="", env=WRITING)
+    stopped = False
+    try:
+        wait_until(lambda: _writing(music) or daemon.poll() is not None, 120, interval=0.01)
+        assert _writing(music), daemon_log(daemon)
+        daemon.send_signal(signal.SIGSTOP)
+        stopped = True
+        tag = Run("tag", "--write-tags", "--model", str(tiny_v2), "--threshold", THRESHOLD, "--coverage",
+                  "excerpts:2x10", "--library", str(db), str(song))
+        waited = tag.says(f"genre-tagger: {song}: waiting for genre-tagger process {daemon.pid} (the daemon, or "
+                          "another run), which is writing its tags now")
+        daemon.send_signal(signal.SIGCONT)
+        stopped = False
+        code, out, err = tag.finish()
+        assert waited and code == 0 and out.startswith(f"{song}: "), err
+        assert wait_until(lambda: not _writing(music), 60), daemon_log(daemon)  # the daemon dropped its copy
+    finally:
+        if stopped:
+            daemon.send_signal(signal.SIGCONT)
+        if daemon.poll() is None:
+            assert stop_daemon(daemon) == 0
+    assert "locked by another program" not in err + daemon_log(daemon)
+    assert read_state(song).provenance == "tiny-test 0.0.2"  # tag's result, not the replaced one
+    assert query(db, "SELECT model_version FROM tag_writes") == [("0.0.2",)]  # one write: the replaced one never
+    assert query(db, "SELECT count(*) FROM tags_owed") == [(0,)] and query(db, "SELECT count(*) FROM tag_claims") \
+        == [(0,)]
+    assert audio_digest(song) == digest
