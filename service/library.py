@@ -37,9 +37,9 @@ Schema (version 8; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades ol
 ``tag_claims``
     track_id (primary key), host, pid, started (the process's start time in clock ticks, from
     ``/proc/PID/stat``; "" where unknown), claimed_at. The process writing an owed write into this
-    track's file now (:meth:`Library.claim_tag_write`): the daemon and ``library retag`` share the
-    library, so neither writes a file the other is writing, nor a write the other has made. A claim
-    whose process is gone (killed mid-write) is taken over.
+    track's file now (:meth:`Library.claim_tag_write`): the daemon, ``library retag``, ``tag --write-tags``
+    and ``library restore-tags`` share the library, so no two write one file at once, nor one write twice.
+    A claim whose process is gone (killed mid-write) is taken over.
 
 Pending rows are the queue: a restart resumes them. Each track's result is written in one
 transaction (genres replaced, status set), so a crash never leaves a half-written track. WAL mode
@@ -867,8 +867,8 @@ class Library:
         return self._retry(write)
 
     def claim_tag_write(self, track_id: int) -> int | None:
-        """Claim the writing of this track's file for this process (the daemon and ``library retag`` share the
-        library: the claim keeps them from writing one file at once). Returns None once claimed (or already
+        """Claim the writing of this track's file for this process (the daemon and the commands that write tags
+        share the library: the claim keeps them from writing one file at once). Returns None once claimed (or already
         ours), else the pid of the live process that holds the claim. A claim whose process is gone is taken
         over. Release it with :meth:`release_tag_write`."""
         host, pid, started = _me()
