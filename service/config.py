@@ -76,7 +76,7 @@ class LiveSection:
     """enabled: capture live audio. device: PortAudio device name or index ("" = the default input).
     source: the name in topics (live.<source>). horizon_seconds: the running ensemble's span (0 = whole
     stream). hysteresis, evidence_nats, drift_nats, cap_nats, evidence_views, music_evidence_nats,
-    music_drift_nats, withdraw_nats: how a genre_changed is decided (service.live.ChangeSettings says each;
+    music_drift_nats, withdraw_nats, quiet_dbfs: how a genre_changed is decided (service.live.ChangeSettings says each;
     the evidence is in nats, natural-log units of a probability ratio).
     block_seconds: PortAudio block length. buffer_seconds: the capture ring buffer.
     file: an audio file or http(s):// stream played through the live path in real time, as a source of
@@ -99,6 +99,7 @@ class LiveSection:
     music_evidence_nats: float = _CHANGES.music_evidence_nats
     music_drift_nats: float = _CHANGES.music_drift_nats
     withdraw_nats: float = _CHANGES.withdraw_nats
+    quiet_dbfs: float = _CHANGES.quiet_dbfs
     block_seconds: float = 0.05
     buffer_seconds: float = 30.0
     sample_rate: int = 0
@@ -112,7 +113,8 @@ class LiveSection:
         return ChangeSettings(horizon_seconds=self.horizon_seconds or None, hysteresis=self.hysteresis,
                               evidence_nats=self.evidence_nats, drift_nats=self.drift_nats, cap_nats=self.cap_nats,
                               evidence_views=self.evidence_views, music_evidence_nats=self.music_evidence_nats,
-                              music_drift_nats=self.music_drift_nats, withdraw_nats=self.withdraw_nats)
+                              music_drift_nats=self.music_drift_nats, withdraw_nats=self.withdraw_nats,
+                              quiet_dbfs=self.quiet_dbfs)
 
     @property
     def file_source_name(self) -> str:
@@ -190,6 +192,7 @@ class Config:
         check(1 <= lv.hysteresis <= 1000, "live.hysteresis", "must be within 1..1000", lv.hysteresis)
         for key in ("evidence_nats", "drift_nats", "music_evidence_nats", "music_drift_nats", "withdraw_nats"):
             check(0 <= getattr(lv, key) <= 1000, f"live.{key}", "must be within 0..1000 (0 = off)", getattr(lv, key))
+        check(-200 <= lv.quiet_dbfs <= 0, "live.quiet_dbfs", "must be within -200..0 dBFS (0 = off)", lv.quiet_dbfs)
         check(0 < lv.cap_nats <= 1000, "live.cap_nats", "must be within 0..1000 and above 0", lv.cap_nats)
         check(lv.evidence_views in ("shortest", "all"), "live.evidence_views", "must be \"shortest\" or \"all\"",
               lv.evidence_views)

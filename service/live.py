@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import av
 import numpy as np
@@ -26,6 +26,9 @@ from tagger.ensemble import NO_MUSIC, apply_aliases
 from tagger.pipeline import SliceResult, Tagger
 
 log = logging.getLogger(__name__)
+# The longest quiet passage of the current genre (``quiet_dbfs``) that is not weighed as evidence for "no music",
+# seconds: past it a quiet stretch counts again (dead air after a song whose genre the model still hears in it).
+QUIET_PASSAGE_S = 10.0
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -93,6 +96,22 @@ class StreamResampler:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
+class Window(NamedTuple):
+    """One window the live path completed, as :class:`ChangeDetector` weighs it."""
+
+    view: str
+    end_s: float  # where it ends in the stream, seconds
+    probabilities: np.ndarray  # the genre output's probabilities (the detector's labels, in order)
+    music: float | None = None  # the music detector's probability of music; None without a detector
+    level_dbfs: float | None = None  # the window's RMS level, dB relative to full scale; None when unknown
+
+
+def level_dbfs(audio: np.ndarray) -> float:
+    """The RMS level of ``audio`` (float samples, full scale 1.0) in dBFS; -200 for digital silence or nothing."""
+    power = float(np.mean(np.square(audio, dtype=np.float64))) if audio.size else 0.0
+    return max(-200.0, 10.0 * float(np.log10(power))) if power > 0 else -200.0
+
+
 @dataclass(frozen=True)
 class ChangeSettings:
     """How a live source decides that the music changed (``[live]`` in the daemon's config).
@@ -129,6 +148,10 @@ class ChangeSettings:
             has replaced yet is withdrawn: the likeliest other genre is announced as uncertain (a sink never
             writes it), until a genre is decided, the current one again included; 0 = never withdrawn. With
             ``evidence_nats`` 0 there is no withdrawal, nor any uncertain announcement (both weigh windows).
+        quiet_dbfs: a window of the evidence views quieter than this (RMS, dBFS) whose genre probabilities still
+            decide the current genre is a quiet passage of the music (a fade-out, a pianissimo): no evidence for
+            "no music", for up to ``QUIET_PASSAGE_S`` seconds in a row; 0 = off. Talk, noise and hum are
+            louder, and the model hears no genre in silence, so neither waits for it.
     """
 
     # Chosen by python -m training.live_eval on the tuning half of its streams (see service/config.py).
@@ -141,6 +164,7 @@ class ChangeSettings:
     music_evidence_nats: float = 6.0
     music_drift_nats: float = 0.25
     withdraw_nats: float = 0.0
+    quiet_dbfs: float = -45.0
 
 
 class ChangeDetector:
@@ -208,6 +232,7 @@ class ChangeDetector:
         self._sums = np.zeros(len(self.labels))  # each challenger's probability summed since its evidence was 0
         self._windows = np.zeros(len(self.labels))
         self._no_music = 0.0  # evidence for "no music"
+        self._quiet_since: float | None = None  # where the current quiet passage's first window ends, seconds
         self._music_sum = 0.0  # the music probability summed over the windows since that evidence was 0
         self._music_windows = 0
         self.music_threshold = music_threshold
@@ -233,17 +258,19 @@ class ChangeDetector:
         self._withdraw, self._withdraw_sum[:], self._withdraw_windows = 0.0, 0.0, 0
         self._music_back, self._back_sum[:], self._back_windows = 0.0, 0.0, 0
         self._candidate, self._count = None, 0
+        self._quiet_since = None
         self._reset_evidence()
         if not uncertain:  # undecided music goes on counting towards its decided genre
             self._run_sum[:], self._run_windows = 0.0, 0
         return previous, label
 
-    def update(self, top: str | None, windows: Sequence[tuple[str, float, np.ndarray, float | None]] = ()
-               ) -> tuple[str | None, str] | None:
+    def update(self, top: str | None, windows: Sequence[Window | tuple] = ()) -> tuple[str | None, str] | None:
         """Feed one update: its label (the decided top genre, "no music", or None when uncertain) and the
-        windows it completed (view, end in seconds, genre probabilities, music probability or None without
-        a music detector); return (previous, new) when a change is announced."""
+        windows it completed (:class:`Window`, or a tuple of its fields: view, end in seconds, genre
+        probabilities, music probability or None without a music detector, level in dBFS or None); return
+        (previous, new) when a change is announced."""
         s = self.settings
+        windows = [w if isinstance(w, Window) else Window(*w) for w in windows]
         if self._reference is not None and s.evidence_nats > 0 and (top != NO_MUSIC or s.music_evidence_nats > 0):
             # A decided genre, or one withdrawn: every window weighed against it, and the running ensemble's
             # decided top counted (see _weigh).
@@ -277,11 +304,11 @@ class ChangeDetector:
             return self._announce(top)
         return None
 
-    def _start(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]]) -> tuple[str | None, str] | None:
+    def _start(self, windows: Sequence[Window]) -> tuple[str | None, str] | None:
         """No genre yet, or "no music": a genre decided over the last ``hysteresis`` or more consecutive
         music windows of the evidence views (quicker than the running ensemble, which still holds the talk's
         windows after talk)."""
-        for view, _end, probs, music in windows:
+        for view, _end, probs, music, _level in windows:
             if self._views is not None and view not in self._views:
                 continue
             if music is not None and music < self.music_threshold:
@@ -300,12 +327,12 @@ class ChangeDetector:
         m = min(max(music, 1e-9), 1 - 1e-9)
         return float(np.clip(np.log((1 - m) / m) - self._music_prior, -self.settings.cap_nats, self.settings.cap_nats))
 
-    def _music_returns(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]]
+    def _music_returns(self, windows: Sequence[Window]
                        ) -> tuple[str | None, str] | None:
         """While "no music" is current: music evidence from the evidence views; at ``music_evidence_nats``,
         the likeliest genre of the music windows since it last stood at zero, announced as uncertain."""
         s = self.settings
-        for view, _end, probs, music in windows:
+        for view, _end, probs, music, _level in windows:
             if music is None or (self._views is not None and view not in self._views):
                 continue
             self._music_back += -self._music_step(music) - s.music_drift_nats
@@ -335,10 +362,10 @@ class ChangeDetector:
             return self._announce(NO_MUSIC, 1.0 - self._music_sum / self._music_windows)
         return None
 
-    def _undecided(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]]
+    def _undecided(self, windows: Sequence[Window]
                    ) -> tuple[str | None, str] | None:
         """The current genre is uncertain: "no music" on its evidence, as from a genre."""
-        for view, _end, _probs, music in windows:
+        for view, _end, _probs, music, _level in windows:
             if (self.settings.music_evidence_nats <= 0 or music is None
                     or (self._views is not None and view not in self._views)):
                 continue
@@ -347,16 +374,29 @@ class ChangeDetector:
                 return change
         return None
 
-    def _weigh(self, windows: Sequence[tuple[str, float, np.ndarray, float | None]], top: str | None
+    def _quiet_passage(self, end_s: float, level: float | None, current: float) -> bool:
+        """Whether a window (ending at ``end_s``, at ``level`` dBFS, with ``current`` the current genre's
+        probability) is part of a quiet passage of the current genre no longer than ``QUIET_PASSAGE_S``
+        (then it is weighed as music, not as evidence for "no music")."""
+        quiet = (self.settings.quiet_dbfs < 0 and level is not None and level < self.settings.quiet_dbfs
+                 and current >= self.threshold)
+        if not quiet:
+            self._quiet_since = None
+            return False
+        if self._quiet_since is None:
+            self._quiet_since = end_s
+        return end_s - self._quiet_since < QUIET_PASSAGE_S
+
+    def _weigh(self, windows: Sequence[Window], top: str | None
                ) -> tuple[str | None, str] | None:
         s = self.settings
         current = self._reference
         assert current is not None
         withdraw_prior = float(np.log((1 - self.threshold) / self.threshold))
-        for view, _end, probs, music in windows:
+        for view, end, probs, music, level in windows:
             if self._views is not None and view not in self._views:
                 continue
-            if s.music_evidence_nats > 0 and music is not None:
+            if s.music_evidence_nats > 0 and music is not None and not self._quiet_passage(end, level, probs[current]):
                 change = self._no_music_evidence(music)
                 if change is not None:
                     return change
@@ -469,16 +509,33 @@ class LiveTagger:
         self.sink = sink
         self.top_k = top_k
         self.labels = {o.name: tuple(o.labels) for o in tagger.manifest.outputs}
+        # The newest resampled samples (the longest window and the receptive field's delay, and then some), for
+        # each window's level; ``_recent_start`` is the stream sample where they begin.
+        longest = max((tagger.manifest.view_seconds(v)[0] for v in tagger.views), default=0.0)
+        self._recent_keep = int((longest + 10.0) * tagger.sample_rate)
+        self._recent = np.zeros(0, dtype=np.float32)
+        self._recent_start = 0
 
     def feed(self, block: np.ndarray, captured_at: float | None = None) -> list[SliceResult]:
         """Add frames [n] or [n, channels] at the input rate; report to the sink if slices completed.
 
         ``captured_at``: :func:`time.monotonic` when the newest frame was captured (for ``latency_ms``)."""
-        mono = block.mean(axis=1) if block.ndim == 2 else block
-        results = self.stream.feed(self.resample(mono))
+        mono = self.resample(block.mean(axis=1) if block.ndim == 2 else block)
+        self._recent = np.concatenate([self._recent, mono])
+        if self._recent.size > self._recent_keep:
+            self._recent_start += self._recent.size - self._recent_keep
+            self._recent = self._recent[-self._recent_keep:]
+        results = self.stream.feed(mono)
         if results:
             self._publish(results, captured_at)
         return results
+
+    def _level(self, start_s: float, end_s: float) -> float | None:
+        """The RMS level (dBFS) of the stream from ``start_s`` to ``end_s`` seconds; None when those samples
+        are no longer kept."""
+        rate = self.tagger.sample_rate
+        a, b = round(start_s * rate) - self._recent_start, round(end_s * rate) - self._recent_start
+        return level_dbfs(self._recent[a:b]) if a >= 0 and b > a else None
 
     def _publish(self, results: list[SliceResult], captured_at: float | None) -> None:
         update = LiveUpdate(
@@ -488,9 +545,10 @@ class LiveTagger:
             latency_ms=1000 * (time.monotonic() - captured_at) if captured_at is not None else None)
         self.sink.live(update)
         genre, aliases = self._genre, self.tagger.aliases
-        windows = [(r.view, r.end_s, apply_aliases(genre.labels, r.probabilities[genre.name], genre.multi_label,
-                                                   aliases)[1],
-                    float(r.probabilities[self._music_output][0]) if self._music_output else None) for r in results]
+        windows = [Window(r.view, r.end_s, apply_aliases(genre.labels, r.probabilities[genre.name], genre.multi_label,
+                                                         aliases)[1],
+                          float(r.probabilities[self._music_output][0]) if self._music_output else None,
+                          self._level(r.start_s, r.end_s)) for r in results]
         # Only a decided genre, or "no music", can be announced: an uncertain top is no news.
         was_uncertain = self.changes.uncertain
         change = self.changes.update(update.top if not update.music or not update.uncertain else None, windows)

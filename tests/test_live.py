@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,41 @@ def test_change_detector_says_music_came_back_even_without_a_decided_genre() -> 
         assert d2.update("no music", [_window(0.45, 0.35, music=0.95)]) is None
         assert d2.update("no music", [_window(0.45, 0.35, music=0.01)]) is None
     assert d2.current == "no music"
+
+
+def test_a_quiet_passage_of_the_current_genre_is_no_evidence_for_no_music() -> None:
+    """A song fading to near silence (gtzan/classical.00080's last 6 s: -52 to -63 dBFS, music 0.11 to 0.02, still
+    classical 0.7-0.9) must not flap to "no music" and back; talk, noise or hum as weak as that but louder, and
+    silence (in which the model hears no genre), must still be "no music" as fast as without the rule."""
+    from service.live import QUIET_PASSAGE_S, Window
+
+    settings = ChangeSettings(hysteresis=1, evidence_nats=4.0, drift_nats=1.0, cap_nats=6.0, evidence_views="shortest",
+                              music_evidence_nats=6.0, music_drift_nats=0.25, quiet_dbfs=-45.0)
+    hop = 1.28
+
+    def windows(jazz: float, level: float, n: int, start: float = 0.0) -> list:
+        return [Window("short", start + hop * (i + 1), np.array([jazz, 0.05, 0.95 - jazz]), 0.04, level)
+                for i in range(n)]
+
+    def said(settings: ChangeSettings, jazz: float, level: float) -> list:
+        d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+        d.update("jazz", [Window("short", 0.0, np.array([0.9, 0.05, 0.05]), 0.9, -20.0)])
+        return [(w.end_s, change) for w in windows(jazz, level, 20) if (change := d.update(None, [w]))]
+
+    # Music 0.04 is 2.6 nats a window: "no music" on the 3rd window, unless the window is quiet and still jazz,
+    # where it waits QUIET_PASSAGE_S (a pause longer than that is dead air, whatever the model hears in it).
+    fast = [(3 * hop, ("jazz", "no music"))]
+    assert said(settings, 0.8, -30.0) == fast  # as loud as noise or hum: no quiet passage
+    assert said(settings, 0.3, -70.0) == fast  # silence: its genres decide nothing
+    assert said(replace(settings, quiet_dbfs=0.0), 0.8, -60.0) == fast  # off
+    late = said(settings, 0.8, -60.0)
+    assert len(late) == 1 and late[0][1] == ("jazz", "no music") and late[0][0] >= hop + QUIET_PASSAGE_S, late
+    # A louder window ends the passage: the next quiet one starts a new one.
+    d = ChangeDetector(settings, LABELS, threshold=0.6, views=["short", "long"], music_threshold=0.35)
+    d.update("jazz", [Window("short", 0.0, np.array([0.9, 0.05, 0.05]), 0.9, -20.0)])
+    for k in range(4):
+        assert d.update("jazz", windows(0.8, -60.0, 6, start=k * 8 * hop)) is None
+        assert d.update("jazz", [Window("short", (k * 8 + 7) * hop, np.array([0.9, 0.05, 0.05]), 0.9, -20.0)]) is None
 
 
 def test_change_detector_withdraws_a_genre_the_music_left() -> None:

@@ -27,6 +27,9 @@ streams only, then reported on the held-out half and on all streams.
 - talk: from the talk's start to "no music"; back to music: to the second clip's decided genre, and to any
   music announcement (uncertain too); music claimed during talk after "no music".
 
+Each slice's level (RMS over its window, dBFS) is computed from the stream's audio (it is not in the cache),
+for ``quiet_dbfs``: quiet windows that still decide the current genre are a quiet passage, not "no music".
+
     python -m training.live_eval --data ../shared/data --out models/msd-musicnn-gtzan.live.json
 """
 
@@ -44,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.live import ChangeDetector, ChangeSettings
+from service.live import ChangeDetector, ChangeSettings, Window
 from tagger.decode import decode_file
 from tagger.ensemble import NO_MUSIC, Ensemble
 from tagger.pipeline import Tagger
@@ -75,6 +78,7 @@ class Recording:
         switch_s: where the second clip starts (switch streams).
         first, second: the clips' own labels (switch streams).
         artists: the artists heard in the stream.
+        level: per slice, its RMS level in dBFS (computed from the audio, never cached).
     """
 
     name: str
@@ -89,6 +93,7 @@ class Recording:
     second: str = ""
     artists: tuple[str, ...] = ()
     back_s: float | None = None
+    level: np.ndarray | None = None
 
     def updates(self) -> Iterable[tuple[float, np.ndarray]]:
         """(stream time, indices of the slices reported then) per update."""
@@ -99,16 +104,29 @@ class Recording:
             yield float(self.t[idx[0]]), idx
 
 
+def _levels(tagger: Tagger, audio: np.ndarray, view: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Each slice's RMS level (dBFS) over its window of ``audio`` (as service.live.LiveTagger measures it)."""
+    rate = tagger.sample_rate
+    window = np.array([tagger.manifest.view_seconds(v)[0] for v in tagger.views])
+    power = np.concatenate([[0.0], np.cumsum(np.square(audio, dtype=np.float64))])
+    b = np.clip(np.round(end * rate).astype(np.int64), 0, audio.size)
+    a = np.clip(np.round((end - window[view.astype(np.int64)]) * rate).astype(np.int64), 0, audio.size)
+    mean = np.divide(power[b] - power[a], b - a, out=np.zeros(b.size), where=b > a)
+    return np.maximum(-200.0, 10.0 * np.log10(np.maximum(mean, 1e-20)))
+
+
 def record(tagger: Tagger, audio: np.ndarray, name: str, block_seconds: float = BLOCK_SECONDS,
            cache: Path | None = None) -> Recording:
-    """Feed ``audio`` through the live path in blocks; every slice's outputs (cached under ``cache``)."""
+    """Feed ``audio`` through the live path in blocks; every slice's outputs (cached under ``cache``) and
+    levels."""
     path = None
     if cache is not None:
         key = hashlib.sha1(f"{name}|{block_seconds}|".encode() + np.ascontiguousarray(audio).tobytes())
         path = cache / f"{key.hexdigest()[:20]}.npz"
         if path.is_file():
             z = np.load(path)
-            return Recording(name, z["t"], z["view"], z["end"], z["genre"], z["music"], float(z["seconds"]))
+            return Recording(name, z["t"], z["view"], z["end"], z["genre"], z["music"], float(z["seconds"]),
+                             level=_levels(tagger, audio, z["view"], z["end"]))
     genre = tagger.manifest.genre_outputs[0].name
     detector = tagger.manifest.music
     views = [v.name for v in tagger.views]
@@ -124,6 +142,7 @@ def record(tagger: Tagger, audio: np.ndarray, name: str, block_seconds: float = 
                     np.array([r[1] for r in rows], dtype=np.int8), np.array([r[2] for r in rows], dtype=np.float64),
                     np.array([r[3] for r in rows], dtype=np.float32).reshape(-1, n_labels),
                     np.array([r[4] for r in rows], dtype=np.float32), audio.size / tagger.sample_rate)
+    rec.level = _levels(tagger, audio, rec.view, rec.end)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, t=rec.t, view=rec.view, end=rec.end, genre=rec.genre, music=rec.music, seconds=rec.seconds)
@@ -150,8 +169,9 @@ def replay(rec: Recording, tagger: Tagger, settings: ChangeSettings) -> list[tup
             if detector is not None:
                 probs[detector.output] = rec.music[i:i + 1]
             ensemble.add(views[rec.view[i]], float(rec.end[i]), probs)
-            slices.append((views[rec.view[i]], float(rec.end[i]), rec.genre[i],
-                           float(rec.music[i]) if detector is not None else None))
+            slices.append(Window(views[rec.view[i]], float(rec.end[i]), rec.genre[i],
+                                 float(rec.music[i]) if detector is not None else None,
+                                 float(rec.level[i]) if rec.level is not None else None))
         mean = ensemble.combined(genre.name)
         best = int(np.argmax(mean))
         # As service.live.LiveTagger: an uncertain genre is no label to announce.
@@ -612,6 +632,30 @@ def choose_music(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> 
                          **{k: r[k] for k in keep if k in r}} for s, r in rows]
 
 
+QUIET_LEVELS = (0.0, -60.0, -55.0, -50.0, -45.0, -40.0, -35.0)  # quiet_dbfs tried (0: off)
+
+
+def quiet_key(r: dict) -> tuple:
+    """The order of the quiet passage levels: as :func:`music_key`, with the talk and non-music streams never
+    announced as "no music" counted right after the mistakes (a stream left as its genre for good is worse than
+    one announced late)."""
+    mistakes, *rest = music_key(r)
+    return mistakes, r.get("nonmusic_missed", 0) + r.get("talk_missed", 0), *rest
+
+
+def choose_quiet(streams: Streams, tagger: Tagger, settings: ChangeSettings,
+                 levels: Sequence[float] = QUIET_LEVELS) -> tuple[float, list[dict]]:
+    """The level under which a window still deciding the current genre is a quiet passage (``quiet_dbfs``):
+    first in :func:`quiet_key` over ``streams`` (the tuning half), the highest level among equals (the most
+    quiet passages kept as music at no measured cost; 0, off, last); and every level's figures."""
+    rows = [(level, measure(streams, tagger, replace(settings, quiet_dbfs=level))) for level in levels]
+    rows.sort(key=lambda lr: (quiet_key(lr[1]), -lr[0] if lr[0] < 0 else float("inf")))
+    keep = ("spurious_changes", "wrong_genre_changes", "missed", "worst_delay_s", "talk_median_delay_s",
+            "talk_worst_delay_s", "talk_missed", "nonmusic_median_delay_s", "nonmusic_p90_delay_s",
+            "nonmusic_over_8s", "nonmusic_missed", "steady_no_music_s")
+    return rows[0][0], [{"quiet_dbfs": level, **{k: r[k] for k in keep if k in r}} for level, r in rows]
+
+
 TARGET_MEDIAN_S = 5.0  # the issue's switch target
 TALK_LIMIT_S = 8.0  # talk must be announced as "no music" within this (tests/test_live_defaults.py)
 
@@ -676,6 +720,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{defaults.music_evidence_nats}, {defaults.music_drift_nats}) on the tuning half; the first five:")
     for row in music_rows[:5]:
         print("  ", row)
+    quiet, quiet_rows = choose_quiet(halves[0], tagger, defaults)
+    print(f"quiet_dbfs: {quiet} (shipped {defaults.quiet_dbfs}) on the tuning half:")
+    for row in quiet_rows:
+        print("  ", row)
     withdraw, withdraw_rows = choose_withdraw(halves[0], tagger, defaults)
     print(f"withdraw_nats: {withdraw} (shipped {defaults.withdraw_nats}) on the tuning half:")
     for row in withdraw_rows:
@@ -684,12 +732,15 @@ def main(argv: list[str] | None = None) -> int:
     shown = [("defaults", defaults)] + ([("best on tuning", best)] if best != defaults else [])
     for label, s in (*shown,
                      ("defaults, withdrawn at 6 nats", replace(defaults, withdraw_nats=6.0)),
+                     ("defaults, no quiet passages", replace(defaults, quiet_dbfs=0.0)),
                      ("defaults, music evidence as before", replace(defaults, music_evidence_nats=9.0,
                                                                     music_drift_nats=1.0)),
                      ("previous 4 s / 1", replace(defaults, evidence_nats=0.0, music_evidence_nats=0.0,
-                                                  withdraw_nats=0.0, horizon_seconds=4.0, hysteresis=1)),
+                                                  withdraw_nats=0.0, quiet_dbfs=0.0, horizon_seconds=4.0,
+                                                  hysteresis=1)),
                      ("old 30 s / 3", replace(defaults, evidence_nats=0.0, music_evidence_nats=0.0,
-                                              withdraw_nats=0.0, horizon_seconds=30.0, hysteresis=3))):
+                                              withdraw_nats=0.0, quiet_dbfs=0.0, horizon_seconds=30.0,
+                                              hysteresis=3))):
         rows[label] = {"settings": asdict(s), "tuning": measure(halves[0], tagger, s),
                        "held_out": measure(halves[1], tagger, s), "all": measure(halves[0] + halves[1], tagger, s)}
         print(label, asdict(s))
@@ -699,6 +750,7 @@ def main(argv: list[str] | None = None) -> int:
            "command": " ".join(["python -m training.live_eval", *(sys.argv[1:] if argv is None else argv)]),
            "defaults_are_best_on_tuning": best == defaults,
            "withdraw_nats_on_tuning": withdraw, "withdraw_tuning": withdraw_rows,
+           "quiet_dbfs_on_tuning": quiet, "quiet_tuning": quiet_rows,
            "music_on_tuning": {"music_evidence_nats": music.music_evidence_nats,
                                "music_drift_nats": music.music_drift_nats}, "music_tuning": music_rows,
            "block_s": BLOCK_SECONDS, "seed": SEED, "rows": rows,

@@ -227,6 +227,15 @@ def _live_section(path: Path) -> str:
                      else f"`withdraw_nats` {shipped:g}: the smallest bound that withdraws no genre on the tuning "
                      f"half's single-genre streams is {chosen:g}" if chosen is not None
                      else f"`withdraw_nats` {shipped:g}")
+    quiet = settings.get("quiet_dbfs", 0.0)
+    quiet_chosen = doc.get("quiet_dbfs_on_tuning")
+    quiet_line = (f"Since `quiet_dbfs` ({quiet:g} dBFS; first on the tuning half: {quiet_chosen:g}, the highest "
+                  f"level tied on mistakes and on talk and non-music streams announced never or late), a window "
+                  f"quieter than that whose genres still decide the current genre is a quiet passage of the "
+                  f"music, not evidence for \"no music\" (for up to 10 s in a row): gtzan/classical.00080 "
+                  f"fades to -56 to -63 dBFS in its last 6 s (music detector 0.11 to 0.02, still classical), "
+                  f"which the row \"defaults, no quiet passages\" still calls \"no music\" (and back)."
+                  if quiet_chosen is not None else "")
     switches, talks, steady = ([len(h[key]) for h in halves] for key in ("switches", "talks", "steady"))
     return f"""## Live
 
@@ -246,9 +255,7 @@ decided; "music called no music" is how long the single-genre music streams are 
 "non-music" streams are music followed by each of the {nonmusic} non-music clips (noise, hum, tones,
 speech, effects: training/negatives.py) repeated to 15 s. The music evidence ({music_line}) was chosen on
 the tuning half after the other settings: the fewest mistakes, then the fewest non-music streams
-announced late. The changes it adds on held-out single-genre clips and pairs and to a third genre are
-"no music" in the last 6 s of gtzan/classical.00080, which fades to -56 to -63 dBFS (near silence; the
-file as a whole is music).
+announced late. {quiet_line}
 
 {chr(10).join(switch_rows)}
 
