@@ -509,11 +509,13 @@ class LiveTagger:
         self.sink = sink
         self.top_k = top_k
         self.labels = {o.name: tuple(o.labels) for o in tagger.manifest.outputs}
-        # The newest resampled samples (the longest window and the receptive field's delay, and then some), for
-        # each window's level; ``_recent_start`` is the stream sample where they begin.
+        # The newest resampled samples (at least the longest window and the receptive field's delay, and then
+        # some), for each window's level: ``_recent[:_recent_n]`` starts at stream sample ``_recent_start``. Twice
+        # that is allocated once, so that a block is one copy and the kept tail moves only when it is full.
         longest = max((tagger.manifest.view_seconds(v)[0] for v in tagger.views), default=0.0)
         self._recent_keep = int((longest + 10.0) * tagger.sample_rate)
-        self._recent = np.zeros(0, dtype=np.float32)
+        self._recent = np.zeros(2 * self._recent_keep, dtype=np.float32)
+        self._recent_n = 0
         self._recent_start = 0
 
     def feed(self, block: np.ndarray, captured_at: float | None = None) -> list[SliceResult]:
@@ -521,21 +523,34 @@ class LiveTagger:
 
         ``captured_at``: :func:`time.monotonic` when the newest frame was captured (for ``latency_ms``)."""
         mono = self.resample(block.mean(axis=1) if block.ndim == 2 else block)
-        self._recent = np.concatenate([self._recent, mono])
-        if self._recent.size > self._recent_keep:
-            self._recent_start += self._recent.size - self._recent_keep
-            self._recent = self._recent[-self._recent_keep:]
+        self._remember(mono)
         results = self.stream.feed(mono)
         if results:
             self._publish(results, captured_at)
         return results
+
+    def _remember(self, samples: np.ndarray) -> None:
+        """Append resampled samples to the recent ones, dropping the oldest past twice ``_recent_keep``."""
+        n, keep = samples.size, self._recent_keep
+        if n >= keep:  # a block longer than all that is kept: its own tail
+            self._recent[:keep] = samples[-keep:]
+            self._recent_start += self._recent_n + n - keep
+            self._recent_n = keep
+            return
+        if self._recent_n + n > self._recent.size:
+            tail = keep - n  # the newest samples kept beside the block
+            self._recent[:tail] = self._recent[self._recent_n - tail:self._recent_n]
+            self._recent_start += self._recent_n - tail
+            self._recent_n = tail
+        self._recent[self._recent_n:self._recent_n + n] = samples
+        self._recent_n += n
 
     def _level(self, start_s: float, end_s: float) -> float | None:
         """The RMS level (dBFS) of the stream from ``start_s`` to ``end_s`` seconds; None when those samples
         are no longer kept."""
         rate = self.tagger.sample_rate
         a, b = round(start_s * rate) - self._recent_start, round(end_s * rate) - self._recent_start
-        return level_dbfs(self._recent[a:b]) if a >= 0 and b > a else None
+        return level_dbfs(self._recent[a:min(b, self._recent_n)]) if a >= 0 and b > a else None
 
     def _publish(self, results: list[SliceResult], captured_at: float | None) -> None:
         update = LiveUpdate(

@@ -356,3 +356,22 @@ def test_live_eval_counts_a_withdrawn_genre_claimed_again_as_still_shown() -> No
     assert _stale([(1.0, "jazz", False), (18.0, "rock", False)], 15.0, "jazz", 45.0) == 3.0
     assert _stale([(18.0, "rock", False)], 15.0, "jazz", 45.0) == 0.0  # never shown after the switch
     assert len(_claims(events)) == 2 and _shown_changes(events) == 3
+
+
+def test_live_tagger_keeps_the_newest_samples_for_window_levels() -> None:
+    """The samples LiveTagger keeps for each window's level are the stream's newest, whatever the block sizes
+    (a block longer than all that is kept included), compared with the whole stream kept."""
+    from service.live import LiveTagger
+
+    tagger = Tagger()
+    live = LiveTagger(tagger, "test", tagger.sample_rate, ChangeSettings(), sink=None)  # type: ignore[arg-type]
+    keep = live._recent_keep
+    rng = np.random.default_rng(0)
+    fed = []
+    for n in rng.choice([0, 1, 400, keep // 3, keep - 1, keep, 3 * keep], size=60):
+        fed.append(rng.normal(size=int(n)).astype(np.float32))
+        live._remember(fed[-1])
+        whole = np.concatenate(fed)
+        assert live._recent_start + live._recent_n == whole.size
+        assert live._recent_n >= min(keep, whole.size)
+        assert np.array_equal(live._recent[:live._recent_n], whole[live._recent_start:])
