@@ -176,7 +176,8 @@ class ChangeDetector:
     its evidence reaches ``evidence_nats`` and it is decided: its mean probability over the windows since
     its evidence last stood at zero (where the change most likely began) is at or above the threshold, or
     it is the update's label. With ``music_evidence_nats``, the same windows' music log-odds past the music
-    detector's threshold add up to the evidence for "no music" (and a window that is more likely not music
+    detector's threshold add up to the evidence for "no music" (but for windows of a quiet passage of the
+    current genre, ``quiet_dbfs``: a fade-out is not "no music"; and a window that is more likely not music
     is no evidence for a genre). With no current genre (the start, or "no music"), a genre is announced once
     it is decided over the last ``hysteresis`` or more music windows in a row of the evidence views. And in
     every case without evidence (or with ``evidence_nats`` 0), a label is announced once it has been the
@@ -431,8 +432,8 @@ class ChangeDetector:
         # grow (its probability under e^drift_nats times the current genre's: rock at 0.62 over a current jazz at
         # 0.38 would leave jazz shown as decided, or "uncertain", for as long as rock plays). A withdrawn genre is
         # back once the running ensemble decides it again. Measured on the live_eval recordings: a longer hold
-        # while a genre is decided (2 to 1000 times ``hysteresis``, all the same) kept a wrong first genre for good
-        # on two streams (a disco clip left as reggae; a jazz clip first called classical) and changed nothing else.
+        # while a genre is decided (2 to 1000 times ``hysteresis``, all the same) kept a wrong first genre to the
+        # end of two streams (a disco clip left as reggae; a jazz clip first called classical) and changed nothing else.
         if top == self.labels[current]:
             if self.uncertain:
                 return self._announce(top)
