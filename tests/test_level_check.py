@@ -1,0 +1,52 @@
+"""training.level_check: the same music played quieter, through the runtime, and the card's section of it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from conftest import encode
+
+from training.level_check import main, summarise
+from training.model_card import _level_section
+
+
+def test_level_check_tags_quieter_copies_and_the_card_shows_them(excerpt, tmp_path: Path) -> None:
+    audio, rate = excerpt
+    (tmp_path / "data" / "realworld").mkdir(parents=True)
+    track = encode(audio, rate, tmp_path / "data" / "realworld" / "machine_wars.mp3", "libmp3lame", "mp3")
+    digest = hashlib.sha256(track.read_bytes()).hexdigest()
+    out = tmp_path / "level.json"
+    assert main(["--data", str(tmp_path / "data"), "--gains=0,-20,-40", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    rows = doc["files"]["realworld/machine_wars.mp3"]
+    assert [r["gain_db"] for r in rows] == [0.0, -20.0, -40.0]
+    # The copies are what they say: 20 dB apart (16-bit WAV keeps -40 dB music well above its floor).
+    assert rows[0]["level_dbfs"] - rows[1]["level_dbfs"] == pytest.approx(20.0, abs=0.01)
+    assert rows[0]["music"] is True
+    first = doc["summary"][0]
+    assert first["top_genre_changed"] == 0 and first["mean_abs_confidence_change"] == 0.0
+    assert hashlib.sha256(track.read_bytes()).hexdigest() == digest  # the user's file is only read
+    section = _level_section(out)
+    assert "## Level: the same music played quieter" in section and "| -20 dB | 1 |" in section
+
+
+def test_summarise_counts_changes_decided_ones_and_no_music() -> None:
+    files = {"a": [{"genre": "rock", "confidence": 0.8, "decided": True, "music": True},
+                   {"genre": "classical", "confidence": 0.7, "decided": True, "music": True}],
+             "b": [{"genre": "jazz", "confidence": 0.5, "decided": False, "music": True},
+                   {"genre": "classical", "confidence": 0.3, "decided": False, "music": False}]}
+    quiet = summarise(files, (0.0, -20.0))[1]
+    assert (quiet["top_genre_changed"], quiet["changed_and_decided"], quiet["no_music"]) == (2, 1, 1)
+    assert quiet["mean_abs_confidence_change"] == pytest.approx(0.15)
+    assert quiet["changes"] == {"rock → classical": 1, "jazz → classical": 1}
+
+
+@pytest.mark.parametrize("gains", ["0,+6", "-10,0", "0,loud"])
+def test_level_check_refuses_gains_it_cannot_honour(gains: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(tmp_path), f"--gains={gains}", "--out", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2
+    assert f"--gains: {gains!r}" in capsys.readouterr().err
