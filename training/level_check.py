@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.live import level_dbfs
 from tagger.decode import decode_file
 from tagger.pipeline import Tagger
 
@@ -43,11 +44,6 @@ def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
         out.setframerate(rate)
         out.writeframes(pcm.tobytes())
     return path
-
-
-def level_dbfs(audio: np.ndarray) -> float:
-    """Mean power of ``audio`` in dB relative to a full-scale square wave (a full-scale sine is -3 dB)."""
-    return float(10.0 * np.log10(np.mean(np.square(audio, dtype=np.float64)) + 1e-20))
 
 
 def check_file(tagger: Tagger, path: Path, gains_db: tuple[float, ...], scratch: Path) -> list[dict]:
