@@ -786,18 +786,12 @@ def _write_claimed(library: Library, writer: TagWriter, track_id: int, file: Pat
     command) writing this file now is waited for, up to ``tagwriter.CLAIM_WAIT_S`` (``say`` prints the one line
     that says so), never raced."""
     from service import tagwriter
-    from service.tagwriter import BUSY, Outcome, claim, waiting_line
+    from service.tagwriter import under_claim, waiting_line
 
-    wait_s = tagwriter.CLAIM_WAIT_S
-    holder = claim(library, track_id, wait_s, lambda pid: say(waiting_line(file, pid)))
-    if holder is not None:
-        return Outcome(str(file), BUSY, reason=f"genre-tagger process {holder} was writing its tags for {wait_s:g} s, "
-                                               "not written (run the command again)")
-    try:
-        return writer.write(track_id, file, result.outputs, result.model, result.model_version, before_fp,
-                            result.music)
-    finally:
-        library.release_tag_write(track_id)
+    return under_claim(library, track_id, file, tagwriter.CLAIM_WAIT_S, lambda pid: say(waiting_line(file, pid)),
+                       "not written (run the command again)",
+                       lambda: writer.write(track_id, file, result.outputs, result.model, result.model_version,
+                                            before_fp, result.music))
 
 
 NO_DAEMON_SECONDS = 3.0

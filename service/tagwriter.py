@@ -239,6 +239,20 @@ def claim(library: Library, track_id: int, wait_s: float = 0.0,
     return holder
 
 
+def under_claim(library: Library, track_id: int, path: str | Path, wait_s: float,
+                waiting: Callable[[int], None] | None, left: str, write: Callable[[], Outcome]) -> Outcome:
+    """``write()`` under the claim of a track's file (:func:`claim`, waiting up to ``wait_s`` seconds), released
+    after; a file another process still holds is not touched: :data:`BUSY`, its reason ending with ``left``."""
+    holder = claim(library, track_id, wait_s, waiting)
+    if holder is not None:
+        return Outcome(str(path), BUSY, reason=f"genre-tagger process {holder} was writing its tags for {wait_s:g} s, "
+                                               f"{left}")
+    try:
+        return write()
+    finally:
+        library.release_tag_write(track_id)
+
+
 def waiting_line(path: str | Path, pid: int) -> str:
     """The one line a command prints when it begins to wait for another process's claim on ``path``."""
     return (f"genre-tagger: {path}: waiting for genre-tagger process {pid} (the daemon, or another run), which is "
@@ -349,15 +363,10 @@ def restore_tags(library: Library, run_id: int | None = None, paths: Sequence[st
             outcomes.append(_restore_one(library, track_id, path, history, dry_run, force))
             continue
         # Read and written under the claim: a write the daemon is making now is waited for, not raced.
-        holder = claim(library, track_id, wait_s, None if waiting is None else lambda pid, p=path: waiting(p, pid))
-        if holder is not None:
-            outcomes.append(Outcome(path, BUSY, reason=f"genre-tagger process {holder} was writing its tags for "
-                                                       f"{wait_s:g} s, not restored (run restore-tags again)"))
-            continue
-        try:
-            outcomes.append(_restore_one(library, track_id, path, history, dry_run, force))
-        finally:
-            library.release_tag_write(track_id)
+        outcomes.append(under_claim(
+            library, track_id, path, wait_s, None if waiting is None else lambda pid, p=path: waiting(p, pid),
+            "not restored (run restore-tags again)",
+            lambda t=track_id, p=path, h=history: _restore_one(library, t, p, h, dry_run, force)))
     return outcomes
 
 
