@@ -26,31 +26,23 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from tagger.decode import decode_file
-from tagger.model import FramePooling, ModelManifest, MusicDetector, OutputSpec
 from training.datasets import GTZAN_GENRES, load_gtzan_by_artist
 from training.degrade import DEGRADATIONS
 from training.evaluation import (
     DETECTOR_C,
     DetectorData,
-    LinearModel,
     artist_folds,
     calibration,
     choose_head,
     choose_threshold,
     detector_cv,
     detector_summary,
-    fit_detector,
-    fit_head,
-    head_logits,
     load_clips,
     nested_cv,
     reliability_diagram,
@@ -59,127 +51,22 @@ from training.evaluation import (
 )
 from training.feature_cache import NON_MUSIC_VARIANTS, PACKAGE_VARIANTS, FeatureCache, music_clips
 from training.metrics import plot_confusion
-from training.musicnn import (
-    MSD_GENRE_TAGS,
-    MSD_TAGS,
-    MUSICNN_FRONT_END,
-    MUSICNN_STAGES,
-    MUSICNN_VIEWS,
-    MSDMusicnn,
-    MusicnnBackbone,
-    fetch_musicnn_wheel,
-    interleaved_pool,
+from training.musicnn import MUSICNN_FRONT_END, MSDMusicnn, fetch_musicnn_wheel
+from training.shipped import (
+    MODEL_NAME,
+    N_FOLDS,
+    SEED,
+    VIEWS,
+    DefaultModel,
+    Recipe,
+    export_files,
+    feature_spaces,
+    manifest,
+    recipe_logits,
+    shipped_model,
 )
 
-MODEL_NAME = "msd-musicnn-gtzan"
-MODEL_VERSION = "2.1.0"
-SEED = 20261121
-N_FOLDS = 5
-VIEWS = MUSICNN_VIEWS
-# Max-pooled convolutions left in float32 in the int8 file, by kernel shape (time, mel): musicnn's 32 × 1
-# temporal filters (17 live). Kept in float32 one at a time, on windows of the calibration audio (packaged
-# music + non-music, never the evaluation files), only these changed p(music): mean |Δ| vs float32 0.0019 →
-# 0.0013 (128 × 1 or 64 × 1: no change). Their cost: ~6 % more CPU time for `tag`, decode included.
-INT8_FLOAT_KERNELS = ((32, 1),)
-__all__ = ["MUSICNN_FRONT_END", "VIEWS", "DefaultModel", "main", "manifest"]
-
-
-class GenreHead(nn.Module):
-    """Pooled features → genre logits: the frozen pretrained transform (the pooled channels' batch norm,
-    or the whole 200-d MSD embedding) and a linear layer (a logistic regression, temperature folded in)."""
-
-    def __init__(self, net: MSDMusicnn, space: str, model: LinearModel, temperature: float = 1.0) -> None:
-        super().__init__()
-        import copy
-
-        self.space = space
-        self.transform = copy.deepcopy(net.backend.pool_bn if space == "pooled" else net.backend).eval()
-        for p in self.transform.parameters():
-            p.requires_grad_(False)
-        self.linear = nn.Linear(model.weight.shape[1], model.weight.shape[0])
-        self.linear.weight.data = torch.from_numpy(model.weight / temperature).float()
-        self.linear.bias.data = torch.from_numpy(model.bias / temperature).float()
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        x = self.transform(pooled) if self.space == "pooled" else self.transform.embedding(pooled)
-        return self.linear(x)
-
-
-class DefaultModel(nn.Module):
-    """What the ONNX file holds: log-mel slice → (10 GTZAN genre probabilities, MSD genre-tag probabilities,
-    the probability of music)."""
-
-    def __init__(self, net: MSDMusicnn, head: nn.Module, music: nn.Module) -> None:
-        super().__init__()
-        self.backbone = net.backbone
-        self.backend = net.backend
-        self.head = head
-        self.music = music
-        self.register_buffer("msd_genre_index", torch.tensor([MSD_TAGS.index(t) for t in MSD_GENRE_TAGS]))
-
-    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features, timbral, temporal = self.backbone.features_and_stages(mel)
-        pooled = interleaved_pool(features)
-        genre = F.softmax(self.head(pooled), dim=1)
-        _, logits = self.backend(pooled)
-        tags = torch.sigmoid(logits.index_select(1, self.msd_genre_index))
-        music = torch.sigmoid(self.music(pooled))
-        return genre, tags, music, features, pooled, timbral, temporal
-
-
-def manifest(metrics: dict, training_data: str = "", music_threshold: float = 0.5) -> ModelManifest:
-    return ModelManifest(
-        name=MODEL_NAME, version=MODEL_VERSION, input="mel",
-        front_ends={"musicnn": MUSICNN_FRONT_END}, views=VIEWS,
-        outputs=(
-            OutputSpec("genre", "genre", "softmax", GTZAN_GENRES, "Genre (GTZAN, 10 classes)"),
-            OutputSpec("msd_genres", "msd_genres", "sigmoid", MSD_GENRE_TAGS, "Genre tags (Million Song Dataset)"),
-            OutputSpec("music", "music", "sigmoid", ("music",), "Music"),
-        ),
-        description="MSD_musicnn (Pons & Serra 2019) backbone pretrained on the Million Song Dataset, with a "
-                    "10-genre GTZAN head (calibrated) and a music detector trained by genre-tagger, plus the MSD "
-                    "genre tags as a multi-label output.",
-        licence="ISC (musicnn weights, (c) Music Technology Group, Universitat Pompeu Fabra 2019); heads: MIT",
-        provenance="musicnn 0.1.0 wheel (PyPI), MSD_musicnn checkpoint imported by training.tf_checkpoint; "
-                   "heads trained by training.default_model",
-        training_data=training_data,
-        metrics=metrics,
-        frame_pooling=FramePooling("frame_features", "pooled", "max_mean_interleaved", MusicnnBackbone.CONTEXT,
-                                   MUSICNN_STAGES, MusicnnBackbone.MID_CONTEXT),
-        music=MusicDetector("music", music_threshold),
-    )
-
-
-def export_files(model: DefaultModel, spec: ModelManifest, out: Path, calibration: Path,
-                 clips: dict[str, list[Callable[[int], np.ndarray]]] | None = None) -> tuple[Path, Path, dict]:
-    """Write the float32 file and its int8 CPU twin (training/optimize.py); return both paths and notes.
-
-    The int8 file is calibrated on the audio files under ``calibration`` and on ``clips`` (per kind, each
-    a function of the sample rate in Hz giving mono samples): the ranges must hold every kind of audio the
-    music detector tells apart, quiet music, silence and noise included."""
-    from tagger.cli import iter_audio_files
-    from training.export import export_model, verify_export
-    from training.optimize import drop_constant_features_file, optimize_model_file, quantize_model_file
-
-    path = export_model(model, spec, out / f"{MODEL_NAME}.onnx",
-                        extra_outputs=("frame_features", "pooled", *(st.tensor for st in MUSICNN_STAGES)), check=False)
-    audio = list(iter_audio_files([str(calibration)]))
-    if not audio:
-        raise SystemExit(f"{calibration}: no audio to calibrate the int8 model with (--calibration)")
-    int8 = out / f"{MODEL_NAME}-int8.onnx"
-    # The int8 file is made from the graph as exported; then the float32 file gets its exact rewrite.
-    clips = clips or {}
-    info = quantize_model_file(path, int8, audio, calibration_clips=[c for kind in clips.values() for c in kind],
-                               float_kernels=INT8_FLOAT_KERNELS)
-    info["calibration_clip_kinds"] = {kind: len(c) for kind, c in clips.items()}
-    info["constant_features_dropped"] = drop_constant_features_file(int8)
-    rewritten, dropped = optimize_model_file(path)
-    diffs = verify_export(model, spec, path, 1e-5)
-    print("ONNX Runtime vs PyTorch, max |diff|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
-    constant = drop_constant_features_file(path)
-    info.update({"max_pooled_rewritten": rewritten, "dead_filters_dropped": dropped, "float32_constant_dropped":
-                 constant, "calibration": str(calibration), "export_max_abs_diff": diffs})
-    return path, int8, info
+__all__ = ["MODEL_NAME", "MUSICNN_FRONT_END", "VIEWS", "DefaultModel", "main", "manifest"]
 
 
 def runtime_check(paths: dict[str, Path], files: dict[str, list[Path]]) -> dict:
@@ -290,11 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         for e in packaged:
             cache.get(variant, e.clip_id, lambda e=e: e.make(sr))
 
-    @torch.no_grad()
-    def spaces(x: np.ndarray) -> dict[str, np.ndarray]:
-        t = torch.from_numpy(x)
-        return {"pooled": net.backend.pool_bn(t).numpy(), "embedding": net.backend.embedding(t).numpy()}
-
+    spaces = feature_spaces(net)
     music = load_clips(cache, [t.track_id for t in tracks], music_variants, spaces)
     non_music = load_clips(cache, [f"nonmusic/{n.clip_id}" for n in negatives], non_music_variants, spaces)
     held_out = load_clips(cache, [cid for cid, _ in evaluation], ["clean"], spaces)
@@ -338,23 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     variants = ("clean", *degradations) if augmented else ("clean",)
     choice, inner = choose_head(music, np.arange(len(tracks)), labels, [t.group for t in tracks], SEED)
     # The shipped recipe (that one choice, fixed) on the same folds: its out-of-fold logits calibrate it.
-    recipe_logits: list = [None] * len(tracks)
-    for k in range(N_FOLDS):
-        train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        fold_model = fit_head(music, train, labels, choice, variants)
-        for i, z in zip(test, head_logits(fold_model, music, test, choice.space), strict=True):
-            recipe_logits[i] = z
-    recipe = summary(labels, track_probs(recipe_logits), folds)
-    recipe["calibration"] = calibration(recipe_logits, labels, folds)
+    logits = recipe_logits(music, np.arange(len(tracks)), labels, folds, choice, variants)
+    recipe = summary(labels, track_probs(logits), folds)
+    recipe["calibration"] = calibration(logits, labels, folds)
     recipe["calibrated"] = summary(labels, np.array(recipe["calibration"]["cross_fitted_probs"]), folds)
     rows["shipped recipe"] = recipe
     temperature = recipe["calibration"]["temperature"]
     print(f"shipping {shipped_row}: {choice.name} (inner CV on all clips {inner[choice.name]:.3f}); that recipe on "
           f"the folds: acc {recipe['accuracy']:.3f}, ECE {recipe['ece']:.3f} → "
           f"{recipe['calibration']['ece_cross_fitted']:.3f} (T {temperature:.2f})")
-    head_model = fit_head(music, np.arange(len(tracks)), labels, choice, variants)
-    detector = fit_detector(detector_data, np.arange(len(tracks)), np.arange(len(negatives)), DETECTOR_C,
-                            np.arange(len(packaged)))
+    shipped_recipe = Recipe(choice, variants, DETECTOR_C, music_threshold, music_variants)
+    model: DefaultModel = shipped_model(net, music, labels, np.arange(len(tracks)), shipped_recipe, detector_data,
+                                        temperature)
     shipped_cv = rows[shipped_row]
     metrics = {"cv": f"artist-grouped stratified {N_FOLDS}-fold over {len(tracks)} clips, head chosen by an inner "
                      "4-fold CV, track level",
@@ -365,8 +243,6 @@ def main(argv: list[str] | None = None) -> int:
                "head": f"{choice.name}{', trained with degraded copies' if augmented else ''}",
                "music_detector": {"c": DETECTOR_C, "threshold": music_threshold},
                "ece_nested": rows[shipped_row]["nested_calibration"]["ece"]}
-    model = DefaultModel(net, GenreHead(net, choice.space, head_model, temperature),
-                         GenreHead(net, "pooled", detector)).eval()
     training_data = (f"GTZAN: {len(tracks)} clips (../shared/data/gtzan and gtzan-excerpts)"
                      + (", also under " + ", ".join(degradations) if augmented else "")
                      + f"; non-music: {len(negatives)} clips (training/negatives.py) clean and "

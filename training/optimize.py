@@ -857,7 +857,7 @@ def quantize_model_file(source: Path, target: Path, calibration_audio: list[Path
     Args:
         float_kernels: kernel shapes (time, mel) of max-pooled convolutions that stay float32 although
             ``within`` reaches them: those whose int8 rounding moves the outputs most (measure it, as
-            ``training/default_model.py`` did for its ``INT8_FLOAT_KERNELS``). Default none.
+            ``training/shipped.py`` did for its ``INT8_FLOAT_KERNELS``). Default none.
     """
     from tagger.model import MANIFEST_KEY, read_manifest
     from training.export import save_onnx
