@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,8 +10,9 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jsonschema
@@ -108,6 +110,68 @@ def stop_daemon(proc: subprocess.Popen, timeout: float = 10.0) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout)
+
+
+class Suspender:
+    """Suspends (SIGSTOP) and continues (SIGCONT) a running daemon for a test, e.g. in the middle of a write."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.suspended = False
+
+    def suspend_when(self, predicate: Callable[[], bool], timeout: float = 120.0) -> None:
+        """Suspend the daemon as soon as ``predicate()`` holds (looked at every 10 ms, for up to ``timeout`` s);
+        it must hold before the daemon ends (else the assertion shows the daemon's log)."""
+        wait_until(lambda: predicate() or self.proc.poll() is not None, timeout, interval=0.01)
+        assert predicate(), daemon_log(self.proc)
+        self.proc.send_signal(signal.SIGSTOP)
+        self.suspended = True
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+        self.suspended = False
+
+
+@contextlib.contextmanager
+def running(proc: subprocess.Popen) -> Iterator[Suspender]:
+    """The daemon ``proc`` (from :func:`start_daemon`) for the block, with a :class:`Suspender`; at the end it is
+    continued if the block left it suspended, and stopped (SIGTERM) with exit status 0 asserted."""
+    suspender = Suspender(proc)
+    try:
+        yield suspender
+    finally:
+        if suspender.suspended:
+            suspender.resume()
+        if proc.poll() is None:
+            assert stop_daemon(proc) == 0
+
+
+class Run:
+    """A genre-tagger command (``python -m tagger.cli ARGS``) running now, its stderr read as it comes."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+        self.err: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.err.extend(iter(self.proc.stderr.readline, "")),
+                                       daemon=True)
+        self.reader.start()
+
+    def says(self, text: str, timeout: float = 120.0) -> bool:
+        """Whether it prints ``text`` on stderr (before it ends, within ``timeout`` s)."""
+        wait_until(lambda: any(text in line for line in self.err) or self.proc.poll() is not None, timeout)
+        return any(text in line for line in self.err)
+
+    def finish(self, timeout: float = 120.0) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) once it ends (killed after ``timeout`` s)."""
+        try:
+            out = self.proc.stdout.read()
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self.reader.join(30)
+        return code, out, "".join(self.err)
 
 
 def query(db: Path, sql: str, args: tuple = ()) -> list[tuple]:

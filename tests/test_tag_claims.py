@@ -6,17 +6,14 @@ process here is a real second process holding a real claim in the library file."
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import daemon_log, query, start_daemon, stop_daemon, wait_until
+from daemon_helpers import Run, daemon_log, query, running, wait_until
 
 from service.library import Library
 from tagger.filetags import audio_digest, read_state
@@ -44,29 +41,6 @@ def holding(db: Path, track_id: int) -> Iterator[subprocess.Popen]:
         finally:
             if holder.poll() is None:
                 holder.kill()
-
-
-class Run:
-    """A genre-tagger command running now, its stderr read as it comes."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ})
-        self.err: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.err.extend(iter(self.proc.stderr.readline, "")),
-                                       daemon=True)
-        self.reader.start()
-
-    def says(self, text: str, timeout: float = 120.0) -> bool:
-        """Whether it prints ``text`` on stderr (before it ends, within ``timeout`` s)."""
-        wait_until(lambda: any(text in line for line in self.err) or self.proc.poll() is not None, timeout)
-        return any(text in line for line in self.err)
-
-    def finish(self) -> tuple[int, str, str]:
-        out = self.proc.stdout.read()
-        code = self.proc.wait(120)
-        self.reader.join(30)
-        return code, out, "".join(self.err)
 
 
 @pytest.fixture
@@ -151,38 +125,25 @@ def test_tag_write_tags_beside_the_daemon_waits_for_its_write_and_the_replaced_r
     model comes to the same file. Before: tag wrote beside it and met its lock ("locked by another program",
     exit 1). Now tag records its result, says it waits for the daemon's pid, the daemon (continued) drops the
     write whose result was replaced, and the file gets tag's result: one write, the audio untouched."""
-    from test_tags_owed import THRESHOLD, WRITING, _long_recording, _writing
+    from test_tags_owed import THRESHOLD, _daemon_on_long_recording, _writing
 
     from models import export_tiny
 
     tiny_v2 = export_tiny(tmp_path / "v2" / "tiny-test.onnx", version="0.0.2")
     music = tmp_path / "music"
     music.mkdir()
-    song = _long_recording(realworld, music / "long.mp3")
+    song, db, daemon = _daemon_on_long_recording(realworld, tiny_model, tmp_path, music)
     digest = audio_digest(song)
-    state = tmp_path / "state"
-    db = state / "library.db"
-    daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0.2", endpoint="", env=WRITING)
-    stopped = False
-    try:
-        wait_until(lambda: _writing(music) or daemon.poll() is not None, 120, interval=0.01)
-        assert _writing(music), daemon_log(daemon)
-        daemon.send_signal(signal.SIGSTOP)
-        stopped = True
+    with running(daemon) as suspender:
+        suspender.suspend_when(lambda: _writing(music))
         tag = Run("tag", "--write-tags", "--model", str(tiny_v2), "--threshold", THRESHOLD, "--coverage",
                   "excerpts:2x10", "--library", str(db), str(song))
         waited = tag.says(f"genre-tagger: {song}: waiting for genre-tagger process {daemon.pid} (the daemon, or "
                           "another run), which is writing its tags now")
-        daemon.send_signal(signal.SIGCONT)
-        stopped = False
+        suspender.resume()
         code, out, err = tag.finish()
         assert waited and code == 0 and out.startswith(f"{song}: "), err
         assert wait_until(lambda: not _writing(music), 60), daemon_log(daemon)  # the daemon dropped its copy
-    finally:
-        if stopped:
-            daemon.send_signal(signal.SIGCONT)
-        if daemon.poll() is None:
-            assert stop_daemon(daemon) == 0
     assert "locked by another program" not in err + daemon_log(daemon)
     assert read_state(song).provenance == "tiny-test 0.0.2"  # tag's result, not the replaced one
     assert query(db, "SELECT model_version FROM tag_writes") == [("0.0.2",)]  # one write: the replaced one never

@@ -14,14 +14,24 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from daemon_helpers import INTERRUPTIBLE, Subscriber, free_endpoint, query, start_daemon, stop_daemon, wait_until
+from daemon_helpers import (
+    INTERRUPTIBLE,
+    Run,
+    Subscriber,
+    daemon_log,
+    free_endpoint,
+    query,
+    running,
+    start_daemon,
+    stop_daemon,
+    wait_until,
+)
 
 from service.config import Config
 from service.events import TrackDone
@@ -57,6 +67,16 @@ def _long_recording(realworld: Path, path: Path) -> Path:
     copy and verify it, while tagging excerpts of it takes a fraction of one."""
     path.write_bytes((realworld / "asc-music" / "machine_wars.mp3").read_bytes() * 30)
     return path
+
+
+def _daemon_on_long_recording(realworld: Path, model: Path, tmp_path: Path, music: Path
+                              ) -> tuple[Path, Path, subprocess.Popen]:
+    """A long recording in ``music`` and a daemon started on the folder, writing file tags: (the recording, the
+    daemon's library file, the daemon); its state is ``tmp_path/state``."""
+    song = _long_recording(realworld, music / "long.mp3")
+    state = tmp_path / "state"
+    daemon = start_daemon(state, model, "--folder", str(music), "--settle", "0.2", endpoint="", env=WRITING)
+    return song, state / "library.db", daemon
 
 
 def _writing(folder: Path) -> bool:
@@ -504,17 +524,10 @@ def test_library_retag_beside_the_daemon_waits_for_the_file_it_writes_and_no_rep
     from models import export_tiny
 
     tiny_v2 = export_tiny(tmp_path / "v2" / "tiny-test.onnx", version="0.0.2")
-    song = _long_recording(realworld, music / "long.mp3")
+    song, db, daemon = _daemon_on_long_recording(realworld, tiny_model, tmp_path, music)
     digest = audio_digest(song)
-    state = tmp_path / "state"
-    db = state / "library.db"
-    daemon = start_daemon(state, tiny_model, "--folder", str(music), "--settle", "0.2", endpoint="", env=WRITING)
-    stopped, lines = False, []
-    try:
-        wait_until(lambda: _writing(music) or daemon.poll() is not None, 120, interval=0.01)
-        assert _writing(music), _log(state)
-        daemon.send_signal(signal.SIGSTOP)
-        stopped = True
+    with running(daemon) as suspender:
+        suspender.suspend_when(lambda: _writing(music))
         assert query(db, "SELECT count(*) FROM tag_writes") == [(0,)] and _owed_row(db, song.name)[0] == 0
 
         library = Library(db)
@@ -526,32 +539,16 @@ def test_library_retag_beside_the_daemon_waits_for_the_file_it_writes_and_no_rep
         finally:
             library.close()
 
-        retag = [*CLI, "library", "--library", str(db), "retag", "--outdated", "--write-tags", "--model", str(tiny_v2)]
-        env = {**os.environ, "GENRE_TAGGER_TAGGING_THRESHOLD": THRESHOLD,
-               "GENRE_TAGGER_TAGGING_COVERAGE": "excerpts:2x10"}
-        with subprocess.Popen(retag, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as run:
-            reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)
-            reader.start()
-            try:
-                waiting = f"waiting for genre-tagger process {daemon.pid}"
-                wait_until(lambda: any(waiting in line for line in lines) or run.poll() is not None, 120)
-                daemon.send_signal(signal.SIGCONT)
-                stopped = False
-                assert run.wait(120) == 0, "".join(lines)
-                reader.join(10)
-            finally:
-                if run.poll() is None:
-                    run.kill()
-        stderr = "".join(lines)
-        assert waiting in stderr, stderr
-        assert "0 re-tagged, 1 files' tags rewritten, 0 failed" in stderr, stderr + _log(state)
-        assert wait_until(lambda: not _writing(music), 60), _log(state)  # the daemon dropped its copy
-    finally:
-        if stopped:
-            daemon.send_signal(signal.SIGCONT)
-        if daemon.poll() is None:
-            assert stop_daemon(daemon) == 0
-    assert "locked by another program" not in stderr + _log(state)
+        retag = Run("library", "--library", str(db), "retag", "--outdated", "--write-tags", "--model", str(tiny_v2),
+                    env={"GENRE_TAGGER_TAGGING_THRESHOLD": THRESHOLD, "GENRE_TAGGER_TAGGING_COVERAGE": "excerpts:2x10"})
+        waiting = f"waiting for genre-tagger process {daemon.pid}"
+        waited = retag.says(waiting)
+        suspender.resume()
+        code, _, stderr = retag.finish()
+        assert waited and code == 0, stderr
+        assert "0 re-tagged, 1 files' tags rewritten, 0 failed" in stderr, stderr + daemon_log(daemon)
+        assert wait_until(lambda: not _writing(music), 60), daemon_log(daemon)  # the daemon dropped its copy
+    assert "locked by another program" not in stderr + daemon_log(daemon)
     assert read_state(song).provenance == "tiny-test 0.0.2"  # the library's result, not the replaced one
     genre, = query(db, "SELECT label FROM genres WHERE output = 'genre' AND decided = 1")[0]
     assert read_state(song).genres == (genre,)
