@@ -129,7 +129,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m3u.add_argument("--output", help="model output (default: any)")
     export_csv = lsub.add_parser("export-csv", help="write every tagged track's genres as CSV")
     export_csv.add_argument("out", help="CSV file to write ('-' for stdout)")
-    restore = lsub.add_parser("restore-tags", help="put back the genre tags files had before genre-tagger wrote them")
+    restore = lsub.add_parser("restore-tags", help="put back the genre tags files had before genre-tagger wrote them "
+                                                   "(and drop the writes the daemon still owes for those files)")
     restore.add_argument("paths", nargs="*", metavar="PATH", help="only files at or under these paths (default: all)")
     restore.add_argument("--run", metavar="ID|last",
                          help="undo this run of tag writes and the later ones (default: every run)")
@@ -530,8 +531,11 @@ def _restore_tags(library, args) -> int:
     for o in outcomes:
         print(o.line(), file=sys.stderr if o.action in (FAILED, SKIPPED, BUSY) else sys.stdout)
     failed = sum(o.action in (FAILED, SKIPPED, BUSY) for o in outcomes)
+    dropped = sum(o.owed_dropped for o in outcomes)
     print(f"genre-tagger: {len(outcomes) - failed} of {len(outcomes)} files restored or already so"
-          + (" (dry run)" if args.dry_run else ""), file=sys.stderr)
+          + (" (dry run)" if args.dry_run else "")
+          + (f"; {dropped} genre writes the daemon still owed for them dropped (they would have written "
+             "genre-tagger's genres back)" if dropped else ""), file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 

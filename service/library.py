@@ -33,7 +33,8 @@ Schema (version 8; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades ol
     -9, a crash or a power cut between the two loses no write (the daemon makes it at its next start,
     from this row, without tagging the file again). A write that failed for good (a read-only file, an
     unsupported format, or ``[tags] write_attempts`` failures) keeps its row with ``failed_at`` and the
-    reason, visible in ``library stats`` and ``library show``; ``retry_errors`` tries it again.
+    reason, visible in ``library stats`` and ``library show``; ``retry_errors`` tries it again. ``library
+    restore-tags`` drops the row of each file it restores, in the transaction that marks the file restored.
 ``tag_claims``
     track_id (primary key), host, pid, started (the process's start time in clock ticks, from
     ``/proc/PID/stat``; "" where unknown), claimed_at. The process writing an owed write into this
@@ -976,13 +977,18 @@ class Library:
                                   "ORDER BY id DESC LIMIT 1", [track_id]))
         return _decode_write(rows[0]) if rows else None
 
-    def tag_writes(self, run_id: int | None = None, paths: list[str] | None = None) -> list[dict]:
-        """Writes not yet undone, oldest first: those of one run, or all; only under ``paths`` if given."""
+    def tag_writes(self, run_id: int | None = None, paths: list[str] | None = None,
+                   track_id: int | None = None) -> list[dict]:
+        """Writes not yet undone, oldest first: those of one run, or all; only under ``paths`` if given; only
+        into one track's file with ``track_id``."""
         sql = "SELECT * FROM tag_writes WHERE restored_at IS NULL"
         args: list = []
         if run_id is not None:
             sql += " AND run_id = ?"
             args.append(run_id)
+        if track_id is not None:
+            sql += " AND track_id = ?"
+            args.append(track_id)
         rows = [_decode_write(r) for r in self.db.query(sql + " ORDER BY id", args)]
         if paths:
             prefixes = [str(Path(p)) for p in paths]
@@ -994,13 +1000,19 @@ class Library:
         row = self.db.execute("SELECT max(run_id) FROM tag_writes WHERE restored_at IS NULL").fetchone()
         return row[0] if row else None
 
-    def mark_restored(self, write_ids: list[int]) -> None:
-        def write() -> None:
+    def mark_restored(self, write_ids: list[int], track_id: int | None = None) -> int:
+        """These writes were undone (``restore-tags``). With ``track_id`` (their file's track), the genre write
+        owed for that file (``tags_owed``, failed for good or not) is dropped in the same transaction: made
+        later, it would write back the genres the user just removed. Returns how many owed rows were dropped."""
+        def write() -> int:
             with self.db.conn:
                 self.db.conn.executemany("UPDATE tag_writes SET restored_at = ? WHERE id = ?",
                                          [(now_iso(), i) for i in write_ids])
+                if track_id is None:
+                    return 0
+                return self.db.execute("DELETE FROM tags_owed WHERE track_id = ?", [track_id]).rowcount
 
-        self._retry(write)
+        return self._retry(write)
 
     # The tagged tracks another model or version tagged (parameters: model, version).
     _OUTDATED = "status = 'tagged' AND (model IS NOT ? OR model_version IS NOT ?)"

@@ -96,6 +96,7 @@ class Outcome:
     after: tuple[str, ...] = ()
     reason: str = ""
     lasting: bool = False  # a skip or failure that trying again will not mend (a read-only file, a format)
+    owed_dropped: bool = False  # restore-tags: a genre write the daemon still owed for this file was dropped
 
     def line(self) -> str:
         def show(genres: tuple[str, ...]) -> str:
@@ -362,25 +363,32 @@ def restore_tags(library: Library, run_id: int | None = None, paths: Sequence[st
         if dry_run:
             outcomes.append(_restore_one(library, track_id, path, history, dry_run, force))
             continue
+
+        def restore(t: int = track_id, p: str = path, h: list[dict] = history) -> Outcome:
+            # The writes read again under the claim: one the daemon made while this waited for it is undone too.
+            fresh = [w for w in library.tag_writes(track_id=t) if run_id is None or w["run_id"] >= run_id]
+            return _restore_one(library, t, p, fresh or h, dry_run, force)
+
         # Read and written under the claim: a write the daemon is making now is waited for, not raced.
         outcomes.append(under_claim(
             library, track_id, path, wait_s, None if waiting is None else lambda pid, p=path: waiting(p, pid),
-            "not restored (run restore-tags again)",
-            lambda t=track_id, p=path, h=history: _restore_one(library, t, p, h, dry_run, force)))
+            "not restored (run restore-tags again)", restore))
     return outcomes
 
 
 def _restore_one(library: Library, track_id: int, path: str, history: list[dict], dry_run: bool,
                  force: bool) -> Outcome:
+    """Restore one file (under its claim unless ``dry_run``). A file that holds its own genres again, restored
+    now or found so, is marked restored, and the write the daemon still owes for it is dropped in that same
+    transaction (:meth:`Library.mark_restored`): made later, it would put genre-tagger's genres back."""
     first, last = history[0], history[-1]
     original = GenreState.from_dict(first["before"])
     ids = [w["id"] for w in history]
     try:
         current = read_state(path)
         if current == original:
-            if not dry_run:
-                library.mark_restored(ids)
-            return Outcome(path, UNCHANGED, current.genres, current.genres)
+            dropped = not dry_run and library.mark_restored(ids, track_id) > 0
+            return Outcome(path, UNCHANGED, current.genres, current.genres, owed_dropped=dropped)
         written = GenreState.from_dict(last["after"])
         if current.genres != written.genres and not force:
             raise FileSkipped(f"{path}: genres changed since genre-tagger wrote them "
@@ -392,8 +400,8 @@ def _restore_one(library: Library, track_id: int, path: str, history: list[dict]
             library.file_rewritten(track_id, st.st_size, st.st_mtime, fingerprint(temp, st.st_size))
 
         write_state(path, original, expected=current, before_replace=record)
-        library.mark_restored(ids)
-        return Outcome(path, RESTORED, current.genres, original.genres)
+        dropped = library.mark_restored(ids, track_id) > 0
+        return Outcome(path, RESTORED, current.genres, original.genres, owed_dropped=dropped)
     except FileSkipped as exc:
         return Outcome(path, SKIPPED, reason=_reason(exc, path))
     except (TagWriteError, OSError) as exc:

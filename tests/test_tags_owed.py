@@ -426,6 +426,51 @@ def test_the_copy_a_killed_writer_left_beside_a_file_goes_even_when_its_write_is
     assert not left.exists(), "the killed writer's copy was left in the music folder"
 
 
+def test_restore_tags_drops_the_writes_the_daemon_still_owes_for_the_files_it_restores(
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, music: Path, labels: dict) -> None:
+    """`library restore-tags` puts files' own genres back; a write the daemon still owed for such a file (a result
+    recorded, its write not made yet: the file was locked, the daemon stopped, file tagging was off) must not put
+    genre-tagger's genres back afterwards. One file is restored (re-tagged since its write, that write owed); the
+    other's genre the user had removed by hand (the daemon then re-tagged it, its write owed): restore-tags finds it
+    as it was and marks it restored. Before, both owed writes stayed: the second was then made (the file is the one
+    its result is for), writing the genre back."""
+    from mutagen.flac import FLAC
+
+    restored, by_hand = music / "restored.flac", music / "by-hand.flac"
+    for path in (restored, by_hand):
+        shutil.copy(format_files["flac"], path)
+    originals = {path: read_state(path) for path in (restored, by_hand)}
+    db = tmp_path / "library.db"
+    _owed_library(db, [restored, by_hand], tiny_model)
+    _catch_up(db, labels, lambda: _owed(db) == (0, 0))  # the daemon's writes
+    assert all(read_state(p).genres and read_state(p).genres != originals[p].genres for p in originals)
+    tags = FLAC(by_hand)  # the user removes genre-tagger's genre in another program
+    for key in ("genre", "genre_tagger_model"):
+        del tags[key]
+    tags.save()
+    assert read_state(by_hand) == originals[by_hand]
+    library = Library(db)
+    tagger = Tagger(tiny_model, threshold=float(THRESHOLD))
+    try:
+        assert library.discover(by_hand) == "queued"  # changed: the daemon's watcher queues it
+        for path in (restored, by_hand):  # each tagged again (a newer model, a changed file); the writes owed
+            row = library.get(path)
+            library.queue_again([row.id])
+            assert library.record_result(row.id, tagger.tag_file(path), row.fingerprint, owe_tags=True)
+    finally:
+        library.close()
+    assert _owed(db) == (2, 0)
+
+    restore = _cli("library", "--library", str(db), "restore-tags")
+    assert restore.returncode == 0, restore.stderr
+    assert "2 of 2 files restored or already so; 2 genre writes the daemon still owed for them dropped" \
+        in restore.stderr, restore.stderr
+    assert _owed(db) == (0, 0)
+    _catch_up(db, labels, lambda: True)  # a daemon starting after the restore: nothing owed is made
+    assert {p: read_state(p) for p in originals} == originals
+    assert query(db, "SELECT count(*) FROM tag_writes WHERE restored_at IS NULL") == [(0,)]
+
+
 def _lock(path: Path) -> int:
     """Hold ``path`` locked (``flock``) as another program writing it would; close the fd to let go."""
     fd = os.open(path, os.O_RDONLY)
