@@ -1,0 +1,190 @@
+"""Models for an out-of-fold live measurement: the shipped model retrained without one artist half.
+
+:mod:`training.live_eval` builds its streams from the shared GTZAN clips, which the shipped genre head (and the
+music detector, whose music positives they are) was trained on. For each artist half it splits the streams
+into, this module trains the shipped recipe (:mod:`training.shipped`: the same head, degraded training copies,
+C, temperature fit and detector) on the labelled clips (``gtzan`` and ``gtzan-excerpts``) whose artist is not
+in that half, and exports it as the build exports the shipped one (float32 and the int8 CPU twin, which is what
+``Tagger()`` loads by default on the CPU). Streams of a half are then recorded with that half's model only.
+
+What is still shared with the shipped model (not out of fold): the head *choice*, its C, whether degraded
+copies are trained on, and the music threshold were chosen by the build's cross-validation over all labelled
+clips (``<model>.cv.json``); the music detector's non-music and packaged-music clips are all trained on.
+
+Features come from the build's cache (``--cache``, read only: every clip and variant must be there); the
+exported files go under ``--out``/``<key>``, ``<key>`` naming the training clips and the recipe, so a file is
+built once and rebuilt only when what it is trained on changes.
+
+    nice -n 10 python -m training.live_models --data ../shared/data --halves HALVES.json --out CACHE/models
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.datasets import GTZAN_GENRES, Track, load_gtzan_by_artist
+
+BUILDER_VERSION = 1  # bump when what a half model is made of changes without its training clips or recipe
+DEFAULT_FEATURES = Path(".cache/features")  # the build's feature cache (python -m training.feature_cache)
+
+
+def labelled_tracks(data: Path) -> list[Track]:
+    """Every labelled clip the build trains on (``gtzan`` and ``gtzan-excerpts``), grouped by artist."""
+    return load_gtzan_by_artist([data / "gtzan", data / "gtzan-excerpts"])
+
+
+def training_indices(tracks: Sequence[Track], held_out_artists: Collection[str]) -> np.ndarray:
+    """The clips a half's model may train on: every labelled clip whose artist (``Track.group``) is not one of
+    ``held_out_artists``."""
+    held = set(held_out_artists)
+    return np.array([i for i, t in enumerate(tracks) if t.group not in held], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class HalfModel:
+    """A half's exported model.
+
+    Attributes:
+        path: the int8 file (what ``Tagger()`` runs by default on the CPU).
+        float32: its float32 twin.
+        trained_on: the labelled clips (track ids) its heads were trained on.
+        temperature: the genre head's temperature.
+        key: the folder name (training clips and recipe).
+    """
+
+    path: Path
+    float32: Path
+    trained_on: tuple[str, ...]
+    temperature: float
+    key: str
+
+
+def model_key(trained_on: Sequence[str], recipe) -> str:
+    """A short stable name for a model trained on ``trained_on`` with ``recipe``."""
+    from training.shipped import MODEL_VERSION
+
+    text = json.dumps({"clips": sorted(trained_on), "recipe": asdict(recipe), "version": MODEL_VERSION,
+                       "builder": BUILDER_VERSION}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def build_half_models(data: Path, held_out: Sequence[Collection[str]], out: Path,
+                      features: Path = DEFAULT_FEATURES, packages: Path | None = None,
+                      report: Path = Path("models/msd-musicnn-gtzan.cv.json"), calibration: Path | None = None,
+                      log: Callable[[str], None] = print) -> list[HalfModel]:
+    """One model per entry of ``held_out`` (a half's artists, as ``Track.group``): the shipped recipe (read
+    from ``report``) trained on every other labelled clip, exported under ``out``. A model already there is
+    reused."""
+    from training.music_sources import DEFAULT_ROOT
+    from training.shipped import recipe_of_report
+
+    shipped = json.loads(Path(report).read_text())
+    recipe = recipe_of_report(shipped)
+    tracks = labelled_tracks(data)
+    plans = []
+    for artists in held_out:
+        idx = training_indices(tracks, artists)
+        ids = tuple(tracks[i].track_id for i in idx)
+        key = model_key(ids, recipe)
+        plans.append((idx, ids, key, out / key))
+    todo = [p for p in plans if not (p[3] / "done.json").is_file()]
+    if todo:
+        _build(data, tracks, recipe, todo, features, packages or DEFAULT_ROOT, calibration or data / "fma", log,
+               [p["clip"] for p in shipped["shipped"].get("packaged", [])])
+    models = []
+    for _, ids, key, folder in plans:
+        done = json.loads((folder / "done.json").read_text())
+        models.append(HalfModel(folder / done["int8"], folder / done["float32"], ids, done["temperature"], key))
+    return models
+
+
+def _build(data: Path, tracks: Sequence[Track], recipe, plans: list, features: Path, packages: Path,
+           calibration: Path, log: Callable[[str], None], shipped_packaged: Sequence[str]) -> None:
+    """Load the cached features once, then train and export each planned model (the packaged music must be what
+    the shipped detector was trained on: ``shipped_packaged``)."""
+    import torch
+
+    from training.evaluation import DetectorData, load_clips
+    from training.feature_cache import NON_MUSIC_VARIANTS, PACKAGE_VARIANTS, FeatureCache
+    from training.music_sources import excerpts
+    from training.musicnn import MSDMusicnn, fetch_musicnn_wheel
+    from training.negatives import all_non_music
+    from training.shipped import export_files, feature_spaces, manifest, recipe_temperature, shipped_model
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    net = MSDMusicnn.pretrained(fetch_musicnn_wheel()).eval()
+    cache = FeatureCache(features)  # no network: a clip missing from the cache is an error, never computed here
+    spaces = feature_spaces(net)
+    negatives = all_non_music()
+    packaged = excerpts(root=packages, log=lambda line: None)  # the build's notes on skipped files, said there
+    if [e.clip_id for e in packaged] != list(shipped_packaged):
+        raise SystemExit(f"{packages}: {len(packaged)} packaged excerpts, not the {len(shipped_packaged)} the shipped "
+                         "music detector was trained on")
+    music_variants = tuple(dict.fromkeys(("clean", *recipe.variants, *recipe.detector_variants)))
+    non_music_variants = tuple(v for v in NON_MUSIC_VARIANTS if v in music_variants)
+    music = load_clips(cache, [t.track_id for t in tracks], music_variants, spaces)
+    non_music = load_clips(cache, [f"nonmusic/{n.clip_id}" for n in negatives], non_music_variants, spaces)
+    packaged_clips = load_clips(cache, [e.clip_id for e in packaged], PACKAGE_VARIANTS, spaces) if packaged else None
+    detector_data = DetectorData(music, non_music, recipe.detector_variants, non_music_variants, packaged_clips,
+                                 PACKAGE_VARIANTS if packaged else (), [e.package for e in packaged])
+    labels = np.array([GTZAN_GENRES.index(t.label) for t in tracks])
+    groups = [t.group for t in tracks]
+    log(f"features of {len(tracks)} labelled, {len(negatives)} non-music and {len(packaged)} packaged clips loaded "
+        f"in {time.perf_counter() - started:.0f} s")
+    for idx, ids, _, folder in plans:
+        began = time.perf_counter()
+        temperature = recipe_temperature(music, labels, groups, idx, recipe)
+        model = shipped_model(net, music, labels, idx, recipe, detector_data, temperature)
+        kept = set(idx.tolist())
+        left_out = sorted({t.group for i, t in enumerate(tracks) if i not in kept})
+        metrics = {"live_eval_half_model": {"trained_on": len(ids), "left_out_clips": len(tracks) - len(ids),
+                                            "left_out_artists": len(left_out), "temperature": temperature,
+                                            "head": recipe.head.name, "variants": list(recipe.variants),
+                                            "detector_c": recipe.detector_c}}
+        training_data = (f"GTZAN: {len(ids)} of {len(tracks)} labelled clips (the artists of one live_eval half "
+                         "left out)" + (", also under " + ", ".join(recipe.variants[1:]) if len(recipe.variants) > 1
+                                        else "")
+                         + f"; non-music: {len(negatives)} clips; packaged music: {len(packaged)} excerpts")
+        spec = manifest(metrics, training_data, recipe.music_threshold)
+        folder.mkdir(parents=True, exist_ok=True)
+        path, int8, _ = export_files(model, spec, folder, calibration,
+                                     {"packaged music": [e.make for e in packaged],
+                                      "non-music": [n.make for n in negatives]})
+        (folder / "trained_on.json").write_text(json.dumps({"trained_on": list(ids), "left_out_artists": left_out}))
+        (folder / "done.json").write_text(json.dumps({"int8": int8.name, "float32": path.name,
+                                                      "temperature": temperature, "recipe": asdict(recipe),
+                                                      "seconds": round(time.perf_counter() - began, 1)}))
+        log(f"{folder}: {len(ids)} clips, T {temperature:.3f}, {time.perf_counter() - began:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data", help="folder holding gtzan/ … (default ../shared/data)")
+    parser.add_argument("--halves", required=True,
+                        help="JSON file: a list, per half, of the artists (Track.group, 'artist:…') to leave out")
+    parser.add_argument("--out", required=True, help="where the models go (one folder per model)")
+    parser.add_argument("--cache", default=str(DEFAULT_FEATURES),
+                        help=f"the build's feature cache, read only (default {DEFAULT_FEATURES})")
+    parser.add_argument("--packages", default=None, help="the packaged music (default .cache/music-packages)")
+    parser.add_argument("--report", default="models/msd-musicnn-gtzan.cv.json",
+                        help="the shipped model's cv.json, whose recipe is retrained (default "
+                             "models/msd-musicnn-gtzan.cv.json)")
+    args = parser.parse_args(argv)
+    held_out = json.loads(Path(args.halves).read_text())
+    for m in build_half_models(Path(args.data), held_out, Path(args.out), Path(args.cache),
+                               Path(args.packages) if args.packages else None, Path(args.report)):
+        print(m.path, len(m.trained_on), f"T {m.temperature:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
