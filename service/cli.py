@@ -101,7 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     keys.set_defaults(func=cmd_keys)
 
     library = sub.add_parser("library", help="the tag library: query and export it, undo tag writes (restore-tags), "
-                                             "import batch shards, re-tag after a model update")
+                                             "make owed ones now (retry-owed), import batch shards, re-tag after "
+                                             "a model update")
     library.add_argument("--library", help="SQLite library file (default: the daemon's)")
     library.add_argument("--config", "-c", help="TOML configuration file (to find the library)")
     lsub = library.add_subparsers(dest="library_command", required=True)
@@ -137,6 +138,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     restore.add_argument("--dry-run", action="store_true", help="print before → after, write nothing")
     restore.add_argument("--force", action="store_true",
                          help="also restore files whose genres someone changed after genre-tagger wrote them")
+    retry = lsub.add_parser("retry-owed", help="make now the genre writes into files the daemon owes (after you "
+                                               "freed the disk or closed the program that held a file), under the "
+                                               "daemon's [tags] settings")
+    retry.add_argument("paths", nargs="*", metavar="PATH", help="only files at or under these paths (default: all)")
+    retry.add_argument("--failed", action="store_true",
+                       help="also the writes that failed for good (a read-only file you made writable)")
+    retry.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="progress bar on stderr (default: on on a terminal)")
     imp = lsub.add_parser("import", help="merge the Parquet shards of `genre-tagger batch` into the library")
     imp.add_argument("shards", metavar="DIR", help="the folder `batch --out` wrote")
     retag = lsub.add_parser("retag", help="tag again the tracks an older model (or another one) tagged, and "
@@ -685,7 +694,59 @@ def _retag(library, args) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-_WRITING_COMMANDS = frozenset(("restore-tags", "retag", "import"))
+def _retry_owed(library, args) -> int:
+    """``library retry-owed``: every owed write (under PATHs) tried now, each under its file's claim."""
+    from tqdm import tqdm
+
+    from service import tagwriter
+    from service.config import load_config
+    from service.library import under
+    from service.sinks.tags import TagsSection
+    from service.tagwriter import BUSY, FAILED, QUEUED, SKIPPED, WRITTEN, TagWriter, waiting_line, write_owed
+
+    config = load_config(args.config, validate=False)
+    section = config.section("tags") or TagsSection()
+    try:  # the daemon's [tags] settings, checked as the daemon checks them
+        section.validate("tags")
+        section.validate_with("tags", config)
+    except ConfigError as exc:
+        raise TaggerError(str(exc)) from None
+    writer = TagWriter(library, section.write_settings(config.tagging.threshold), "library retry-owed")
+    paths = [str(Path(p).expanduser().absolute()) for p in args.paths]
+    todo = [(i, path) for i, path in library.owed_paths(failed=args.failed) if not paths or under(path, paths)]
+    left_failed = 0 if args.failed else len([1 for _, path in library.owed_paths(failed=True)
+                                             if not paths or under(path, paths)]) - len(todo)
+    if not todo:
+        print("genre-tagger: no genre writes owed" + (f" under {', '.join(args.paths)}" if paths else "")
+              + (f" ({left_failed} failed for good: --failed tries them too)" if left_failed else ""),
+              file=sys.stderr)
+        return EXIT_OK
+    show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    counts = {"written": 0, "nothing to write": 0, "failed": 0, "busy": 0}
+    with tqdm(total=len(todo), unit="file", disable=not show_progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        for owed_id, path in todo:
+            found = library.owed_writes(owed_id - 1, owed_id, 1, failed=True)
+            outcome = None
+            if found:
+                def waiting(pid: int, p: str | None = path) -> None:
+                    bar.write(waiting_line(p, pid), file=sys.stderr)
+
+                outcome, _ = write_owed(library, writer, found[0], None, section.write_attempts,
+                                        tagwriter.CLAIM_WAIT_S, waiting, asked=True)
+            key = ("nothing to write" if outcome is None or outcome.action not in (WRITTEN, FAILED, SKIPPED, BUSY)
+                   else {WRITTEN: "written", BUSY: "busy"}.get(outcome.action, "failed"))
+            counts[key] += 1
+            if outcome is not None:
+                bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED, QUEUED, BUSY)
+                          else sys.stdout)
+            bar.update(1)
+    print(f"genre-tagger: {len(todo)} owed genre writes tried: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+          + (f"; {left_failed} failed for good not tried (--failed tries them too)" if left_failed else ""),
+          file=sys.stderr)
+    return EXIT_SOME_FAILED if counts["failed"] or counts["busy"] else EXIT_OK
+
+
+_WRITING_COMMANDS = frozenset(("restore-tags", "retag", "import", "retry-owed"))
 
 
 def _import(library, args) -> int:
@@ -699,7 +760,8 @@ def _import(library, args) -> int:
 
 
 _LIBRARY_COMMANDS = {"stats": _stats, "list": _list, "show": _show, "export-m3u": _export_m3u,
-                     "export-csv": _export_csv, "restore-tags": _restore_tags, "retag": _retag, "import": _import}
+                     "export-csv": _export_csv, "restore-tags": _restore_tags, "retag": _retag, "import": _import,
+                     "retry-owed": _retry_owed}
 
 
 def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str, str]) -> int:

@@ -197,7 +197,7 @@ class OwedWrite:
         id: the owed row's id. track_id: its track. path, status, fingerprint: the track's now (None when the
         track is gone). owed_fingerprint: the file's fingerprint when the result was stored. result: JSON
         (:func:`result_json`). attempts: failed tries so far. retry_at: when to try it again after a passing
-        failure (UTC ISO time; None: at once).
+        failure (UTC ISO time; None: at once). failed: it failed for good (only listed when asked for).
     """
 
     id: int
@@ -209,6 +209,7 @@ class OwedWrite:
     result: str
     attempts: int
     retry_at: str | None = None
+    failed: bool = False
 
     def retry_wait(self) -> float:
         """Seconds until this write is to be tried again (0: now)."""
@@ -808,14 +809,24 @@ class Library:
 
     # -- genre writes the daemon owes ------------------------------------------------------------------
 
-    def owed_writes(self, after_id: int = 0, up_to_id: int | None = None, limit: int = 100) -> list[OwedWrite]:
-        """Owed tag writes not failed for good, by id (``after_id`` < id <= ``up_to_id``), with their track."""
+    def owed_writes(self, after_id: int = 0, up_to_id: int | None = None, limit: int = 100,
+                    failed: bool = False) -> list[OwedWrite]:
+        """Owed tag writes not failed for good (``failed``: those too), by id (``after_id`` < id <= ``up_to_id``),
+        with their track."""
         rows = self.db.execute(
-            "SELECT o.id, o.track_id, t.path, t.status, t.fingerprint, o.fingerprint, o.result, o.attempts, o.retry_at "
-            "FROM tags_owed o LEFT JOIN tracks t ON t.id = o.track_id WHERE o.failed_at IS NULL AND o.id > ? "
-            "AND o.id <= ? ORDER BY o.id LIMIT ?", [after_id, up_to_id if up_to_id is not None else 2 ** 62, limit])
-        return [OwedWrite(r[0], r[1], None if r[2] is None else fs_path(r[2]), r[3], r[4], r[5], r[6], r[7], r[8])
-                for r in rows.fetchall()]
+            "SELECT o.id, o.track_id, t.path, t.status, t.fingerprint, o.fingerprint, o.result, o.attempts, "
+            "o.retry_at, o.failed_at IS NOT NULL FROM tags_owed o LEFT JOIN tracks t ON t.id = o.track_id WHERE "
+            f"{'' if failed else 'o.failed_at IS NULL AND '}o.id > ? AND o.id <= ? ORDER BY o.id LIMIT ?",
+            [after_id, up_to_id if up_to_id is not None else 2 ** 62, limit])
+        return [OwedWrite(r[0], r[1], None if r[2] is None else fs_path(r[2]), r[3], r[4], r[5], r[6], r[7], r[8],
+                          bool(r[9])) for r in rows.fetchall()]
+
+    def owed_paths(self, failed: bool = False) -> list[tuple[int, str | None]]:
+        """(owed id, its file's path or None) of every owed tag write not failed for good (``failed``: those too),
+        by id: what ``library retry-owed`` goes through, without their stored results."""
+        rows = self.db.execute("SELECT o.id, t.path FROM tags_owed o LEFT JOIN tracks t ON t.id = o.track_id "
+                               f"{'' if failed else 'WHERE o.failed_at IS NULL '}ORDER BY o.id")
+        return [(r[0], None if r[1] is None else fs_path(r[1])) for r in rows.fetchall()]
 
     def owed_write(self, track_id: int) -> OwedWrite | None:
         """The write owed for this track (not failed for good), or None."""
@@ -866,6 +877,26 @@ class Library:
             return bool(row and row[0])
 
         return self._retry(write)
+
+    def owed_unfail(self, owed_id: int) -> None:
+        """A write that failed for good is owed again for one try the user asked for (``library retry-owed
+        --failed``; its attempts kept): :meth:`owed_tried` fails it for good again if that try fails."""
+        def write() -> None:
+            with self.db.conn:
+                self.db.execute("UPDATE tags_owed SET failed_at = NULL WHERE id = ?", [owed_id])
+
+        self._retry(write)
+
+    def owed_tried(self, owed_id: int, error: str, for_good: bool) -> None:
+        """A try the user asked for (``library retry-owed``) failed: its reason is kept, and the write is failed for
+        good when ``for_good``; its attempts and retry time are left as they were, so the daemon's tries (and
+        their schedule) are not used up by the user's."""
+        def write() -> None:
+            with self.db.conn:
+                self.db.execute("UPDATE tags_owed SET error = ?, failed_at = CASE WHEN ? THEN ? END WHERE id = ?",
+                                [error.splitlines()[0][:500] if error else "", int(for_good), now_iso(), owed_id])
+
+        self._retry(write)
 
     def claim_tag_write(self, track_id: int) -> int | None:
         """Claim the writing of this track's file for this process (the daemon and the commands that write tags
@@ -991,9 +1022,7 @@ class Library:
             args.append(track_id)
         rows = [_decode_write(r) for r in self.db.query(sql + " ORDER BY id", args)]
         if paths:
-            prefixes = [str(Path(p)) for p in paths]
-            rows = [r for r in rows if any(r["path"] == p or r["path"].startswith(p.rstrip(os.sep) + os.sep)
-                                           for p in prefixes)]
+            rows = [r for r in rows if under(r["path"], paths)]
         return rows
 
     def last_tag_run(self) -> int | None:
@@ -1137,6 +1166,17 @@ class Library:
             keys = ("owed_at", "attempts", "failed_at", "error", "retry_at")  # retry_at from v9
             track["tags_owed"] = {k: owed[0][k] for k in keys if k in owed[0]} if owed else None
         return track
+
+
+def under(path: str | None, paths: list[str]) -> bool:
+    """Whether ``path`` is one of ``paths`` or in a folder among them (absolute paths, as the library keeps them)."""
+    if path is None:
+        return False
+    for p in paths:
+        p = str(Path(p))
+        if path == p or path.startswith(p.rstrip(os.sep) + os.sep):
+            return True
+    return False
 
 
 def _decode_write(row: dict) -> dict:

@@ -262,7 +262,7 @@ def waiting_line(path: str | Path, pid: int) -> str:
 
 def write_owed(library: Library, writer: TagWriter, owed: OwedWrite, settings: WriteSettings | None = None,
                attempts: int = OWED_ATTEMPTS, wait_s: float = 0.0, waiting: Callable[[int], None] | None = None,
-               retry_delay: Callable[[int], float] | None = None) -> tuple[Outcome | None, bool]:
+               retry_delay: Callable[[int], float] | None = None, asked: bool = False) -> tuple[Outcome | None, bool]:
     """Make a write the library holds as owed (``tags_owed``) from its stored result, and record how it ended.
 
     The file is claimed first (:meth:`Library.claim_tag_write`), so the daemon and ``library retag`` never
@@ -278,22 +278,30 @@ def write_owed(library: Library, writer: TagWriter, owed: OwedWrite, settings: W
     made, or found unnecessary, removes the row; a skip or failure is recorded (:meth:`Library.owed_failed`:
     failed for good when lasting, or at the ``attempts``-th failure; else to be tried again
     ``retry_delay(failures so far)`` seconds later, a time kept in the row).
+
+    ``asked``: a try the user asked for (``library retry-owed``), not one of the daemon's: a write that failed for
+    good is tried too, and a failure uses none of the write's attempts and leaves its retry time as it was
+    (:meth:`Library.owed_tried`): only its reason is kept; it fails for good when lasting, or when it had failed
+    for good before.
     """
     holder = claim(library, owed.track_id, wait_s, waiting)
     if holder is not None:
         return Outcome(owed.path or "", BUSY, reason=f"being written by another genre-tagger process "
                                                      f"(pid {holder}), left to it"), False
     try:
-        fresh = library.owed_writes(owed.id - 1, owed.id, 1)
+        fresh = library.owed_writes(owed.id - 1, owed.id, 1, failed=asked)
         if not fresh:
             return None, False  # made by the other process meanwhile, or replaced by a newer result
-        return _write_claimed(library, writer, fresh[0], settings or writer.settings, attempts, retry_delay)
+        if fresh[0].failed:
+            library.owed_unfail(fresh[0].id)  # the write's record is made only for a write still owed
+        return _write_claimed(library, writer, fresh[0], settings or writer.settings, attempts, retry_delay, asked)
     finally:
         library.release_tag_write(owed.track_id)
 
 
 def _write_claimed(library: Library, writer: TagWriter, owed: OwedWrite, settings: WriteSettings,
-                   attempts: int, retry_delay: Callable[[int], float] | None) -> tuple[Outcome | None, bool]:
+                   attempts: int, retry_delay: Callable[[int], float] | None,
+                   asked: bool = False) -> tuple[Outcome | None, bool]:
     if not owed.file_is_current() or owed.path is None:
         library.owed_done(owed.id)
         if owed.path is not None:  # a writer killed mid-write left its copy beside the file: no write removes it now
@@ -322,6 +330,10 @@ def _write_claimed(library: Library, writer: TagWriter, owed: OwedWrite, setting
         if outcome.action != WRITTEN:  # no write ran, so none removed a killed writer's copy
             remove_stale_temps(Path(owed.path))
         return outcome, False
+    if asked:
+        for_good = outcome.lasting or owed.failed
+        library.owed_tried(owed.id, outcome.reason, for_good)
+        return outcome, for_good
     retry_in = retry_delay(owed.attempts + 1) if retry_delay is not None else 0.0
     return outcome, library.owed_failed(owed.id, outcome.reason, outcome.lasting, attempts, retry_in)
 

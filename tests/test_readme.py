@@ -139,6 +139,7 @@ WALK: dict[str, tuple] = {
     "genre-tagger library restore-tags": ("run", "work", 0),
     "genre-tagger library restore-tags --run last": ("run", "work", 0),
     "genre-tagger library retag --outdated": ("run", "work", 0),
+    "genre-tagger library retry-owed": ("run", "work", 0),
     "beet import ~/Music/new-album": (NOT_HERE, "a beets library and config; tests/test_beets.py runs the plugin"),
     "beet genretag -p": (NOT_HERE, "a beets library and config; tests/test_beets.py"),
     "beet genretag --policy merge -w artist:ASC": (NOT_HERE, "a beets library and config; tests/test_beets.py"),

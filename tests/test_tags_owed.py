@@ -558,6 +558,67 @@ def test_a_restart_keeps_to_the_retry_time_of_a_write_that_failed_for_a_passing_
     assert read_state(locked).genres != () and query(db, "SELECT count(*) FROM tag_writes") == [(2,)]
 
 
+def test_library_retry_owed_makes_owed_writes_now_without_using_up_the_daemon_s_attempts(
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, music: Path, labels: dict,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A user who fixed what made a write fail (closed the program that locked the file, made a read-only file
+    writable) says "now" with `library retry-owed` instead of waiting for the time the daemon gave the write (up to
+    an hour; a restart keeps to it). A try that still fails keeps its reason but uses none of the daemon's attempts
+    and leaves its time; one that failed for good is tried only with --failed; a file another genre-tagger process
+    is writing is waited for, then left (busy, exit 1)."""
+    from test_tag_claims import holding
+
+    from service import tagwriter
+    from tagger.cli import main
+
+    locked, stuck = music / "locked.flac", music / "read-only.ogg"
+    shutil.copy(format_files["flac"], locked)
+    shutil.copy(format_files["ogg"], stuck)
+    stuck.chmod(0o444)
+    db = tmp_path / "library.db"
+    locked_id, _ = _owed_library(db, [locked, stuck], tiny_model)
+    fd = _lock(locked)
+    try:
+        _catch_up(db, labels, lambda: _owed(db) == (1, 1), retry_seconds=3600)  # the daemon's first tries
+        (retry_at,) = query(db, "SELECT retry_at FROM tags_owed WHERE failed_at IS NULL")[0]
+        still = _cli("library", "--library", str(db), "retry-owed", "--progress", str(music))
+        assert still.returncode == 1, still.stderr
+        assert f"{locked}: skipped: locked by another program, tags not written" in still.stderr
+        assert "1 owed genre writes tried: 0 written, 0 nothing to write, 1 failed, 0 busy; 1 failed for good not " \
+               "tried (--failed tries them too)" in still.stderr and "1/1 [" in still.stderr, still.stderr
+        assert _owed_row(db, locked.name) == (1, 0, "locked by another program, tags not written")
+        assert query(db, "SELECT retry_at FROM tags_owed WHERE failed_at IS NULL") == [(retry_at,)]
+    finally:
+        os.close(fd)  # the other program is done with it
+
+    # Another genre-tagger process writing the file: waited for (0.5 s here, 2 minutes really), then left.
+    monkeypatch.setattr(tagwriter, "CLAIM_WAIT_S", 0.5)
+    with holding(db, locked_id) as holder:
+        assert main(("library", "--library", str(db), "retry-owed", "--no-progress")) == 1
+        err = capsys.readouterr().err
+        assert f"genre-tagger: {locked}: waiting for genre-tagger process {holder.pid}" in err, err
+        assert "0 written, 0 nothing to write, 0 failed, 1 busy" in err and read_state(locked).genres == ()
+
+    now = _cli("library", "--library", str(db), "retry-owed")
+    assert now.returncode == 0, now.stderr
+    assert now.stdout.startswith(f"{locked}: (none) → ") and "1 written, 0 nothing to write, 0 failed" in now.stderr
+    genre, = query(db, "SELECT g.label FROM genres g JOIN tracks t ON t.id = g.track_id WHERE g.output = 'genre' "
+                       "AND g.decided = 1 AND t.id = ?", (locked_id,))[0]
+    assert read_state(locked).genres == (genre,) and _owed(db) == (0, 1)
+
+    again = _cli("library", "--library", str(db), "retry-owed", "--failed")  # still read-only: still failed
+    assert again.returncode == 1 and "read-only file, tags not written" in again.stderr, again.stderr
+    assert _owed_row(db, stuck.name) == (1, 1, "read-only file, tags not written")
+    stuck.chmod(0o644)
+    assert "no genre writes owed (1 failed for good: --failed tries them too)" in \
+        _cli("library", "--library", str(db), "retry-owed").stderr
+    made = _cli("library", "--library", str(db), "retry-owed", "--failed")
+    assert made.returncode == 0 and "1 written" in made.stderr, made.stderr
+    assert read_state(stuck).genres != () and _owed(db) == (0, 0)
+    assert query(db, "SELECT count(*) FROM tag_writes") == [(2,)] and query(db, "SELECT count(*) FROM tag_claims") \
+        == [(0,)]
+
+
 def test_library_retag_beside_the_daemon_waits_for_the_file_it_writes_and_no_replaced_result_is_written(
         realworld: Path, tiny_model: Path, tmp_path: Path, music: Path) -> None:
     """The daemon is writing a file's genres (stopped there, SIGSTOP) when a newer result for the file is recorded

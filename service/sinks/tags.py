@@ -119,6 +119,10 @@ class TagsSection(SinkSettings):
     def alias_map(self) -> dict[str, str]:
         return {a.split("=", 1)[0].strip(): a.split("=", 1)[1].strip() for a in self.aliases}
 
+    def write_settings(self, tagging: float) -> WriteSettings:
+        """How the daemon writes genres into files under this section (``tagging``: [tagging] threshold)."""
+        return WriteSettings(self.policy, tuple(self.outputs), self.write_threshold(tagging), self.alias_map())
+
 
 class TagsSink(Sink):
     name: ClassVar[str] = "tags"
@@ -161,9 +165,8 @@ class TagsSink(Sink):
         settings = self.settings
         config = self.context.config
         self.library = Library(config.library_path, config.tagging.store_top_k)
-        write = WriteSettings(settings.policy, tuple(settings.outputs),
-                              settings.write_threshold(config.tagging.threshold), settings.alias_map())
-        self.writer = TagWriter(self.library, write, "daemon", list(self.context.labels) or None)
+        self.writer = TagWriter(self.library, settings.write_settings(config.tagging.threshold), "daemon",
+                                list(self.context.labels) or None)
         if settings.retag_outdated and " " in self.context.model:
             model, version = self.context.model.rsplit(" ", 1)
             queued = self.library.queue_outdated(model, version)
