@@ -21,6 +21,15 @@ there. Configuration (``config.yaml``)::
         outputs: []          # model outputs to use ([] = the first, 'genre')
         aliases: {}          # model label: your name, e.g. {hiphop: Hip-Hop}
         library: ''          # genre-tagger's library ('' = the daemon's default)
+        claim_wait: 120      # seconds to wait for genre-tagger writing a file beets is about to write
+
+Every file beets writes (``genretag -w``, an import, ``beet write``, ``beet modify``) that genre-tagger's library
+knows is claimed in that library first, as genre-tagger's daemon and commands claim a file before they write its
+tags (:meth:`service.library.Library.claim_tag_write`): a file the daemon is writing now is waited for (one line
+says so), never written by both at once; still held after ``claim_wait`` seconds, beets' write of it fails with a
+line saying so (``genretag`` leaves such an item unchanged and exits 1; run it again). A file the library does
+not know yet needs no claim: genre-tagger writes only files it has tagged, and one that changes while it is
+tagged is tagged again.
 
 Load it from an installed genre-tagger (``beetsplug`` is a namespace package) or point beets'
 ``pluginpath`` at this folder.
@@ -28,6 +37,7 @@ Load it from an installed genre-tagger (``beetsplug`` is a namespace package) or
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,16 +56,23 @@ class GenreTaggerPlugin(BeetsPlugin):
     def __init__(self, name: str = "genretagger") -> None:
         super().__init__(name)
         self.config.add({"auto": True, "model": "", "device": "auto", "threshold": 0.6, "policy": "if-empty",
-                         "outputs": [], "aliases": {}, "library": ""})
+                         "outputs": [], "aliases": {}, "library": "", "claim_wait": 120.0})
         if self.config["auto"].get(bool):
             self.import_stages = [self.imported]
         # After beets moved and wrote an import's files (beets calls no plugin twice at once, so our own
         # writes refresh the cache themselves).
         self.register_listener("import_task_files", self.import_task_files)
+        # Every file beets writes is claimed in genre-tagger's library around the write (see the module's docs).
+        self.register_listener("write", self.before_write)
+        self.register_listener("after_write", self.after_write)
+        self.register_listener("cli_exit", self.release_claims)
         self._tagger: Any = None
         self._library: Any = None
+        self._library_file: Path | None = None
         self._models: set[tuple[str, str]] | None = None
         self._kinds: dict[str, bool] | None = None
+        self._claims: dict[str, int] = {}  # file -> its track id in genre-tagger's library, claimed by this process
+        self.busy = 0  # items genretag left unchanged: genre-tagger was writing their files
 
     # -- settings -------------------------------------------------------------------------------------
 
@@ -67,12 +84,15 @@ class GenreTaggerPlugin(BeetsPlugin):
                              self.config["threshold"].as_number() if threshold is None else threshold, aliases)
 
     def _library_path(self) -> Path:
-        configured = self.config["library"].as_str()
-        if configured:
-            return Path(configured).expanduser()
-        from service.config import load_config
+        if self._library_file is None:
+            configured = self.config["library"].as_str()
+            if configured:
+                self._library_file = Path(configured).expanduser()
+            else:
+                from service.config import load_config
 
-        return load_config(validate=False).library_path
+                self._library_file = load_config(validate=False).library_path
+        return self._library_file
 
     def _open_library(self) -> Any:
         if self._library is None:
@@ -174,12 +194,30 @@ class GenreTaggerPlugin(BeetsPlugin):
             if not pretend:
                 item.store()
             return decided
+        if not pretend and write:
+            # Claimed before anything changes: an item whose file genre-tagger keeps writing is left as it is
+            # (its genres in beets' database and in the file stay together).
+            file = os.fsdecode(item.path)
+            holder = self.claim(file)
+            if holder is not None:
+                self.busy += 1
+                self._log.warning("{}: busy: genre-tagger process {} was writing its tags for {:g} s, genres not set "
+                                  "(run genretag again)", file, holder, self._claim_wait())
+                return decided
         item.genres = genres
         self._show(f"{item}: {'; '.join(before) or '(none)'} → {'; '.join(genres)} ({reason})", show, pretend)
         if not pretend:
-            item.try_sync(write=write, move=False)
-            if write:
-                self._refresh_cache(os.fsdecode(item.path))
+            # beets sets this plugin's log level around each of its hooks and asserts that none runs inside another;
+            # this write sends our `write` listener from within this command or import stage, so the level is
+            # handed back to beets (NOTSET) meanwhile and taken again after.
+            level = self._log.level
+            self._log.setLevel(logging.NOTSET)
+            try:
+                item.try_sync(write=write, move=False)
+            finally:
+                self._log.setLevel(level)
+                if write:
+                    self.release(file)
         return decided
 
     def process_album(self, album: Any, settings: Any, decided: list[tuple[str, ...]], pretend: bool = False,
@@ -226,6 +264,67 @@ class GenreTaggerPlugin(BeetsPlugin):
         decided = [self.process(item, settings, write) for item in task.imported_items()]
         if getattr(task, "is_album", False) and getattr(task, "album", None) is not None:
             self.process_album(task.album, settings, decided)
+
+    def _claim_wait(self) -> float:
+        return float(self.config["claim_wait"].as_number())
+
+    def _library_if_any(self) -> Any:
+        """genre-tagger's library when it exists (None: nothing there to claim; no library is made for it)."""
+        if self._library is None and not self._library_path().is_file():
+            return None
+        return self._open_library()
+
+    def claim(self, file: str) -> int | None:
+        """Claim ``file``'s writing in genre-tagger's library, waiting up to ``claim_wait`` seconds for a
+        genre-tagger process writing it now (one line when the wait begins). Returns None once claimed (or when
+        the library does not know the file: no genre-tagger process writes it), else the pid still holding it."""
+        from service.tagwriter import claim, waiting_line
+        from tagger.errors import TaggerError
+
+        try:
+            library = self._library_if_any()
+        except TaggerError as exc:  # a library (or genre-tagger config) that cannot be read: beets' write goes on
+            self._log.warning("{}: not claimed in genre-tagger's library: {}", file, exc)
+            return None
+        row = None if library is None else library.get(file)
+        if row is None:
+            return None
+
+        def waiting(pid: int) -> None:
+            self._log.warning("{}", waiting_line(file, pid).removeprefix("genre-tagger: "))
+
+        holder = claim(library, row.id, self._claim_wait(), waiting)
+        if holder is None:
+            self._claims[file] = row.id
+        return holder
+
+    def release(self, file: str) -> None:
+        """Done writing ``file``: its genre-tagger cache entry describes the rewritten file, and the claim goes."""
+        track_id = self._claims.pop(file, None)
+        if track_id is not None:
+            try:
+                self._refresh_cache(file)
+            finally:
+                self._library.release_tag_write(track_id)
+
+    def before_write(self, item: Item, path: bytes, tags: dict) -> None:
+        """beets is about to write a file's tags: claimed first (a refusal makes beets' write fail, said so)."""
+        from beets.library import WriteError
+
+        file = os.fsdecode(path)
+        holder = self.claim(file)
+        if holder is not None:
+            raise WriteError(path, RuntimeError(
+                f"genre-tagger process {holder} was writing its tags for {self._claim_wait():g} s, not written "
+                "(`beet write` writes it again)"))
+
+    def after_write(self, item: Item, path: bytes) -> None:
+        self.release(os.fsdecode(path))
+
+    def release_claims(self, lib: Any = None) -> None:
+        """beets is exiting: claims of writes that failed (beets sends no event for those) are released."""
+        for file in list(self._claims):
+            self.release(file)
 
     def import_task_files(self, session: Any, task: Any) -> None:
         for item in task.imported_items():
@@ -279,13 +378,17 @@ class GenreTaggerPlugin(BeetsPlugin):
             except TaggerError as exc:
                 raise ui.UserError(str(exc)) from None
             write = ui.should_write(opts.write)
+            self.busy = 0
             if opts.album:
                 for album in lib.albums(args):
                     decided = [self.process(item, settings, write, opts.pretend, show=True) for item in album.items()]
                     self.process_album(album, settings, decided, opts.pretend, show=True)
-                return
-            for item in lib.items(args):
-                self.process(item, settings, write, opts.pretend, show=True)
+            else:
+                for item in lib.items(args):
+                    self.process(item, settings, write, opts.pretend, show=True)
+            if self.busy:
+                raise ui.UserError(f"genretag: {self.busy} items left unchanged: genre-tagger was writing their "
+                                   "files (run genretag again)")
 
         cmd.func = run
         return [cmd]

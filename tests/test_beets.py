@@ -8,10 +8,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import mutagen
 import pytest
+from daemon_helpers import query, wait_until
 from filetag_helpers import add_tags
 
 from tagger import Tagger
@@ -98,6 +100,52 @@ def test_import_sets_multivalued_genres_writes_them_and_genretag_merges(beets_ho
     with sqlite3.connect(tmp_path / "genre-tagger.db") as conn:
         counts = dict(conn.execute("SELECT path, tag_count FROM tracks"))
     assert sorted(Path(p).name for p in counts) == sorted(expected) and set(counts.values()) == {1}
+
+
+def test_beets_writes_wait_for_a_genre_tagger_process_writing_the_file_and_never_write_beside_it(
+        beets_home: Path, tmp_path: Path) -> None:
+    """A file genre-tagger's daemon is writing (a real second process holds its claim in the library): `beet
+    genretag -w` waits for it, with one line naming the process, and writes once it is let go; any other beets
+    write of it (`beet modify`) still held after `claim_wait` seconds fails, said so, the file untouched; genretag
+    leaves such an item unchanged, in beets' database too, and exits 1. Before, beets wrote the file at once,
+    beside the daemon's write."""
+    from test_tag_claims import holding
+
+    song = tmp_path / "music" / "song.flac"
+    db = tmp_path / "genre-tagger.db"
+    beet(beets_home, "import", "-A", "-q", str(tmp_path / "music"))
+    (track_id,) = query(db, "SELECT id FROM tracks WHERE path = ?", (str(song),))[0]
+    assert mutagen.File(song).tags["GENRE"] == ["Shoegaze"]
+    env = {**os.environ, "BEETSDIR": str(beets_home), "HOME": str(beets_home)}
+    genretag = [str(BEET), "-c", str(beets_home / "config.yaml"), "genretag", "--policy", "merge", "-w", "format:FLAC"]
+    with holding(db, track_id) as holder:
+        run = subprocess.Popen(genretag, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        err: list[str] = []
+        reader = threading.Thread(target=lambda: err.extend(iter(run.stderr.readline, "")), daemon=True)
+        reader.start()
+        waiting = f"{song}: waiting for genre-tagger process {holder.pid} (the daemon, or another run)"
+        assert wait_until(lambda: any(waiting in line for line in err) or run.poll() is not None, 120), err
+        assert run.poll() is None and mutagen.File(song).tags["GENRE"] == ["Shoegaze"], err  # not while held
+    assert run.wait(120) == 0, "".join(err)
+    reader.join(30)
+    merged = mutagen.File(song).tags["GENRE"]
+    assert merged[0] == "Shoegaze" and len(merged) == 2 and listing(beets_home)["song.flac"] == "; ".join(merged)
+    assert query(db, "SELECT count(*) FROM tag_claims") == [(0,)]
+
+    config = beets_home / "config.yaml"
+    config.write_text(config.read_text() + "    claim_wait: 0.5\n")
+    with holding(db, track_id) as holder:
+        modify = subprocess.run([str(BEET), "-c", str(config), "modify", "-y", "-w", "title=Changed", "format:FLAC"],
+                                capture_output=True, text=True, env=env, timeout=300)
+        assert f"error writing {song}: genre-tagger process {holder.pid} was writing its tags for 0.5 s, not written" \
+            in modify.stderr, modify.stdout + modify.stderr
+        assert "TITLE" not in mutagen.File(song).tags or mutagen.File(song).tags["TITLE"] != ["Changed"]
+        refused = subprocess.run([*genretag[:4], "--policy", "replace", "-w", "format:FLAC"], capture_output=True,
+                                 text=True, env=env, timeout=300)
+        assert refused.returncode == 1 and "genretag: 1 items left unchanged: genre-tagger was writing their files " \
+            "(run genretag again)" in refused.stderr, refused.stdout + refused.stderr
+        assert mutagen.File(song).tags["GENRE"] == merged and listing(beets_home)["song.flac"] == "; ".join(merged)
+    assert query(db, "SELECT count(*) FROM tag_claims") == [(0,)]
 
 
 def test_the_plugin_loads_from_the_installed_namespace_package() -> None:
