@@ -389,10 +389,11 @@ def _stats(library, args) -> int:
         print(f"  genres written into {writes['files']} files' tags by {writes['runs']} runs "
               "(`library restore-tags` undoes them)")
     if writes["owed"]:
-        print(f"  {writes['owed']} genre writes into files owed (the daemon makes them while [tags] write is on)")
+        print(f"  {writes['owed']} genre writes into files owed (the daemon makes them while [tags] write is on; "
+              "`library retry-owed` makes them now)")
     if writes["failed"]:
         print(f"  {writes['failed']} genre writes into files failed for good (`library show PATH` says why; "
-              "the daemon's [tagging] retry_errors tries them again)")
+              "the daemon's [tagging] retry_errors tries them again, `library retry-owed --failed` now)")
     for output, labels in stats["top_genres"].items():
         total = sum(labels.values())
         print(f"  {output}: top genre of {total} tracks")
