@@ -71,7 +71,8 @@ class GenreTaggerPlugin(BeetsPlugin):
         self._library_file: Path | None = None
         self._models: set[tuple[str, str]] | None = None
         self._kinds: dict[str, bool] | None = None
-        self._claims: dict[str, int] = {}  # file -> its track id in genre-tagger's library, claimed by this process
+        # file -> (its track id in genre-tagger's library, claimed by this process; its fingerprint before the write)
+        self._claims: dict[str, tuple[int, str | None]] = {}
         self.busy = 0  # items genretag left unchanged: genre-tagger was writing their files
 
     # -- settings -------------------------------------------------------------------------------------
@@ -295,17 +296,24 @@ class GenreTaggerPlugin(BeetsPlugin):
 
         holder = claim(library, row.id, self._claim_wait(), waiting)
         if holder is None:
-            self._claims[file] = row.id
+            from service.library import fingerprint
+
+            try:  # the file as it is before beets writes it (read under the claim: no genre-tagger writes it now)
+                before = fingerprint(file)
+            except OSError:
+                before = None
+            self._claims[file] = (row.id, before)
         return holder
 
     def release(self, file: str) -> None:
-        """Done writing ``file``: its genre-tagger cache entry describes the rewritten file, and the claim goes."""
-        track_id = self._claims.pop(file, None)
-        if track_id is not None:
+        """Done writing ``file``: its genre-tagger cache entry (and a write genre-tagger owes for it) describes the
+        rewritten file, and the claim goes."""
+        claimed = self._claims.pop(file, None)
+        if claimed is not None:
             try:
-                self._refresh_cache(file)
+                self._refresh_cache(file, claimed[1])
             finally:
-                self._library.release_tag_write(track_id)
+                self._library.release_tag_write(claimed[0])
 
     def before_write(self, item: Item, path: bytes, tags: dict) -> None:
         """beets is about to write a file's tags: claimed first (a refusal makes beets' write fail, said so)."""
@@ -330,8 +338,12 @@ class GenreTaggerPlugin(BeetsPlugin):
         for item in task.imported_items():
             self._refresh_cache(os.fsdecode(item.path))
 
-    def _refresh_cache(self, file: str) -> None:
-        """beets rewrote a file's tags (the audio is the same): keep its genre-tagger cache entry valid."""
+    def _refresh_cache(self, file: str, before: str | None = None) -> None:
+        """beets rewrote a file's tags (the audio is the same): keep its genre-tagger cache entry valid. ``before``:
+        the file's fingerprint before the write (known for a claimed write): then the entry follows only if it
+        described that file, and a genre write genre-tagger owes for it stays owed for the rewritten file
+        (:meth:`service.library.Library.file_rewritten`); else the daemon would drop it as "file changed" and, the
+        entry being valid, never tag the file again: its genres would never reach the file."""
         from service.library import TAGGED, fingerprint
 
         if self._library is None or not os.path.isfile(file):
@@ -339,7 +351,7 @@ class GenreTaggerPlugin(BeetsPlugin):
         row = self._library.get(file)
         if row is not None and row.status == TAGGED:
             st = os.stat(file)
-            self._library.file_rewritten(row.id, st.st_size, st.st_mtime, fingerprint(file, st.st_size))
+            self._library.file_rewritten(row.id, st.st_size, st.st_mtime, fingerprint(file, st.st_size), before)
 
     def commands(self) -> list[ui.Subcommand]:
         cmd = ui.Subcommand("genretag", help="set genres from genre-tagger's audio model")

@@ -992,13 +992,24 @@ class Library:
 
         return self._retry(write)
 
-    def file_rewritten(self, track_id: int, size: int, mtime: float, fp: str) -> None:
-        """A file genre-tagger rewrote (restore-tags): its new size, mtime and fingerprint."""
+    def file_rewritten(self, track_id: int, size: int, mtime: float, fp: str, before: str | None = None) -> None:
+        """A file whose tags genre-tagger (restore-tags) or beets rewrote, its audio the same: its new size, mtime
+        and fingerprint. ``before``: the file's fingerprint just before that write; the track is updated only if
+        it described that file, and a write owed for that file (``tags_owed``) is kept for the rewritten one (its
+        result is for the same audio; made later, it plans from the tags the file holds then), in one
+        transaction. Without ``before`` the owed row is left as it is."""
 
         def write() -> None:
             with self.db.conn:
-                self.db.execute("UPDATE tracks SET size = ?, mtime = ?, fingerprint = ? WHERE id = ?",
-                                [size, mtime, fp, track_id])
+                if before is None:
+                    self.db.execute("UPDATE tracks SET size = ?, mtime = ?, fingerprint = ? WHERE id = ?",
+                                    [size, mtime, fp, track_id])
+                    return
+                self.db.execute("BEGIN IMMEDIATE")
+                if self.db.execute("UPDATE tracks SET size = ?, mtime = ?, fingerprint = ? WHERE id = ? AND "
+                                   "fingerprint = ?", [size, mtime, fp, track_id, before]).rowcount:
+                    self.db.execute("UPDATE tags_owed SET fingerprint = ? WHERE track_id = ? AND fingerprint = ?",
+                                    [fp, track_id, before])
 
         self._retry(write)
 

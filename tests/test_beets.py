@@ -103,7 +103,7 @@ def test_import_sets_multivalued_genres_writes_them_and_genretag_merges(beets_ho
 
 
 def test_beets_writes_wait_for_a_genre_tagger_process_writing_the_file_and_never_write_beside_it(
-        beets_home: Path, tmp_path: Path) -> None:
+        beets_home: Path, tiny_model: Path, tmp_path: Path) -> None:
     """A file genre-tagger's daemon is writing (a real second process holds its claim in the library): `beet
     genretag -w` waits for it, with one line naming the process, and writes once it is let go; any other beets
     write of it (`beet modify`) still held after `claim_wait` seconds fails, said so, the file untouched; genretag
@@ -146,6 +146,35 @@ def test_beets_writes_wait_for_a_genre_tagger_process_writing_the_file_and_never
             "(run genretag again)" in refused.stderr, refused.stdout + refused.stderr
         assert mutagen.File(song).tags["GENRE"] == merged and listing(beets_home)["song.flac"] == "; ".join(merged)
     assert query(db, "SELECT count(*) FROM tag_claims") == [(0,)]
+
+    # A genre write the daemon owes for the file (its result recorded, the write not made yet) survives a beets
+    # write of the file's tags: the audio is the same, so it is still owed, and made (before, the daemon dropped
+    # it as "file changed", and the file, valid in the cache, was never tagged again).
+    from test_tags_owed import _catch_up
+
+    from service.library import Library
+
+    tagger = Tagger(tiny_model, threshold=0.3)
+    library = Library(db)
+    try:
+        assert library.queue_again([track_id]) == 1
+        assert library.record_result(track_id, tagger.tag_file(song), library.get(song).fingerprint, owe_tags=True)
+        owed_before = library.owed_write(track_id)
+    finally:
+        library.close()
+    beet(beets_home, "modify", "-y", "-w", "title=Renamed", "format:FLAC")
+    assert mutagen.File(song).tags["TITLE"] == ["Renamed"]
+    library = Library(db)
+    try:
+        owed = library.owed_write(track_id)
+        assert owed is not None and owed.id == owed_before.id and owed.file_is_current()
+    finally:
+        library.close()
+    labels = {o.name: tuple(o.labels) for o in tagger.manifest.outputs}
+    _catch_up(db, labels, lambda: query(db, "SELECT count(*) FROM tags_owed") == [(0,)], policy="replace")
+    decided = tagger.tag_file(song).outputs["genre"].decided
+    assert mutagen.File(song).tags["GENRE"] == decided and mutagen.File(song).tags["TITLE"] == ["Renamed"]
+    assert query(db, "SELECT count(*) FROM tag_writes") == [(1,)]
 
 
 def test_the_plugin_loads_from_the_installed_namespace_package() -> None:
