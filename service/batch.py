@@ -170,7 +170,8 @@ def result_from_row(row: dict) -> TrackResult:
     return TrackResult(row["path"], data["duration_s"], outputs, data["model"], data["model_version"],
                        data["provider"], data["elapsed_s"], music=data.get("music", True),
                        music_probability=data.get("music_probability"), coverage=data.get("coverage", "full"),
-                       analysed_s=data.get("analysed_s"))
+                       analysed_s=data.get("analysed_s"), level_dbfs=data.get("level_dbfs"),
+                       gain_db=data.get("gain_db", 0.0))
 
 
 def shard_files(out: Path) -> list[Path]:

@@ -65,42 +65,57 @@ def _manifest(arguments: dict[str, Any]):
 
 def track_frames(path: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """Decode ``path`` (its coverage's excerpts) and compute the model's log-mel frames: a list of
-    segments (start in the track in seconds or None, samples, {front end: float32 [n, mels]}), and the
-    track's declared length when excerpts were read."""
+    segments (start in the track in seconds or None, samples, {front end: float32 [n, mels]}), the
+    track's declared length when excerpts were read, its gated level (dBFS, :mod:`tagger.level`) and the
+    gain (dB) its frames were computed with: a track quieter than the model's level floor is decoded again
+    and its frames computed raised, as :meth:`tagger.pipeline.Tagger.tag_file` does."""
     from tagger.coverage import Segment, decode_coverage
     from tagger.decode import DEFAULT_BLOCK_SECONDS
     from tagger.frontend import StreamingFrontEnd
+    from tagger.level import LevelMeter, floor_gain_db
 
     manifest = _manifest(arguments)
     (rate,) = {fe.sample_rate for fe in manifest.front_ends.values()}
-    segments: list[dict[str, Any]] = []
-    track_s = None
 
-    def start(at: float | None) -> None:
-        segments.append({"start_s": at, "samples": 0, "front_ends": {n: StreamingFrontEnd(c) for n, c in
-                                                                   manifest.front_ends.items()},
-                         "frames": {n: [] for n in manifest.front_ends}})
+    def frames(gain_db: float) -> tuple[list[dict[str, Any]], float | None, float | None]:
+        segments: list[dict[str, Any]] = []
+        track_s = None
+        meter = LevelMeter(rate)
+        gain = np.float32(10.0 ** (gain_db / 20.0))
 
-    for item in decode_coverage(path, rate, arguments.get("block_seconds", DEFAULT_BLOCK_SECONDS),
-                                coverage=arguments.get("coverage", "full")):
-        if isinstance(item, Segment):
-            start(item.start_s)
-            track_s = item.track_s
-            continue
-        if not segments:
-            start(None)
-        segment = segments[-1]
-        segment["samples"] += item.size
-        for name, front_end in segment["front_ends"].items():
-            segment["frames"][name].append(front_end.push(item))
-    out = []
-    for segment in segments:
-        frames = {}
-        for name, front_end in segment["front_ends"].items():
-            parts = [*segment["frames"][name], front_end.flush()]
-            frames[name] = np.concatenate(parts).astype(np.float32, copy=False)
-        out.append({"start_s": segment["start_s"], "samples": segment["samples"], "frames": frames})
-    return {"segments": out, "track_s": track_s}
+        def start(at: float | None) -> None:
+            segments.append({"start_s": at, "samples": 0, "front_ends": {n: StreamingFrontEnd(c) for n, c in
+                                                                       manifest.front_ends.items()},
+                             "frames": {n: [] for n in manifest.front_ends}})
+
+        for item in decode_coverage(path, rate, arguments.get("block_seconds", DEFAULT_BLOCK_SECONDS),
+                                    coverage=arguments.get("coverage", "full")):
+            if isinstance(item, Segment):
+                start(item.start_s)
+                track_s = item.track_s
+                continue
+            if not segments:
+                start(None)
+            segment = segments[-1]
+            segment["samples"] += item.size
+            meter.push(item)
+            samples = item * gain if gain_db else item
+            for name, front_end in segment["front_ends"].items():
+                segment["frames"][name].append(front_end.push(samples))
+        out = []
+        for segment in segments:
+            computed = {}
+            for name, front_end in segment["front_ends"].items():
+                parts = [*segment["frames"][name], front_end.flush()]
+                computed[name] = np.concatenate(parts).astype(np.float32, copy=False)
+            out.append({"start_s": segment["start_s"], "samples": segment["samples"], "frames": computed})
+        return out, track_s, meter.level_dbfs
+
+    segments, track_s, level = frames(0.0)
+    gain_db = floor_gain_db(level, manifest.level_floor_dbfs, manifest.level_max_gain_db)
+    if gain_db > 0.0:  # quieter than the model's floor: decoded again, raised (only quiet tracks pay it)
+        segments, track_s, _ = frames(gain_db)
+    return {"segments": segments, "track_s": track_s, "level_dbfs": level, "gain_db": gain_db}
 
 
 def front_end_batch(batch: dict[str, np.ndarray], arguments: dict[str, Any]):
@@ -162,7 +177,8 @@ class ModelActor:
             if segment["start_s"] is not None:
                 stream.next_segment(segment["start_s"])
             stream.feed_frames(segment["frames"], segment["samples"])
-        return stream.track_result(path, started, self.coverage, data["track_s"])
+        return stream.track_result(path, started, self.coverage, data["track_s"], data.get("level_dbfs"),
+                                   data.get("gain_db", 0.0))
 
 
 def ray_rows(todo: list[str], arguments: dict[str, Any], address: str, actors: int = 0) -> Iterator[dict]:

@@ -37,15 +37,20 @@ def render_output(est: OutputEstimate, top_k: int, width: int | None = None) -> 
 
 def render_track(name: str, duration_s: float, outputs: dict[str, OutputEstimate], top_k: int,
                  width: int | None = None, music: bool = True, music_probability: float | None = None,
-                 coverage: str = "full", analysed_s: float | None = None) -> str:
+                 coverage: str = "full", analysed_s: float | None = None, level_dbfs: float | None = None,
+                 gain_db: float = 0.0) -> str:
     """The whole chart for one track. When the model's music detector says it is not ``music``, one
     "no music" line stands instead of the genre bars (genres of silence or speech mean nothing).
-    ``coverage`` and ``analysed_s`` (seconds): when only excerpts were analysed, the header says how much."""
+    ``coverage`` and ``analysed_s`` (seconds): when only excerpts were analysed, the header says how much.
+    ``gain_db`` above 0: the track was quieter than the model's level floor and analysed raised by that
+    many dB, from ``level_dbfs`` (gated level, dBFS); a line says so."""
     first = next(iter(outputs.values()))
     slices = ", ".join(f"{v} ×{n}" for v, n in first.slices.items())
     part = (f", {analysed_s:.0f} s analysed ({coverage})" if coverage != "full" and analysed_s is not None
             and analysed_s < duration_s else "")
     lines = [f"{name}  ({duration_s:.1f} s{part}; slices {slices}; threshold {100 * first.threshold:.0f} %)"]
+    if gain_db > 0.0:
+        lines.append(f"  quiet track ({level_dbfs:.1f} dBFS): analysed raised by {gain_db:.1f} dB")
     if not music:
         sure = "" if music_probability is None else f" ({100 * (1 - music_probability):.1f} % sure)"
         lines.append(f"  → {NO_MUSIC}{sure}")

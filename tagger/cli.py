@@ -250,7 +250,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
                 result = outcome.result
                 progress.write(render_track(str(outcome.path), result.duration_s, result.outputs, args.top_k,
                                             music=result.music, music_probability=result.music_probability,
-                                            coverage=result.coverage, analysed_s=result.analysed_s)
+                                            coverage=result.coverage, analysed_s=result.analysed_s,
+                                            level_dbfs=result.level_dbfs, gain_db=result.gain_db)
                                + "\n")
             progress.update(1)
     if failed and (show_progress or len(files) > 1):

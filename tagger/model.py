@@ -17,7 +17,9 @@ Manifest (format 1)::
       "views": [{"name": "2.56s", "front_end": "mel16k", "window_frames": 160, "hop_frames": 80}],
       "outputs": [{"name": "genre", "onnx_output": "genre", "kind": "softmax", "labels": [...],
                    "title": "Genre (GTZAN)"}],
-      "music": {"output": "music", "threshold": 0.5}   # optional: the music detector
+      "music": {"output": "music", "threshold": 0.5},  # optional: the music detector
+      "level_floor_dbfs": -30.0,              # optional: quiet files are analysed raised to it
+      "level_max_gain_db": 30.0               # optional (with the floor): the most they are raised
     }
 
 ``kind`` is ``softmax`` (one label per track, probabilities summing to 1) or ``sigmoid``
@@ -27,17 +29,25 @@ calibrated: a runtime shows them as they are.
 ``music`` (optional) names a one-label sigmoid output that is the probability that a slice is music:
 a track or a stretch of a stream whose mean is below ``threshold`` is "no music" (silence, noise,
 speech, applause...). That output is not a genre: runtimes report it beside the genres, not among them.
+
+``level_floor_dbfs`` (optional, dBFS, within (-70, 0)): the log-mel front end is not level-invariant and
+the model learnt genres only at the levels of its training data, so a file whose gated level
+(:mod:`tagger.level`) is below the floor is analysed raised to it by one constant gain, at most
+``level_max_gain_db`` (optional, dB, within (0, 60], default :data:`tagger.level.DEFAULT_MAX_GAIN_DB`).
+Without the key nothing is raised.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tagger.errors import ModelError
 from tagger.frontend import FrontEndConfig
+from tagger.level import ABSOLUTE_GATE_DBFS, DEFAULT_MAX_GAIN_DB, MAX_MAX_GAIN_DB
 
 MANIFEST_KEY = "genre_tagger"
 FORMAT_VERSION = 1
@@ -134,6 +144,8 @@ class ModelManifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     frame_pooling: FramePooling | None = None
     music: MusicDetector | None = None
+    level_floor_dbfs: float | None = None
+    level_max_gain_db: float = DEFAULT_MAX_GAIN_DB
 
     @property
     def genre_outputs(self) -> tuple[OutputSpec, ...]:
@@ -174,6 +186,9 @@ class ModelManifest:
             doc["frame_pooling"] = asdict(self.frame_pooling)
         if self.music:
             doc["music"] = asdict(self.music)
+        if self.level_floor_dbfs is not None:
+            doc["level_floor_dbfs"] = self.level_floor_dbfs
+            doc["level_max_gain_db"] = self.level_max_gain_db
         return json.dumps(doc, indent=1, sort_keys=False)
 
     @classmethod
@@ -264,13 +279,37 @@ class ModelManifest:
                 raise ModelError(f"{source}: music threshold {music.threshold} is not within (0, 1)")
             if len(outputs) < 2:
                 raise ModelError(f"{source}: a model needs a genre output besides its music detector")
+        floor, max_gain = _level_floor(doc, source)
         return cls(
             name=str(doc["name"]), version=str(doc["version"]), input=str(doc["input"]),
             front_ends=front_ends, views=tuple(views), outputs=tuple(outputs),
             description=str(doc.get("description", "")), licence=str(doc.get("licence", "")),
             provenance=str(doc.get("provenance", "")), training_data=str(doc.get("training_data", "")),
             metrics=dict(doc.get("metrics", {})), frame_pooling=frame_pooling, music=music,
+            level_floor_dbfs=floor, level_max_gain_db=max_gain,
         )
+
+
+def _level_floor(doc: dict, source: str) -> tuple[float | None, float]:
+    """The manifest's ``level_floor_dbfs`` (None when absent) and ``level_max_gain_db``, validated."""
+    def number(key: str) -> float:
+        value = doc[key]
+        # bool is an int to Python; a floor of "true" is a typo, not 1 dBFS.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ModelError(f"{source}: {key} {value!r} is not a number")
+        return float(value)
+
+    if doc.get("level_floor_dbfs") is None:
+        if doc.get("level_max_gain_db") is not None:
+            raise ModelError(f"{source}: level_max_gain_db without level_floor_dbfs")
+        return None, DEFAULT_MAX_GAIN_DB
+    floor = number("level_floor_dbfs")
+    if not ABSOLUTE_GATE_DBFS < floor < 0.0:
+        raise ModelError(f"{source}: level_floor_dbfs {floor:g} is not within ({ABSOLUTE_GATE_DBFS:g}, 0) dBFS")
+    max_gain = DEFAULT_MAX_GAIN_DB if doc.get("level_max_gain_db") is None else number("level_max_gain_db")
+    if not 0.0 < max_gain <= MAX_MAX_GAIN_DB:
+        raise ModelError(f"{source}: level_max_gain_db {max_gain:g} is not within (0, {MAX_MAX_GAIN_DB:g}] dB")
+    return floor, max_gain
 
 
 def read_manifest(path: str | Path) -> ModelManifest:

@@ -20,6 +20,7 @@ from tagger.engine import Engine, EngineOptions
 from tagger.ensemble import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Ensemble, OutputEstimate
 from tagger.errors import Cancelled, ConfigError, TaggerError
 from tagger.framepool import FeatureStream, FramePoolRunner, PooledSlice
+from tagger.level import LevelMeter, floor_gain_db
 from tagger.model import ModelManifest, ViewSpec
 from tagger.registry import default_cpu_model, resolve_model
 from tagger.views import FrontEndStream, Slice, build_streams
@@ -53,6 +54,10 @@ class TrackResult:
         coverage: what was analysed: ``full``, or ``excerpts:KxS`` (:mod:`tagger.coverage`; a track too
             short for its excerpts is analysed in full and says ``full``); ``analysed_s`` the seconds of
             audio analysed, and ``duration_s`` then the container's length of the track.
+        level_dbfs: the gated level of the audio analysed (:mod:`tagger.level`), in dBFS, before any gain;
+            None for silence (or a stream, whose level is not measured).
+        gain_db: the constant gain in dB the audio was analysed raised by: above 0 when the file was
+            quieter than the model's level floor (``level_floor_dbfs`` in its manifest), else 0.
     """
 
     path: str
@@ -67,6 +72,8 @@ class TrackResult:
     music_probability: float | None = None
     coverage: str = "full"
     analysed_s: float | None = None
+    level_dbfs: float | None = None
+    gain_db: float = 0.0
 
     def as_dict(self, top_k: int | None = None) -> dict:
         return {
@@ -81,6 +88,8 @@ class TrackResult:
             "elapsed_s": round(self.elapsed_s, 3),
             "coverage": self.coverage,
             "analysed_s": round(self.duration_s if self.analysed_s is None else self.analysed_s, 3),
+            "level_dbfs": None if self.level_dbfs is None else round(self.level_dbfs, 2),
+            "gain_db": round(self.gain_db, 2),
             "outputs": {name: est.as_dict(top_k) for name, est in self.outputs.items()},
         }
 
@@ -203,7 +212,8 @@ class TagStream:
             self._infer(force=True)
         return self.estimate()
 
-    def track_result(self, path: str, started: float, coverage: str, track_s: float | None) -> TrackResult:
+    def track_result(self, path: str, started: float, coverage: str, track_s: float | None,
+                     level_dbfs: float | None = None, gain_db: float = 0.0) -> TrackResult:
         """End of a file: the track's result once every block is in.
 
         Args:
@@ -212,6 +222,9 @@ class TagStream:
             coverage: the excerpts asked for (recorded only when excerpts were read).
             track_s: the container's length in seconds when excerpts were read, else None (the
                 analysed seconds are then the track's length).
+            level_dbfs: the gated level of the audio fed, before ``gain_db``, in dBFS (None: silence or
+                not measured).
+            gain_db: the gain the fed audio was raised by, dB (:meth:`Tagger.floor_gain_db`).
 
         Raises :class:`TaggerError` when under ``MIN_TRACK_SECONDS`` of audio came in.
         """
@@ -226,7 +239,7 @@ class TagStream:
         return TrackResult(path, analysed_s if track_s is None else max(analysed_s, track_s), outputs,
                            t.manifest.name, t.manifest.version, t.provider, time.perf_counter() - started,
                            self.slices, self.music(), self.music_probability(),
-                           coverage if track_s is not None else "full", analysed_s)
+                           coverage if track_s is not None else "full", analysed_s, level_dbfs, gain_db)
 
     def estimate(self) -> dict[str, OutputEstimate]:
         """Each genre output's running estimate (the music detector's is :meth:`music_probability`)."""
@@ -387,27 +400,50 @@ class Tagger:
         """
         started = time.perf_counter()
         coverage = self.coverage if coverage is None else Coverage.parse(coverage)
-        stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast)
-        # With decode_ahead, decoding runs in its own thread, the front end and the model in this one: on 2
-        # cores that balances the two (11 realworld tracks, per-file best of 5: 11.48 s with the front end
-        # in the decoding thread, 10.63 s here).
-        if coverage.full:
-            blocks = (decode or decode_blocks)(path, self.sample_rate, self.block_seconds)
-        else:
-            blocks = (decode or decode_coverage)(path, self.sample_rate, self.block_seconds, coverage=str(coverage))
-        track_s: float | None = None  # the container's length, when excerpts were read
-        source = read_ahead(blocks) if decode_ahead else blocks
-        try:
-            for block in source:
-                if cancelled is not None and cancelled():
-                    raise Cancelled(f"{path}: cancelled")
-                if isinstance(block, Segment):  # an excerpt starts: no window spans the gap before it
-                    stream.next_segment(block.start_s)
-                    track_s = block.track_s
-                    continue
-                stream.feed(block)
-        finally:  # leaving early (an error, a cancellation) stops the decoder now, not when collected
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
-        return stream.track_result(str(path), started, str(coverage), track_s)
+
+        def analyse(gain_db: float) -> tuple[TagStream, float | None, float | None]:
+            """One pass over the file's audio raised by ``gain_db``: the fed stream, the container's length
+            when excerpts were read, and the gated level of the audio before the gain."""
+            stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast)
+            meter = LevelMeter(self.sample_rate)
+            gain = np.float32(10.0 ** (gain_db / 20.0))
+            # With decode_ahead, decoding runs in its own thread, the front end and the model in this one: on 2
+            # cores that balances the two (11 realworld tracks, per-file best of 5: 11.48 s with the front end
+            # in the decoding thread, 10.63 s here).
+            if coverage.full:
+                blocks = (decode or decode_blocks)(path, self.sample_rate, self.block_seconds)
+            else:
+                blocks = (decode or decode_coverage)(path, self.sample_rate, self.block_seconds,
+                                                     coverage=str(coverage))
+            track_s: float | None = None  # the container's length, when excerpts were read
+            source = read_ahead(blocks) if decode_ahead else blocks
+            try:
+                for block in source:
+                    if cancelled is not None and cancelled():
+                        raise Cancelled(f"{path}: cancelled")
+                    if isinstance(block, Segment):  # an excerpt starts: no window spans the gap before it
+                        stream.next_segment(block.start_s)
+                        track_s = block.track_s
+                        continue
+                    meter.push(block)
+                    stream.feed(block * gain if gain_db else block)
+            finally:  # leaving early (an error, a cancellation) stops the decoder now, not when collected
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+            return stream, track_s, meter.level_dbfs
+
+        stream, track_s, level = analyse(0.0)
+        gain_db = self.floor_gain_db(level)
+        if gain_db > 0.0:
+            # Quieter than the model's floor: the same audio again, decoded anew and raised by one constant
+            # gain (its dynamics kept). Only quiet files pay this second pass; keeping every track's samples
+            # in memory instead would cost all of them.
+            stream, track_s, _ = analyse(gain_db)
+        return stream.track_result(str(path), started, str(coverage), track_s, level, gain_db)
+
+    def floor_gain_db(self, level_dbfs: float | None) -> float:
+        """The gain in dB a file at ``level_dbfs`` (gated, :mod:`tagger.level`) is analysed raised by: up to
+        the model's ``level_floor_dbfs``, at most its ``level_max_gain_db``; 0 without a floor, at or above
+        it, or for silence (None)."""
+        return floor_gain_db(level_dbfs, self.manifest.level_floor_dbfs, self.manifest.level_max_gain_db)

@@ -180,3 +180,25 @@ def export_trained(net: torch.nn.Module, spec, labels: tuple[str, ...], path: st
     extra = ("frame_features", "pooled", "timbral_features", "temporal_features") if transfer else ()
     return export_model(module.eval(), manifest, path, dynamic_frames=spec.dynamic_frames, check=check,
                         extra_outputs=extra, tolerance=1e-4)
+
+
+def rewrite_manifest(path: str | Path, manifest: ModelManifest) -> dict[str, str]:
+    """Replace the manifest of the model file at ``path`` with ``manifest``, leaving every other byte of
+    meaning alone (graph, opset, producer): metadata only, no re-export. Checks that the graph's
+    serialised bytes are the same before and after, and raises otherwise; returns the sha1 of the graph
+    bytes and of the file before and after."""
+    import hashlib
+
+    path = Path(path)
+    before = path.read_bytes()
+    proto = onnx.load_model_from_string(before)
+    graph = proto.graph.SerializeToString()
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=MANIFEST_KEY, value=manifest.to_json())
+    save_onnx(proto, path)
+    after = path.read_bytes()
+    graph_after = onnx.load_model_from_string(after).graph.SerializeToString()
+    if graph_after != graph or graph not in after:
+        raise RuntimeError(f"{path}: the graph's bytes changed while rewriting the manifest")
+    return {"graph_sha1": hashlib.sha1(graph).hexdigest(), "file_sha1_before": hashlib.sha1(before).hexdigest(),
+            "file_sha1_after": hashlib.sha1(after).hexdigest()}
