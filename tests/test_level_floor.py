@@ -1,0 +1,167 @@
+"""The level floor: a file quieter than the model's ``level_floor_dbfs`` is analysed raised to it.
+
+Real audio (an FMA clip the model never trained on, read from ../shared/data and written only to tmp), the
+shipped default model (whose manifest states the floor) and a copy of it whose manifest lacks the key
+(metadata rewritten, graph unchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import DATA, encode
+
+from tagger import Tagger
+from tagger.decode import decode_file
+from tagger.errors import ModelError
+from tagger.level import LevelMeter, level_dbfs
+from tagger.model import MANIFEST_KEY, read_manifest
+from tagger.registry import default_cpu_model
+
+RATE = 16000
+# A jazz clip (about -16 dBFS; own answer jazz) played 30 dB down: about -46 dBFS, below the floor. Without
+# the floor the shipped model calls that copy classical at 95 % (models/msd-musicnn-gtzan.floor.json).
+CLIP = DATA / "fma" / "001082.mp3"
+QUIET_DB = -30.0
+
+
+@pytest.fixture(scope="module")
+def floored() -> Tagger:
+    tagger = Tagger()
+    if tagger.manifest.level_floor_dbfs is None:
+        pytest.fail(f"the shipped default model {tagger.engine.path} states no level floor")
+    return tagger
+
+
+@pytest.fixture(scope="module")
+def unfloored(tmp_path_factory: pytest.TempPathFactory) -> Tagger:
+    """The shipped CPU model with the floor taken out of its manifest: a model of before the floor."""
+    from training.export import rewrite_manifest
+
+    path = tmp_path_factory.mktemp("models") / "no-floor.onnx"
+    shutil.copyfile(default_cpu_model(), path)
+    rewrite_manifest(path, dataclasses.replace(read_manifest(path), level_floor_dbfs=None))
+    return Tagger(path)
+
+
+@pytest.fixture(scope="module")
+def tracks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The clip at its own level (the file itself) and 30 dB down, and 10 s of digital silence (16-bit WAV)."""
+    folder = tmp_path_factory.mktemp("levels")
+    quiet = decode_file(CLIP, RATE) * np.float32(10.0 ** (QUIET_DB / 20.0))
+    return {"own": CLIP, "quiet": encode(quiet, RATE, folder / "quiet.wav", "pcm_s16le", "wav"),
+            "silence": encode(np.zeros(10 * RATE, np.float32), RATE, folder / "silence.wav", "pcm_s16le", "wav")}
+
+
+def probabilities(result) -> dict[str, float]:
+    return {s.label: s.score for s in result.outputs["genre"].scores}
+
+
+def test_a_quiet_track_is_analysed_raised_and_keeps_its_genre(floored: Tagger, unfloored: Tagger,
+                                                              tracks: dict[str, Path]) -> None:
+    own = floored.tag_file(tracks["own"])
+    quiet = floored.tag_file(tracks["quiet"])
+    floor = floored.manifest.level_floor_dbfs
+    assert quiet.level_dbfs == pytest.approx(own.level_dbfs + QUIET_DB, abs=0.1)
+    assert quiet.gain_db == pytest.approx(floor - quiet.level_dbfs, abs=1e-6)
+    assert quiet.music and quiet.outputs["genre"].top == own.outputs["genre"].top
+    # Without the floor the same quiet file reads as a confident classical (the bug this fixes).
+    before = unfloored.tag_file(tracks["quiet"])
+    assert before.gain_db == 0.0 and before.outputs["genre"].top != own.outputs["genre"].top
+    doc = quiet.as_dict()
+    assert doc["gain_db"] == pytest.approx(quiet.gain_db, abs=0.01) and doc["level_dbfs"] < floor
+
+
+def test_a_track_inside_the_range_is_analysed_exactly_as_before(floored: Tagger, unfloored: Tagger,
+                                                                tracks: dict[str, Path]) -> None:
+    now, before = floored.tag_file(tracks["own"]), unfloored.tag_file(tracks["own"])
+    assert now.level_dbfs > floored.manifest.level_floor_dbfs
+    assert now.gain_db == 0.0 and now.level_dbfs == before.level_dbfs
+    assert probabilities(now) == probabilities(before)  # identical, not close
+    assert now.music_probability == before.music_probability
+
+
+def test_a_model_without_the_key_raises_nothing(unfloored: Tagger, tracks: dict[str, Path]) -> None:
+    assert unfloored.manifest.level_floor_dbfs is None
+    result = unfloored.tag_file(tracks["quiet"])
+    assert result.gain_db == 0.0 and result.level_dbfs < -35.0
+    # As before the floor existed: the stream fed the decoded samples as they are.
+    stream = unfloored.stream(eager=False, fast=unfloored.fast)
+    stream.feed(decode_file(tracks["quiet"], RATE))
+    assert {s.label: s.score for s in stream.finish()["genre"].scores} == pytest.approx(probabilities(result),
+                                                                                      abs=1e-6)
+
+
+def test_digital_silence_stays_no_music_and_is_not_raised(floored: Tagger, tracks: dict[str, Path]) -> None:
+    result = floored.tag_file(tracks["silence"])
+    assert result.music is False and result.level_dbfs is None and result.gain_db == 0.0
+
+
+def test_the_ray_path_raises_a_quiet_track_as_tag_file_does(floored: Tagger, tracks: dict[str, Path]) -> None:
+    from service.batch_ray import ModelActor, track_frames
+
+    arguments = {"model": None, "coverage": "full"}
+    data = track_frames(str(tracks["quiet"]), arguments)
+    direct = floored.tag_file(tracks["quiet"])
+    assert data["gain_db"] == pytest.approx(direct.gain_db) and data["gain_db"] > 0.0
+    result = ModelActor(arguments)._tag(str(tracks["quiet"]), data)
+    assert result.gain_db == direct.gain_db and result.level_dbfs == direct.level_dbfs
+    assert probabilities(result) == pytest.approx(probabilities(direct), abs=1e-4)
+
+
+def test_the_daemons_isolated_decoder_is_raised_the_same(floored: Tagger, tracks: dict[str, Path]) -> None:
+    """The daemon tags library files with tag_file and its crash-isolated decoder: the quiet file is decoded
+    twice there too, and raised."""
+    from tagger.isolated import IsolatedDecoder
+
+    direct = floored.tag_file(tracks["quiet"])
+    with IsolatedDecoder() as decoder:
+        isolated = floored.tag_file(tracks["quiet"], decode=decoder.blocks)
+    assert isolated.gain_db == direct.gain_db > 0.0
+    assert probabilities(isolated) == pytest.approx(probabilities(direct), abs=1e-6)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"level_floor_dbfs": -80}, r"level_floor_dbfs -80 is not within \(-70, 0\) dBFS"),
+    ({"level_floor_dbfs": 3}, r"level_floor_dbfs 3 is not within"),
+    ({"level_floor_dbfs": "quiet"}, r"level_floor_dbfs 'quiet' is not a number"),
+    ({"level_floor_dbfs": True}, r"level_floor_dbfs True is not a number"),
+    ({"level_floor_dbfs": -30, "level_max_gain_db": 0}, r"level_max_gain_db 0 is not within \(0, 60\] dB"),
+    ({"level_floor_dbfs": -30, "level_max_gain_db": 90}, r"level_max_gain_db 90 is not within"),
+    ({"level_max_gain_db": 20}, r"level_max_gain_db without level_floor_dbfs"),
+])
+def test_a_bad_floor_in_a_manifest_is_a_clear_error(tiny_model: Path, tmp_path: Path, edit: dict,
+                                                    message: str) -> None:
+    proto = onnx.load(str(tiny_model))
+    entry = next(p for p in proto.metadata_props if p.key == MANIFEST_KEY)
+    entry.value = json.dumps({**json.loads(entry.value), **edit})
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(ModelError, match=f"{bad}: {message}"):
+        read_manifest(bad)
+
+
+def test_the_gated_level_ignores_silence_and_how_samples_are_split() -> None:
+    rng = np.random.default_rng(3)
+    t = np.arange(5 * RATE) / RATE
+    sine = np.sin(2 * np.pi * 440.0 * t).astype(np.float32)
+    assert level_dbfs(sine, RATE) == pytest.approx(-3.01, abs=0.01)  # a full-scale sine, RMS
+    # A 20 s silent intro and a 0.5 s pause barely move it (the blocks straddling the pause's edges count,
+    # 0.2 dB); the plain RMS of the whole file reads 4.8 dB quieter.
+    with_silence = np.concatenate([np.zeros(20 * RATE, np.float32), 0.1 * sine, np.zeros(RATE // 2, np.float32),
+                                   0.1 * sine])
+    assert level_dbfs(with_silence, RATE) == pytest.approx(-23.01, abs=0.3)
+    plain = 10 * np.log10(np.mean(np.square(with_silence, dtype=np.float64)))
+    assert plain < level_dbfs(with_silence, RATE) - 4.0
+    meter = LevelMeter(RATE)
+    cuts = np.sort(rng.integers(0, with_silence.size, 50))
+    for part in np.split(with_silence, cuts):
+        meter.push(part)
+    assert meter.level_dbfs == pytest.approx(level_dbfs(with_silence, RATE), abs=1e-9)
+    assert level_dbfs(np.zeros(RATE, np.float32), RATE) is None
