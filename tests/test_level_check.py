@@ -26,11 +26,19 @@ def test_level_check_tags_quieter_copies_and_the_card_shows_them(excerpt, tmp_pa
     # The copies are what they say: 20 dB apart (16-bit WAV keeps -40 dB music well above its floor).
     assert rows[0]["level_dbfs"] - rows[1]["level_dbfs"] == pytest.approx(20.0, abs=0.01)
     assert rows[0]["music"] is True
+    # The shipped model's floor: the -40 dB copy (about -54 dBFS) went through the runtime raised to it, and
+    # the same copies through the model without its floor were not.
+    floor = doc["level_floor_dbfs"]
+    assert rows[0]["raised_db"] == 0.0 and rows[2]["level_dbfs"] < floor
+    assert rows[2]["raised_db"] == pytest.approx(min(floor - rows[2]["level_dbfs"], doc["level_max_gain_db"]), abs=0.01)
+    assert [r["raised_db"] for r in doc["files_without_floor"]["realworld/machine_wars.mp3"]] == [0.0, 0.0, 0.0]
+    assert len(doc["summary_without_floor"]) == 3
     first = doc["summary"][0]
     assert first["top_genre_changed"] == 0 and first["mean_abs_confidence_change"] == 0.0
     assert hashlib.sha256(track.read_bytes()).hexdigest() == digest  # the user's file is only read
     section = _level_section(out)
-    assert "## Level: the same music played quieter" in section and "| -20 dB | 1 |" in section
+    assert "## Level: the same music played quieter" in section and "| -40 dB | 1 | 1 |" in section
+    assert f"`level_floor_dbfs` {floor:g} dBFS" in section and "Live input is not raised" in section
 
 
 def test_summarise_counts_changes_decided_ones_and_no_music() -> None:

@@ -2,11 +2,16 @@
 
 A log-mel front end is not level-invariant (``log10(10000·x + 1)`` of the mel power), so the same track
 mastered or captured quieter gives other features. This plays every FMA and realworld file (music never
-trained on) through the runtime as ``tag`` does, at its own level and at each gain of ``--gains``
-(default 0, -10, -20, -30 dB: an older master, a line input turned down), and counts, per gain, the
-tracks whose top genre differs from the one at their own level, those called no music, and the mean
-change of the top genre's confidence. The gained copies are 16-bit WAV files at the model's rate in a
-temporary folder; the user's files are only read.
+trained on) through the runtime as ``tag`` does (:meth:`tagger.pipeline.Tagger.tag_file`), at its own
+level and at each gain of ``--gains`` (default 0, -10, -20, -30 dB: an older master, a line input turned
+down), and counts, per gain, the tracks whose top genre differs from the one at their own level, those
+called no music, and the mean change of the top genre's confidence. The gained copies are 16-bit WAV
+files at the model's rate in a temporary folder; the user's files are only read.
+
+When the model states a level floor (``level_floor_dbfs``, :mod:`tagger.level`), the runtime analyses a
+copy quieter than the floor raised to it; the same copies also go through a twin of the model file whose
+manifest lacks the floor (metadata only, in the temporary folder), so that the JSON holds both: with the
+floor as shipped (``summary``) and without (``summary_without_floor``).
 
     python -m training.level_check --data ../shared/data --out models/msd-musicnn-gtzan.level.json
 
@@ -27,16 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from service.live import level_dbfs
 from tagger.decode import decode_file
-from tagger.pipeline import Tagger
+from tagger.pipeline import Tagger, TrackResult
 
 GAINS_DB = (0.0, -10.0, -20.0, -30.0)
 SETS = ("fma", "realworld")
 
 
 def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
-    """``audio`` (mono float, [-1, 1]) as a 16-bit PCM WAV file at ``rate`` Hz."""
+    """``audio`` (mono float, [-1, 1]) as a 16-bit PCM WAV file at ``rate`` Hz, rounded to the nearest step."""
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
@@ -46,20 +50,34 @@ def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
     return path
 
 
-def check_file(tagger: Tagger, path: Path, gains_db: tuple[float, ...], scratch: Path) -> list[dict]:
-    """One row per gain: the runtime's top genre, its confidence, decided or not, and the music decision."""
+def _row(gain: float, result: TrackResult, genre: str) -> dict:
+    estimate = result.outputs[genre]
+    return {"gain_db": gain, "level_dbfs": None if result.level_dbfs is None else round(result.level_dbfs, 2),
+            "raised_db": round(result.gain_db, 2), "genre": estimate.top, "confidence": round(estimate.confidence, 4),
+            "decided": bool(estimate.decided), "music": result.music,
+            "music_probability": round(result.music_probability or 0.0, 4)}
+
+
+def _said(row: dict) -> str:
+    raised = f" (raised {row['raised_db']:g} dB)" if row["raised_db"] else ""
+    return f"{row['gain_db']:g} dB {row['genre']}{raised}{'' if row['music'] else ' (no music)'}"
+
+
+def check_file(tagger: Tagger, path: Path, gains_db: tuple[float, ...], scratch: Path,
+               without_floor: Tagger | None = None) -> tuple[list[dict], list[dict] | None]:
+    """One row per gain: the runtime's gated level of the copy (dBFS), the gain it was analysed raised by
+    (``raised_db``), its top genre, confidence, decided or not, and the music decision; the same rows from
+    ``without_floor`` (the model without its floor) when given."""
     rate = tagger.sample_rate
     audio = decode_file(path, rate)
     genre = tagger.manifest.genre_outputs[0].name
-    rows = []
+    rows, plain = [], []
     for gain in gains_db:
         copy = write_wav(scratch / "copy.wav", audio * np.float32(10.0 ** (gain / 20.0)), rate)
-        result = tagger.tag_file(copy)
-        estimate = result.outputs[genre]
-        rows.append({"gain_db": gain, "level_dbfs": round(level_dbfs(audio) + gain, 2), "genre": estimate.top,
-                     "confidence": round(estimate.confidence, 4), "decided": bool(estimate.decided),
-                     "music": result.music, "music_probability": round(result.music_probability or 0.0, 4)})
-    return rows
+        rows.append(_row(gain, tagger.tag_file(copy), genre))
+        if without_floor is not None:
+            plain.append(_row(gain, without_floor.tag_file(copy), genre))
+    return rows, plain if without_floor is not None else None
 
 
 def summarise(files: dict[str, list[dict]], gains_db: tuple[float, ...]) -> list[dict]:
@@ -109,12 +127,26 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     tagger = Tagger(args.model)
     files: dict[str, list[dict]] = {}
+    plain: dict[str, list[dict]] = {}
+    floor = tagger.manifest.level_floor_dbfs
     with tempfile.TemporaryDirectory(prefix="genre-tagger-level-") as scratch:
+        without_floor = None
+        if floor is not None:
+            import dataclasses
+            import shutil
+
+            from tagger.model import read_manifest
+            from training.export import rewrite_manifest
+
+            twin = Path(scratch) / "without-floor.onnx"
+            shutil.copyfile(tagger.engine.path, twin)
+            rewrite_manifest(twin, dataclasses.replace(read_manifest(twin), level_floor_dbfs=None))
+            without_floor = Tagger(twin)
         for i, (name, path) in enumerate(sorted(paths.items()), 1):
-            files[name] = check_file(tagger, path, gains, Path(scratch))
-            print(f"{i}/{len(paths)} {name}: " + ", ".join(f"{r['gain_db']:g} dB {r['genre']}"
-                                                           f"{'' if r['music'] else ' (no music)'}"
-                                                           for r in files[name]), flush=True)
+            files[name], rows = check_file(tagger, path, gains, Path(scratch), without_floor)
+            if rows is not None:
+                plain[name] = rows
+            print(f"{i}/{len(paths)} {name}: " + ", ".join(_said(r) for r in files[name]), flush=True)
     summary = summarise(files, gains)
     for row in summary:
         print(f"{row['gain_db']:>6g} dB: top genre changed {row['top_genre_changed']}/{row['tracks']} "
@@ -124,8 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"model": tagger.manifest.name, "version": tagger.manifest.version,
            "model_sha1": hashlib.sha1(Path(tagger.engine.path).read_bytes()).hexdigest()[:16],
            "command": " ".join(["python -m training.level_check", *(sys.argv[1:] if argv is None else argv)]),
-           "gains_db": list(gains), "summary": summary, "files": files,
+           "level_floor_dbfs": floor, "level_max_gain_db": tagger.manifest.level_max_gain_db if floor is not None
+           else None, "gains_db": list(gains), "summary": summary, "files": files,
            "elapsed_s": round(time.perf_counter() - started, 1)}
+    if plain:
+        # Against the same reference (each track at its own level, as shipped: inside the range, so never raised).
+        doc["summary_without_floor"] = summarise({k: [files[k][0], *v[1:]] for k, v in plain.items()}, gains)
+        doc["files_without_floor"] = plain
     Path(args.out).write_text(json.dumps(doc, indent=1, ensure_ascii=False))
     return 0
 
