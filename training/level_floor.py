@@ -109,10 +109,10 @@ def labelled(data: Path, floors, max_gain: float, features: Path, floor_cache: P
 
     from tagger.ensemble import DEFAULT_THRESHOLD
     from training.datasets import GTZAN_GENRES, load_gtzan_by_artist
-    from training.default_model import MODEL_NAME, N_FOLDS, SEED
     from training.evaluation import HeadChoice, artist_folds, fit_head, head_logits, load_clips, track_probs
     from training.feature_cache import FeatureCache, frame_features, pool_views
     from training.musicnn import MUSICNN_FRONT_END, MSDMusicnn, fetch_musicnn_wheel
+    from training.shipped import MODEL_NAME, N_FOLDS, SEED
 
     report = json.loads(Path(f"models/{MODEL_NAME}.cv.json").read_text())
     shipped = report["shipped"]
