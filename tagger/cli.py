@@ -283,6 +283,9 @@ def cmd_models(args: argparse.Namespace) -> int:
                   f"hop {view.hop_frames} ({hop_s:.2f} s)")
         for out in manifest.outputs:
             print(f"  output {out.name} ({out.kind}, {len(out.labels)} labels): {', '.join(out.labels)}")
+        if manifest.level_floor_dbfs is not None:
+            print(f"  level floor: {manifest.level_floor_dbfs:g} dBFS (quieter files are analysed raised to it, by "
+                  f"at most {manifest.level_max_gain_db:g} dB)")
         if manifest.metrics:
             print("  metrics:")
             for line in metric_lines(manifest.metrics, "    "):

@@ -78,6 +78,22 @@ def test_a_quiet_track_is_analysed_raised_and_keeps_its_genre(floored: Tagger, u
     assert doc["gain_db"] == pytest.approx(quiet.gain_db, abs=0.01) and doc["level_dbfs"] < floor
 
 
+def test_the_chart_and_models_say_so(floored: Tagger, tracks: dict[str, Path], capsys) -> None:
+    from tagger.chart import render_track
+    from tagger.cli import main
+
+    quiet = floored.tag_file(tracks["quiet"])
+    chart = render_track("quiet.wav", quiet.duration_s, quiet.outputs, 3, 100, level_dbfs=quiet.level_dbfs,
+                         gain_db=quiet.gain_db)
+    assert f"quiet track ({quiet.level_dbfs:.1f} dBFS): analysed raised by {quiet.gain_db:.1f} dB" in chart
+    own = floored.tag_file(tracks["own"])
+    assert "quiet track" not in render_track("own", own.duration_s, own.outputs, 3, 100, level_dbfs=own.level_dbfs,
+                                             gain_db=own.gain_db)
+    assert main(["models", str(floored.engine.path)]) == 0
+    floor = floored.manifest.level_floor_dbfs
+    assert f"level floor: {floor:g} dBFS" in capsys.readouterr().out
+
+
 def test_a_track_inside_the_range_is_analysed_exactly_as_before(floored: Tagger, unfloored: Tagger,
                                                                 tracks: dict[str, Path]) -> None:
     now, before = floored.tag_file(tracks["own"]), unfloored.tag_file(tracks["own"])
