@@ -58,3 +58,18 @@ def test_level_check_refuses_gains_it_cannot_honour(gains: str, tmp_path: Path, 
         main(["--data", str(tmp_path), f"--gains={gains}", "--out", str(tmp_path / "x.json")])
     assert exit_info.value.code == 2
     assert f"--gains: {gains!r}" in capsys.readouterr().err
+
+
+def test_the_shared_wav_writer_rounds_and_clips(tmp_path: Path) -> None:
+    import wave
+
+    import numpy as np
+
+    from training.datasets import write_pcm16_wav
+
+    steps = np.array([1.6, -1.6, 0.4, 32766.6, 40000.0, -40000.0]) / 32767.0
+    path = write_pcm16_wav(tmp_path / "x.wav", steps, 16000)
+    with wave.open(str(path)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 16000)
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), "<i2")
+    assert pcm.tolist() == [2, -2, 0, 32767, 32767, -32767]  # rounded (truncation gives 1, -1), clipped

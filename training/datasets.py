@@ -68,6 +68,20 @@ class Track:
     split: str = ""
 
 
+def write_pcm16_wav(path: str | Path, audio: np.ndarray, rate: int) -> Path:
+    """``audio`` (mono float, full scale [-1, 1], clipped there) as a 16-bit PCM WAV file at ``rate`` Hz, each
+    sample rounded to the nearest of the 65535 steps ±32767 (the one writer the build and the level check share)."""
+    import wave
+
+    pcm = (np.clip(np.asarray(audio, dtype=np.float64), -1.0, 1.0) * 32767.0).round().astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm.tobytes())
+    return Path(path)
+
+
 def _expand(ranges: str) -> list[int]:
     out: list[int] = []
     for part in ranges.split():

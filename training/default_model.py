@@ -95,22 +95,13 @@ def runtime_check(paths: dict[str, Path], files: dict[str, list[Path]]) -> dict:
 
 
 def non_music_files(negatives: list, folder: Path) -> list[Path]:
-    """Each non-music clip written as a 16-bit WAV file (16 kHz mono), to go through the runtime as files do."""
-    import wave
+    """Each non-music clip written as a 16-bit WAV file (16 kHz mono, rounded), to go through the runtime as files
+    do."""
+    from training.datasets import write_pcm16_wav
 
     folder.mkdir(parents=True, exist_ok=True)
     sr = MUSICNN_FRONT_END.sample_rate
-    paths = []
-    for n in negatives:
-        path = folder / f"{n.clip_id}.wav"
-        pcm = (np.clip(n.make(sr), -1.0, 1.0) * 32767).astype("<i2")
-        with wave.open(str(path), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(sr)
-            out.writeframes(pcm.tobytes())
-        paths.append(path)
-    return paths
+    return [write_pcm16_wav(folder / f"{n.clip_id}.wav", n.make(sr), sr) for n in negatives]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,6 @@ import json
 import sys
 import tempfile
 import time
-import wave
 from collections import Counter
 from pathlib import Path
 
@@ -34,20 +33,10 @@ import numpy as np
 
 from tagger.decode import decode_file
 from tagger.pipeline import Tagger, TrackResult
+from training.datasets import write_pcm16_wav
 
 GAINS_DB = (0.0, -10.0, -20.0, -30.0)
 SETS = ("fma", "realworld")
-
-
-def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
-    """``audio`` (mono float, [-1, 1]) as a 16-bit PCM WAV file at ``rate`` Hz, rounded to the nearest step."""
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm.tobytes())
-    return path
 
 
 def _row(gain: float, result: TrackResult, genre: str) -> dict:
@@ -73,7 +62,7 @@ def check_file(tagger: Tagger, path: Path, gains_db: tuple[float, ...], scratch:
     genre = tagger.manifest.genre_outputs[0].name
     rows, plain = [], []
     for gain in gains_db:
-        copy = write_wav(scratch / "copy.wav", audio * np.float32(10.0 ** (gain / 20.0)), rate)
+        copy = write_pcm16_wav(scratch / "copy.wav", audio * np.float32(10.0 ** (gain / 20.0)), rate)
         rows.append(_row(gain, tagger.tag_file(copy), genre))
         if without_floor is not None:
             plain.append(_row(gain, without_floor.tag_file(copy), genre))
