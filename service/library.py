@@ -1,6 +1,6 @@
 """The SQLite library: tracks, their genres, per-view results, and the durable work queue.
 
-Schema (version 8; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
+Schema (version 9; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
 
 ``tracks``
     id, path (unique), size (bytes), mtime (seconds), fingerprint (see :func:`fingerprint`),
