@@ -11,7 +11,17 @@ import pytest
 from conftest import DATA
 
 from tagger import Tagger
-from training.live_eval import Clip, held_out_artists, record, recording_folder, replay_tagger, split_artists
+from training.live_eval import (
+    Clip,
+    held_out_artists,
+    held_out_sounds,
+    nonmusic_of_half,
+    record,
+    recording_folder,
+    replay_tagger,
+    split_artists,
+    talk_voices,
+)
 from training.live_models import labelled_tracks, training_indices
 
 
@@ -48,6 +58,25 @@ def test_a_half_model_trains_on_no_clip_by_an_artist_of_its_half() -> None:
         assert len(trained) == sum(1 for t in tracks if t.group not in half_artists)
         # The excerpts share artists with the long clips: some excerpts are left out with the half.
         assert any(t.path.parent.parent.name == "gtzan-excerpts" and t.group in half_artists for t in tracks)
+
+
+def test_a_half_model_trains_on_no_sound_its_half_plays() -> None:
+    from training.negatives import ESPEAK_VOICES, SPEECH_TEXTS, all_non_music
+
+    # Today a half's talk voices are also among its non-music clips; one clip fewer shifts the non-music ones.
+    for negatives in (all_non_music(), all_non_music()[1:]):
+        ids = {n.clip_id for n in negatives}
+        held = held_out_sounds(negatives)
+        for h in (0, 1):
+            played = {c.clip_id for c in nonmusic_of_half(negatives, h)}
+            # The talk streams' espeak speech: the training clip of the same language and voice.
+            spoken = {f"espeak-{language}-{voice.lstrip('+') or 'default'}" for language, _, voice in talk_voices(h)}
+            assert played and spoken and spoken <= ids
+            assert played | spoken <= held[h]
+            assert len(held[h]) < len(negatives)  # the other half's sounds are trained on
+    # Every language and voice talks in exactly one half.
+    voices = [(language, voice) for h in (0, 1) for language, _, voice in talk_voices(h)]
+    assert len(voices) == len(set(voices)) == len(SPEECH_TEXTS) * len(ESPEAK_VOICES)
 
 
 def test_recordings_are_kept_per_model_file(tiny_model: Path, tmp_path: Path) -> None:

@@ -324,6 +324,30 @@ class Streams:
                        self.nonmusic + other.nonmusic)
 
 
+def talk_voices(h: int) -> list[tuple[str, str, str]]:
+    """Half ``h``'s talk: (language, text, espeak voice) for every other voice of every language of
+    :data:`training.negatives.SPEECH_TEXTS` (half the voices per half), in the order its streams are built."""
+    return [(language, text, voice) for i, (language, text) in enumerate(sorted(SPEECH_TEXTS.items()))
+            for j, voice in enumerate(ESPEAK_VOICES) if (i * len(ESPEAK_VOICES) + j) % 2 == h]
+
+
+def nonmusic_of_half(negatives: Sequence[NonMusic], h: int) -> list[NonMusic]:
+    """Half ``h``'s non-music streams' sounds: every other clip of ``negatives``."""
+    return [clip for k, clip in enumerate(negatives) if k % 2 == h]
+
+
+def held_out_sounds(negatives: Sequence[NonMusic]) -> list[set[str]]:
+    """Per half, the non-music clips (``clip_id``) its model must not train on: those its non-music streams play,
+    and the synthetic speech of its talk streams' languages and voices (the same text and voice as a training
+    clip, at most 10 words a minute apart)."""
+    out = []
+    for h in (0, 1):
+        talk = {(language, f"espeak:{voice.lstrip('+') or 'default'}") for language, _, voice in talk_voices(h)}
+        out.append({c.clip_id for c in nonmusic_of_half(negatives, h)}
+                   | {n.clip_id for n in negatives if n.kind == "synthetic speech" and (n.language, n.voice) in talk})
+    return out
+
+
 def build_streams(taggers: Sequence[Tagger], clips: Sequence[Clip], half: dict[str, int], pairs_per_half: int,
                   cache: Path | None, progress: Callable[[str], None] = print,
                   negatives: Sequence[NonMusic] = ()) -> list[Streams]:
@@ -347,26 +371,21 @@ def build_streams(taggers: Sequence[Tagger], clips: Sequence[Clip], half: dict[s
                 rec.artists = (a.artist, b.artist)
                 (streams.steady if same else streams.switches).append(rec)
         decided = [c for c in mine if c.decided and c.label != NO_MUSIC]
-        for i, (language, text) in enumerate(sorted(SPEECH_TEXTS.items())):
-            for j, voice in enumerate(ESPEAK_VOICES):
-                if (i * len(ESPEAK_VOICES) + j) % 2 != h:  # every other voice: half the voices per half
-                    continue
-                speech = espeak(text, language, voice, rate)[: int(TALK_SECONDS * rate)]
-                a, b = (decided[k] for k in rng.choice(len(decided), 2, replace=False))
-                first = a.segment[: a.segment.size - int(rng.uniform(0.0, SWITCH_JITTER_S) * rate)]
-                rec = record(tagger, np.concatenate([first, speech, b.segment]),
-                             f"{a.name} → espeak {language}{voice} → {b.name}", cache=folder)
-                rec.switch_s, rec.back_s = first.size / rate, (first.size + speech.size) / rate
-                rec.first, rec.second, rec.artists = a.label, b.label, (a.artist, b.artist)
-                streams.talks.append(rec)
+        for language, text, voice in talk_voices(h):
+            speech = espeak(text, language, voice, rate)[: int(TALK_SECONDS * rate)]
+            a, b = (decided[k] for k in rng.choice(len(decided), 2, replace=False))
+            first = a.segment[: a.segment.size - int(rng.uniform(0.0, SWITCH_JITTER_S) * rate)]
+            rec = record(tagger, np.concatenate([first, speech, b.segment]),
+                         f"{a.name} → espeak {language}{voice} → {b.name}", cache=folder)
+            rec.switch_s, rec.back_s = first.size / rate, (first.size + speech.size) / rate
+            rec.first, rec.second, rec.artists = a.label, b.label, (a.artist, b.artist)
+            streams.talks.append(rec)
         # Every other non-music clip (noise, hum, tones, speech, effects: training/negatives.py) after music,
         # repeated to NONMUSIC_SECONDS: "no music" must be said for all of them, not only for talk.
         # Their own generator, so that the streams above stay the ones measured before they were added.
         quiet_rng = np.random.default_rng(SEED + 1 + h)
         length = int(NONMUSIC_SECONDS * rate)
-        for k, clip in enumerate(negatives):
-            if k % 2 != h:
-                continue
+        for clip in nonmusic_of_half(negatives, h):
             a = decided[int(quiet_rng.integers(len(decided)))]
             first = a.segment[: a.segment.size - int(quiet_rng.uniform(0.0, SWITCH_JITTER_S) * rate)]
             sound = clip.make(rate)
@@ -740,10 +759,9 @@ def replay_tagger(taggers: Sequence[Tagger]) -> Tagger:
 
 
 HALF_MODEL_LEAKS = ("the genre head's choice (space and C), its training on degraded copies and the music threshold "
-                    "were chosen by the build's cross-validation over all 391 labelled clips; the music detector "
-                    "trains on every non-music and packaged-music clip, the talk and non-music streams' sounds "
-                    "included; the artist halves are dealt within each (source, label) by the shipped model's own "
-                    "labels")
+                    "were chosen by the build's cross-validation over all 391 labelled clips (and the detector's C "
+                    "by its cross-validation over every non-music clip); the artist halves are dealt within each "
+                    "(source, label) by the shipped model's own labels")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -780,21 +798,23 @@ def main(argv: list[str] | None = None) -> int:
     split_labels = {c.name: [c.label, c.decided] for c in clips}
     half = split_artists(clips)
     half_models: list[dict] = []
+    negatives = all_non_music()
     if args.in_sample:
         taggers = [reference, reference]
     else:
         from training.live_models import build_half_models
 
-        built = build_half_models(data, held_out_artists(half),
+        built = build_half_models(data, held_out_artists(half), held_out_sounds(negatives),
                                   Path(args.cache) / "models", Path(args.features), Path(args.packages),
                                   Path(args.report))
         taggers = [Tagger(m.path) for m in built]
         half_models = [{"file": m.path.name, "key": m.key, "model_sha1": model_id(t), "trained_on": len(m.trained_on),
-                        "temperature": m.temperature} for m, t in zip(built, taggers, strict=True)]
+                        "non_music_trained_on": len(m.non_music_trained_on), "temperature": m.temperature}
+                       for m, t in zip(built, taggers, strict=True)]
         label_clips(clips, taggers, half)
         print(f"per-half models: {half_models}; own labels changed from the split's: "
               f"{sum(split_labels[c.name] != [c.label, c.decided] for c in clips)} of {len(clips)}", flush=True)
-    halves = build_streams(taggers, clips, half, args.pairs, Path(args.cache), negatives=all_non_music())
+    halves = build_streams(taggers, clips, half, args.pairs, Path(args.cache), negatives=negatives)
     tagger = replay_tagger(taggers)
     defaults = LiveSection().change_settings()
     tried = candidates(defaults)

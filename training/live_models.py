@@ -9,7 +9,9 @@ in that half, and exports it as the build exports the shipped one (float32 and t
 
 What is still shared with the shipped model (not out of fold): the head *choice*, its C, whether degraded
 copies are trained on, and the music threshold were chosen by the build's cross-validation over all labelled
-clips (``<model>.cv.json``); the music detector's non-music and packaged-music clips are all trained on.
+clips (``<model>.cv.json``), and the detector's C by its cross-validation over every non-music clip. The music
+detector trains on every packaged-music clip (no stream plays them) and on the non-music clips that the half's own
+streams do not play.
 
 Features come from the build's cache (``--cache``, read only: every clip and variant must be there); the
 exported files go under ``--out``/``<key>``, ``<key>`` naming the training clips and the recipe, so a file is
@@ -56,6 +58,7 @@ class HalfModel:
         path: the int8 file (what ``Tagger()`` runs by default on the CPU).
         float32: its float32 twin.
         trained_on: the labelled clips (track ids) its heads were trained on.
+        non_music_trained_on: the non-music clips (``clip_id``) its music detector was trained on.
         temperature: the genre head's temperature.
         key: the folder name (training clips and recipe).
     """
@@ -63,46 +66,57 @@ class HalfModel:
     path: Path
     float32: Path
     trained_on: tuple[str, ...]
+    non_music_trained_on: tuple[str, ...]
     temperature: float
     key: str
 
 
-def model_key(trained_on: Sequence[str], recipe) -> str:
-    """A short stable name for a model trained on ``trained_on`` with ``recipe``."""
+def model_key(trained_on: Sequence[str], non_music: Sequence[str], recipe) -> str:
+    """A short stable name for a model trained on the labelled clips ``trained_on`` and the non-music clips
+    ``non_music`` with ``recipe``."""
     from training.shipped import MODEL_VERSION
 
-    text = json.dumps({"clips": sorted(trained_on), "recipe": asdict(recipe), "version": MODEL_VERSION,
-                       "builder": BUILDER_VERSION}, sort_keys=True)
+    text = json.dumps({"clips": sorted(trained_on), "non_music": sorted(non_music), "recipe": asdict(recipe),
+                       "version": MODEL_VERSION, "builder": BUILDER_VERSION}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def build_half_models(data: Path, held_out: Sequence[Collection[str]], out: Path,
-                      features: Path = DEFAULT_FEATURES, packages: Path | None = None,
+def build_half_models(data: Path, held_out: Sequence[Collection[str]], held_out_sounds: Sequence[Collection[str]],
+                      out: Path, features: Path = DEFAULT_FEATURES, packages: Path | None = None,
                       report: Path = Path("models/msd-musicnn-gtzan.cv.json"), calibration: Path | None = None,
                       log: Callable[[str], None] = print) -> list[HalfModel]:
     """One model per entry of ``held_out`` (a half's artists, as ``Track.group``): the shipped recipe (read
-    from ``report``) trained on every other labelled clip, exported under ``out``. A model already there is
-    reused."""
+    from ``report``) trained on every other labelled clip, its music detector also without the non-music clips
+    of that half's ``held_out_sounds`` (``clip_id`` of :func:`training.negatives.all_non_music`), exported under
+    ``out``. A model already there is reused."""
     from training.music_sources import DEFAULT_ROOT
+    from training.negatives import all_non_music
     from training.shipped import recipe_of_report
 
     shipped = json.loads(Path(report).read_text())
     recipe = recipe_of_report(shipped)
     tracks = labelled_tracks(data)
+    negatives = [n.clip_id for n in all_non_music()]
+    unknown = set().union(*held_out_sounds) - set(negatives)
+    if unknown:
+        raise ValueError(f"not non-music clips of training.negatives: {sorted(unknown)}")
     plans = []
-    for artists in held_out:
+    for artists, sounds in zip(held_out, held_out_sounds, strict=True):
         idx = training_indices(tracks, artists)
         ids = tuple(tracks[i].track_id for i in idx)
-        key = model_key(ids, recipe)
-        plans.append((idx, ids, key, out / key))
-    todo = [p for p in plans if not (p[3] / "done.json").is_file()]
+        left = set(sounds)
+        quiet = np.array([i for i, n in enumerate(negatives) if n not in left], dtype=np.int64)
+        quiet_ids = tuple(negatives[i] for i in quiet)
+        plans.append((idx, ids, quiet, quiet_ids, out / model_key(ids, quiet_ids, recipe)))
+    todo = [p for p in plans if not (p[4] / "done.json").is_file()]
     if todo:
         _build(data, tracks, recipe, todo, features, packages or DEFAULT_ROOT, calibration or data / "fma", log,
                [p["clip"] for p in shipped["shipped"].get("packaged", [])])
     models = []
-    for _, ids, key, folder in plans:
+    for _, ids, _, quiet_ids, folder in plans:
         done = json.loads((folder / "done.json").read_text())
-        models.append(HalfModel(folder / done["int8"], folder / done["float32"], ids, done["temperature"], key))
+        models.append(HalfModel(folder / done["int8"], folder / done["float32"], ids, quiet_ids, done["temperature"],
+                                folder.name))
     return models
 
 
@@ -140,26 +154,28 @@ def _build(data: Path, tracks: Sequence[Track], recipe, plans: list, features: P
     groups = [t.group for t in tracks]
     log(f"features of {len(tracks)} labelled, {len(negatives)} non-music and {len(packaged)} packaged clips loaded "
         f"in {time.perf_counter() - started:.0f} s")
-    for idx, ids, _, folder in plans:
+    for idx, ids, quiet, quiet_ids, folder in plans:
         began = time.perf_counter()
         temperature = recipe_temperature(music, labels, groups, idx, recipe)
-        model = shipped_model(net, music, labels, idx, recipe, detector_data, temperature)
+        model = shipped_model(net, music, labels, idx, recipe, detector_data, temperature, quiet)
         kept = set(idx.tolist())
         left_out = sorted({t.group for i, t in enumerate(tracks) if i not in kept})
         metrics = {"live_eval_half_model": {"trained_on": len(ids), "left_out_clips": len(tracks) - len(ids),
                                             "left_out_artists": len(left_out), "temperature": temperature,
                                             "head": recipe.head.name, "variants": list(recipe.variants),
-                                            "detector_c": recipe.detector_c}}
+                                            "detector_c": recipe.detector_c, "non_music": len(quiet_ids)}}
         training_data = (f"GTZAN: {len(ids)} of {len(tracks)} labelled clips (the artists of one live_eval half "
                          "left out)" + (", also under " + ", ".join(recipe.variants[1:]) if len(recipe.variants) > 1
                                         else "")
-                         + f"; non-music: {len(negatives)} clips; packaged music: {len(packaged)} excerpts")
+                         + f"; non-music: {len(quiet_ids)} of {len(negatives)} clips (those the half's streams "
+                         f"play left out); packaged music: {len(packaged)} excerpts")
         spec = manifest(metrics, training_data, recipe.music_threshold)
         folder.mkdir(parents=True, exist_ok=True)
         path, int8, _ = export_files(model, spec, folder, calibration,
                                      {"packaged music": [e.make for e in packaged],
                                       "non-music": [n.make for n in negatives]})
-        (folder / "trained_on.json").write_text(json.dumps({"trained_on": list(ids), "left_out_artists": left_out}))
+        (folder / "trained_on.json").write_text(json.dumps({"trained_on": list(ids), "left_out_artists": left_out,
+                                                            "non_music_trained_on": list(quiet_ids)}))
         (folder / "done.json").write_text(json.dumps({"int8": int8.name, "float32": path.name,
                                                       "temperature": temperature, "recipe": asdict(recipe),
                                                       "seconds": round(time.perf_counter() - began, 1)}))
@@ -170,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data", help="folder holding gtzan/ … (default ../shared/data)")
     parser.add_argument("--halves", required=True,
-                        help="JSON file: a list, per half, of the artists (Track.group, 'artist:…') to leave out")
+                        help="JSON file: per half, {\"artists\": [Track.group, 'artist:…'], \"sounds\": [non-music "
+                             "clip_id]} to leave out")
     parser.add_argument("--out", required=True, help="where the models go (one folder per model)")
     parser.add_argument("--cache", default=str(DEFAULT_FEATURES),
                         help=f"the build's feature cache, read only (default {DEFAULT_FEATURES})")
@@ -179,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the shipped model's cv.json, whose recipe is retrained (default "
                              "models/msd-musicnn-gtzan.cv.json)")
     args = parser.parse_args(argv)
-    held_out = json.loads(Path(args.halves).read_text())
-    for m in build_half_models(Path(args.data), held_out, Path(args.out), Path(args.cache),
+    halves = json.loads(Path(args.halves).read_text())
+    for m in build_half_models(Path(args.data), [h["artists"] for h in halves], [h.get("sounds", []) for h in halves],
+                               Path(args.out), Path(args.cache),
                                Path(args.packages) if args.packages else None, Path(args.report)):
         print(m.path, len(m.trained_on), f"T {m.temperature:.3f}")
     return 0

@@ -188,10 +188,14 @@ def _live_model_text(doc: dict) -> str:
                 f"shipped recipe retrained without that half's artists (`training/live_models.py`: the same head, "
                 f"degraded training copies, temperature fit and music detector, on {a['trained_on']} and "
                 f"{b['trained_on']} of the labelled clips, temperatures {a['temperature']:.2f} and "
-                f"{b['temperature']:.2f}; the int8 files, as the CPU runs by default), and each clip's own genre "
-                f"is that model's. Still shared with the shipped model: {doc.get('leaks', 'see the JSON')}. The "
-                f"same measurement on the shipped model itself (`--in-sample`: its genre head trained on these "
-                f"GTZAN clips) is optimistic for new artists.")
+                f"{b['temperature']:.2f}; the music detector also without the non-music clips the half's own talk "
+                f"and non-music streams play: {a.get('non_music_trained_on', '?')} and "
+                f"{b.get('non_music_trained_on', '?')} non-music clips; the int8 files, as the CPU runs by default), "
+                f"and each clip's own genre is that model's. Still shared with the shipped model: "
+                f"{doc.get('leaks', 'see the JSON')}. The same measurement on the shipped model itself "
+                f"(`--in-sample`: its genre head trained on these GTZAN clips) is optimistic for new artists. The "
+                f"shipped defaults were chosen on the tuning half of that in-sample measurement; where this run's "
+                f"tuning half puts another setting first, it is the row \"best on tuning\" or named below.")
     return ("The halves split artists for the detector's settings, not for the model: the shipped genre head was "
             "trained on every labelled clip, these GTZAN clips included, so its windows here are better than on "
             "music it never heard (2.56 s windows of the long GTZAN clips: about 90 % right in-sample against "
@@ -259,7 +263,7 @@ def _live_section(path: Path) -> str:
                   f"quieter than that whose genres still decide the current genre is a quiet passage of the "
                   f"music, not evidence for \"no music\" (for up to 10 s in a row): gtzan/classical.00080 "
                   f"fades to -56 to -63 dBFS in its last 6 s; without it (the row \"defaults, no quiet "
-                  f"passages\") the single-genre streams change {saved} more times."
+                  f"passages\") the single-genre streams change {saved} more time{'' if saved == 1 else 's'}."
                   if quiet_chosen is not None else "")
     switches, talks, steady = ([len(h[key]) for h in halves] for key in ("switches", "talks", "steady"))
     model_text = _live_model_text(doc)
@@ -269,7 +273,7 @@ def _live_section(path: Path) -> str:
 switches between clips whose own genres differ and are decided ({switches[0]} + {switches[1]}), music →
 espeak-ng talk → music ({talks[0]} + {talks[1]}), and single-genre streams: every clip and track on its
 own, and pairs of clips of one genre by different artists ({steady[0]} + {steady[1]}). The artists are
-split in two halves: the settings were chosen on the tuning half and are checked on the held-out half. A
+split in two halves: settings are chosen on the tuning half and checked on the held-out half. A
 switch not announced within the second clip counts as its length (15 s for a GTZAN clip, 30 s for an FMA
 clip's or a realworld track's stretch). {model_text} "Previous" is the running
 ensemble with hysteresis alone, the detector shipped before the evidence test (service/live.py).
@@ -280,7 +284,7 @@ is decided, and a genre withdrawn once the music has left it ({withdraw_line}) b
 decided. "Old genre still shown" is how long after a switch the first clip's genre stays announced as
 decided; "music called no music" is how long the single-genre music streams are announced as "no music";
 "non-music" streams are music followed by each of the {nonmusic} non-music clips (noise, hum, tones,
-speech, effects: training/negatives.py) repeated to 15 s. The music evidence ({music_line}) was chosen on
+speech, effects: training/negatives.py) repeated to 15 s. The music evidence ({music_line}) is chosen on
 the tuning half after the other settings: the fewest mistakes, then the fewest non-music streams
 announced late. {quiet_line}
 

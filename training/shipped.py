@@ -232,13 +232,16 @@ def recipe_temperature(music, labels: np.ndarray, groups: Sequence[str], indices
 
 
 def shipped_model(net: MSDMusicnn, music, labels: np.ndarray, indices: np.ndarray, recipe: Recipe,
-                  detector_data: DetectorData, temperature: float) -> DefaultModel:
+                  detector_data: DetectorData, temperature: float, non_music: np.ndarray | None = None
+                  ) -> DefaultModel:
     """The default model with its heads trained by ``recipe`` on the labelled clips ``indices`` only: the genre
     head (its logits divided by ``temperature``) and the music detector, whose music positives are those clips
-    (and every packaged clip of ``detector_data``), against every non-music clip."""
+    (and every packaged clip of ``detector_data``), against the non-music clips ``non_music`` (indices into
+    ``detector_data.non_music``; default every one, as the build trains it)."""
     indices = np.asarray(indices)
+    negatives = np.arange(len(detector_data.non_music.ids)) if non_music is None else np.asarray(non_music)
     head = fit_head(music, indices, labels, recipe.head, recipe.variants)
-    detector = fit_detector(detector_data, indices, np.arange(len(detector_data.non_music.ids)), recipe.detector_c,
+    detector = fit_detector(detector_data, indices, negatives, recipe.detector_c,
                             np.arange(detector_data.packaged_count()))
     return DefaultModel(net, GenreHead(net, recipe.head.space, head, temperature),
                         GenreHead(net, "pooled", detector)).eval()
