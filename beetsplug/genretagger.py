@@ -24,12 +24,13 @@ there. Configuration (``config.yaml``)::
         claim_wait: 120      # seconds to wait for genre-tagger writing a file beets is about to write
 
 Every file beets writes (``genretag -w``, an import, ``beet write``, ``beet modify``) that genre-tagger's library
-knows is claimed in that library first, as genre-tagger's daemon and commands claim a file before they write its
-tags (:meth:`service.library.Library.claim_tag_write`): a file the daemon is writing now is waited for (one line
-says so), never written by both at once; still held after ``claim_wait`` seconds, beets' write of it fails with a
-line saying so (``genretag`` leaves such an item unchanged and exits 1; run it again). A file the library does
-not know yet needs no claim: genre-tagger writes only files it has tagged, and one that changes while it is
-tagged is tagged again.
+knows, under any name (beets' path, its real path through a symlinked folder, or another name of the same file:
+:meth:`service.library.Library.rows_of_file`), is claimed in that library first, as genre-tagger's daemon and
+commands claim a file before they write its tags (:meth:`service.library.Library.claim_tag_write`): a file the
+daemon is writing now is waited for (one line says so), never written by both at once; still held after
+``claim_wait`` seconds, beets' write of it fails with a line saying so (``genretag`` leaves such an item unchanged
+and exits 1; run it again). A file the library does not know yet needs no claim: genre-tagger writes only files it
+has tagged, and one that changes while it is tagged is tagged again.
 
 Load it from an installed genre-tagger (``beetsplug`` is a namespace package) or point beets'
 ``pluginpath`` at this folder.
@@ -71,8 +72,8 @@ class GenreTaggerPlugin(BeetsPlugin):
         self._library_file: Path | None = None
         self._models: set[tuple[str, str]] | None = None
         self._kinds: dict[str, bool] | None = None
-        # file -> (its track id in genre-tagger's library, claimed by this process; its fingerprint before the write)
-        self._claims: dict[str, tuple[int, str | None]] = {}
+        # file -> (its rows in genre-tagger's library, claimed by this process; its fingerprint before the write)
+        self._claims: dict[str, tuple[list[Any], str | None]] = {}
         self.busy = 0  # items genretag left unchanged: genre-tagger was writing their files
 
     # -- settings -------------------------------------------------------------------------------------
@@ -137,16 +138,17 @@ class GenreTaggerPlugin(BeetsPlugin):
         library = self._open_library()
         st = os.stat(path)
         fp = fingerprint(path, st.st_size)
-        row = library.get(path)
-        if row is not None and row.status == TAGGED and row.fingerprint == fp:
-            track = library.track(row.id) or {}
-            if (track.get("model"), track.get("model_version")) in self._model_names():
-                outputs = _estimates(track.get("genres") or [], self._load_kinds(), self._settings().threshold)
-                if outputs:
-                    return outputs, track.get("music") != 0, track["model"], track["model_version"], True
+        rows = library.rows_of_file(path, fp)  # the file may be known under another name (a symlinked folder)
+        for row in rows:
+            if row.status == TAGGED and row.fingerprint == fp:
+                track = library.track(row.id) or {}
+                if (track.get("model"), track.get("model_version")) in self._model_names():
+                    outputs = _estimates(track.get("genres") or [], self._load_kinds(), self._settings().threshold)
+                    if outputs:
+                        return outputs, track.get("music") != 0, track["model"], track["model_version"], True
         result = self._load_tagger().tag_file(path)
-        if fingerprint(path) == fp:
-            library.record_file_result(path, result, st.st_size, st.st_mtime, fp)
+        if fingerprint(path) == fp:  # recorded under the name the library knows it by: one row per file
+            library.record_file_result(rows[0].path if rows else path, result, st.st_size, st.st_mtime, fp)
         return result.outputs, result.music, result.model, result.model_version, False
 
     def _load_kinds(self) -> dict[str, bool]:
@@ -277,43 +279,61 @@ class GenreTaggerPlugin(BeetsPlugin):
 
     def claim(self, file: str) -> int | None:
         """Claim ``file``'s writing in genre-tagger's library, waiting up to ``claim_wait`` seconds for a
-        genre-tagger process writing it now (one line when the wait begins). Returns None once claimed (or when
-        the library does not know the file: no genre-tagger process writes it), else the pid still holding it."""
+        genre-tagger process writing it now (one line when the wait begins). The library's rows for the file are
+        found under whatever name it knows the file by (:meth:`service.library.Library.rows_of_file`: beets' path,
+        the real path, or the same device and inode under another name): a file in a symlinked folder is claimed
+        too. Returns None once claimed (or when the library does not know the file: no genre-tagger process writes
+        it), else the pid still holding it."""
+        import time
+
+        from service.library import fingerprint
         from service.tagwriter import claim, waiting_line
         from tagger.errors import TaggerError
 
         try:
             library = self._library_if_any()
+            rows = [] if library is None else library.rows_of_file(file)
         except TaggerError as exc:  # a library (or genre-tagger config) that cannot be read: beets' write goes on
             self._log.warning("{}: not claimed in genre-tagger's library: {}", file, exc)
             return None
-        row = None if library is None else library.get(file)
-        if row is None:
+        except OSError:  # a file that cannot be read: beets' write of it fails and says why
             return None
+        if not rows:
+            return None
+        said: list[int] = []
 
         def waiting(pid: int) -> None:
-            self._log.warning("{}", waiting_line(file, pid).removeprefix("genre-tagger: "))
+            if not said:  # one line for the file, however many of its rows are held
+                said.append(pid)
+                self._log.warning("{}", waiting_line(file, pid).removeprefix("genre-tagger: "))
 
-        holder = claim(library, row.id, self._claim_wait(), waiting)
-        if holder is None:
-            from service.library import fingerprint
-
-            try:  # the file as it is before beets writes it (read under the claim: no genre-tagger writes it now)
-                before = fingerprint(file)
-            except OSError:
-                before = None
-            self._claims[file] = (row.id, before)
-        return holder
+        deadline = time.monotonic() + self._claim_wait()
+        claimed: list[Any] = []
+        for row in rows:  # a file known under two names (rows made before both were recognised) has two claims
+            holder = claim(library, row.id, max(0.0, deadline - time.monotonic()), waiting)
+            if holder is not None:
+                for taken in claimed:
+                    library.release_tag_write(taken.id)
+                return holder
+            claimed.append(row)
+        try:  # the file as it is before beets writes it (read under the claim: no genre-tagger writes it now)
+            before = fingerprint(file)
+        except OSError:
+            before = None
+        self._claims[file] = (claimed, before)
+        return None
 
     def release(self, file: str) -> None:
         """Done writing ``file``: its genre-tagger cache entry (and a write genre-tagger owes for it) describes the
         rewritten file, and the claim goes."""
         claimed = self._claims.pop(file, None)
         if claimed is not None:
+            rows, before = claimed
             try:
-                self._refresh_cache(file, claimed[1])
+                self._refresh_cache(file, before, rows)
             finally:
-                self._library.release_tag_write(claimed[0])
+                for row in rows:
+                    self._library.release_tag_write(row.id)
 
     def before_write(self, item: Item, path: bytes, tags: dict) -> None:
         """beets is about to write a file's tags: claimed first (a refusal makes beets' write fail, said so)."""
@@ -338,20 +358,21 @@ class GenreTaggerPlugin(BeetsPlugin):
         for item in task.imported_items():
             self._refresh_cache(os.fsdecode(item.path))
 
-    def _refresh_cache(self, file: str, before: str | None = None) -> None:
-        """beets rewrote a file's tags (the audio is the same): keep its genre-tagger cache entry valid. ``before``:
-        the file's fingerprint before the write (known for a claimed write): then the entry follows only if it
-        described that file, and a genre write genre-tagger owes for it stays owed for the rewritten file
-        (:meth:`service.library.Library.file_rewritten`); else the daemon would drop it as "file changed" and, the
-        entry being valid, never tag the file again: its genres would never reach the file."""
+    def _refresh_cache(self, file: str, before: str | None = None, rows: list[Any] | None = None) -> None:
+        """beets rewrote a file's tags (the audio is the same): keep its genre-tagger cache entries valid. ``before``:
+        the file's fingerprint before the write (known for a claimed write, with the claimed ``rows``): then an
+        entry follows only if it described that file, and a genre write genre-tagger owes for it stays owed for the
+        rewritten file (:meth:`service.library.Library.file_rewritten`); else the daemon would drop it as "file
+        changed" and, the entry being valid, never tag the file again: its genres would never reach the file."""
         from service.library import TAGGED, fingerprint
 
         if self._library is None or not os.path.isfile(file):
             return
-        row = self._library.get(file)
-        if row is not None and row.status == TAGGED:
-            st = os.stat(file)
-            self._library.file_rewritten(row.id, st.st_size, st.st_mtime, fingerprint(file, st.st_size), before)
+        st = os.stat(file)
+        fp = fingerprint(file, st.st_size)
+        for row in self._library.rows_of_file(file, fp) if rows is None else rows:
+            if row.status == TAGGED:
+                self._library.file_rewritten(row.id, st.st_size, st.st_mtime, fp, before)
 
     def commands(self) -> list[ui.Subcommand]:
         cmd = ui.Subcommand("genretag", help="set genres from genre-tagger's audio model")

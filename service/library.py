@@ -555,6 +555,29 @@ class Library:
         rows = self.db.execute(f"SELECT {self._COLUMNS} FROM tracks WHERE fingerprint = ? ORDER BY id", [fp])
         return [TrackRow.of(r) for r in rows.fetchall()]
 
+    def rows_of_file(self, path: str | Path, fp: str | None = None) -> list[TrackRow]:
+        """Every row of the file at ``path``, oldest first, under whatever name the library knows it: ``path`` itself,
+        its real path (a symlinked folder on either side, ``..``), or another name of the same file (same device and
+        inode: a symlink, a hard link, a bind mount) among the rows with its fingerprint. ``fp``: the file's
+        fingerprint when the caller has it (else it is read: three 64 KiB reads). Raises OSError when the file
+        cannot be read."""
+        st = os.stat(path)
+        fp = fingerprint(path, st.st_size) if fp is None else fp
+        found: dict[int, TrackRow] = {}
+        for name in dict.fromkeys((os.fspath(path), os.path.realpath(path))):
+            row = self.get(name)
+            if row is not None:
+                found[row.id] = row
+        for row in self.by_fingerprint(fp):
+            if row.id not in found:
+                try:
+                    other = os.stat(row.path)
+                except OSError:  # that name is gone: another file's row, or a stale one
+                    continue
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    found[row.id] = row
+        return sorted(found.values(), key=lambda row: row.id)
+
     def discover(self, path: str | Path) -> str:
         """Record a stable file; queue it unless it is known unchanged. Returns what was done.
 

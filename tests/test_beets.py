@@ -177,6 +177,71 @@ def test_beets_writes_wait_for_a_genre_tagger_process_writing_the_file_and_never
     assert query(db, "SELECT count(*) FROM tag_writes") == [(1,)]
 
 
+def test_beets_writes_claim_a_file_genre_tagger_knows_under_another_name(beets_home: Path, tiny_model: Path,
+                                                                        tmp_path: Path) -> None:
+    """genre-tagger's daemon knows one file under its real path while beets reaches it through a symlinked folder,
+    and another the other way round (the daemon's name goes through the symlink). beets' writes of both still
+    claim the daemon's rows: while a real second process holds them, `beet modify -w` writes neither (one error
+    line each, naming it); let go, it writes them and the daemon's rows describe the rewritten files. The plugin
+    takes their genres from the daemon's rows and adds no second row for them. Before, both were matched by
+    beets' path only: written beside the daemon's write."""
+    from test_tag_claims import holding
+
+    from service.library import Library, fingerprint
+
+    real = tmp_path / "real"
+    for album, suffix in (("a", "flac"), ("b", "mp3")):
+        (real / album).mkdir(parents=True)
+        shutil.move(tmp_path / "music" / f"song.{suffix}", real / album / f"song.{suffix}")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    # The daemon's names: the real path of one, a path through the symlink for the other; beets gets the others.
+    daemon_names = {"song.flac": real / "a" / "song.flac", "song.mp3": link / "b" / "song.mp3"}
+    beets_names = {"song.flac": link / "a" / "song.flac", "song.mp3": real / "b" / "song.mp3"}
+    db = tmp_path / "genre-tagger.db"
+    tagger = Tagger(tiny_model, threshold=0.3)
+    library = Library(db)
+    try:
+        ids = {}
+        for name, path in daemon_names.items():
+            library.discover(path)
+            ids[name] = library.get(path).id
+            assert library.record_result(ids[name], tagger.tag_file(path), library.get(path).fingerprint)
+    finally:
+        library.close()
+    config = beets_home / "config.yaml"  # the two folders hold one album (same tags): beets keeps both
+    config.write_text(config.read_text().replace("    copy: no\n", "    copy: no\n    duplicate_action: keep\n"))
+    beet(beets_home, "import", "-A", "-q", str(beets_names["song.flac"].parent))
+    beet(beets_home, "import", "-A", "-q", str(beets_names["song.mp3"].parent))
+    assert {Path(p).name: p for p in beet(beets_home, "ls", "-f", "$path").stdout.split()} == {
+        name: str(path) for name, path in beets_names.items()}  # beets keeps the names it was given
+    # The daemon's results were the cache: no second row, nothing run through the model again.
+    assert sorted(query(db, "SELECT path, tag_count FROM tracks")) == sorted(
+        (str(path), 1) for path in daemon_names.values())
+
+    config.write_text(config.read_text() + "    claim_wait: 0.5\n")
+    env = {**os.environ, "BEETSDIR": str(beets_home), "HOME": str(beets_home)}
+    modify = [str(BEET), "-c", str(config), "modify", "-y", "-w", "title=Changed"]
+    titles = {name: mutagen.File(path, easy=True).get("title") for name, path in beets_names.items()}
+    assert ["Changed"] not in titles.values()
+    with holding(db, ids["song.flac"]) as flac_holder, holding(db, ids["song.mp3"]) as mp3_holder:
+        held = subprocess.run(modify, capture_output=True, text=True, env=env, timeout=300)
+        for name, holder in (("song.flac", flac_holder), ("song.mp3", mp3_holder)):
+            assert f"error writing {beets_names[name]}: genre-tagger process {holder.pid} was writing its tags " \
+                "for 0.5 s, not written" in held.stderr, held.stdout + held.stderr
+        assert {name: mutagen.File(path, easy=True).get("title") for name, path in beets_names.items()} == titles
+    assert query(db, "SELECT count(*) FROM tag_claims") == [(0,)]
+
+    # beets' database took the new titles: `beet write` (as the error line says) writes them now.
+    subprocess.run([str(BEET), "-c", str(config), "write"], capture_output=True, text=True, env=env, timeout=300,
+                   check=True)
+    assert {name: mutagen.File(path, easy=True).get("title") for name, path in daemon_names.items()} == {
+        "song.flac": ["Changed"], "song.mp3": ["Changed"]}
+    for name, path in daemon_names.items():  # the daemon's rows describe the rewritten files: not tagged again
+        assert query(db, "SELECT fingerprint FROM tracks WHERE id = ?", (ids[name],)) == [(fingerprint(path),)]
+    assert query(db, "SELECT count(*) FROM tag_claims") == [(0,)]
+
+
 def test_the_plugin_loads_from_the_installed_namespace_package() -> None:
     code = "import beetsplug.genretagger as p; print(p.GenreTaggerPlugin.__name__)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
