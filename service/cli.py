@@ -515,6 +515,20 @@ def _export_csv(library, args) -> int:
     return EXIT_OK
 
 
+def _library_paths(typed: list[str]) -> list[str] | None:
+    """PATH arguments as the library may hold them: absolute, and by their real path too (the daemon keeps its
+    folders' real paths: ~/Music, a symlink to /mnt/music, names the files it knows as /mnt/music/...). None, after
+    a one-line error naming it, for a PATH that does not exist (a typo would otherwise match nothing, quietly)."""
+    paths: list[str] = []
+    for p in typed:
+        path = Path(p).expanduser()
+        if not path.exists():
+            print(f"genre-tagger: error: {p}: no such file or folder", file=sys.stderr)
+            return None
+        paths += [str(path.absolute()), os.path.realpath(path)]
+    return list(dict.fromkeys(paths))
+
+
 def _restore_tags(library, args) -> int:
     from service import tagwriter
     from service.tagwriter import BUSY, FAILED, SKIPPED, restore_tags, waiting_line
@@ -535,9 +549,15 @@ def _restore_tags(library, args) -> int:
             known = f"runs {first}..{last}" if first is not None else "no tag writes yet"
             print(f"genre-tagger: error: --run {args.run}: no such run of tag writes ({known})", file=sys.stderr)
             return EXIT_USAGE
-    paths = [str(Path(p).expanduser().absolute()) for p in args.paths]
+    paths = _library_paths(args.paths)
+    if paths is None:
+        return EXIT_USAGE
     outcomes = restore_tags(library, run_id, paths, args.dry_run, args.force, tagwriter.CLAIM_WAIT_S,
                             lambda path, pid: print(waiting_line(path, pid), file=sys.stderr, flush=True))
+    if not outcomes:
+        print("genre-tagger: no tag writes to undo" + (f" under {', '.join(args.paths)}" if paths else ""),
+              file=sys.stderr)
+        return EXIT_OK
     for o in outcomes:
         print(o.line(), file=sys.stderr if o.action in (FAILED, SKIPPED, BUSY) else sys.stdout)
     failed = sum(o.action in (FAILED, SKIPPED, BUSY) for o in outcomes)
@@ -713,7 +733,9 @@ def _retry_owed(library, args) -> int:
     except ConfigError as exc:
         raise TaggerError(str(exc)) from None
     writer = TagWriter(library, section.write_settings(config.tagging.threshold), "library retry-owed")
-    paths = [str(Path(p).expanduser().absolute()) for p in args.paths]
+    paths = _library_paths(args.paths)
+    if paths is None:
+        return EXIT_USAGE
     todo = [(i, path) for i, path in library.owed_paths(failed=args.failed) if not paths or under(path, paths)]
     left_failed = 0 if args.failed else len([1 for _, path in library.owed_paths(failed=True)
                                              if not paths or under(path, paths)]) - len(todo)

@@ -619,6 +619,35 @@ def test_library_retry_owed_makes_owed_writes_now_without_using_up_the_daemon_s_
         == [(0,)]
 
 
+def test_retry_owed_and_restore_tags_take_a_path_through_a_symlink_and_refuse_one_that_does_not_exist(
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, music: Path) -> None:
+    """The daemon keeps its folders' real paths; a user types the music folder as they know it (a symlink to it).
+    `library retry-owed LINK` and `restore-tags LINK` find the files under it (before: "no genre writes owed",
+    nothing done). A PATH that does not exist is a one-line error naming it, exit 2 (before: "0 of 0 files
+    restored", exit 0, the typo unseen)."""
+    song = music / "song.flac"
+    shutil.copy(format_files["flac"], song)
+    db = tmp_path / "library.db"
+    _owed_library(db, [song], tiny_model)
+    link = tmp_path / "link"
+    link.symlink_to(music, target_is_directory=True)
+    typo = tmp_path / "msuic"
+    for command in ("retry-owed", "restore-tags"):
+        refused = _cli("library", "--library", str(db), command, str(typo))
+        assert refused.returncode == 2 and refused.stderr == f"genre-tagger: error: {typo}: no such file or folder\n"
+    assert _owed(db) == (1, 0) and read_state(song).genres == ()
+
+    made = _cli("library", "--library", str(db), "retry-owed", str(link))
+    assert made.returncode == 0 and "1 owed genre writes tried: 1 written" in made.stderr, made.stderr
+    written = read_state(song).genres
+    assert written != () and _owed(db) == (0, 0)
+    restored = _cli("library", "--library", str(db), "restore-tags", str(link / "song.flac"))
+    assert restored.returncode == 0 and "1 of 1 files restored" in restored.stderr, restored.stderr
+    assert read_state(song).genres == ()
+    nothing = _cli("library", "--library", str(db), "restore-tags", str(link))
+    assert nothing.returncode == 0 and nothing.stderr == f"genre-tagger: no tag writes to undo under {link}\n"
+
+
 def test_library_retag_beside_the_daemon_waits_for_the_file_it_writes_and_no_replaced_result_is_written(
         realworld: Path, tiny_model: Path, tmp_path: Path, music: Path) -> None:
     """The daemon is writing a file's genres (stopped there, SIGSTOP) when a newer result for the file is recorded
