@@ -715,6 +715,11 @@ def _retag(library, args) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+# retry-owed's count of writes whose stored result could not be written from (the [tags] outputs name one it lacks,
+# or it cannot be read): the file is tagged again and the new result written; said only when it happened.
+REQUEUED = "queued to be tagged again (the daemon writes its new result)"
+
+
 def _retry_owed(library, args) -> int:
     """``library retry-owed``: every owed write (under PATHs) tried now, each under its file's claim."""
     from tqdm import tqdm
@@ -756,9 +761,11 @@ def _retry_owed(library, args) -> int:
 
                 outcome, _ = write_owed(library, writer, found[0], None, section.write_attempts,
                                         tagwriter.CLAIM_WAIT_S, waiting, asked=True)
-            key = ("nothing to write" if outcome is None or outcome.action not in (WRITTEN, FAILED, SKIPPED, BUSY)
-                   else {WRITTEN: "written", BUSY: "busy"}.get(outcome.action, "failed"))
-            counts[key] += 1
+            if outcome is None or outcome.action not in (WRITTEN, FAILED, SKIPPED, BUSY, QUEUED):
+                key = "nothing to write"  # made meanwhile, the file changed, or already so
+            else:
+                key = {WRITTEN: "written", BUSY: "busy", QUEUED: REQUEUED}.get(outcome.action, "failed")
+            counts[key] = counts.get(key, 0) + 1
             if outcome is not None:
                 bar.write(outcome.line(), file=sys.stderr if outcome.action in (FAILED, SKIPPED, QUEUED, BUSY)
                           else sys.stdout)

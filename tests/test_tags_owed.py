@@ -648,6 +648,26 @@ def test_retry_owed_and_restore_tags_take_a_path_through_a_symlink_and_refuse_on
     assert nothing.returncode == 0 and nothing.stderr == f"genre-tagger: no tag writes to undo under {link}\n"
 
 
+def test_retry_owed_counts_a_write_it_cannot_make_from_its_stored_result_as_queued_again(
+        format_files: dict[str, Path], tiny_model: Path, tmp_path: Path, music: Path) -> None:
+    """An owed write whose stored result cannot be written from (here: unreadable) is handed back to the daemon:
+    the track is queued to be tagged again. retry-owed's summary says so (before: counted "nothing to write", as
+    if the file needed no genres)."""
+    song = music / "song.flac"
+    shutil.copy(format_files["flac"], song)
+    db = tmp_path / "library.db"
+    (track_id,) = _owed_library(db, [song], tiny_model)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE tags_owed SET result = '{}'")
+    conn.close()
+    run = _cli("library", "--library", str(db), "retry-owed")
+    assert run.returncode == 0, run.stderr
+    assert "1 owed genre writes tried: 0 written, 0 nothing to write, 0 failed, 0 busy, 1 queued to be tagged " \
+        "again (the daemon writes its new result)" in run.stderr, run.stderr
+    assert query(db, "SELECT status FROM tracks WHERE id = ?", (track_id,)) == [("pending",)] and _owed(db) == (0, 0)
+    assert read_state(song).genres == ()
+
+
 def test_library_retag_beside_the_daemon_waits_for_the_file_it_writes_and_no_replaced_result_is_written(
         realworld: Path, tiny_model: Path, tmp_path: Path, music: Path) -> None:
     """The daemon is writing a file's genres (stopped there, SIGSTOP) when a newer result for the file is recorded
