@@ -147,15 +147,19 @@ def running(proc: subprocess.Popen) -> Iterator[Suspender]:
 
 
 class Run:
-    """A genre-tagger command (``python -m tagger.cli ARGS``) running now, its stderr read as it comes."""
+    """A genre-tagger command (``python -m tagger.cli ARGS``) running now, its stdout and stderr read as they come."""
 
     def __init__(self, *args: str, env: dict | None = None) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+        self.out: list[str] = []
         self.err: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.err.extend(iter(self.proc.stderr.readline, "")),
-                                       daemon=True)
-        self.reader.start()
+        # Both pipes read in threads: a command that fills one (64 KiB) never blocks, and finish() can time out.
+        self._readers = [threading.Thread(target=lambda s=stream, into=lines: into.extend(iter(s.readline, "")),
+                                          daemon=True)
+                         for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for reader in self._readers:
+            reader.start()
 
     def says(self, text: str, timeout: float = 120.0) -> bool:
         """Whether it prints ``text`` on stderr (before it ends, within ``timeout`` s)."""
@@ -163,15 +167,17 @@ class Run:
         return any(text in line for line in self.err)
 
     def finish(self, timeout: float = 120.0) -> tuple[int, str, str]:
-        """(exit status, stdout, stderr) once it ends (killed after ``timeout`` s)."""
+        """(exit status, stdout, stderr) once it ends; still running after ``timeout`` s, it is killed and
+        :class:`subprocess.TimeoutExpired` raised."""
         try:
-            out = self.proc.stdout.read()
             code = self.proc.wait(timeout)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-        self.reader.join(30)
-        return code, out, "".join(self.err)
+                self.proc.wait()
+        for reader in self._readers:
+            reader.join(30)
+        return code, "".join(self.out), "".join(self.err)
 
 
 def query(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
