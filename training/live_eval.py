@@ -773,7 +773,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-sample", action="store_true",
                         help="record every stream with --model itself (the previous measurement: IN-SAMPLE for the "
                              "shipped genre head, which was trained on the GTZAN clips the streams are made of) "
-                             "instead of each half with a model trained without that half's artists")
+                             "instead of each half with a model trained without that half's artists and the "
+                             "sounds its streams play")
     parser.add_argument("--pairs", type=int, default=300, help="switch streams per artist half (default 300)")
     parser.add_argument("--cache", default=".cache/live-eval",
                         help="where recorded streams are kept, per model (<cache>/<model sha1>), and the per-half "
