@@ -269,7 +269,12 @@ class GenreTaggerPlugin(BeetsPlugin):
             self.process_album(task.album, settings, decided)
 
     def _claim_wait(self) -> float:
-        return float(self.config["claim_wait"].as_number())
+        """``claim_wait``: how long, in seconds, beets waits for a genre-tagger process writing a file it is about to
+        write (0: not at all). Anything else than a number of seconds, 0 or more, is an error naming it."""
+        value = self.config["claim_wait"].get()
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:  # `not >=`: NaN too
+            raise ui.UserError(f"claim_wait {value!r} is not a number of seconds, 0 or more")
+        return float(value)
 
     def _library_if_any(self) -> Any:
         """genre-tagger's library when it exists (None: nothing there to claim; no library is made for it)."""
@@ -410,6 +415,7 @@ class GenreTaggerPlugin(BeetsPlugin):
                 settings = self._settings(opts.policy, opts.threshold)
             except TaggerError as exc:
                 raise ui.UserError(str(exc)) from None
+            self._claim_wait()  # checked before any item changes (the other writes check it at their first claim)
             write = ui.should_write(opts.write)
             self.busy = 0
             if opts.album:

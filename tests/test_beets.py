@@ -263,3 +263,16 @@ def test_genretag_refuses_a_threshold_below_the_configured_one(beets_home: Path)
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode != 0 and proc.stderr.strip() == (
         "error: genretag --threshold half: not a number (give 0..1, or a percentage like 70%)"), proc.stderr
+
+
+@pytest.mark.parametrize(("typed", "shown"), [("-5", "-5"), ("soon", "'soon'")])
+def test_a_claim_wait_that_is_not_seconds_is_a_clear_error(beets_home: Path, typed: str, shown: str) -> None:
+    """`claim_wait` is seconds, 0 or more: a negative one (before: taken as 0, no wait) or a word (before: found
+    only at the first claimed write) is one line naming it, before genretag changes anything."""
+    config = beets_home / "config.yaml"
+    config.write_text(config.read_text() + f"    claim_wait: {typed}\n")
+    env = {**os.environ, "BEETSDIR": str(beets_home), "HOME": str(beets_home)}
+    proc = subprocess.run([str(BEET), "-c", str(config), "genretag", "-p"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip().endswith(
+        f"error: claim_wait {shown} is not a number of seconds, 0 or more"), proc.stdout + proc.stderr
