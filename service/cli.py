@@ -847,11 +847,18 @@ def tag_and_write(args: argparse.Namespace, files: list[Path], aliases: dict[str
                     bar.update(1)
                     continue
                 st, before_fp = readable[file]
+                if library is not None:
+                    # The library's own name for the file (the daemon's, by its folder's real path, where FILE came
+                    # through a symlink): its row is the one the daemon claims, and no second row is made for it.
+                    try:
+                        known = library.rows_of_file(file, before_fp)
+                    except OSError:  # gone since it was read: the write says so
+                        known = []
+                    file = Path(known[0].path) if known else file
                 if library is None:
                     track_id = None
                 elif args.dry_run:
-                    known = library.get(file)
-                    track_id = known.id if known else None
+                    track_id = known[0].id if known else None
                 else:
                     track_id = library.record_file_result(file, result, st.st_size, st.st_mtime, before_fp)
                 if library is None or track_id is None or args.dry_run:  # nothing written: nothing to coordinate

@@ -87,6 +87,29 @@ def test_tag_write_tags_and_restore_tags_wait_for_a_process_writing_the_file(tin
     assert read_state(song) == original and query(db, "SELECT count(*) FROM tag_claims") == [(0,)]
 
 
+def test_tag_write_tags_through_a_symlinked_folder_claims_the_row_the_daemon_knows(tiny_model: Path, song: Path,
+                                                                                 tmp_path: Path) -> None:
+    """The daemon knows the song by its folder's real path; the user tags it through a symlink to that folder.
+    `tag --write-tags` records and claims the daemon's row (waits while another process holds it) and makes no
+    second row. Before: a new row under the symlinked path, claimed alone: the file was written beside the
+    daemon's write."""
+    db = tmp_path / "library.db"
+    track_id = _track(db, song)
+    link = tmp_path / "link"
+    link.symlink_to(song.parent, target_is_directory=True)
+    original = read_state(song)
+    with holding(db, track_id) as holder:
+        tag = Run("tag", "--write-tags", "--model", str(tiny_model), *TAG, "--library", str(db),
+                  str(link / song.name))
+        assert tag.says(f"genre-tagger: {song}: waiting for genre-tagger process {holder.pid}"), tag.finish()
+        assert tag.proc.poll() is None and read_state(song) == original  # nothing written while it is held
+    code, out, err = tag.finish()
+    assert code == 0, err
+    assert read_state(song).genres and read_state(song).genres != original.genres, out
+    assert query(db, "SELECT id, path, status FROM tracks") == [(track_id, str(song), "tagged")]
+    assert query(db, "SELECT track_id, path FROM tag_writes") == [(track_id, str(song))]
+
+
 def test_a_file_still_held_after_the_wait_is_left_alone_and_said_so(tiny_model: Path, song: Path, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture) -> None:
