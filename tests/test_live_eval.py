@@ -11,11 +11,15 @@ import pytest
 from conftest import DATA
 
 from tagger import Tagger
+from tagger.decode import decode_file
+from tagger.ensemble import NO_MUSIC
 from training.live_eval import (
     Clip,
     held_out_artists,
     held_out_sounds,
+    label_clips,
     nonmusic_of_half,
+    own_label,
     record,
     recording_folder,
     replay_tagger,
@@ -109,3 +113,19 @@ def test_halves_replayed_as_one_must_read_alike(tiny_model: Path, tmp_path: Path
     renamed = Tagger(export_tiny(tmp_path / "renamed.onnx", genres=("low", "mid", "top")))
     with pytest.raises(ValueError, match="differ in what a replay reads"):
         replay_tagger([Tagger(tiny_model), renamed])
+
+
+def test_a_switch_target_is_the_label_of_the_stretch_played() -> None:
+    """A realworld track's own label (a switch's target) is taken from its stretch, the audio its streams play,
+    as a GTZAN clip's is; only the split's deal takes the track whole."""
+    tagger = Tagger()
+    music = decode_file(DATA / "gtzan" / "classical" / "classical.00000.flac", tagger.sample_rate)[
+        : 15 * tagger.sample_rate]
+    silence = np.zeros(20 * tagger.sample_rate, np.float32)
+    heard = own_label(tagger, music)
+    assert heard[0] != NO_MUSIC and own_label(tagger, silence) == (NO_MUSIC, True)
+    track = Clip("realworld/some-package/track.ogg", "realworld:some-package", music, silence)
+    label_clips([track], [tagger])
+    assert (track.label, track.decided) == heard
+    label_clips([track], [tagger], whole_tracks=True)
+    assert (track.label, track.decided) == (NO_MUSIC, True)
