@@ -184,18 +184,14 @@ def _live_model_text(doc: dict) -> str:
     models = doc.get("half_models") or []
     if doc.get("mode") == "out_of_fold" and len(models) == 2:
         a, b = models
-        return (f"The figures are out of fold for the model too: each half's streams were recorded with the "
-                f"shipped recipe retrained without that half's artists (`training/live_models.py`: the same head, "
-                f"degraded training copies, temperature fit and music detector, on {a['trained_on']} and "
-                f"{b['trained_on']} of the labelled clips, temperatures {a['temperature']:.2f} and "
-                f"{b['temperature']:.2f}; the music detector also without the non-music clips the half's own talk "
-                f"and non-music streams play: {a.get('non_music_trained_on', '?')} and "
-                f"{b.get('non_music_trained_on', '?')} non-music clips; the int8 files, as the CPU runs by default), "
-                f"and each clip's own genre is that model's. Still shared with the shipped model: "
-                f"{doc.get('leaks', 'see the JSON')}. The same measurement on the shipped model itself "
-                f"(`--in-sample`: its genre head trained on these GTZAN clips) is optimistic for new artists. The "
-                f"shipped defaults were chosen on the tuning half of that in-sample measurement; where this run's "
-                f"tuning half puts another setting first, it is the row \"best on tuning\" or named below.")
+        return (f"Out of fold: each half's streams are recorded with the shipped recipe retrained without that "
+                f"half's artists and without the non-music clips its streams play (`training/live_models.py`: "
+                f"{a['trained_on']} and {b['trained_on']} labelled clips, {a.get('non_music_trained_on', '?')} and "
+                f"{b.get('non_music_trained_on', '?')} non-music clips, temperatures {a['temperature']:.2f} and "
+                f"{b['temperature']:.2f}; the int8 files, as the CPU runs by default), and each clip's own genre is "
+                f"that model's. The same run on the shipped model (`--in-sample`, its genre head trained on these "
+                f"GTZAN clips) is rosier; the shipped defaults were chosen on its tuning half.\n"
+                f"- Still shared with the shipped model: {doc.get('leaks', 'see the JSON')}.")
     return ("The halves split artists for the detector's settings, not for the model: the shipped genre head was "
             "trained on every labelled clip, these GTZAN clips included, so its windows here are better than on "
             "music it never heard (2.56 s windows of the long GTZAN clips: about 90 % right in-sample against "
@@ -269,24 +265,25 @@ def _live_section(path: Path) -> str:
     model_text = _live_model_text(doc)
     return f"""## Live
 
-`python -m training.live_eval` replays the daemon's live path over streams built from the shared clips:
-switches between clips whose own genres differ and are decided ({switches[0]} + {switches[1]}), music →
-espeak-ng talk → music ({talks[0]} + {talks[1]}), and single-genre streams: every clip and track on its
-own, and pairs of clips of one genre by different artists ({steady[0]} + {steady[1]}). The artists are
-split in two halves: settings are chosen on the tuning half and checked on the held-out half. A
-switch not announced within the second clip counts as its length (15 s for a GTZAN clip, 30 s for an FMA
-clip's or a realworld track's stretch). {model_text} "Previous" is the running
-ensemble with hysteresis alone, the detector shipped before the evidence test (service/live.py).
+`python -m training.live_eval` replays the daemon's live path (service/live.py) over streams built from the
+shared clips. Their artists are split in two halves: settings are chosen on the tuning half and checked on the
+held-out half.
 
-Only claims count as changes: a decided genre or "no music". Two announcements say *uncertain* instead
-(`"uncertain": true`, never written as a genre): music that comes back after "no music" before its genre
-is decided, and a genre withdrawn once the music has left it ({withdraw_line}) before the next one is
-decided. "Old genre still shown" is how long after a switch the first clip's genre stays announced as
-decided; "music called no music" is how long the single-genre music streams are announced as "no music";
-"non-music" streams are music followed by each of the {nonmusic} non-music clips (noise, hum, tones,
-speech, effects: training/negatives.py) repeated to 15 s. The music evidence ({music_line}) is chosen on
-the tuning half after the other settings: the fewest mistakes, then the fewest non-music streams
-announced late. {quiet_line}
+- Streams: switches between clips whose own genres differ and are decided ({switches[0]} + {switches[1]});
+  music → espeak-ng talk → music ({talks[0]} + {talks[1]}); music → each of the {nonmusic} non-music clips
+  (noise, hum, tones, speech, effects: training/negatives.py) repeated to 15 s; single-genre streams, every
+  clip and track alone and pairs of one genre by different artists ({steady[0]} + {steady[1]}).
+- A clip's own genre is that of the stretch its streams play (a GTZAN clip's first 15 s, an FMA clip's
+  first 30 s, a realworld track's 30 s from 30 s in). A switch not announced within the second stretch counts
+  as its length.
+- {model_text}
+- Only claims count as changes: a decided genre or "no music". Music back after "no music" before its genre
+  is decided, and a genre withdrawn ({withdraw_line}), are announced *uncertain* and never written as a genre.
+- "Old genre still shown": how long after a switch the first clip's genre stays announced as decided. "Music
+  called no music": how long single-genre streams are announced as "no music". "Previous": the running
+  ensemble with hysteresis alone, the detector shipped before the evidence test.
+- The music evidence ({music_line}) is chosen on the tuning half after the other settings: the fewest
+  mistakes, then the fewest non-music streams announced late. {quiet_line}
 
 {chr(10).join(switch_rows)}
 
