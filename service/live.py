@@ -103,7 +103,9 @@ class Window(NamedTuple):
     end_s: float  # where it ends in the stream, seconds
     probabilities: np.ndarray  # the genre output's probabilities (the detector's labels, in order)
     music: float | None = None  # the music detector's probability of music; None without a detector
-    level_dbfs: float | None = None  # the window's RMS level, dB relative to full scale; None when unknown
+    # The window's RMS level of the input as it came in (before any running floor's gain), dB relative to full
+    # scale; None when unknown.
+    level_dbfs: float | None = None
 
 
 def level_dbfs(audio: np.ndarray) -> float:
@@ -487,6 +489,10 @@ class LiveTagger:
     """Tag an endless stream of (possibly multichannel) blocks; report updates and changes to ``sink``.
 
     Independent of PortAudio, so files, sockets or tests can drive it too.
+
+    The stream is eager, so a model with a level floor raises input whose running level is under it (a DJ
+    mixer's record output or a radio line-in turned down: :class:`tagger.level.RunningFloor`); the windows'
+    levels that ``quiet_dbfs`` weighs are those of the input as it came in, never raised.
     """
 
     def __init__(self, tagger: Tagger, source: str, rate_in: int, changes: ChangeSettings | None,
@@ -547,8 +553,9 @@ class LiveTagger:
         self._recent_n += n
 
     def _level(self, start_s: float, end_s: float) -> float | None:
-        """The RMS level (dBFS) of the stream from ``start_s`` to ``end_s`` seconds; None when those samples
-        are no longer kept."""
+        """The RMS level (dBFS) of the stream from ``start_s`` to ``end_s`` seconds, as it came in (resampled,
+        before the running floor's gain: ``quiet_dbfs`` weighs raw levels); None when those samples are no
+        longer kept."""
         rate = self.tagger.sample_rate
         a, b = round(start_s * rate) - self._recent_start, round(end_s * rate) - self._recent_start
         return level_dbfs(self._recent[a:min(b, self._recent_n)]) if a >= 0 and b > a else None

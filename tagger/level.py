@@ -18,11 +18,17 @@ mean power of the samples, full scale 1.0):
 
 No block passes the absolute gate (digital silence, a file shorter than one block, a -75 dBFS hiss):
 the level is None and no gain is ever applied.
+
+A file is raised by one constant gain (its whole level is known once it is decoded); live input cannot wait
+for its end. :class:`RunningFloor` raises a stream causally: the same gated level over the last
+``RUNNING_HORIZON_SECONDS`` of the input, and a gain towards the floor that moves at most
+``RUNNING_MAX_DB_PER_SECOND``, so that it follows an input turned down without pumping with the music.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 
@@ -33,6 +39,10 @@ RELATIVE_GATE_DB = 10.0
 STEPS_PER_BLOCK = round(BLOCK_SECONDS / STEP_SECONDS)
 DEFAULT_MAX_GAIN_DB = 30.0  # a model's floor without its own cap raises a track by at most this, dB
 MAX_MAX_GAIN_DB = 60.0  # a cap above this would raise a -70 dBFS hiss to a normal level
+# A stream's running floor (RunningFloor): chosen by python -m training.live_eval and a live level check
+# (notes in training/level_check.py).
+RUNNING_HORIZON_SECONDS = 15.0  # the running level is measured over the last this many seconds of input
+RUNNING_MAX_DB_PER_SECOND = 3.0  # the gain moves by at most this many dB per second of input
 
 
 class LevelMeter:
@@ -40,16 +50,35 @@ class LevelMeter:
 
     Memory is one float per 0.1 s of audio (the sub-blocks' mean powers), so a long track costs nothing.
     The result does not depend on how the samples are split into pushes.
+
+    Args:
+        sample_rate: the samples' rate, Hz.
+        horizon_seconds: None (default) measures everything pushed; else only the newest complete 0.1 s
+            sub-blocks covering this many seconds (a running level for a stream, :class:`RunningFloor`).
     """
 
-    def __init__(self, sample_rate: int) -> None:
+    def __init__(self, sample_rate: int, horizon_seconds: float | None = None) -> None:
         if sample_rate <= 0:
             raise ValueError(f"sample rate {sample_rate} must be positive")
+        if horizon_seconds is not None and horizon_seconds < BLOCK_SECONDS:
+            raise ValueError(f"level horizon {horizon_seconds} s is shorter than one {BLOCK_SECONDS} s block")
         self.sample_rate = sample_rate
         self._step = max(1, round(sample_rate * STEP_SECONDS))
         self._partial_sum = 0.0  # sum of squares of the samples of the sub-block being filled
         self._partial_n = 0
-        self._powers: list[float] = []  # mean power of each complete 0.1 s sub-block
+        # Mean power of each complete 0.1 s sub-block (the newest ones only, with a horizon).
+        self._powers: list[float] | deque[float] = [] if horizon_seconds is None else \
+            deque(maxlen=round(horizon_seconds / STEP_SECONDS))
+
+    @property
+    def step_samples(self) -> int:
+        """The samples of one 0.1 s sub-block: the level changes only when one completes."""
+        return self._step
+
+    @property
+    def pending_samples(self) -> int:
+        """The samples pushed into the sub-block not yet complete."""
+        return self._partial_n
 
     def push(self, samples: np.ndarray) -> None:
         """Add mono float samples (full scale 1.0)."""
@@ -107,3 +136,77 @@ def floor_gain_db(level: float | None, floor_dbfs: float | None, max_gain_db: fl
     if floor_dbfs is None or level is None or level >= floor_dbfs:
         return 0.0
     return min(floor_dbfs - level, max_gain_db)
+
+
+class RunningFloor:
+    """Raises a stream quieter than ``floor_dbfs`` towards it, causally: the live counterpart of the constant
+    gain a quiet file is analysed raised by (:func:`floor_gain_db`).
+
+    The running level is the gated level (see the module, the same measure as a file's) of the last
+    ``horizon_seconds`` of the input as it came in (never of the raised samples: no feedback). At the start of
+    each 0.1 s sub-block the gain's target is :func:`floor_gain_db` of that level (0 when it is at or above the
+    floor, at most ``max_gain_db``); over the sub-block the gain moves towards the target in a straight line (in
+    dB, sample by sample) by at most ``max_db_per_second`` per second, so that it never pumps with the music.
+    While the running level is None (nothing over -70 dBFS in the horizon: silence) the gain is 0 at once:
+    silence is never raised. The gain depends only on the samples before each sub-block, never on how the
+    stream is split into blocks.
+
+    Args:
+        sample_rate: the samples' rate, Hz.
+        floor_dbfs: the model's level floor (``level_floor_dbfs``), dBFS.
+        max_gain_db: the most the input is raised, dB (``level_max_gain_db``).
+        horizon_seconds: the running level's span, seconds (default ``RUNNING_HORIZON_SECONDS``).
+        max_db_per_second: how fast the gain may move, dB per second of input (default
+            ``RUNNING_MAX_DB_PER_SECOND``).
+    """
+
+    def __init__(self, sample_rate: int, floor_dbfs: float, max_gain_db: float = DEFAULT_MAX_GAIN_DB,
+                 horizon_seconds: float = RUNNING_HORIZON_SECONDS,
+                 max_db_per_second: float = RUNNING_MAX_DB_PER_SECOND) -> None:
+        if max_db_per_second <= 0:
+            raise ValueError(f"gain rate {max_db_per_second} dB/s must be positive")
+        self.floor_dbfs = floor_dbfs
+        self.max_gain_db = max_gain_db
+        self.meter = LevelMeter(sample_rate, horizon_seconds)
+        self._step = self.meter.step_samples
+        self._max_move_db = max_db_per_second * self._step / sample_rate  # per sub-block
+        self._start_db = 0.0  # the gain at the current sub-block's start, dB
+        self._end_db = 0.0  # ... and at its end
+
+    @property
+    def level_dbfs(self) -> float | None:
+        """The running gated level of the input as it came in, dBFS (None: silence, or under one block yet)."""
+        return self.meter.level_dbfs
+
+    @property
+    def gain_db(self) -> float:
+        """The gain the next sample is raised by, dB (0: not raised)."""
+        done = self.meter.pending_samples
+        return self._start_db + (self._end_db - self._start_db) * done / self._step
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """The mono float32 ``samples`` raised by the running gain: the very same array while the gain is 0."""
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        out: np.ndarray | None = None
+        i = 0
+        while i < x.size:
+            done = self.meter.pending_samples
+            if done == 0:  # a sub-block starts: its gain's course, from the level of the samples before it
+                self._start_db = self._end_db
+                level = self.meter.level_dbfs
+                if level is None:
+                    self._start_db = self._end_db = 0.0
+                else:
+                    target = floor_gain_db(level, self.floor_dbfs, self.max_gain_db)
+                    move = min(max(target - self._start_db, -self._max_move_db), self._max_move_db)
+                    self._end_db = self._start_db + move
+            n = min(self._step - done, x.size - i)
+            part = x[i:i + n]
+            self.meter.push(part)
+            if self._start_db or self._end_db:
+                if out is None:
+                    out = x.copy()
+                ramp = self._start_db + (self._end_db - self._start_db) * np.arange(done + 1, done + n + 1) / self._step
+                out[i:i + n] = part * (10.0 ** (ramp / 20.0)).astype(np.float32)
+            i += n
+        return x if out is None else out

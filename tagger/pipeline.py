@@ -20,7 +20,7 @@ from tagger.engine import Engine, EngineOptions
 from tagger.ensemble import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Ensemble, OutputEstimate
 from tagger.errors import Cancelled, ConfigError, TaggerError
 from tagger.framepool import FeatureStream, FramePoolRunner, PooledSlice
-from tagger.level import LevelMeter, floor_gain_db
+from tagger.level import LevelMeter, RunningFloor, floor_gain_db
 from tagger.model import ModelManifest, ViewSpec
 from tagger.registry import default_cpu_model, resolve_model
 from tagger.views import FrontEndStream, Slice, build_streams
@@ -114,13 +114,21 @@ class TagStream:
         on_slice: called with each :class:`SliceResult` as it is computed.
         fast: use the frame-pooling fast path (:mod:`tagger.framepool`); needs a model that supports
             it (:attr:`Tagger.supports_fast`).
+        level_floor: raise the samples fed while their running level is under the model's level floor
+            (:class:`tagger.level.RunningFloor`; nothing without ``level_floor_dbfs`` in the manifest). None
+            (default): for an eager stream (live input, which has no end to measure first), not for a batched
+            one (a file: :meth:`Tagger.tag_file` raises a quiet file by one constant gain instead).
     """
 
     def __init__(self, tagger: Tagger, horizon_seconds: float | None = None, eager: bool = True,
                  keep_slices: bool = False, on_slice: Callable[[SliceResult], None] | None = None,
-                 fast: bool = False) -> None:
+                 fast: bool = False, level_floor: bool | None = None) -> None:
         self.tagger = tagger
         manifest = tagger.manifest
+        floor = manifest.level_floor_dbfs
+        self.floor: RunningFloor | None = None  # raises the samples fed; None: they are analysed as fed
+        if floor is not None and (eager if level_floor is None else level_floor):
+            self.floor = RunningFloor(tagger.sample_rate, floor, manifest.level_max_gain_db)
         # Sources of slices: one FeatureStream (fast path: pooled windows) or one FrontEndStream per
         # front end (per-window frames); both offer push(samples) and finish().
         self._fast = fast
@@ -187,11 +195,14 @@ class TagStream:
         return self.samples_in / self.sample_rate
 
     def feed(self, samples: np.ndarray) -> list[SliceResult]:
-        """Add a block of mono float32 samples; return the slice results computed now."""
+        """Add a block of mono float32 samples; return the slice results computed now. With a running floor
+        (:attr:`floor`) they are analysed raised by its gain."""
         if self._finished:
             raise RuntimeError("feed() after finish()")
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         self.samples_in += samples.size
+        if self.floor is not None:
+            samples = self.floor(samples)
         for source in self._sources:
             for s in source.push(samples):
                 self._pending[s.view].append(s)
@@ -371,14 +382,19 @@ class Tagger:
             _ = self.frame_runner
 
     def stream(self, horizon_seconds: float | None = None, eager: bool = True, keep_slices: bool = False,
-               on_slice: Callable[[SliceResult], None] | None = None, fast: bool = False) -> TagStream:
+               on_slice: Callable[[SliceResult], None] | None = None, fast: bool = False,
+               level_floor: bool | None = None) -> TagStream:
         """A new :class:`TagStream` (see there).
 
         With ``fast`` and ``eager`` (live), each block computes only its new frames' features: a window
         is pooled once the frames its receptive field needs have arrived (for the default model, 73
         frames or 1.17 s after the window's end), so updates trail the audio by that much.
+
+        An eager stream (live input) of a model with a level floor is raised while its running level is under
+        the floor (:class:`tagger.level.RunningFloor`); ``level_floor`` True or False says so for any stream.
         """
-        return TagStream(self, horizon_seconds, eager, keep_slices, on_slice, fast and self.supports_fast)
+        return TagStream(self, horizon_seconds, eager, keep_slices, on_slice, fast and self.supports_fast,
+                         level_floor)
 
     def tag_file(self, path: str | Path, keep_slices: bool = False,
                  cancelled: Callable[[], bool] | None = None,
@@ -404,7 +420,8 @@ class Tagger:
         def analyse(gain_db: float) -> tuple[TagStream, float | None, float | None]:
             """One pass over the file's audio raised by ``gain_db``: the fed stream, the container's length
             when excerpts were read, and the gated level of the audio before the gain."""
-            stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast)
+            # Never a running floor: the whole file is raised by one constant gain below.
+            stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast, level_floor=False)
             meter = LevelMeter(self.sample_rate)
             gain = np.float32(10.0 ** (gain_db / 20.0))
             # With decode_ahead, decoding runs in its own thread, the front end and the model in this one: on 2

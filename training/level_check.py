@@ -15,6 +15,11 @@ floor as shipped (``summary``) and without (``summary_without_floor``).
 
     python -m training.level_check --data ../shared/data --out models/msd-musicnn-gtzan.level.json
 
+``--live`` plays the first ``LIVE_SECONDS`` of each copy through the live path instead (an eager stream, as the
+daemon's live input: a model with a floor raises it by its running gain, :class:`tagger.level.RunningFloor`),
+and reads the top genre of the mean of the windows that end from ``LIVE_FROM_S`` to ``LIVE_SECONDS`` (after the
+running level and gain have settled); the reference is the same track played at its own level.
+
 ``python -m training.default_model --card-only`` adds the result to the card when the file is there.
 """
 
@@ -36,6 +41,9 @@ from tagger.pipeline import Tagger, TrackResult
 from training.datasets import write_pcm16_wav
 
 GAINS_DB = (0.0, -10.0, -20.0, -30.0)
+LIVE_SECONDS = 30.0  # --live: each copy's first this many seconds are played
+LIVE_FROM_S = 20.0  # --live: the answer is the mean of the windows ending from here on
+LIVE_BLOCK_S = 0.25  # --live: the block fed at a time, as training.live_eval
 SETS = ("fma", "realworld")
 
 
@@ -52,17 +60,46 @@ def _said(row: dict) -> str:
     return f"{row['gain_db']:g} dB {row['genre']}{raised}{'' if row['music'] else ' (no music)'}"
 
 
+def live_row(gain: float, tagger: Tagger, audio: np.ndarray) -> dict:
+    """``audio`` played through the live path (an eager stream, 0.25 s blocks): the row of the mean of the windows
+    ending from ``LIVE_FROM_S`` s on; ``level_dbfs`` and ``raised_db`` the running floor's level and gain at the
+    end (None and 0 without a floor)."""
+    manifest = tagger.manifest
+    genre, detector = manifest.genre_outputs[0], manifest.music
+    stream = tagger.stream(eager=True, fast=tagger.fast)
+    step = round(LIVE_BLOCK_S * tagger.sample_rate)
+    audio = audio[:round(LIVE_SECONDS * tagger.sample_rate)]
+    slices = [r for start in range(0, audio.size, step) for r in stream.feed(audio[start:start + step])]
+    late = [r for r in slices if r.end_s >= min(LIVE_FROM_S, audio.size / tagger.sample_rate - 5.0)]
+    probs = np.mean([r.probabilities[genre.name] for r in late], axis=0)
+    music = float(np.mean([r.probabilities[detector.output][0] for r in late])) if detector is not None else 1.0
+    best = int(np.argmax(probs))
+    floor = stream.floor
+    return {"gain_db": gain, "level_dbfs": None if floor is None or floor.level_dbfs is None
+            else round(floor.level_dbfs, 2), "raised_db": round(floor.gain_db, 2) if floor is not None else 0.0,
+            "genre": genre.labels[best], "confidence": round(float(probs[best]), 4),
+            "decided": bool(probs[best] >= tagger.threshold),
+            "music": detector is None or music >= detector.threshold, "music_probability": round(music, 4)}
+
+
 def check_file(tagger: Tagger, path: Path, gains_db: tuple[float, ...], scratch: Path,
-               without_floor: Tagger | None = None) -> tuple[list[dict], list[dict] | None]:
+               without_floor: Tagger | None = None, live: bool = False) -> tuple[list[dict], list[dict] | None]:
     """One row per gain: the runtime's gated level of the copy (dBFS), the gain it was analysed raised by
     (``raised_db``), its top genre, confidence, decided or not, and the music decision; the same rows from
-    ``without_floor`` (the model without its floor) when given."""
+    ``without_floor`` (the model without its floor) when given. ``live``: played through the live path
+    (:func:`live_row`), not tagged as a file."""
     rate = tagger.sample_rate
     audio = decode_file(path, rate)
     genre = tagger.manifest.genre_outputs[0].name
     rows, plain = [], []
     for gain in gains_db:
         copy = write_pcm16_wav(scratch / "copy.wav", audio * np.float32(10.0 ** (gain / 20.0)), rate)
+        if live:
+            samples = decode_file(copy, rate)  # 16-bit, as a line input's converter gives it
+            rows.append(live_row(gain, tagger, samples))
+            if without_floor is not None:
+                plain.append(live_row(gain, without_floor, samples))
+            continue
         rows.append(_row(gain, tagger.tag_file(copy), genre))
         if without_floor is not None:
             plain.append(_row(gain, without_floor.tag_file(copy), genre))
@@ -100,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gains", default=",".join(f"{g:g}" for g in GAINS_DB),
                         help="gains in dB, comma-separated, the first 0 (the reference): --gains=0,-6 "
                              "(default 0,-10,-20,-30)")
+    parser.add_argument("--live", action="store_true",
+                        help=f"play each copy's first {LIVE_SECONDS:g} s through the live path (the daemon's live "
+                             f"input) and read the windows ending from {LIVE_FROM_S:g} s on, instead of tagging it "
+                             "as a file")
     parser.add_argument("--out", default="models/level-check.json", help="where the JSON goes")
     args = parser.parse_args(argv)
     try:
@@ -132,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             rewrite_manifest(twin, dataclasses.replace(read_manifest(twin), level_floor_dbfs=None))
             without_floor = Tagger(twin)
         for i, (name, path) in enumerate(sorted(paths.items()), 1):
-            files[name], rows = check_file(tagger, path, gains, Path(scratch), without_floor)
+            files[name], rows = check_file(tagger, path, gains, Path(scratch), without_floor, args.live)
             if rows is not None:
                 plain[name] = rows
             print(f"{i}/{len(paths)} {name}: " + ", ".join(_said(r) for r in files[name]), flush=True)
@@ -145,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"model": tagger.manifest.name, "version": tagger.manifest.version,
            "model_sha1": hashlib.sha1(Path(tagger.engine.path).read_bytes()).hexdigest()[:16],
            "command": " ".join(["python -m training.level_check", *(sys.argv[1:] if argv is None else argv)]),
-           "level_floor_dbfs": floor, "level_max_gain_db": tagger.manifest.level_max_gain_db if floor is not None
-           else None, "gains_db": list(gains), "summary": summary, "files": files,
+           "path": "live" if args.live else "file", "level_floor_dbfs": floor,
+           "level_max_gain_db": tagger.manifest.level_max_gain_db if floor is not None else None,
+           "gains_db": list(gains), "summary": summary, "files": files,
            "elapsed_s": round(time.perf_counter() - started, 1)}
     if plain:
         # Against the same reference (each track at its own level, as shipped: inside the range, so never raised).

@@ -1,0 +1,149 @@
+"""The running level floor of live input: a stream quieter than the model's ``level_floor_dbfs`` is raised
+towards it (tagger.level.RunningFloor), causally and slowly; a stream inside the range, and silence, are not.
+
+Real audio (an FMA jazz clip the model never trained on, read from ../shared/data), the shipped default model
+(whose manifest states the floor) and a copy of it whose manifest lacks the key, fed through the daemon's live
+path (service.live.LiveTagger, an eager stream) in 0.25 s blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+from conftest import DATA
+
+from service.live import LiveTagger
+from tagger import Tagger
+from tagger.decode import decode_file
+from tagger.level import RUNNING_MAX_DB_PER_SECOND, RunningFloor, level_dbfs
+from tagger.model import read_manifest
+from tagger.registry import default_cpu_model
+
+RATE = 16000
+BLOCK = RATE // 4
+CLIP = DATA / "fma" / "001082.mp3"  # jazz, about -16 dBFS; 30 dB down it reads as classical without a floor
+QUIET_DB = -30.0
+SETTLED_S = 12.0  # by then the gain has reached its target and the windows analysed were all raised
+
+
+class Sink:
+    """Keeps what a live source reports."""
+
+    def __init__(self) -> None:
+        self.updates: list = []
+
+    def live(self, event) -> None:
+        self.updates.append(event)
+
+    def genre_changed(self, event) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def floored() -> Tagger:
+    tagger = Tagger()
+    assert tagger.manifest.level_floor_dbfs is not None, "the shipped default model states no level floor"
+    return tagger
+
+
+@pytest.fixture(scope="module")
+def unfloored(tmp_path_factory: pytest.TempPathFactory) -> Tagger:
+    """The shipped CPU model with the floor taken out of its manifest: a model of before the floor."""
+    from training.export import rewrite_manifest
+
+    path = tmp_path_factory.mktemp("models") / "no-floor.onnx"
+    shutil.copyfile(default_cpu_model(), path)
+    rewrite_manifest(path, dataclasses.replace(read_manifest(path), level_floor_dbfs=None))
+    return Tagger(path)
+
+
+@pytest.fixture(scope="module")
+def own() -> np.ndarray:
+    return decode_file(CLIP, RATE)
+
+
+def play(tagger: Tagger, audio: np.ndarray) -> tuple[LiveTagger, list]:
+    """``audio`` through the daemon's live path in 0.25 s blocks: the live tagger and every slice it analysed."""
+    live = LiveTagger(tagger, "test", RATE, None, Sink())
+    slices = []
+    for start in range(0, audio.size, BLOCK):
+        slices.extend(live.feed(audio[start:start + BLOCK]))
+    return live, slices
+
+
+def top_after(slices: list, seconds: float) -> str:
+    """The top genre of the mean of the slices ending after ``seconds``."""
+    mean = np.mean([s.probabilities["genre"] for s in slices if s.end_s > seconds], axis=0)
+    return read_manifest(default_cpu_model()).genre_outputs[0].labels[int(np.argmax(mean))]
+
+
+def test_a_quiet_stream_is_raised_and_gets_the_genre_of_its_own_level(floored: Tagger, unfloored: Tagger,
+                                                                        own: np.ndarray) -> None:
+    quiet = own * np.float32(10.0 ** (QUIET_DB / 20.0))
+    _, at_own_level = play(floored, own)
+    live, raised = play(floored, quiet)
+    floor = floored.manifest.level_floor_dbfs
+    # Raised to the floor by now (the running level is the quiet input's, never the raised samples').
+    whole = quiet.size - quiet.size % (RATE // 10)  # the running level counts complete 0.1 s sub-blocks
+    assert live.stream.floor.level_dbfs == pytest.approx(level_dbfs(quiet[whole - 15 * RATE:whole], RATE), abs=1e-6)
+    # (the gain follows the running level as it moves, a sub-block late)
+    assert live.stream.floor.gain_db == pytest.approx(floor - live.stream.floor.level_dbfs, abs=0.1)
+    expected = top_after(at_own_level, SETTLED_S)
+    assert top_after(raised, SETTLED_S) == expected == "jazz"
+    # Without the floor the quiet stream reads as another genre (classical): the bug this fixes.
+    _, not_raised = play(unfloored, quiet)
+    assert top_after(not_raised, SETTLED_S) != expected
+    # The windows' levels that quiet_dbfs weighs are the input's as it came in, not raised.
+    window = next(s for s in raised if s.end_s > SETTLED_S)
+    raw = level_dbfs(quiet[round(window.start_s * RATE):round(window.end_s * RATE)], RATE)
+    assert live._level(window.start_s, window.end_s) < floor - 5.0 and raw < floor - 5.0
+
+
+def test_a_stream_inside_the_range_is_analysed_exactly_as_before(floored: Tagger, unfloored: Tagger,
+                                                                 own: np.ndarray) -> None:
+    live, now = play(floored, own)
+    _, before = play(unfloored, own)
+    assert live.stream.floor is not None and live.stream.floor.gain_db == 0.0
+    assert len(now) == len(before)
+    for a, b in zip(now, before, strict=True):
+        assert (a.view, a.end_s) == (b.view, b.end_s)
+        assert all(np.array_equal(a.probabilities[k], b.probabilities[k]) for k in a.probabilities)  # identical
+
+
+def test_silence_is_never_raised(floored: Tagger, own: np.ndarray) -> None:
+    # Digital silence and a -75 dBFS hiss (under the -70 dBFS gate): no level, no gain, the samples as they came.
+    hiss = np.random.default_rng(0).standard_normal(20 * RATE).astype(np.float32) * np.float32(10 ** (-75 / 20))
+    for audio in (np.zeros(20 * RATE, np.float32), hiss):
+        floor = RunningFloor(RATE, floored.manifest.level_floor_dbfs, floored.manifest.level_max_gain_db)
+        for start in range(0, audio.size, BLOCK):
+            block = audio[start:start + BLOCK]
+            assert np.array_equal(floor(block), block) and floor.gain_db == 0.0
+        assert floor.level_dbfs is None
+    # Quiet music, then silence: once the horizon holds only silence the gain is 0.
+    live, _ = play(floored, np.concatenate([own[:10 * RATE] * np.float32(10 ** (QUIET_DB / 20)),
+                                            np.zeros(20 * RATE, np.float32)]))
+    assert live.stream.floor.level_dbfs is None and live.stream.floor.gain_db == 0.0
+
+
+def test_the_gain_never_moves_faster_than_its_limit(floored: Tagger, own: np.ndarray) -> None:
+    """Quiet, then at its own level, then quiet again: the gain follows, at most RUNNING_MAX_DB_PER_SECOND."""
+    quiet = own[:20 * RATE] * np.float32(10.0 ** (QUIET_DB / 20.0))
+    audio = np.concatenate([quiet, own[:20 * RATE], quiet])
+    floor = RunningFloor(RATE, floored.manifest.level_floor_dbfs, floored.manifest.level_max_gain_db)
+    # Blocks of uneven sizes: the gain is the same however the stream is split.
+    sizes = np.random.default_rng(1).integers(1, 6000, audio.size // 1000)
+    cuts = np.cumsum(sizes)[np.cumsum(sizes) < audio.size]
+    raised = np.concatenate([floor(block) for block in np.split(audio, cuts)])
+    whole = RunningFloor(RATE, floored.manifest.level_floor_dbfs, floored.manifest.level_max_gain_db)(audio)
+    assert np.array_equal(raised, whole)
+    n = np.flatnonzero(np.abs(audio) > 1e-3)
+    gain = 20.0 * np.log10(raised[n].astype(np.float64) / audio[n])
+    steps = np.abs(np.diff(gain)) / (np.diff(n) / RATE)
+    assert steps.max() <= RUNNING_MAX_DB_PER_SECOND * 1.01  # float32 rounding of the raised samples
+    assert gain.max() > 10.0  # it did raise the quiet part, ...
+    loud = n[(n > 35 * RATE) & (n < 40 * RATE)]
+    assert np.all(gain[np.isin(n, loud)] < 1e-3)  # ... lowered the gain once the music came back at its level ...
+    assert gain[-1] > 10.0  # ... and raised it again after
