@@ -38,7 +38,25 @@ def test_level_check_tags_quieter_copies_and_the_card_shows_them(excerpt, tmp_pa
     assert hashlib.sha256(track.read_bytes()).hexdigest() == digest  # the user's file is only read
     section = _level_section(out)
     assert "## Level: the same music played quieter" in section and "| -40 dB | 1 | 1 |" in section
-    assert f"`level_floor_dbfs` {floor:g} dBFS" in section and "Live input is not raised" in section
+    assert f"`level_floor_dbfs` {floor:g} dBFS" in section and "Live input is raised by a running floor" in section
+
+
+def test_level_check_live_plays_the_copies_through_the_live_path(excerpt, tmp_path: Path) -> None:
+    """--live: each copy through an eager stream; the quiet one is raised by the running floor, the card says so."""
+    audio, rate = excerpt
+    (tmp_path / "data" / "realworld").mkdir(parents=True)
+    encode(audio, rate, tmp_path / "data" / "realworld" / "machine_wars.mp3", "libmp3lame", "mp3")
+    out = tmp_path / "level-live.json"
+    assert main(["--data", str(tmp_path / "data"), "--gains=0,-40", "--live", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    own, quiet = doc["files"]["realworld/machine_wars.mp3"]
+    assert doc["path"] == "live" and own["raised_db"] == 0.0 and quiet["raised_db"] > 10.0
+    assert [r["raised_db"] for r in doc["files_without_floor"]["realworld/machine_wars.mp3"]] == [0.0, 0.0]
+    section = _level_section(tmp_path / "missing.json", live_path=out)
+    assert section == ""  # no file level check: no section
+    (tmp_path / "level.json").write_text(out.read_text().replace('"path": "live"', '"path": "file"'))
+    section = _level_section(tmp_path / "level.json", live_path=out)
+    assert "running floor" in section and "| -40 dB | 1 | " in section
 
 
 def test_summarise_counts_changes_decided_ones_and_no_music() -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from tagger.decode import decode_file
+from tagger.level import RUNNING_HORIZON_SECONDS, RUNNING_MAX_DB_PER_SECOND
 from tagger.pipeline import Tagger, TrackResult
 from training.datasets import write_pcm16_wav
 
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
            "path": "live" if args.live else "file", "level_floor_dbfs": floor,
            "level_max_gain_db": tagger.manifest.level_max_gain_db if floor is not None else None,
            "gains_db": list(gains), "summary": summary, "files": files,
+           **({"running_horizon_s": RUNNING_HORIZON_SECONDS, "running_max_db_per_s": RUNNING_MAX_DB_PER_SECOND}
+              if args.live else {}),
            "elapsed_s": round(time.perf_counter() - started, 1)}
     if plain:
         # Against the same reference (each track at its own level, as shipped: inside the range, so never raised).

@@ -331,9 +331,41 @@ features computed anew; unseen music as in the table above, 16-bit copies raised
 """
 
 
-def _level_section(path: Path, floor_path: Path | None = None) -> str:
+def _live_level(path: Path | None) -> str:
+    """The live level check (``python -m training.level_check --live``, ``<model>.level-live.json``): the same
+    music played quieter through the live path, with and without the running floor; "" when it was not run."""
+    import json
+
+    if path is None or not path.is_file():
+        return ""
+    doc = json.loads(path.read_text())
+    if doc.get("path") != "live" or doc.get("level_floor_dbfs") is None:
+        return ""
+    without = {r["gain_db"]: r for r in doc.get("summary_without_floor", [])}
+    rows = ["| gain | tracks | top genre changed: without running floor → with | of those decided | called no music |",
+            "| --- | --- | --- | --- | --- |"]
+    for r in doc["summary"][1:]:
+        w = without.get(r["gain_db"], r)
+        rows.append(f"| {r['gain_db']:g} dB | {r['tracks']} | {w['top_genre_changed']} → {r['top_genre_changed']} | "
+                    f"{w['changed_and_decided']} → {r['changed_and_decided']} | {w['no_music']} → {r['no_music']} |")
+    table = "\n".join(rows)
+    return f"""Live input (the daemon's capture, a live file or stream) has no end to measure first: an eager stream
+is raised by a running floor (`tagger.level.RunningFloor`): the same gated level over the last
+{doc.get("running_horizon_s", 15):g} s of the input as it came in, and a gain towards the floor that moves at most
+{doc.get("running_max_db_per_s", 3):g} dB per second (no gain while that level is None: silence). The windows' levels
+the live `quiet_dbfs` rule weighs stay those of the input as it came in. `{doc['command']}` plays the first 30 s of
+the same copies through the live path and reads the windows ending from 20 s on, against the track played at
+its own level:
+
+{table}
+
+"""
+
+
+def _level_section(path: Path, floor_path: Path | None = None, live_path: Path | None = None) -> str:
     """The level check (``python -m training.level_check``): the same music played quieter, with and without
-    the model's level floor, and how the floor was chosen (``python -m training.level_floor``)."""
+    the model's level floor, how the floor was chosen (``python -m training.level_floor``), and the live path's
+    running floor (``--live``, ``live_path``)."""
     import json
 
     if not path.is_file():
@@ -371,7 +403,8 @@ def _level_section(path: Path, floor_path: Path | None = None) -> str:
                       "10 dB under their mean, in dBFS (a full-scale sine reads -3 dBFS); a file with no such block "
                       "(digital silence) is never raised. `tag`, the daemon's library and `batch` (local and Ray) "
                       "raise the same way and say so (`level_dbfs`, `gain_db` in `tag --json`); a quiet file is "
-                      "decoded and analysed twice. **Live input is not raised (yet)**: the table below is for files.")
+                      "decoded and analysed twice. Live input is raised by a running floor (below); the table "
+                      "below is for files.")
     twin = "" if floor is None else '; "without floor": the same model file with the floor taken out of its manifest'
     return f"""## Level: the same music played quieter
 
@@ -386,6 +419,7 @@ at its own level ({doc['model']} {doc['version']}{twin}):
 {table}
 
 {_floor_choice(floor_path) if floor_path is not None and floor is not None else ''}\
+{_live_level(live_path) if floor is not None else ''}\
 Raised to the floor, quiet music is rarely a decided wrong genre any more, but it still often leans to
 classical (undecided): the floor sits at the bottom of the non-classical training clips. Tried and not
 shipped (measured on the card's artist-grouped folds): training copies 20 dB quieter (accuracy 0.762 →
@@ -395,11 +429,13 @@ no music).
 """
 
 
-def _level_limit(path: Path) -> str:
-    """The limits bullet on quiet input, from the level check (``<model>.level.json``) when it was run."""
+def _level_limit(path: Path, live_path: Path | None = None) -> str:
+    """The limits bullet on quiet input, from the level check (``<model>.level.json``) when it was run, and its
+    live twin (``<model>.level-live.json``)."""
     import json
 
     doc = json.loads(path.read_text()) if path.is_file() else {}
+    live = json.loads(live_path.read_text()) if live_path is not None and live_path.is_file() else {}
     floor = doc.get("level_floor_dbfs")
     if floor is None:
         return ("Music 10 dB or more under\n  today's masters can come out as another genre, mostly classical, "
@@ -413,14 +449,26 @@ def _level_limit(path: Path) -> str:
             f"({without[worst]['changed_and_decided']} without the floor) and "
             f"{shipped[worst]['top_genre_changed']} another top genre, mostly an\n  undecided "
             "classical. Music 10 dB under today's masters, still above the floor, is analysed as it is and\n  can "
-            "lean to another genre (undecided). Live input is not raised (yet).")
+            "lean to another genre (undecided). " + _live_limit(live))
+
+
+def _live_limit(live: dict) -> str:
+    """The limits bullet's sentence on live input, from the live level check (empty dict: not run)."""
+    if live.get("path") != "live" or live.get("level_floor_dbfs") is None:
+        return "Live input is raised by a running floor (the last 15 s of input; at most 3 dB/s)."
+    shipped = {r["gain_db"]: r for r in live["summary"]}
+    without = {r["gain_db"]: r for r in live["summary_without_floor"]}
+    worst = min(shipped)
+    return (f"Live input is raised by a running floor: played\n  {-worst:g} dB quieter through the live path, "
+            f"{shipped[worst]['changed_and_decided']} of {shipped[worst]['tracks']} get a decided wrong genre "
+            f"({without[worst]['changed_and_decided']} without it), after about 20 s.")
 
 
 def write_card(out: Path, name: str, report: dict, negatives: Sequence) -> Path:
     cv = report["cv"]
     genre = cv["genre"]
     rows = genre["rows"]
-    level_limit = _level_limit(out / f"{name}.level.json")
+    level_limit = _level_limit(out / f"{name}.level.json", out / f"{name}.level-live.json")
     shipped = report["shipped"]
     row = rows[shipped["row"]]
     cal = rows["shipped recipe"]["calibration"] if "shipped recipe" in rows else row["calibration"]
@@ -568,7 +616,7 @@ same degradations of the training clips only (other clips, other artists).
 
 {_detector_section(cv['detector_summary'], runtime, negatives)}
 {_live_section(out / f"{name}.live.json")}
-{_level_section(out / f"{name}.level.json", out / f"{name}.floor.json")}
+{_level_section(out / f"{name}.level.json", out / f"{name}.floor.json", out / f"{name}.level-live.json")}
 ## Out of domain (shipped float32 file through the runtime)
 
 Game soundtracks (`../shared/data/realworld`, no labels; GTZAN has no "soundtrack" or "electronic"
