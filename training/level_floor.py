@@ -28,17 +28,41 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from tagger.decode import decode_file
-from tagger.level import floor_gain_db, level_dbfs
+from tagger.level import ABSOLUTE_GATE_DBFS, MAX_MAX_GAIN_DB, floor_gain_db, level_dbfs
 from tagger.pipeline import Tagger, TrackResult
 
 GAINS_DB = (0.0, -10.0, -20.0, -30.0)
 FLOORS = (None, -35.0, -30.0, -25.0, -20.0)
+
+# What each part measures from --data (a part not listed reads nothing there).
+PARTS: dict[str, tuple[str, ...]] = {"unseen": ("fma", "realworld"),
+                                     "labelled": ("gtzan/labels.csv", "gtzan-excerpts/labels.csv"),
+                                     "non-music": ()}
+
+
+def parse_floors(text: str) -> tuple[float | None, ...] | None:
+    """``--floors``: comma-separated ``none`` (no floor) or levels in dBFS within the manifest's range
+    (:func:`tagger.model._level_floor`); None when ``text`` is not that."""
+    floors: list[float | None] = []
+    for item in text.split(","):
+        item = item.strip()
+        if item == "none":
+            floors.append(None)
+            continue
+        try:
+            floor = float(item)
+        except ValueError:
+            return None
+        if not ABSOLUTE_GATE_DBFS < floor < 0.0:  # also rejects nan
+            return None
+        floors.append(floor)
+    return tuple(floors)
 
 
 def quantised16(audio: np.ndarray) -> np.ndarray:
@@ -63,6 +87,21 @@ def row(result: TrackResult, level: float | None, gain: float) -> dict:
             "music_probability": round(result.music_probability or 0.0, 4)}
 
 
+def per_floor(tagger: Tagger, audio: np.ndarray, floors: Sequence[float | None], max_gain: float
+              ) -> dict[str, dict]:
+    """The :func:`row` of ``audio`` raised as the runtime would under each floor (dBFS, None: no floor), keyed
+    ``str(floor)``, with the gain capped at ``max_gain`` dB. Floors that give one gain share one tag (one row)."""
+    level = level_dbfs(audio, tagger.sample_rate)
+    done: dict[float, dict] = {}
+    rows = {}
+    for f in floors:
+        gain = floor_gain_db(level, f, max_gain)
+        if gain not in done:
+            done[gain] = row(tag_samples(tagger, audio, gain), level, gain)
+        rows[str(f)] = done[gain]
+    return rows
+
+
 def unseen_music(tagger: Tagger, data: Path, floors, max_gain: float, log: Callable[[str], None]) -> dict:
     from tagger.cli import iter_audio_files
 
@@ -75,15 +114,7 @@ def unseen_music(tagger: Tagger, data: Path, floors, max_gain: float, log: Calla
         per_gain: dict[str, dict] = {}
         for g in GAINS_DB:
             copy = quantised16(audio * np.float32(10.0 ** (g / 20.0)))
-            level = level_dbfs(copy, rate)
-            done: dict[float, dict] = {}
-            per_floor = {}
-            for f in floors:
-                gain = floor_gain_db(level, f, max_gain)
-                if gain not in done:
-                    done[gain] = row(tag_samples(tagger, copy, gain), level, gain)
-                per_floor[str(f)] = done[gain]
-            per_gain[f"{g:g}"] = per_floor
+            per_gain[f"{g:g}"] = per_floor(tagger, copy, floors, max_gain)
         files[name] = per_gain
         log(f"{name}: " + ", ".join(f"{g} dB L {v['None']['level_dbfs']}" for g, v in per_gain.items()))
     summary = {}
@@ -195,16 +226,7 @@ def non_music(tagger: Tagger, floors, max_gain: float, log: Callable[[str], None
     clips = [(c.clip_id, audio) for c, audio in iter_audio(all_non_music(), rate)] + list(extra.items())
     files: dict[str, dict] = {}
     for clip_id, audio in clips:
-        audio = quantised16(audio)
-        level = level_dbfs(audio, rate)
-        done: dict[float, dict] = {}
-        per_floor = {}
-        for f in floors:
-            gain = floor_gain_db(level, f, max_gain)
-            if gain not in done:
-                done[gain] = row(tag_samples(tagger, audio, gain), level, gain)
-            per_floor[str(f)] = done[gain]
-        files[clip_id] = per_floor
+        files[clip_id] = per_floor(tagger, quantised16(audio), floors, max_gain)
     summary = {str(f): {"clips": len(files), "raised": sum(v[str(f)]["gain_db"] > 0 for v in files.values()),
                         "music": sorted(k for k, v in files.items() if v[str(f)]["music"])} for f in floors}
     for f, s in summary.items():
@@ -226,8 +248,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="what to measure, comma-separated (default unseen,labelled,non-music)")
     parser.add_argument("--out", default="models/msd-musicnn-gtzan.floor.json", help="where the JSON goes")
     args = parser.parse_args(argv)
-    floors = tuple(None if f.strip() == "none" else float(f) for f in args.floors.split(","))
-    parts = set(args.parts.split(","))
+    # Every check before the model loads: a bad value is one line, not a traceback minutes in.
+    floors = parse_floors(args.floors)
+    if floors is None:
+        parser.error(f"--floors: {args.floors!r}: not comma-separated floors, each none or a level in "
+                     f"({ABSOLUTE_GATE_DBFS:g}, 0) dBFS")
+    if not 0.0 < args.max_gain <= MAX_MAX_GAIN_DB:
+        parser.error(f"--max-gain: {args.max_gain:g}: not within (0, {MAX_MAX_GAIN_DB:g}] dB")
+    parts = {p.strip() for p in args.parts.split(",")}
+    if not parts or not parts <= set(PARTS):
+        parser.error(f"--parts: {args.parts!r}: not comma-separated names of {', '.join(PARTS)}")
+    data = Path(args.data)
+    missing = [need for part, needs in PARTS.items() if part in parts for need in needs if not (data / need).exists()]
+    if missing:
+        parser.error(f"--data: {args.data!r}: no {', '.join(missing)} there (needed by --parts {args.parts})")
     started = time.perf_counter()
 
     def log(line: str) -> None:
@@ -239,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
                  "level_measure": "tagger.level: mean power of the 0.4 s blocks (0.1 s steps) above -70 dBFS and "
                                   "above 10 dB under their mean, dBFS (full-scale square wave 0 dBFS)"}
     if "unseen" in parts:
-        doc["unseen"] = unseen_music(tagger, Path(args.data), floors, args.max_gain, log)
+        doc["unseen"] = unseen_music(tagger, data, floors, args.max_gain, log)
         for f, rows in doc["unseen"]["summary"].items():
             log(f"unseen, floor {f}: " + "; ".join(f"{r['gain_db']:g} dB changed {r['top_genre_changed']} "
                                                   f"decided {r['changed_and_decided']} no music {r['no_music']}"
                                                   for r in rows))
     if "labelled" in parts:
-        doc["labelled"] = labelled(Path(args.data), floors, args.max_gain, Path(args.features),
+        doc["labelled"] = labelled(data, floors, args.max_gain, Path(args.features),
                                    Path(args.floor_cache), log)
     if "non-music" in parts:
         doc["non_music"] = non_music(tagger, floors, args.max_gain, log)

@@ -1,0 +1,90 @@
+"""The training command lines refuse a bad argument with one error line naming what was typed (argparse, exit 2),
+before any slow work: no model loads, no audio is decoded, no model trains, nothing is written.
+
+The slow step each command would start next is replaced by one that fails the test if reached, so a check that
+comes too late (or not at all) fails here in a second instead of running for minutes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tagger import Tagger
+
+
+class SlowWorkStarted(Exception):
+    """Raised by the stand-in for a command's first slow step."""
+
+
+def slow_work(*_args, **_kwargs):
+    raise SlowWorkStarted("slow work started before the arguments were checked")
+
+
+def refused(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The error line ``main(argv)`` exits 2 with."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ": error: " in line
+    return line
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--floors", "abc"], "--floors: 'abc': not comma-separated floors"),
+    (["--floors", "none,-30,5"], "--floors: 'none,-30,5': not comma-separated floors, each none or a level in (-70, "),
+    (["--floors", ""], "--floors: '': "),
+    (["--max-gain", "-5"], "--max-gain: -5: not within (0, 60] dB"),
+    (["--max-gain", "100"], "--max-gain: 100: not within (0, 60] dB"),
+    (["--parts", "bogus"], "--parts: 'bogus': not comma-separated names of unseen, labelled, non-music"),
+    (["--parts", "unseen,bogus"], "--parts: 'unseen,bogus': "),
+    (["--data", "/nonexistent"], "--data: '/nonexistent': no fma, realworld, gtzan/labels.csv"),
+])
+def test_level_floor_refuses_a_bad_argument_before_loading_the_model(
+        argv: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import training.level_floor as level_floor
+
+    monkeypatch.setattr(level_floor, "Tagger", slow_work)
+    out = tmp_path / "floor.json"
+    assert said in refused(level_floor.main, [*argv, "--out", str(out)], capsys)
+    assert not out.exists()
+
+
+def test_level_floor_asks_data_only_of_the_parts_that_read_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import training.level_floor as level_floor
+
+    monkeypatch.setattr(level_floor, "Tagger", slow_work)
+    out = ["--out", str(tmp_path / "floor.json")]
+    line = refused(level_floor.main, ["--data", "/nonexistent", "--parts", "unseen", *out], capsys)
+    assert line.endswith("--data: '/nonexistent': no fma, realworld there (needed by --parts unseen)")
+    line = refused(level_floor.main, ["--data", str(tmp_path), "--parts", "labelled", *out], capsys)
+    assert "--data: " + repr(str(tmp_path)) + ": no gtzan/labels.csv, gtzan-excerpts/labels.csv there" in line
+    # The non-music part makes its own clips: no --data folder needed, the arguments pass on to the work.
+    with pytest.raises(SlowWorkStarted):
+        level_floor.main(["--data", "/nonexistent", "--parts", "non-music", "--floors", "none,-30",
+                          "--max-gain", "60", *out])
+
+
+def test_per_floor_tags_once_per_distinct_gain(tiny_model: Path) -> None:
+    from tagger.level import floor_gain_db, level_dbfs
+    from training.level_floor import per_floor, quantised16
+
+    tagger = Tagger(tiny_model)
+    rng = np.random.default_rng(5)
+    audio = quantised16(0.01 * rng.standard_normal(4 * tagger.sample_rate).astype(np.float32))  # about -40 dBFS
+    level = level_dbfs(audio, tagger.sample_rate)
+    assert -45.0 < level < -35.0
+    floors = (None, -50.0, -30.0, -20.0)
+    rows = per_floor(tagger, audio, floors, 15.0)
+    assert list(rows) == ["None", "-50.0", "-30.0", "-20.0"]
+    for f in floors:
+        assert rows[str(f)]["gain_db"] == round(floor_gain_db(level, f, 15.0), 2)
+        assert rows[str(f)]["level_dbfs"] == round(level, 2)
+    # No floor and a floor below the level: no gain, one tag shared; the 15 dB cap caps -20's raise.
+    assert rows["None"] is rows["-50.0"] and rows["None"]["gain_db"] == 0.0
+    assert 0.0 < rows["-30.0"]["gain_db"] < rows["-20.0"]["gain_db"] == 15.0
