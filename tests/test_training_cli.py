@@ -7,10 +7,12 @@ comes too late (or not at all) fails here in a second instead of running for min
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA
 
 from tagger import Tagger
 
@@ -88,3 +90,40 @@ def test_per_floor_tags_once_per_distinct_gain(tiny_model: Path) -> None:
     # No floor and a floor below the level: no gain, one tag shared; the 15 dB cap caps -20's raise.
     assert rows["None"] is rows["-50.0"] and rows["None"]["gain_db"] == 0.0
     assert 0.0 < rows["-30.0"]["gain_db"] < rows["-20.0"]["gain_db"] == 15.0
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (None, "No such file or directory"),
+    ("[{\"artists\": [\"a\"]", "not JSON ("),
+    ("{\"artists\": [\"a\"]}", "not a JSON list of halves"),
+    ("[]", "not a JSON list of halves"),
+    ("[{\"artist\": [\"a\"]}]", "half 0: not an object with \"artists\""),
+    ("[{\"artists\": [\"a\"]}, {\"artists\": \"b\"}]", "half 1: artists 'b' is not a list of strings"),
+    ("[{\"artists\": [\"a\"], \"sounds\": [\"no-such-sound\"]}]",
+     "half 0: sounds ['no-such-sound'] are not non-music clips of training.negatives"),
+])
+def test_live_models_refuses_a_bad_halves_file(content: str | None, said: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import training.live_models as live_models
+
+    monkeypatch.setattr(live_models, "build_half_models", slow_work)
+    halves = tmp_path / "halves.json"
+    if content is not None:
+        halves.write_text(content)
+    line = refused(live_models.main, ["--data", str(DATA), "--halves", str(halves), "--out", str(tmp_path / "m")],
+                   capsys)
+    assert f"--halves: {str(halves)!r}: {said}" in line
+    assert not (tmp_path / "m").exists()
+
+
+def test_live_models_checks_data_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import training.live_models as live_models
+
+    monkeypatch.setattr(live_models, "build_half_models", slow_work)
+    halves = tmp_path / "halves.json"
+    halves.write_text(json.dumps([{"artists": ["a"]}, {"artists": ["b"], "sounds": []}]))
+    line = refused(live_models.main, ["--data", "/nonexistent", "--halves", str(halves), "--out", str(tmp_path)],
+                   capsys)
+    assert "--data: '/nonexistent': no gtzan/labels.csv, gtzan-excerpts/labels.csv there" in line

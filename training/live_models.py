@@ -182,6 +182,36 @@ def _build(data: Path, tracks: Sequence[Track], recipe, plans: list, features: P
         log(f"{folder}: {len(ids)} clips, T {temperature:.3f}, {time.perf_counter() - began:.0f} s")
 
 
+def read_halves(path: Path) -> list[dict[str, list[str]]]:
+    """The ``--halves`` file: a JSON list with, per half, ``artists`` (``Track.group`` names) and optionally
+    ``sounds`` (``clip_id`` of :func:`training.negatives.all_non_music`; default none), both lists of strings.
+    Raises OSError when it cannot be read, ValueError (one line, naming the entry) when it is not that."""
+    from training.negatives import all_non_music
+
+    try:
+        doc = json.loads(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(doc, list) or not doc:
+        raise ValueError("not a JSON list of halves")
+    known = {n.clip_id for n in all_non_music()}
+    halves = []
+    for i, half in enumerate(doc):
+        if not isinstance(half, dict) or not set(half) <= {"artists", "sounds"} or "artists" not in half:
+            raise ValueError(f"half {i}: not an object with \"artists\" (and optionally \"sounds\")")
+        entry = {"artists": half["artists"], "sounds": half.get("sounds", [])}
+        for key, names in entry.items():
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"half {i}: {key} {names!r} is not a list of strings")
+        unknown = sorted(set(entry["sounds"]) - known)
+        if unknown:
+            raise ValueError(f"half {i}: sounds {unknown} are not non-music clips of training.negatives")
+        halves.append(entry)
+    return halves
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data", help="folder holding gtzan/ … (default ../shared/data)")
@@ -196,8 +226,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="the shipped model's cv.json, whose recipe is retrained (default "
                              "models/msd-musicnn-gtzan.cv.json)")
     args = parser.parse_args(argv)
-    halves = json.loads(Path(args.halves).read_text())
-    for m in build_half_models(Path(args.data), [h["artists"] for h in halves], [h.get("sounds", []) for h in halves],
+    # Checked before any feature is read or model trained: a bad value is one line, not a traceback.
+    try:
+        halves = read_halves(Path(args.halves))
+    except OSError as exc:
+        parser.error(f"--halves: {args.halves!r}: {exc.strerror or exc}")
+    except ValueError as exc:
+        parser.error(f"--halves: {args.halves!r}: {exc}")
+    data = Path(args.data)
+    missing = [need for need in ("gtzan/labels.csv", "gtzan-excerpts/labels.csv") if not (data / need).is_file()]
+    if missing:
+        parser.error(f"--data: {args.data!r}: no {', '.join(missing)} there")
+    if not Path(args.report).is_file():
+        parser.error(f"--report: {args.report!r}: no such file")
+    for m in build_half_models(data, [h["artists"] for h in halves], [h["sounds"] for h in halves],
                                Path(args.out), Path(args.cache),
                                Path(args.packages) if args.packages else None, Path(args.report)):
         print(m.path, len(m.trained_on), f"T {m.temperature:.3f}")
