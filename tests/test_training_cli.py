@@ -127,3 +127,35 @@ def test_live_models_checks_data_before_training(tmp_path: Path, monkeypatch: py
     line = refused(live_models.main, ["--data", "/nonexistent", "--halves", str(halves), "--out", str(tmp_path)],
                    capsys)
     assert "--data: '/nonexistent': no gtzan/labels.csv, gtzan-excerpts/labels.csv there" in line
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--pairs", "0"], "--pairs: 0: not a positive number of switch streams"),
+    (["--pairs", "-4"], "--pairs: -4: not a positive number"),
+    (["--data", "/nonexistent"], "--data: '/nonexistent': no gtzan/labels.csv, fma, realworld"),
+    (["--data", str(DATA), "--report", "/nonexistent.json"], "--report: '/nonexistent.json': no such file"),
+])
+def test_live_eval_refuses_a_bad_argument_before_loading_a_model(
+        argv: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import training.live_eval as live_eval
+
+    monkeypatch.setattr(live_eval, "Tagger", slow_work)
+    monkeypatch.setattr(live_eval, "load_clips", slow_work)
+    out = tmp_path / "live.json"
+    assert said in refused(live_eval.main, [*argv, "--out", str(out)], capsys)
+    assert not out.exists()
+
+
+def test_live_eval_refuses_a_model_it_cannot_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import training.live_eval as live_eval
+
+    monkeypatch.setattr(live_eval, "load_clips", slow_work)
+    base = ["--data", str(DATA), "--in-sample", "--out", str(tmp_path / "live.json")]
+    assert "--model: nonexist: no such model (installed: " in refused(live_eval.main, [*base, "--model", "nonexist"],
+                                                                      capsys)
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model")
+    assert f"--model: {junk}: cannot load ONNX model" in refused(live_eval.main, [*base, "--model", str(junk)], capsys)
+    assert not (tmp_path / "live.json").exists()

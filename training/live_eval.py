@@ -769,6 +769,26 @@ HALF_MODEL_LEAKS = ("the genre head's choice (space and C), its training on degr
                     "(source, label) by the shipped model's own labels")
 
 
+def checked_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tagger:
+    """``--model`` loaded, after the cheap checks of :func:`main`'s arguments; a bad one is ``parser.error``
+    (one line naming it, exit 2) before any clip is decoded, stream recorded or model trained."""
+    from tagger.errors import TaggerError
+
+    if args.pairs < 1:
+        parser.error(f"--pairs: {args.pairs}: not a positive number of switch streams")
+    data = Path(args.data)
+    needs = ["gtzan/labels.csv", "fma", "realworld", *([] if args.in_sample else ["gtzan-excerpts/labels.csv"])]
+    missing = [need for need in needs if not (data / need).exists()]
+    if missing:
+        parser.error(f"--data: {args.data!r}: no {', '.join(missing)} there")
+    if not args.in_sample and not Path(args.report).is_file():
+        parser.error(f"--report: {args.report!r}: no such file (the per-half models retrain its recipe)")
+    try:
+        return Tagger(args.model)
+    except TaggerError as exc:
+        parser.error(f"--model: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
@@ -794,11 +814,11 @@ def main(argv: list[str] | None = None) -> int:
                              "models/msd-musicnn-gtzan.cv.json)")
     parser.add_argument("--out", default="models/live-eval.json")
     args = parser.parse_args(argv)
+    reference = checked_arguments(parser, args)
     from service.config import LiveSection
 
     started = time.perf_counter()
     data = Path(args.data)
-    reference = Tagger(args.model)
     clips = load_clips(data, reference.sample_rate)
     label_clips(clips, [reference], whole_tracks=True)
     split_labels = {c.name: [c.label, c.decided] for c in clips}
