@@ -66,6 +66,13 @@ def test_level_floor_asks_data_only_of_the_parts_that_read_it(tmp_path: Path, mo
     assert line.endswith("--data: '/nonexistent': no fma, realworld there (needed by --parts unseen)")
     line = refused(level_floor.main, ["--data", str(tmp_path), "--parts", "labelled", *out], capsys)
     assert "--data: " + repr(str(tmp_path)) + ": no gtzan/labels.csv, gtzan-excerpts/labels.csv there" in line
+    labelled = ["--data", str(DATA), "--parts", "labelled", *out]
+    line = refused(level_floor.main, [*labelled, "--features", "/nonexistent"], capsys)
+    assert "--features: '/nonexistent': no such folder" in line
+    monkeypatch.chdir(tmp_path)  # where no models/ folder holds the card's cv.json
+    line = refused(level_floor.main, [*labelled, "--features", str(tmp_path)], capsys)
+    assert line.endswith("models/msd-musicnn-gtzan.cv.json: no such file (the labelled part retrains its head: run "
+                         "from the repository root)")
     # The non-music part makes its own clips: no --data folder needed, the arguments pass on to the work.
     with pytest.raises(SlowWorkStarted):
         level_floor.main(["--data", "/nonexistent", "--parts", "non-music", "--floors", "none,-30",

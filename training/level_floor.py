@@ -40,6 +40,7 @@ from tagger.pipeline import Tagger, TrackResult
 GAINS_DB = (0.0, -10.0, -20.0, -30.0)
 FLOORS = (None, -35.0, -30.0, -25.0, -20.0)
 
+CV_REPORT = "models/msd-musicnn-gtzan.cv.json"  # the card's folds and shipped recipe (training.shipped.MODEL_NAME)
 # What each part measures from --data (a part not listed reads nothing there).
 PARTS: dict[str, tuple[str, ...]] = {"unseen": ("fma", "realworld"),
                                      "labelled": ("gtzan/labels.csv", "gtzan-excerpts/labels.csv"),
@@ -143,9 +144,9 @@ def labelled(data: Path, floors, max_gain: float, features: Path, floor_cache: P
     from training.evaluation import HeadChoice, artist_folds, fit_head, head_logits, load_clips, track_probs
     from training.feature_cache import FeatureCache, frame_features, pool_views
     from training.musicnn import MUSICNN_FRONT_END, MSDMusicnn, fetch_musicnn_wheel
-    from training.shipped import MODEL_NAME, N_FOLDS, SEED
+    from training.shipped import N_FOLDS, SEED
 
-    report = json.loads(Path(f"models/{MODEL_NAME}.cv.json").read_text())
+    report = json.loads(Path(CV_REPORT).read_text())
     shipped = report["shipped"]
     space, c = shipped["head"].split(" C=")
     if "track-mean" in space:
@@ -262,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [need for part, needs in PARTS.items() if part in parts for need in needs if not (data / need).exists()]
     if missing:
         parser.error(f"--data: {args.data!r}: no {', '.join(missing)} there (needed by --parts {args.parts})")
+    if "labelled" in parts and not Path(args.features).is_dir():
+        parser.error(f"--features: {args.features!r}: no such folder (the labelled part reads the build's features)")
+    if "labelled" in parts and not Path(CV_REPORT).is_file():
+        parser.error(f"{CV_REPORT}: no such file (the labelled part retrains its head: run from the repository root)")
     started = time.perf_counter()
 
     def log(line: str) -> None:
