@@ -44,6 +44,8 @@ def refused(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     (["--parts", "bogus"], "--parts: 'bogus': not comma-separated names of unseen, labelled, non-music"),
     (["--parts", "unseen,bogus"], "--parts: 'unseen,bogus': "),
     (["--data", "/nonexistent"], "--data: '/nonexistent': no fma, realworld, gtzan/labels.csv"),
+    (["--parts", "non-music", "--out", "/nonexistent/floor.json"],
+     "--out: '/nonexistent/floor.json': no folder '/nonexistent' to write it in"),
 ])
 def test_level_floor_refuses_a_bad_argument_before_loading_the_model(
         argv: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -52,7 +54,7 @@ def test_level_floor_refuses_a_bad_argument_before_loading_the_model(
 
     monkeypatch.setattr(level_floor, "Tagger", slow_work)
     out = tmp_path / "floor.json"
-    assert said in refused(level_floor.main, [*argv, "--out", str(out)], capsys)
+    assert said in refused(level_floor.main, ["--out", str(out), *argv], capsys)
     assert not out.exists()
 
 
@@ -141,6 +143,8 @@ def test_live_models_checks_data_before_training(tmp_path: Path, monkeypatch: py
     (["--pairs", "-4"], "--pairs: -4: not a positive number"),
     (["--data", "/nonexistent"], "--data: '/nonexistent': no gtzan/labels.csv, fma, realworld"),
     (["--data", str(DATA), "--report", "/nonexistent.json"], "--report: '/nonexistent.json': no such file"),
+    (["--data", str(DATA), "--in-sample", "--out", "/nonexistent/live.json"],
+     "--out: '/nonexistent/live.json': no folder '/nonexistent' to write it in"),
 ])
 def test_live_eval_refuses_a_bad_argument_before_loading_a_model(
         argv: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -150,7 +154,7 @@ def test_live_eval_refuses_a_bad_argument_before_loading_a_model(
     monkeypatch.setattr(live_eval, "Tagger", slow_work)
     monkeypatch.setattr(live_eval, "load_clips", slow_work)
     out = tmp_path / "live.json"
-    assert said in refused(live_eval.main, [*argv, "--out", str(out)], capsys)
+    assert said in refused(live_eval.main, ["--out", str(out), *argv], capsys)
     assert not out.exists()
 
 

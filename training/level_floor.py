@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--features: {args.features!r}: no such folder (the labelled part reads the build's features)")
     if "labelled" in parts and not Path(CV_REPORT).is_file():
         parser.error(f"{CV_REPORT}: no such file (the labelled part retrains its head: run from the repository root)")
+    if not Path(args.out).parent.is_dir():
+        parser.error(f"--out: {args.out!r}: no folder {str(Path(args.out).parent)!r} to write it in")
     started = time.perf_counter()
 
     def log(line: str) -> None:

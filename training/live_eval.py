@@ -783,6 +783,8 @@ def checked_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(f"--data: {args.data!r}: no {', '.join(missing)} there")
     if not args.in_sample and not Path(args.report).is_file():
         parser.error(f"--report: {args.report!r}: no such file (the per-half models retrain its recipe)")
+    if not Path(args.out).parent.is_dir():
+        parser.error(f"--out: {args.out!r}: no folder {str(Path(args.out).parent)!r} to write it in")
     try:
         return Tagger(args.model)
     except TaggerError as exc:
