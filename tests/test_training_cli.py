@@ -170,3 +170,15 @@ def test_live_eval_refuses_a_model_it_cannot_load(tmp_path: Path, monkeypatch: p
     junk.write_text("not a model")
     assert f"--model: {junk}: cannot load ONNX model" in refused(live_eval.main, [*base, "--model", str(junk)], capsys)
     assert not (tmp_path / "live.json").exists()
+
+
+def test_level_check_refuses_a_model_it_cannot_load_and_an_out_without_a_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import training.level_check as level_check
+
+    out = tmp_path / "level.json"
+    said = refused(level_check.main, ["--data", str(DATA), "--model", "nonexist", "--out", str(out)], capsys)
+    assert "--model: nonexist: no such model (installed: " in said
+    said = refused(level_check.main, ["--data", str(DATA), "--out", str(tmp_path / "nope" / "level.json")], capsys)
+    assert f"--out: '{tmp_path / 'nope' / 'level.json'}': folder '{tmp_path / 'nope'}' does not exist" in said
+    assert not out.exists()

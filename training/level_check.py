@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from tagger.decode import decode_file
+from tagger.errors import TaggerError
 from tagger.level import RUNNING_HORIZON_SECONDS, RUNNING_MAX_DB_PER_SECOND
 from tagger.pipeline import Tagger, TrackResult
 from training.datasets import write_pcm16_wav
@@ -155,8 +156,13 @@ def main(argv: list[str] | None = None) -> int:
              for p in iter_audio_files([str(data / s)])}
     if not paths:
         parser.error(f"--data: {args.data!r}: no audio under {' or '.join(SETS)}")
+    if not Path(args.out).parent.is_dir():
+        parser.error(f"--out: {args.out!r}: folder {str(Path(args.out).parent)!r} does not exist")
     started = time.perf_counter()
-    tagger = Tagger(args.model)
+    try:
+        tagger = Tagger(args.model)
+    except TaggerError as exc:
+        parser.error(f"--model: {exc}")
     files: dict[str, list[dict]] = {}
     plain: dict[str, list[dict]] = {}
     floor = tagger.manifest.level_floor_dbfs
