@@ -129,3 +129,19 @@ def test_a_switch_target_is_the_label_of_the_stretch_played() -> None:
     assert (track.label, track.decided) == heard
     label_clips([track], [tagger], whole_tracks=True)
     assert (track.label, track.decided) == (NO_MUSIC, True)
+
+
+def test_a_half_model_is_rebuilt_when_the_level_floor_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The floor changes what the live path feeds a half model, so a model cached under another floor must not
+    be reused (its recordings would lack the shipped floor)."""
+    import json
+
+    import training.shipped as shipped
+    from training.live_models import model_key
+
+    repo = Path(__file__).resolve().parent.parent
+    recipe = shipped.recipe_of_report(json.loads((repo / "models" / "msd-musicnn-gtzan.cv.json").read_text()))
+    before = model_key(["blues.00000"], ["silence-digital"], recipe)
+    assert model_key(["blues.00000"], ["silence-digital"], recipe) == before
+    monkeypatch.setattr(shipped, "LEVEL_FLOOR_DBFS", shipped.LEVEL_FLOOR_DBFS - 3.0)
+    assert model_key(["blues.00000"], ["silence-digital"], recipe) != before

@@ -74,10 +74,12 @@ class HalfModel:
 def model_key(trained_on: Sequence[str], non_music: Sequence[str], recipe) -> str:
     """A short stable name for a model trained on the labelled clips ``trained_on`` and the non-music clips
     ``non_music`` with ``recipe``."""
-    from training.shipped import MODEL_VERSION
+    from training.shipped import LEVEL_FLOOR_DBFS, LEVEL_MAX_GAIN_DB, MODEL_VERSION
 
+    # The level floor is in the key: it changes what the live path feeds the model, not the weights.
     text = json.dumps({"clips": sorted(trained_on), "non_music": sorted(non_music), "recipe": asdict(recipe),
-                       "version": MODEL_VERSION, "builder": BUILDER_VERSION}, sort_keys=True)
+                       "version": MODEL_VERSION, "builder": BUILDER_VERSION,
+                       "level_floor": [LEVEL_FLOOR_DBFS, LEVEL_MAX_GAIN_DB]}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
