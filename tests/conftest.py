@@ -96,3 +96,31 @@ def format_files(tmp_path_factory: pytest.TempPathFactory, excerpt) -> dict[str,
         codec_rate = 48000 if codec == "libopus" else None
         files[suffix] = encode(audio, rate, folder / f"excerpt.{suffix}", codec, fmt, codec_rate, options)
     return files
+
+
+@pytest.fixture(scope="session")
+def floored():
+    """The shipped default CPU model (a ``Tagger``), which states a level floor."""
+    from tagger import Tagger
+
+    tagger = Tagger()
+    assert tagger.manifest.level_floor_dbfs is not None, (
+        f"the shipped default model {tagger.engine.path} states no level floor")
+    return tagger
+
+
+@pytest.fixture(scope="session")
+def unfloored(tmp_path_factory: pytest.TempPathFactory):
+    """The shipped default CPU model with the floor taken out of its manifest (a model of before the floor)."""
+    import dataclasses
+    import shutil
+
+    from tagger import Tagger
+    from tagger.model import read_manifest
+    from tagger.registry import default_cpu_model
+    from training.export import rewrite_manifest
+
+    path = tmp_path_factory.mktemp("models") / "no-floor.onnx"
+    shutil.copyfile(default_cpu_model(), path)
+    rewrite_manifest(path, dataclasses.replace(read_manifest(path), level_floor_dbfs=None))
+    return Tagger(path)

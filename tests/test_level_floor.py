@@ -7,9 +7,7 @@ shipped default model (whose manifest states the floor) and a copy of it whose m
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,32 +20,12 @@ from tagger.decode import decode_file
 from tagger.errors import ModelError
 from tagger.level import LevelMeter, level_dbfs
 from tagger.model import MANIFEST_KEY, read_manifest
-from tagger.registry import default_cpu_model
 
 RATE = 16000
 # A jazz clip (about -16 dBFS; own answer jazz) played 30 dB down: about -46 dBFS, below the floor. Without
 # the floor the shipped model calls that copy classical at 95 % (models/msd-musicnn-gtzan.floor.json).
 CLIP = DATA / "fma" / "001082.mp3"
 QUIET_DB = -30.0
-
-
-@pytest.fixture(scope="module")
-def floored() -> Tagger:
-    tagger = Tagger()
-    if tagger.manifest.level_floor_dbfs is None:
-        pytest.fail(f"the shipped default model {tagger.engine.path} states no level floor")
-    return tagger
-
-
-@pytest.fixture(scope="module")
-def unfloored(tmp_path_factory: pytest.TempPathFactory) -> Tagger:
-    """The shipped CPU model with the floor taken out of its manifest: a model of before the floor."""
-    from training.export import rewrite_manifest
-
-    path = tmp_path_factory.mktemp("models") / "no-floor.onnx"
-    shutil.copyfile(default_cpu_model(), path)
-    rewrite_manifest(path, dataclasses.replace(read_manifest(path), level_floor_dbfs=None))
-    return Tagger(path)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,6 @@ path (service.live.LiveTagger, an eager stream) in 0.25 s blocks.
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
-
 import numpy as np
 import pytest
 from conftest import DATA
@@ -40,24 +37,6 @@ class Sink:
 
     def genre_changed(self, event) -> None:
         pass
-
-
-@pytest.fixture(scope="module")
-def floored() -> Tagger:
-    tagger = Tagger()
-    assert tagger.manifest.level_floor_dbfs is not None, "the shipped default model states no level floor"
-    return tagger
-
-
-@pytest.fixture(scope="module")
-def unfloored(tmp_path_factory: pytest.TempPathFactory) -> Tagger:
-    """The shipped CPU model with the floor taken out of its manifest: a model of before the floor."""
-    from training.export import rewrite_manifest
-
-    path = tmp_path_factory.mktemp("models") / "no-floor.onnx"
-    shutil.copyfile(default_cpu_model(), path)
-    rewrite_manifest(path, dataclasses.replace(read_manifest(path), level_floor_dbfs=None))
-    return Tagger(path)
 
 
 @pytest.fixture(scope="module")

@@ -105,29 +105,19 @@ def test_a_genre_after_an_uncertain_announcement_says_so() -> None:
                     (NO_MUSIC, "classical", True, False), ("classical", "classical", False, True)], said
 
 
-def test_a_song_fading_out_is_not_called_no_music_but_silence_after_it_is(tmp_path) -> None:
+def test_a_song_fading_out_is_not_called_no_music_but_silence_after_it_is(floored, unfloored) -> None:
     """gtzan/classical.00080 fades to -56..-63 dBFS in its last 6 s (the music detector: 0.11 to 0.02; the genres:
     still classical): with the defaults one announcement, classical. Played as it is (a model without a level
     floor) and without the quiet passage rule it flaps to "no music" (so LiveTagger's window levels are what
     holds it there); the shipped model's running floor raises the quiet clip, which then holds without the rule
     too. Digital silence after it is "no music" within the limit all the same."""
-    import dataclasses
-    import shutil
-
-    from tagger.model import read_manifest
-    from tagger.registry import default_cpu_model
-    from training.export import rewrite_manifest
-
-    tagger = Tagger()
+    tagger = floored
     rate = tagger.sample_rate
     defaults = LiveSection().change_settings()
     song = decode_file(DATA / "gtzan" / "classical" / "classical.00080.flac", rate)
     assert [c for _, c in _changes(tagger, song, defaults)] == ["classical"]
     assert [c for _, c in _changes(tagger, song, replace(defaults, quiet_dbfs=0.0))] == ["classical"]
-    unfloored = tmp_path / "no-floor.onnx"
-    shutil.copyfile(default_cpu_model(), unfloored)
-    rewrite_manifest(unfloored, dataclasses.replace(read_manifest(unfloored), level_floor_dbfs=None))
-    as_it_is = Tagger(unfloored)
+    as_it_is = unfloored
     assert [c for _, c in _changes(as_it_is, song, defaults)] == ["classical"]
     assert [c for _, c in _changes(as_it_is, song, replace(defaults, quiet_dbfs=0.0))] == ["classical", NO_MUSIC]
     changes = _changes(tagger, np.concatenate([song, np.zeros(12 * rate, dtype=np.float32)]), defaults)
