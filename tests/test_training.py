@@ -393,3 +393,31 @@ def test_architecture_options_from_the_command_line() -> None:
         parse_arch_options(["widths"])
     with pytest.raises(ValueError, match="unexpected keyword argument 'nope'"):
         build("cheng", 3, nope=1)
+
+
+def test_export_runs_again_after_the_interpreter_s_spurious_ast_error(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython 3.11 before 3.11.8 (gh-106905) can raise a spurious SystemError from ast.parse, which the exporter
+    runs, while another thread builds an AST; it cannot be caused on demand, so the exporter raises it once here.
+    Any other SystemError is the caller's."""
+    real = torch.onnx.export
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=144, after=73)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", flaky)
+    torch.manual_seed(0)
+    net, spec = build("mfcc_cnn", 3)
+    path = export_trained(net, spec, ("a", "b", "c"), tmp_path / "model.onnx", "mfcc_cnn")
+    assert len(calls) == 2 and Tagger(path).manifest.name == "mfcc_cnn"
+
+    def broken(*args, **kwargs):
+        raise SystemError("something else")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(SystemError, match="something else"):
+        export_trained(net, spec, ("a", "b", "c"), tmp_path / "other.onnx", "mfcc_cnn")

@@ -49,9 +49,18 @@ def export_model(module: torch.nn.Module, manifest: ModelManifest, path: str | P
     exporter_log.setLevel(logging.ERROR)  # it warns that torchvision (never used here) is absent
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (example,), input_names=[manifest.input], output_names=output_names,
-                                    dynamic_shapes={arg_name: shapes}, dynamo=True, external_data=False,
-                                    verbose=False)
+        for attempt in (1, 2):
+            try:
+                program = torch.onnx.export(module, (example,), input_names=[manifest.input],
+                                            output_names=output_names, dynamic_shapes={arg_name: shapes}, dynamo=True,
+                                            external_data=False, verbose=False)
+                break
+            except SystemError as exc:
+                # CPython 3.11 before 3.11.8 (gh-106905): ast.parse, which the exporter runs over torchlib's
+                # sources, can fail spuriously while another thread of the process builds an AST. Nothing about
+                # this module is wrong, so the export runs once more.
+                if attempt == 2 or "AST constructor recursion depth mismatch" not in str(exc):
+                    raise
     exporter_log.setLevel(level)
     proto = program.model_proto
     del proto.metadata_props[:]
