@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -72,16 +72,16 @@ def track_frames(path: str, arguments: dict[str, Any]) -> dict[str, Any]:
     from tagger.coverage import Segment, decode_coverage
     from tagger.decode import DEFAULT_BLOCK_SECONDS
     from tagger.frontend import StreamingFrontEnd
-    from tagger.level import LevelMeter, floor_gain_db
+    from tagger.level import analyse_floored
 
     manifest = _manifest(arguments)
     (rate,) = {fe.sample_rate for fe in manifest.front_ends.values()}
 
-    def frames(gain_db: float) -> tuple[list[dict[str, Any]], float | None, float | None]:
+    def frames(prepare: Callable[[np.ndarray], np.ndarray]) -> tuple[list[dict[str, Any]], float | None]:
+        """One pass: the segments' frames of every block through ``prepare`` (measured, or raised), and the
+        track's declared length when excerpts were read."""
         segments: list[dict[str, Any]] = []
         track_s = None
-        meter = LevelMeter(rate)
-        gain = np.float32(10.0 ** (gain_db / 20.0))
 
         def start(at: float | None) -> None:
             segments.append({"start_s": at, "samples": 0, "front_ends": {n: StreamingFrontEnd(c) for n, c in
@@ -98,8 +98,7 @@ def track_frames(path: str, arguments: dict[str, Any]) -> dict[str, Any]:
                 start(None)
             segment = segments[-1]
             segment["samples"] += item.size
-            meter.push(item)
-            samples = item * gain if gain_db else item
+            samples = prepare(item)
             for name, front_end in segment["front_ends"].items():
                 segment["frames"][name].append(front_end.push(samples))
         out = []
@@ -109,13 +108,12 @@ def track_frames(path: str, arguments: dict[str, Any]) -> dict[str, Any]:
                 parts = [*segment["frames"][name], front_end.flush()]
                 computed[name] = np.concatenate(parts).astype(np.float32, copy=False)
             out.append({"start_s": segment["start_s"], "samples": segment["samples"], "frames": computed})
-        return out, track_s, meter.level_dbfs
+        return out, track_s
 
-    segments, track_s, level = frames(0.0)
-    gain_db = floor_gain_db(level, manifest.level_floor_dbfs, manifest.level_max_gain_db)
-    if gain_db > 0.0:  # quieter than the model's floor: decoded again, raised (only quiet tracks pay it)
-        segments, track_s, _ = frames(gain_db)
-    return {"segments": segments, "track_s": track_s, "level_dbfs": level, "gain_db": gain_db}
+    # Quieter than the model's floor: decoded again, raised (only quiet tracks pay it), as tag_file does.
+    passes = analyse_floored(frames, rate, manifest.level_floor_dbfs, manifest.level_max_gain_db)
+    segments, track_s = passes.result
+    return {"segments": segments, "track_s": track_s, "level_dbfs": passes.level_dbfs, "gain_db": passes.gain_db}
 
 
 def front_end_batch(batch: dict[str, np.ndarray], arguments: dict[str, Any]):

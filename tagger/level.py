@@ -29,8 +29,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 BLOCK_SECONDS = 0.4
 STEP_SECONDS = 0.1
@@ -136,6 +141,58 @@ def floor_gain_db(level: float | None, floor_dbfs: float | None, max_gain_db: fl
     if floor_dbfs is None or level is None or level >= floor_dbfs:
         return 0.0
     return min(floor_dbfs - level, max_gain_db)
+
+
+@dataclass(frozen=True)
+class FloorPasses(Generic[T]):
+    """What :func:`analyse_floored` returns.
+
+    Attributes:
+        result: the last pass's result (the raised one when ``gain_db`` > 0).
+        level_dbfs: the gated level of the audio as decoded, before any gain, dBFS (None: silence).
+        gain_db: the constant gain the returned pass's audio was raised by, dB (0: not raised).
+    """
+
+    result: T
+    level_dbfs: float | None
+    gain_db: float
+
+
+def analyse_floored(one_pass: Callable[[Callable[[np.ndarray], np.ndarray]], T], sample_rate: int,
+                    floor_dbfs: float | None, max_gain_db: float = DEFAULT_MAX_GAIN_DB) -> FloorPasses[T]:
+    """Analyse a file, raised to the level floor when it is quieter: the one place a file's two passes live.
+
+    ``one_pass(prepare)`` decodes the file anew, passes every mono float block of samples (full scale 1.0, at
+    ``sample_rate`` Hz) through ``prepare`` and analyses what ``prepare`` returns. The first pass measures the
+    gated level while it goes (``prepare`` returns the block itself). When :func:`floor_gain_db` of that level
+    is above 0 (a floor, a level under it), ``one_pass`` runs a second time with a ``prepare`` that returns each
+    block times ``10**(gain_db / 20)``: one constant gain, so the dynamics are kept. Only quiet files pay the
+    second decode; keeping every file's samples in memory instead would cost all of them.
+
+    Args:
+        one_pass: decodes and analyses the file once, every block through the ``prepare`` it is given.
+        sample_rate: the rate of the blocks, Hz.
+        floor_dbfs: the model's ``level_floor_dbfs``, dBFS; None (no floor): one pass, never raised.
+        max_gain_db: the most a file is raised, dB (the model's ``level_max_gain_db``; default
+            ``DEFAULT_MAX_GAIN_DB``).
+    """
+    meter = LevelMeter(sample_rate)
+
+    def measured(block: np.ndarray) -> np.ndarray:
+        meter.push(block)
+        return block
+
+    result = one_pass(measured)
+    level = meter.level_dbfs
+    gain_db = floor_gain_db(level, floor_dbfs, max_gain_db)
+    if gain_db > 0.0:
+        gain = np.float32(10.0 ** (gain_db / 20.0))
+
+        def raised(block: np.ndarray) -> np.ndarray:
+            return block * gain
+
+        result = one_pass(raised)
+    return FloorPasses(result, level, gain_db)
 
 
 class RunningFloor:

@@ -20,7 +20,7 @@ from tagger.engine import Engine, EngineOptions
 from tagger.ensemble import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Ensemble, OutputEstimate
 from tagger.errors import Cancelled, ConfigError, TaggerError
 from tagger.framepool import FeatureStream, FramePoolRunner, PooledSlice
-from tagger.level import LevelMeter, RunningFloor, floor_gain_db
+from tagger.level import RunningFloor, analyse_floored, floor_gain_db
 from tagger.model import ModelManifest, ViewSpec
 from tagger.registry import default_cpu_model, resolve_model
 from tagger.views import FrontEndStream, Slice, build_streams
@@ -417,13 +417,12 @@ class Tagger:
         started = time.perf_counter()
         coverage = self.coverage if coverage is None else Coverage.parse(coverage)
 
-        def analyse(gain_db: float) -> tuple[TagStream, float | None, float | None]:
-            """One pass over the file's audio raised by ``gain_db``: the fed stream, the container's length
-            when excerpts were read, and the gated level of the audio before the gain."""
-            # Never a running floor: the whole file is raised by one constant gain below.
+        def analyse(prepare: Callable[[np.ndarray], np.ndarray]) -> tuple[TagStream, float | None]:
+            """One pass over the file's audio, each block through ``prepare`` (measured, or raised: see
+            :func:`tagger.level.analyse_floored`): the fed stream and the container's length when excerpts
+            were read."""
+            # Never a running floor: a quiet file is raised by one constant gain (analyse_floored).
             stream = self.stream(eager=False, keep_slices=keep_slices, fast=self.fast, level_floor=False)
-            meter = LevelMeter(self.sample_rate)
-            gain = np.float32(10.0 ** (gain_db / 20.0))
             # With decode_ahead, decoding runs in its own thread, the front end and the model in this one: on 2
             # cores that balances the two (11 realworld tracks, per-file best of 5: 11.48 s with the front end
             # in the decoding thread, 10.63 s here).
@@ -442,22 +441,17 @@ class Tagger:
                         stream.next_segment(block.start_s)
                         track_s = block.track_s
                         continue
-                    meter.push(block)
-                    stream.feed(block * gain if gain_db else block)
+                    stream.feed(prepare(block))
             finally:  # leaving early (an error, a cancellation) stops the decoder now, not when collected
                 close = getattr(source, "close", None)
                 if close is not None:
                     close()
-            return stream, track_s, meter.level_dbfs
+            return stream, track_s
 
-        stream, track_s, level = analyse(0.0)
-        gain_db = self.floor_gain_db(level)
-        if gain_db > 0.0:
-            # Quieter than the model's floor: the same audio again, decoded anew and raised by one constant
-            # gain (its dynamics kept). Only quiet files pay this second pass; keeping every track's samples
-            # in memory instead would cost all of them.
-            stream, track_s, _ = analyse(gain_db)
-        return stream.track_result(str(path), started, str(coverage), track_s, level, gain_db)
+        passes = analyse_floored(analyse, self.sample_rate, self.manifest.level_floor_dbfs,
+                                 self.manifest.level_max_gain_db)
+        stream, track_s = passes.result
+        return stream.track_result(str(path), started, str(coverage), track_s, passes.level_dbfs, passes.gain_db)
 
     def floor_gain_db(self, level_dbfs: float | None) -> float:
         """The gain in dB a file at ``level_dbfs`` (gated, :mod:`tagger.level`) is analysed raised by: up to

@@ -15,10 +15,12 @@ import onnx
 import pytest
 from conftest import DATA, encode
 
+import tagger.level
+import tagger.pipeline
 from tagger import Tagger
 from tagger.decode import decode_file
 from tagger.errors import ModelError
-from tagger.level import LevelMeter, level_dbfs
+from tagger.level import LevelMeter, analyse_floored, level_dbfs
 from tagger.model import MANIFEST_KEY, read_manifest
 
 RATE = 16000
@@ -97,12 +99,24 @@ def test_digital_silence_stays_no_music_and_is_not_raised(floored: Tagger, track
     assert result.music is False and result.level_dbfs is None and result.gain_db == 0.0
 
 
-def test_the_ray_path_raises_a_quiet_track_as_tag_file_does(floored: Tagger, tracks: dict[str, Path]) -> None:
+def test_the_ray_path_raises_a_quiet_track_as_tag_file_does(floored: Tagger, tracks: dict[str, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from service.batch_ray import ModelActor, track_frames
 
+    # Both paths run their passes through the one helper (tagger.level.analyse_floored).
+    calls: list[float] = []
+
+    def spy(*args, **kwargs):
+        passes = analyse_floored(*args, **kwargs)
+        calls.append(passes.gain_db)
+        return passes
+
+    monkeypatch.setattr(tagger.level, "analyse_floored", spy)
+    monkeypatch.setattr(tagger.pipeline, "analyse_floored", spy)
     arguments = {"model": None, "coverage": "full"}
     data = track_frames(str(tracks["quiet"]), arguments)
     direct = floored.tag_file(tracks["quiet"])
+    assert calls == [data["gain_db"], direct.gain_db]
     assert data["gain_db"] == pytest.approx(direct.gain_db) and data["gain_db"] > 0.0
     result = ModelActor(arguments)._tag(str(tracks["quiet"]), data)
     assert result.gain_db == direct.gain_db and result.level_dbfs == direct.level_dbfs
@@ -159,3 +173,35 @@ def test_the_gated_level_ignores_silence_and_how_samples_are_split() -> None:
         meter.push(part)
     assert meter.level_dbfs == pytest.approx(level_dbfs(with_silence, RATE), abs=1e-9)
     assert level_dbfs(np.zeros(RATE, np.float32), RATE) is None
+
+
+def test_the_two_pass_helper_raises_only_a_file_under_the_floor() -> None:
+    """analyse_floored: one measured pass; a second pass raised by one constant gain only under the floor."""
+    t = np.arange(3 * RATE) / RATE
+    sine = np.sin(2 * np.pi * 440.0 * t).astype(np.float32)  # -3.01 dBFS
+    blocks = np.array_split(sine, 7)
+
+    def run(scale: float, floor: float | None, cap: float = 30.0):
+        seen: list[np.ndarray] = []
+
+        def one_pass(prepare):
+            out = [prepare(b * np.float32(scale)) for b in blocks]
+            seen.append(np.concatenate(out))
+            return len(seen)
+
+        return analyse_floored(one_pass, RATE, floor, cap), seen
+
+    loud, seen = run(1.0, -32.0)
+    assert (loud.result, loud.gain_db) == (1, 0.0) and loud.level_dbfs == pytest.approx(-3.01, abs=0.01)
+    assert np.array_equal(seen[0], sine)
+    quiet, seen = run(10.0 ** (-40 / 20), -32.0)  # -43 dBFS: raised by 11 dB on a second pass
+    assert quiet.result == 2 and quiet.level_dbfs == pytest.approx(-43.01, abs=0.01)
+    assert quiet.gain_db == pytest.approx(-32.0 - quiet.level_dbfs)
+    assert level_dbfs(seen[1], RATE) == pytest.approx(-32.0, abs=1e-4)
+    assert np.allclose(seen[1], seen[0] * 10.0 ** (quiet.gain_db / 20.0), rtol=1e-6)
+    capped, _ = run(10.0 ** (-40 / 20), -32.0, cap=5.0)
+    assert (capped.result, capped.gain_db) == (2, 5.0)
+    no_floor, _ = run(10.0 ** (-40 / 20), None)
+    assert (no_floor.result, no_floor.gain_db) == (1, 0.0) and no_floor.level_dbfs is not None
+    silence, _ = run(0.0, -32.0)
+    assert (silence.result, silence.gain_db, silence.level_dbfs) == (1, 0.0, None)
