@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, REPO
 
 from tagger import Tagger
+
+REPO_MODELS = REPO / "models"
 
 
 class SlowWorkStarted(Exception):
@@ -182,3 +184,39 @@ def test_level_check_refuses_a_model_it_cannot_load_and_an_out_without_a_folder(
     said = refused(level_check.main, ["--data", str(DATA), "--out", str(tmp_path / "nope" / "level.json")], capsys)
     assert f"--out: '{tmp_path / 'nope' / 'level.json'}': folder '{tmp_path / 'nope'}' does not exist" in said
     assert not out.exists()
+
+
+def test_default_model_runtime_check_only_refuses_a_bad_argument_before_tagging(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import training.default_model as default_model
+    from training.shipped import MODEL_NAME
+
+    monkeypatch.setattr(default_model, "runtime_check", slow_work)
+    monkeypatch.setattr(default_model, "non_music_files", slow_work)
+    out = tmp_path / "out"
+    out.mkdir()
+    report = out / f"{MODEL_NAME}.cv.json"
+
+    def said(*argv: str) -> str:
+        return refused(default_model.main, ["--data", str(DATA), "--out", str(out), "--runtime-check-only", *argv],
+                       capsys)
+
+    assert said().endswith(f"--out: {str(out)!r}: no {MODEL_NAME}.cv.json there (a full build writes it)")
+    report.write_text("{\"tracks\": [")
+    assert f"--out: {str(out)!r}: {MODEL_NAME}.cv.json is not readable JSON (" in said()
+    report.write_text("{\"tracks\": []}")
+    assert said().endswith(f"{MODEL_NAME}.cv.json has no runtime, tracks and cv entries (not a build's report)")
+    report.write_text(json.dumps({"tracks": ["blues.00000", "nosuch.00001"], "runtime": {}, "cv": {}}))
+    line = refused(default_model.main, ["--data", str(tmp_path), "--out", str(out), "--runtime-check-only"], capsys)
+    assert line.endswith(f"--data: {str(tmp_path)!r}: no gtzan/labels.csv, gtzan-excerpts/labels.csv, fma, "
+                         "realworld there")
+    assert (f"--data: {str(DATA)!r}: its labelled clips are not the 2 the model was built on (391 found; missing "
+            "nosuch.00001; not built on ") in said()
+    shipped = json.loads((REPO_MODELS / f"{MODEL_NAME}.cv.json").read_text())
+    report.write_text(json.dumps({k: shipped[k] for k in ("tracks", "runtime", "cv")}))
+    assert f"--out: {str(out)!r}: " in said() and f"{MODEL_NAME}.onnx" in said()  # no model files there
+    (out / f"{MODEL_NAME}.onnx").write_text("not a model")
+    assert "cannot load ONNX model" in said()
+    assert "not allowed with argument" in said("--card-only")
+    assert json.loads(report.read_text())["runtime"] == shipped["runtime"]  # nothing rewritten
+    assert not (out / f"{MODEL_NAME}.md").exists()

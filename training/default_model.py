@@ -18,13 +18,24 @@
    the card, the reliability diagram, the confusion matrix and ``<model>.cv.json`` written beside.
 
 Everything is seeded; the musicnn wheel is fetched with ``pip download musicnn==0.1.0 --no-deps``.
+
+The last step, the runtime check (every labelled clip, the FMA and realworld music and the non-music clips
+tagged through the runtime by both exported files), can be re-run alone on the files already in ``--out``,
+without retraining, after a runtime change that moves what they answer (a manifest rewritten with
+``training.export.rewrite_manifest``, the level floor): it replaces ``<model>.cv.json``'s ``runtime`` and
+``runtime_check`` entries and rewrites the card.
+
+    nice -n 10 python -m training.default_model --data ../shared/data --out models --runtime-check-only
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -71,7 +82,9 @@ __all__ = ["MODEL_NAME", "MUSICNN_FRONT_END", "VIEWS", "DefaultModel", "main", "
 
 def runtime_check(paths: dict[str, Path], files: dict[str, list[Path]]) -> dict:
     """Tag files with each exported model through the runtime (fast path, as ``tag`` does): per model and
-    set, each file's music probability, music decision and top genre."""
+    set, each file's music probability, music decision, top genre, the gated level it was analysed at (dBFS,
+    before any gain; None for silence) and the gain it was raised by (dB, 0 above the model's level floor),
+    and the wall and CPU seconds it took (this process's CPU time: ONNX Runtime's threads included)."""
     from tagger.pipeline import Tagger
 
     out: dict = {}
@@ -81,17 +94,47 @@ def runtime_check(paths: dict[str, Path], files: dict[str, list[Path]]) -> dict:
         for set_name, items in files.items():
             rows = []
             for path in items:
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 r = tagger.tag_file(path)
                 genre = r.outputs["genre"]
                 rows.append({"file": str(path), "music": r.music, "music_probability": r.music_probability,
                              "genre": genre.top, "confidence": genre.confidence, "uncertain": genre.uncertain,
                              "msd_top3": [s.label for s in r.outputs["msd_genres"].scores[:3]],
                              "duration_s": r.duration_s, "seconds": time.perf_counter() - started,
+                             "cpu_seconds": time.process_time() - cpu,
+                             "level_dbfs": r.level_dbfs, "gain_db": r.gain_db,
                              "probs": [s.score for s in
                                        sorted(genre.scores, key=lambda s: GTZAN_GENRES.index(s.label))]})
             out[name][set_name] = rows
+            print(f"runtime check: {name} {set_name}: {len(rows)} files, {sum(r['seconds'] for r in rows):.0f} s",
+                  flush=True)
     return out
+
+
+def runtime_check_files(tracks: list, data: Path) -> dict[str, list[Path]]:
+    """The music sets of the runtime check: the labelled GTZAN clips (``tracks``, in their order), the FMA clips
+    and the realworld tracks under ``data`` (the non-music set is written apart: :func:`non_music_files`)."""
+    from tagger.cli import iter_audio_files
+
+    realworld = data / "realworld"
+    return {"labelled": [t.path for t in tracks], "fma": sorted((data / "fma").glob("*.mp3")),
+            "realworld": list(iter_audio_files([str(realworld)])) if realworld.is_dir() else []}
+
+
+def runtime_provenance(paths: dict[str, Path], command: str, wall_s: float, cpu_s: float) -> dict:
+    """What a runtime check was made with: the command, when (UTC), the files (name, sha1 prefix, level floor)
+    and its wall and CPU seconds."""
+    from tagger.model import read_manifest
+
+    models = {}
+    for name, path in paths.items():
+        manifest = read_manifest(path)
+        models[name] = {"file": path.name, "sha1": hashlib.sha1(path.read_bytes()).hexdigest()[:16],
+                        "level_floor_dbfs": manifest.level_floor_dbfs,
+                        "level_max_gain_db": manifest.level_max_gain_db if manifest.level_floor_dbfs is not None
+                        else None}
+    return {"command": command, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "models": models, "wall_s": round(wall_s, 1), "cpu_s": round(cpu_s, 1)}
 
 
 def non_music_files(negatives: list, folder: Path) -> list[Path]:
@@ -102,6 +145,86 @@ def non_music_files(negatives: list, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     sr = MUSICNN_FRONT_END.sample_rate
     return [write_pcm16_wav(folder / f"{n.clip_id}.wav", n.make(sr), sr) for n in negatives]
+
+
+def runtime_changes(before: dict, after: dict) -> list[str]:
+    """One line per model and set: how the runtime check's answers moved from ``before`` to ``after`` (no music,
+    analysed raised, top genre, uncertain; files matched by path)."""
+    lines = []
+    for name, sets in after.items():
+        for set_name, rows in sets.items():
+            # The non-music clips are written to a new temporary folder each time: matched by file name.
+            key = (lambda r: Path(r["file"]).name) if set_name == "non-music" else (lambda r: r["file"])
+            old = {key(r): r for r in before.get(name, {}).get(set_name, [])}
+            common = [(old[key(r)], r) for r in rows if key(r) in old]
+            olds = list(old.values())
+            tests = (("no music", lambda r: not r["music"]), ("uncertain", lambda r: r["uncertain"]),
+                     ("raised", lambda r: (r.get("gain_db") or 0.0) > 0.0))
+            counts = {what: (sum(1 for r in olds if test(r)), sum(1 for r in rows if test(r))) for what, test in tests}
+            lines.append(f"{name} {set_name}: {len(olds)} → {len(rows)} files; "
+                         + "; ".join(f"{what} {a} → {b}" for what, (a, b) in counts.items())
+                         + f"; of {len(common)} matched: top genre changed on "
+                         f"{sum(1 for a, b in common if a['genre'] != b['genre'])}, music decision on "
+                         f"{sum(1 for a, b in common if a['music'] != b['music'])}")
+    return lines
+
+
+def rerun_runtime_check(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> int:
+    """``--runtime-check-only``: the runtime check again on the files in ``--out``, on the same file sets; only the
+    report's ``runtime`` and ``runtime_check`` entries are replaced, then the card is rewritten. Every argument is
+    checked (one error line, exit 2) before a model loads or a file is decoded."""
+    import tempfile
+
+    from tagger.errors import TaggerError
+    from tagger.pipeline import Tagger
+    from training.model_card import write_card
+    from training.negatives import all_non_music
+
+    out, data = Path(args.out), Path(args.data)
+    stored = out / f"{MODEL_NAME}.cv.json"
+    if not stored.is_file():
+        parser.error(f"--out: {args.out!r}: no {stored.name} there (a full build writes it)")
+    try:
+        report = json.loads(stored.read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"--out: {args.out!r}: {stored.name} is not readable JSON ({exc})")
+    if not isinstance(report, dict) or not {"runtime", "tracks", "cv"} <= set(report):
+        parser.error(f"--out: {args.out!r}: {stored.name} has no runtime, tracks and cv entries (not a build's "
+                     "report)")
+    missing = [d for d in ("gtzan/labels.csv", "gtzan-excerpts/labels.csv", "fma", "realworld")
+               if not (data / d).exists()]
+    if missing:
+        parser.error(f"--data: {args.data!r}: no {', '.join(missing)} there")
+    tracks = load_gtzan_by_artist([data / "gtzan", data / "gtzan-excerpts"])
+    ids = [t.track_id for t in tracks]
+    if ids != report["tracks"]:
+        absent = sorted(set(report["tracks"]) - set(ids))
+        extra = sorted(set(ids) - set(report["tracks"]))
+        parser.error(f"--data: {args.data!r}: its labelled clips are not the {len(report['tracks'])} the model was "
+                     f"built on ({len(ids)} found" + (f"; missing {', '.join(absent[:3])}" if absent else "")
+                     + (f"; not built on {', '.join(extra[:3])}" if extra else "")
+                     + ("" if absent or extra else "; in another order") + ")")
+    paths = {"float32": out / f"{MODEL_NAME}.onnx", "int8": out / f"{MODEL_NAME}-int8.onnx"}
+    for path in paths.values():
+        try:
+            Tagger(path)
+        except TaggerError as exc:
+            parser.error(f"--out: {args.out!r}: {exc}")
+    started, cpu = time.perf_counter(), time.process_time()
+    negatives = all_non_music()
+    files = runtime_check_files(tracks, data)
+    with tempfile.TemporaryDirectory(prefix="genre-tagger-runtime-check-") as tmp:
+        files["non-music"] = non_music_files(negatives, Path(tmp))
+        runtime = runtime_check(paths, files)
+    before = report["runtime"]
+    report["runtime"] = runtime
+    report["runtime_check"] = runtime_provenance(paths, command, time.perf_counter() - started,
+                                                 time.process_time() - cpu)
+    stored.write_text(json.dumps(report, indent=None, separators=(",", ":")))
+    print("\n".join(runtime_changes(before, runtime)))
+    card = write_card(out, MODEL_NAME, report, negatives)
+    print(f"replaced the runtime check in {stored} and wrote {card} in {time.perf_counter() - started:.0f} s")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,10 +251,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--degradations", default=",".join(DEGRADATIONS),
                         help="degradations to evaluate and train with, comma-separated (default: all of "
                              "training/degrade.py)")
-    parser.add_argument("--card-only", action="store_true",
-                        help="only rewrite the card from <out>/<model>.cv.json (and <model>.live.json, written by "
-                             "python -m training.live_eval, when present)")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--card-only", action="store_true",
+                      help="only rewrite the card from <out>/<model>.cv.json (and <model>.live.json, written by "
+                           "python -m training.live_eval, when present)")
+    only.add_argument("--runtime-check-only", action="store_true",
+                      help="no training: tag the same files as the build's runtime check (the labelled clips of "
+                           "<data>/gtzan and gtzan-excerpts, which must be the ones the model was built on, "
+                           "<data>/fma, <data>/realworld, the non-music clips) with the two model files already in "
+                           "<out>, replace the runtime entries of <out>/<model>.cv.json and rewrite the card; "
+                           "--cache, --packages, --wheel, --calibration and --degradations are not used (default: "
+                           "off, a full build)")
     args = parser.parse_args(argv)
+    command = " ".join(["python -m training.default_model", *(sys.argv[1:] if argv is None else argv)])
+    if args.runtime_check_only:
+        return rerun_runtime_check(parser, args, command)
     if args.card_only:
         from training.model_card import write_card
 
@@ -244,11 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     path, int8, info = export_files(model, spec, out, Path(args.calibration or data / "fma"),
                                     {"packaged music": [e.make for e in packaged],
                                      "non-music": [n.make for n in negatives]})
-    check_files = {"labelled": [t.path for t in tracks], "fma": sorted((data / "fma").glob("*.mp3")),
-                   "realworld": [p for cid, p in evaluation if cid.startswith("realworld/")]}
+    check_files = runtime_check_files(tracks, data)
+    check_started, check_cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
         check_files["non-music"] = non_music_files(negatives, Path(tmp))
         runtime = runtime_check({"float32": path, "int8": int8}, check_files)
+    runtime_made = runtime_provenance({"float32": path, "int8": int8}, command, time.perf_counter() - check_started,
+                                      time.process_time() - check_cpu)
     plot_confusion(np.array(rows[shipped_row]["report"]["confusion"]), GTZAN_GENRES,
                    out / f"{MODEL_NAME}.confusion.png",
                    f"{MODEL_NAME}: artist-grouped nested 5-fold CV (acc {rows[shipped_row]['accuracy']:.3f})")
@@ -266,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                           "augmented": augmented, "detector_c": DETECTOR_C, "music_threshold": music_threshold,
                           "packaged": [{"clip": e.clip_id, "package": e.package, "track": e.track,
                                         "offset_s": e.offset_s} for e in packaged]},
-              "export": info, "runtime": runtime, "python": platform.python_version(), "torch": torch.__version__,
+              "export": info, "runtime": runtime, "runtime_check": runtime_made, "python": platform.python_version(),
+              "torch": torch.__version__,
               "seconds": time.perf_counter() - started}
     (out / f"{MODEL_NAME}.cv.json").write_text(json.dumps(report, indent=None, separators=(",", ":")))
     from training.model_card import write_card

@@ -3,6 +3,7 @@ detector's errors, out-of-domain behaviour and limits, all from ``<model>.cv.jso
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,9 +39,36 @@ def id3_genre(path: Path) -> str:
         return ""
 
 
-def seconds_per_30s(rows: list[dict]) -> float:
-    """Tagging time per 30 s of audio over runtime rows (seconds)."""
-    return 30 * sum(r["seconds"] for r in rows) / sum(r["duration_s"] for r in rows)
+def seconds_per_30s(rows: list[dict], key: str = "seconds") -> float:
+    """Tagging time per 30 s of audio over runtime rows (seconds): wall (``key="seconds"``) or CPU
+    (``"cpu_seconds"``)."""
+    return 30 * sum(r[key] for r in rows) / sum(r["duration_s"] for r in rows)
+
+
+def _raised_line(runtime: dict, made: dict | None) -> str:
+    """Which files of the runtime check went through raised to the model's level floor, and what made the check
+    (command, date, files), when the report says so (reports of before the floor do not)."""
+    lines = []
+    if made:
+        files = ", ".join(f"{name} `{m['file']}` sha1 {m['sha1']}" for name, m in made["models"].items())
+        floors = {m["level_floor_dbfs"] for m in made["models"].values()}
+        floor = ("no level floor" if floors == {None} else
+                 ", ".join(f"level floor {f:g} dBFS" for f in sorted(f for f in floors if f is not None)))
+        lines.append(f"Made by `{made['command']}` on {made['date']} ({files}; {floor}; {made['wall_s']:.0f} s "
+                     f"wall, {made['cpu_s']:.0f} s CPU on a shared machine).")
+    if all("gain_db" in r for sets in runtime.values() for rows in sets.values() for r in rows):
+        parts = []
+        for set_name, rows in next(iter(runtime.values())).items():
+            raised = [r for r in rows if r["gain_db"] > 0.0]
+            if not raised:
+                continue
+            gains = [r["gain_db"] for r in raised]
+            kinds = Counter(Path(r["file"]).parent.name for r in raised) if set_name == "labelled" else Counter()
+            parts.append(f"{len(raised)} of the {len(rows)} {set_name} files (by {min(gains):.1f}–{max(gains):.1f} dB"
+                         + (", " + ", ".join(f"{n} {k}" for k, n in kinds.most_common()) if kinds else "") + ")")
+        lines.append("Quieter than the level floor, so analysed raised to it (section \"Level\"; "
+                     f"{next(iter(runtime))} file): " + ("; ".join(parts) if parts else "none") + ".")
+    return "\n".join(lines)
 
 
 def _pm(r: dict, key: str) -> str:
@@ -79,7 +107,7 @@ def _runtime_table(rows: list[dict], with_id3: bool) -> str:
     return "\n".join(lines)
 
 
-def _detector_section(det: dict, runtime: dict, negatives: Sequence) -> str:
+def _detector_section(det: dict, runtime: dict, negatives: Sequence, made: dict | None = None) -> str:
     variants = list(next(iter(det["non_music_by_kind"].values())).keys())
     head = "| kind | clips | " + " | ".join(f"no music: {v}" for v in variants) + " |"
     lines = [head, "|" + " --- |" * (2 + len(variants))]
@@ -127,6 +155,8 @@ def _detector_section(det: dict, runtime: dict, negatives: Sequence) -> str:
                          f"{t}: {100 * rates[t]['music_called_no_music']:.1f} % / "
                          f"{100 * rates[t]['non_music_called_music']:.1f} %" for t in dict.fromkeys(shown)) + ".")
     sources = sorted({n.source for n in negatives})
+    made_line = _raised_line(runtime, made)
+    made_line = f"\n{made_line}\n" if made_line else ""
     return f"""## No music
 
 A third output, `music` (sigmoid), is the probability that a slice is music: a logistic regression
@@ -175,7 +205,7 @@ FMA and realworld music (never trained on) under every fold's detector: {det['he
 The shipped files through the runtime (`tag`'s fast path); the non-music clips written as WAV files:
 
 {chr(10).join(runtime_lines)}
-"""
+{made_line}"""
 
 
 def _live_model_text(doc: dict) -> str:
@@ -524,6 +554,10 @@ def write_card(out: Path, name: str, report: dict, negatives: Sequence) -> Path:
     missed_music = "; ".join(music_verdict(m) for m in ("float32", "int8"))
     cost32 = seconds_per_30s(runtime["float32"]["realworld"])
     cost8 = seconds_per_30s(runtime["int8"]["realworld"])
+    rw_rows = runtime["float32"]["realworld"] + runtime["int8"]["realworld"]
+    cpu_cost = (f", wall (CPU {seconds_per_30s(runtime['float32']['realworld'], 'cpu_seconds'):.2f} s and "
+                f"{seconds_per_30s(runtime['int8']['realworld'], 'cpu_seconds'):.2f} s)"
+                if all("cpu_seconds" in r for r in rw_rows) else "")
     chosen = ", ".join(f"{c}" for c in genre["chosen"])
     text = f"""# {name}
 
@@ -614,7 +648,7 @@ same degradations of the training clips only (other clips, other artists).
 
 {chr(10).join(deg_lines)}
 
-{_detector_section(cv['detector_summary'], runtime, negatives)}
+{_detector_section(cv['detector_summary'], runtime, negatives, report.get('runtime_check'))}
 {_live_section(out / f"{name}.live.json")}
 {_level_section(out / f"{name}.level.json", out / f"{name}.floor.json", out / f"{name}.level-live.json")}
 ## Out of domain (shipped float32 file through the runtime)
@@ -629,7 +663,7 @@ Free Music Archive clips (`../shared/data/fma`) with their own ID3 genre:
 {_runtime_table(runtime['float32']['fma'], with_id3=True)}
 
 CPU cost on this shared 2-core box (decode + front end + both views, ONNX Runtime CPU, noisy):
-{cost32:.2f} s per 30 s (float32), {cost8:.2f} s (int8), realworld tracks.
+{cost32:.2f} s per 30 s (float32), {cost8:.2f} s (int8), realworld tracks{cpu_cost}.
 
 ## The int8 file for CPUs: `{name}-int8.onnx`
 
