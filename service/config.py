@@ -81,7 +81,9 @@ class LiveSection:
     block_seconds: PortAudio block length. buffer_seconds: the capture ring buffer.
     file: an audio file or http(s):// stream played through the live path in real time, as a source of
     its own beside any capture. file_loop: start the file over when it ends. file_source: its name in
-    topics ("" = ``source`` when there is no capture, else "file")."""
+    topics ("" = ``source`` when there is no capture, else "file"). level_floor: raise every live source
+    quieter than the model's level floor towards it, causally (:class:`tagger.level.RunningFloor`; the gain
+    is the status message's ``live.<source>.gain_db``); false analyses live input at the level it comes in."""
 
     enabled: bool = False
     device: str = ""
@@ -107,6 +109,7 @@ class LiveSection:
     file: str = ""
     file_loop: bool = False
     file_source: str = ""
+    level_floor: bool = True
 
     def change_settings(self) -> ChangeSettings:
         """The live path's change detection settings (service.live.ChangeSettings)."""

@@ -103,11 +103,12 @@ class Daemon:
         if c.live.enabled:
             self.lives.append(LiveCapture(self.tagger, self.hub, c.live.source, c.live.device,
                                           c.live.change_settings(), c.live.block_seconds,
-                                          c.live.buffer_seconds, c.live.sample_rate, c.live.channels, c.tagging.top_k))
+                                          c.live.buffer_seconds, c.live.sample_rate, c.live.channels, c.tagging.top_k,
+                                          c.live.level_floor))
         if c.live.file:
             self.lives.append(LiveFile(self.tagger, self.hub, c.live.file, c.live.file_source_name, c.live.file_loop,
                                        c.live.change_settings(), c.live.block_seconds,
-                                       c.tagging.top_k))
+                                       c.tagging.top_k, c.live.level_floor))
         self._worker = threading.Thread(target=self._work, name="tagging", daemon=True)
         # Live audio keeps its priority: with live capture on, the slots (and their decoders) run nicer.
         self._slots = worker_threads(self.jobs, nice=LIVE_NICE if self.lives else 0)

@@ -469,11 +469,16 @@ class LiveStatus:
     error: str = ""
     updates: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    # The running level floor's gain now, dB (0: not raised); None: no running floor (turned off with
+    # [live] level_floor = false, or the model states no level floor).
+    gain_db: float | None = None
 
     def as_dict(self) -> dict:
         d = {"running": self.running, "device": self.device, "overflows": self.overflows, "restarts": self.restarts}
         if self.error:
             d["error"] = self.error
+        if self.gain_db is not None:
+            d["gain_db"] = round(self.gain_db, 2)
         return d
 
 
@@ -491,18 +496,20 @@ class LiveTagger:
     Independent of PortAudio, so files, sockets or tests can drive it too.
 
     The stream is eager, so a model with a level floor raises input whose running level is under it (a DJ
-    mixer's record output or a radio line-in turned down: :class:`tagger.level.RunningFloor`); the windows'
-    levels that ``quiet_dbfs`` weighs are those of the input as it came in, never raised.
+    mixer's record output or a radio line-in turned down: :class:`tagger.level.RunningFloor`) unless
+    ``level_floor`` is False (``[live] level_floor`` in the daemon's config); the windows' levels that
+    ``quiet_dbfs`` weighs are those of the input as it came in, never raised.
     """
 
     def __init__(self, tagger: Tagger, source: str, rate_in: int, changes: ChangeSettings | None,
-                 sink: LiveSink, top_k: int = 5) -> None:
+                 sink: LiveSink, top_k: int = 5, level_floor: bool = True) -> None:
         self.tagger = tagger
         self.source = source
         settings = changes or ChangeSettings()
         self.horizon_seconds = settings.horizon_seconds
         # Incremental inference where the model allows it: per block, only the new frames' features.
-        self.stream = tagger.stream(horizon_seconds=self.horizon_seconds, eager=True, fast=tagger.fast)
+        self.stream = tagger.stream(horizon_seconds=self.horizon_seconds, eager=True, fast=tagger.fast,
+                                    level_floor=level_floor)
         self.resample = StreamResampler(rate_in, tagger.sample_rate)
         self._genre = tagger.manifest.genre_outputs[0]
         # The detector weighs the labels the user sees (aliases merged), as the estimates name them.
@@ -524,6 +531,11 @@ class LiveTagger:
         self._recent = np.zeros(2 * self._recent_keep, dtype=np.float32)
         self._recent_n = 0
         self._recent_start = 0
+
+    @property
+    def gain_db(self) -> float | None:
+        """The running level floor's gain now, dB (0: not raised); None without a running floor."""
+        return None if self.stream.floor is None else self.stream.floor.gain_db
 
     def feed(self, block: np.ndarray, captured_at: float | None = None) -> list[SliceResult]:
         """Add frames [n] or [n, channels] at the input rate; report to the sink if slices completed.
@@ -600,17 +612,23 @@ class LiveSource:
             its defaults).
         block_seconds: the block handed to the live path at a time, seconds.
         top_k: labels per output in the messages.
+        level_floor: raise input quieter than the model's level floor (:class:`tagger.level.RunningFloor`;
+            nothing when the model states none); False analyses the input as it comes. The gain is in
+            ``status.gain_db``.
     """
 
     def __init__(self, tagger: Tagger, sink: LiveSink, source: str, changes: ChangeSettings | None = None,
-                 block_seconds: float = 0.05, top_k: int = 5) -> None:
+                 block_seconds: float = 0.05, top_k: int = 5, level_floor: bool = True) -> None:
         self.tagger = tagger
+        self.level_floor = level_floor
         self.sink = sink
         self.source = source
         self.changes = changes or ChangeSettings()
         self.block_seconds = block_seconds
         self.top_k = top_k
         self.status = LiveStatus()
+        if level_floor and tagger.manifest.level_floor_dbfs is not None:
+            self.status.gain_db = 0.0  # a running floor: its gain is shown from the start
         self.finished = threading.Event()  # set when the thread has ended (stopped, or the input ended for good)
         self._thread: threading.Thread | None = None
 
@@ -623,8 +641,12 @@ class LiveSource:
             self._thread.join(timeout)
 
     def _tagger(self, rate_in: int) -> LiveTagger:
-        return LiveTagger(self.tagger, self.source, rate_in, self.changes, self.sink,
-                          self.top_k)
+        return LiveTagger(self.tagger, self.source, rate_in, self.changes, self.sink, self.top_k, self.level_floor)
+
+    def _feed(self, live: LiveTagger, block: np.ndarray, captured_at: float | None) -> None:
+        """Feed ``block`` to ``live``; the status shows the running floor's gain after it."""
+        live.feed(block, captured_at)
+        self.status.gain_db = live.gain_db
 
     def _once(self, stop: threading.Event) -> bool:
         """Play the input until it stops or fails (raises); True when it ended for good (no restart)."""
@@ -668,13 +690,14 @@ class LiveCapture(LiveSource):
         device: a PortAudio device name (substring) or index; "" for the default input.
         buffer_seconds: the ring buffer between the audio callback and the tagger, seconds.
         sample_rate, channels: 0 for the device's own.
+        level_floor: raise input under the model's level floor (see :class:`LiveSource`).
     """
 
     def __init__(self, tagger: Tagger, sink: LiveSink, source: str = "live",
                  device: str = "", changes: ChangeSettings | None = None,
                  block_seconds: float = 0.05, buffer_seconds: float = 30.0, sample_rate: int = 0,
-                 channels: int = 0, top_k: int = 5) -> None:
-        super().__init__(tagger, sink, source, changes, block_seconds, top_k)
+                 channels: int = 0, top_k: int = 5, level_floor: bool = True) -> None:
+        super().__init__(tagger, sink, source, changes, block_seconds, top_k, level_floor)
         self.device: int | str | None = (int(device) if device.isdigit() else device) if device else None
         self.buffer_seconds = buffer_seconds
         self.sample_rate = sample_rate
@@ -736,7 +759,7 @@ class LiveCapture(LiveSource):
                 self.status.overflows = ring.overflows
                 if block.shape[0]:
                     idle_since = time.monotonic()
-                    live.feed(block, ring.last_write_time)
+                    self._feed(live, block, ring.last_write_time)
                 elif time.monotonic() - idle_since > max(5.0, 20 * self.block_seconds):
                     raise RuntimeError("the input device delivers no audio")
                 else:

@@ -78,12 +78,13 @@ class LiveFile(LiveSource):
         location: an audio file, or an http(s):// stream (an Icecast mount, say).
         loop: start a file over when it ends (a stream is always reopened).
         block_seconds: the block handed to the live path at a time, seconds (as a capture's block).
+        level_floor: raise input under the model's level floor (see :class:`service.live.LiveSource`).
     """
 
     def __init__(self, tagger: Tagger, sink: LiveSink, location: str, source: str = "file", loop: bool = False,
                  changes: ChangeSettings | None = None, block_seconds: float = 0.05,
-                 top_k: int = 5) -> None:
-        super().__init__(tagger, sink, source, changes, block_seconds, top_k)
+                 top_k: int = 5, level_floor: bool = True) -> None:
+        super().__init__(tagger, sink, source, changes, block_seconds, top_k, level_floor)
         self.location = location
         self.loop = loop
         self.shown = redact(location)  # the location as logs and status messages show it
@@ -115,7 +116,7 @@ class LiveFile(LiveSource):
                     return True
                 if stop.is_set():
                     return True
-                live.feed(block, time.monotonic())
+                self._feed(live, block, time.monotonic())
                 played += block.size
                 self.status.updates += 1
             if url:

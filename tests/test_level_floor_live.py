@@ -8,10 +8,14 @@ path (service.live.LiveTagger, an eager stream) in 0.25 s blocks.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, encode
+from daemon_helpers import Subscriber, start_daemon, stop_daemon
 
+from service.cli import render_message
 from service.live import LiveTagger
 from tagger import Tagger
 from tagger.decode import decode_file
@@ -126,3 +130,52 @@ def test_the_gain_never_moves_faster_than_its_limit(floored: Tagger, own: np.nda
     loud = n[(n > 35 * RATE) & (n < 40 * RATE)]
     assert np.all(gain[np.isin(n, loud)] < 1e-3)  # ... lowered the gain once the music came back at its level ...
     assert gain[-1] > 10.0  # ... and raised it again after
+
+
+def test_the_daemons_live_file_is_raised_unless_turned_off_and_its_gain_is_in_the_status(own: np.ndarray,
+                                                                                          tmp_path: Path) -> None:
+    """[live] level_floor (default true) reaches the daemon's live sources; the status heartbeat (ZeroMQ, every
+    message checked against the schema) shows the running floor's gain, and says nothing of one turned off."""
+    quiet = encode(own[:10 * RATE] * np.float32(10.0 ** (QUIET_DB / 20.0)), RATE, tmp_path / "quiet.wav",
+                   "pcm_s16le", "wav")
+    env = {"GENRE_TAGGER_LIVE_FILE": str(quiet), "GENRE_TAGGER_LIVE_FILE_LOOP": "1",
+           "GENRE_TAGGER_PUBLISH_HEARTBEAT_SECONDS": "0.2"}
+
+    def played(messages: list) -> bool:  # the file has played 3 s (in real time)
+        return any(m["type"] == "live" and m["stream_s"] >= 3.0 for _, m in messages)
+
+    def raised(messages: list) -> bool:  # the gain climbs by at most 3 dB per second: by then it is past 3 dB
+        return played(messages) and any(m["type"] == "status" and m["live"].get("live", {}).get("gain_db", 0) > 3.0
+                                        for _, m in messages)
+
+    seen: dict[str, list[dict]] = {}
+    for setting in ("on", "off"):
+        proc = start_daemon(tmp_path / f"state-{setting}", default_cpu_model(),
+                            env={**env, "GENRE_TAGGER_LIVE_LEVEL_FLOOR": "false" if setting == "off" else "true"})
+        subscriber = Subscriber(proc.endpoint, ("status", "live."))
+        try:
+            assert subscriber.wait_for(raised if setting == "on" else played, 90), proc.args
+            subscriber.poll(0.5)  # a heartbeat or two after the updates
+        finally:
+            subscriber.close()
+            assert stop_daemon(proc) == 0
+        seen[setting] = [m["live"]["live"] for m in subscriber.of_type("status") if "live" in m.get("live", {})]
+    on, off = seen["on"], seen["off"]
+    assert all("gain_db" in live for live in on) and max(live["gain_db"] for live in on) > 3.0
+    assert off and all(live["running"] is not None and "gain_db" not in live for live in off)
+    high = next(live for live in on if live["gain_db"] > 3.0)
+    line = render_message("status", {"type": "status", "uptime_s": 1, "queue_depth": 0, "tagged": 0, "errors": 0,
+                                     "provider": "cpu", "dropped_messages": 0, "live": {"live": high}})
+    assert f"live live running, raised {high['gain_db']:.1f} dB" in line
+
+
+def test_a_bad_level_floor_setting_is_named() -> None:
+    from service.config import load_config
+    from tagger.errors import ConfigError
+
+    env = {"GENRE_TAGGER_LIVE_FILE": str(CLIP)}
+    assert load_config(env=env).live.level_floor is True
+    assert load_config(env={**env, "GENRE_TAGGER_LIVE_LEVEL_FLOOR": "off"}).live.level_floor is False
+    with pytest.raises(ConfigError, match=r"^config live.level_floor: 'sometimes' is not a valid bool \(set by "
+                                          r"GENRE_TAGGER_LIVE_LEVEL_FLOOR=sometimes\)$"):
+        load_config(env={**env, "GENRE_TAGGER_LIVE_LEVEL_FLOOR": "sometimes"})
