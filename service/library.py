@@ -1,6 +1,6 @@
 """The SQLite library: tracks, their genres, per-view results, and the durable work queue.
 
-Schema (version 9; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
+Schema (version 10; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades older files):
 
 ``tracks``
     id, path (unique), size (bytes), mtime (seconds), fingerprint (see :func:`fingerprint`),
@@ -10,7 +10,11 @@ Schema (version 9; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades ol
     a model without a detector), music_probability (0..1 or NULL),
     priority (the queue takes higher first; ``retag --outdated`` queues at -1, behind new files),
     coverage (what was analysed: ``full`` or ``excerpts:KxS``, see :mod:`tagger.coverage`; NULL for rows
-    tagged before v6, which were all full) and analysed_s (seconds of audio analysed).
+    tagged before v6, which were all full) and analysed_s (seconds of audio analysed),
+    level_dbfs (v10: the gated level of the audio analysed before any gain, dBFS, :mod:`tagger.level`; NULL for
+    digital silence, or for a row tagged before v10) and gain_db (v10: the constant gain the audio was analysed
+    raised by, dB: above 0 for a file quieter than the model's level floor, else 0; NULL for a row tagged before
+    v10, whose level is unknown).
 ``genres``
     track_id, output (model output name), label, score (0..1), rank (1 = best), decided (0/1).
     The best ``store_top_k`` labels of each output, plus every decided one. A track that is not music
@@ -77,7 +81,7 @@ from tagger.pipeline import TrackResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 # An owed tag write that failed this many times is recorded as failed for good (the daemon's
 # ``[tags] write_attempts`` sets its own; this is the default there and for ``library retag``).
 OWED_ATTEMPTS = 6
@@ -365,8 +369,17 @@ def _v8_to_v9(db: sqlite_utils.Database) -> None:
         db["tags_owed"].add_column("retry_at", str)
 
 
+def _v9_to_v10(db: sqlite_utils.Database) -> None:
+    # v10: the level each track was analysed at, and the gain a quiet one was raised by (the model's level floor).
+    columns = db["tracks"].columns_dict
+    if "level_dbfs" not in columns:
+        db["tracks"].add_column("level_dbfs", float)
+    if "gain_db" not in columns:
+        db["tracks"].add_column("gain_db", float)
+
+
 MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
-              8: _v8_to_v9}
+              8: _v8_to_v9, 9: _v9_to_v10}
 OUR_TABLES = frozenset(("tracks", "genres", "track_views", "tag_runs", "tag_writes", "tags_owed", "tag_claims",
                         "sqlite_sequence"))
 
@@ -807,9 +820,10 @@ class Library:
         self.db.execute(
             "UPDATE tracks SET status = 'tagged', error = NULL, duration_s = ?, model = ?, model_version = ?, "
             "tagged_at = ?, attempts = attempts + 1, tag_count = tag_count + 1, music = ?, music_probability = ?, "
-            "priority = 0, coverage = ?, analysed_s = ? WHERE id = ?",
+            "priority = 0, coverage = ?, analysed_s = ?, level_dbfs = ?, gain_db = ? WHERE id = ?",
             [result.duration_s, result.model, result.model_version, now_iso(), int(music),
-             result.music_probability, result.coverage, result.analysed_s or result.duration_s, track_id])
+             result.music_probability, result.coverage, result.analysed_s or result.duration_s, result.level_dbfs,
+             result.gain_db, track_id])
 
     def record_error(self, track_id: int, message: str, force: bool = False, path: str | Path | None = None) -> bool:
         """Mark a pending track failed with a one-line reason (``force``: whatever its status).
@@ -1140,7 +1154,7 @@ class Library:
         only tracks the detector called music (True; rows without an answer count as music) or not (False).
         """
         sql = ["SELECT t.id, t.path, t.status, t.duration_s, t.error, g.output, g.label, g.score, t.music, "
-               "t.music_probability FROM tracks t"]
+               "t.music_probability, t.level_dbfs, t.gain_db FROM tracks t"]
         args: list = []
         if label is not None:
             sql.append("JOIN genres g ON g.track_id = t.id AND lower(g.label) = lower(?) AND g.score >= ?")
@@ -1173,7 +1187,7 @@ class Library:
         for r in self.db.execute(" ".join(sql), args):
             yield {"id": r[0], "path": fs_path(r[1]), "status": r[2], "duration_s": r[3], "error": r[4], "output": r[5],
                    "label": r[6], "score": r[7], "music": None if r[8] is None else bool(r[8]),
-                   "music_probability": r[9]}
+                   "music_probability": r[9], "level_dbfs": r[10], "gain_db": r[11]}
 
     def track(self, path_or_id: str | int) -> dict | None:
         rows = list(self.db.query("SELECT * FROM tracks WHERE path = ?", [db_path(str(path_or_id))]))
@@ -1183,6 +1197,7 @@ class Library:
             return None
         track = rows[0]
         track["path"] = fs_path(track["path"])
+        track["level"] = level_text(track.get("level_dbfs"), track.get("gain_db"))
         track["genres"] = list(self.db.query("SELECT output, label, score, rank, decided FROM genres "
                                              "WHERE track_id = ? ORDER BY output, rank", [track["id"]]))
         track["views"] = [{**v, "scores": json.loads(v["scores"])} for v in self.db.query(
@@ -1200,6 +1215,17 @@ class Library:
             keys = ("owed_at", "attempts", "failed_at", "error", "retry_at")  # retry_at from v9
             track["tags_owed"] = {k: owed[0][k] for k in keys if k in owed[0]} if owed else None
         return track
+
+
+def level_text(level_dbfs: float | None, gain_db: float | None) -> str:
+    """A track's stored level and gain in words: "unknown" for a row tagged before v10 (or never tagged)."""
+    if gain_db is None:
+        return "unknown (not tagged since the library began keeping levels)"
+    if level_dbfs is None:
+        return "silence (nothing above -70 dBFS): not raised"
+    if gain_db > 0:
+        return f"{level_dbfs:.1f} dBFS: quiet, analysed raised by {gain_db:.1f} dB to the model's level floor"
+    return f"{level_dbfs:.1f} dBFS"
 
 
 def under(path: str | None, paths: list[str]) -> bool:

@@ -94,6 +94,46 @@ def test_a_model_without_the_key_raises_nothing(unfloored: Tagger, tracks: dict[
                                                                                       abs=1e-6)
 
 
+def test_the_library_keeps_each_tracks_level_and_gain_and_shows_them(floored: Tagger, tracks: dict[str, Path],
+                                                                     tmp_path: Path, capsys) -> None:
+    """Schema v10: the daemon's record (record_result) and tag --write-tags' (record_file_result) store the
+    level and the gain; `library show` and `list --json` show them."""
+    from service.library import Library
+    from tagger.cli import main
+
+    db = tmp_path / "library.db"
+    library = Library(db)
+    results = {}
+    for name in ("quiet", "own"):  # as the daemon does: discovered, queued, tagged, recorded
+        copy = tmp_path / f"{name}{tracks[name].suffix}"
+        copy.write_bytes(tracks[name].read_bytes())
+        assert library.discover(copy) == "queued"
+        row = library.next_pending()
+        results[name] = floored.tag_file(copy)
+        assert library.record_result(row.id, results[name], row.fingerprint)
+    silence = floored.tag_file(tracks["silence"])
+    library.record_file_result(tracks["silence"], silence, 0, 0.0, "")
+    stored = dict((Path(p).stem, (level, gain)) for p, level, gain in
+                  library.db.execute("SELECT path, level_dbfs, gain_db FROM tracks").fetchall())
+    library.close()
+    quiet, own = results["quiet"], results["own"]
+    assert quiet.gain_db > 0.0 and own.gain_db == 0.0
+    assert stored == {"quiet": (quiet.level_dbfs, quiet.gain_db), "own": (own.level_dbfs, 0.0),
+                      "silence": (None, 0.0)}
+    lib = ["library", "--library", str(db)]
+    assert main([*lib, "show", str(tmp_path / "quiet.wav")]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["level_dbfs"], shown["gain_db"]) == (quiet.level_dbfs, quiet.gain_db)
+    assert shown["level"] == (f"{quiet.level_dbfs:.1f} dBFS: quiet, analysed raised by {quiet.gain_db:.1f} dB to "
+                              "the model's level floor")
+    assert main([*lib, "show", str(tracks["silence"])]) == 0
+    assert json.loads(capsys.readouterr().out)["level"] == "silence (nothing above -70 dBFS): not raised"
+    assert main([*lib, "list", "--json"]) == 0
+    listed = {Path(r["path"]).stem: (r["level_dbfs"], r["gain_db"]) for r in
+              map(json.loads, capsys.readouterr().out.splitlines())}
+    assert listed == stored
+
+
 def test_digital_silence_stays_no_music_and_is_not_raised(floored: Tagger, tracks: dict[str, Path]) -> None:
     result = floored.tag_file(tracks["silence"])
     assert result.music is False and result.level_dbfs is None and result.gain_db == 0.0

@@ -176,6 +176,31 @@ def test_migration_to_version_3_keeps_old_rows_unknown(tmp_path: Path) -> None:
     library.close()
 
 
+@pytest.mark.parametrize("columns_there", [False, True])
+def test_the_v10_migration_adds_level_and_gain_once_and_old_rows_say_unknown(tmp_path: Path,
+                                                                             columns_there: bool) -> None:
+    """A v9 library (and one whose v10 columns exist already: idempotent) opens at v10; its tracks' level and gain
+    are NULL, shown as unknown."""
+    db = tmp_path / "library.db"
+    Library(db).close()
+    conn = sqlite3.connect(db)
+    if not columns_there:
+        conn.execute("ALTER TABLE tracks DROP COLUMN level_dbfs")
+        conn.execute("ALTER TABLE tracks DROP COLUMN gain_db")
+    conn.execute("INSERT INTO tracks (path, status, model) VALUES ('/x.mp3', 'tagged', 'old')")
+    conn.execute("PRAGMA user_version = 9")
+    conn.commit()
+    conn.close()
+    for _ in range(2):
+        library = Library(db)
+        assert library.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert library.db.execute("SELECT level_dbfs, gain_db FROM tracks").fetchall() == [(None, None)]
+        track = library.track("/x.mp3")
+        assert (track["level_dbfs"], track["gain_db"]) == (None, None) and track["level"].startswith("unknown")
+        assert [(r["level_dbfs"], r["gain_db"]) for r in library.search()] == [(None, None)]
+        library.close()
+
+
 def _wav(path: Path, seed: int = 0) -> Path:
     from bad_inputs import tones, wav_bytes
 

@@ -320,7 +320,7 @@ def test_the_v7_to_v9_migrations_add_the_owed_writes_their_claims_and_retry_time
     conn.close()
     for _ in range(2):
         library = Library(db)
-        assert library.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+        assert library.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
         assert library.owed_counts() == (0, 0)
         assert {"tags_owed", "tag_claims"} <= set(library.db.table_names())
         assert "retry_at" in library.db["tags_owed"].columns_dict
