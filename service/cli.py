@@ -384,6 +384,10 @@ def _stats(library, args) -> int:
     music = stats["music"]
     print(f"  tagged: {music['music']} music, {music['no_music']} no music"
           + (f", {music['unknown']} without a music detector" if music["unknown"] else ""))
+    level = stats["level"]
+    if level["raised"] or level["unknown"]:
+        print(f"  {level['raised']} quieter than their model's level floor, analysed raised to it"
+              + (f" ({level['unknown']} tagged before levels were kept: unknown)" if level["unknown"] else ""))
     writes = stats["tag_writes"]
     if writes["files"]:
         print(f"  genres written into {writes['files']} files' tags by {writes['runs']} runs "

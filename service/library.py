@@ -1139,8 +1139,13 @@ class Library:
         files, runs = self.db.execute("SELECT count(DISTINCT track_id), count(DISTINCT run_id) FROM tag_writes "
                                       "WHERE restored_at IS NULL").fetchone()
         owed, failed = self.owed_counts()
+        raised, unknown = 0, counts.get(TAGGED, 0)  # a library older than v10 opened read-only: all unknown
+        if "gain_db" in self.db["tracks"].columns_dict:
+            raised, unknown = self.db.execute("SELECT coalesce(sum(gain_db > 0), 0), coalesce(sum(gain_db IS NULL), 0) "
+                                              "FROM tracks WHERE status = 'tagged'").fetchone()
         return {"tracks": {s: counts.get(s, 0) for s in STATUSES}, "top_genres": by_output,
                 "music": {"music": music.get(1, 0), "no_music": music.get(0, 0), "unknown": music.get(None, 0)},
+                "level": {"raised": raised, "unknown": unknown},
                 "tag_writes": {"files": files, "runs": runs, "owed": owed, "failed": failed},
                 "schema_version": SCHEMA_VERSION, "path": str(self.path)}
 
@@ -1153,8 +1158,11 @@ class Library:
         A genre search leaves out tracks that are not music (their genres mean nothing). ``music``:
         only tracks the detector called music (True; rows without an answer count as music) or not (False).
         """
+        # A library older than v10 opened read-only (not migrated: the daemon has not run since an upgrade)
+        # has no level columns: unknown.
+        level = "t.level_dbfs, t.gain_db" if "gain_db" in self.db["tracks"].columns_dict else "NULL, NULL"
         sql = ["SELECT t.id, t.path, t.status, t.duration_s, t.error, g.output, g.label, g.score, t.music, "
-               "t.music_probability, t.level_dbfs, t.gain_db FROM tracks t"]
+               f"t.music_probability, {level} FROM tracks t"]
         args: list = []
         if label is not None:
             sql.append("JOIN genres g ON g.track_id = t.id AND lower(g.label) = lower(?) AND g.score >= ?")
@@ -1197,7 +1205,9 @@ class Library:
             return None
         track = rows[0]
         track["path"] = fs_path(track["path"])
-        track["level"] = level_text(track.get("level_dbfs"), track.get("gain_db"))
+        for key in ("level_dbfs", "gain_db"):  # v10: absent from an older library opened read-only
+            track.setdefault(key, None)
+        track["level"] = level_text(track["level_dbfs"], track["gain_db"])
         track["genres"] = list(self.db.query("SELECT output, label, score, rank, decided FROM genres "
                                              "WHERE track_id = ? ORDER BY output, rank", [track["id"]]))
         track["views"] = [{**v, "scores": json.loads(v["scores"])} for v in self.db.query(

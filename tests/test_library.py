@@ -191,6 +191,14 @@ def test_the_v10_migration_adds_level_and_gain_once_and_old_rows_say_unknown(tmp
     conn.execute("PRAGMA user_version = 9")
     conn.commit()
     conn.close()
+    # Read-only (library show / list, before the daemon migrated the file): nothing written, shown as unknown.
+    old = Library(db, readonly=True)
+    track = old.track("/x.mp3")
+    assert (track["level_dbfs"], track["gain_db"]) == (None, None) and track["level"].startswith("unknown")
+    assert [(r["level_dbfs"], r["gain_db"]) for r in old.search()] == [(None, None)]
+    assert old.db.execute("PRAGMA user_version").fetchone()[0] == 9
+    assert old.stats()["level"] == {"raised": 0, "unknown": 1}
+    old.close()
     for _ in range(2):
         library = Library(db)
         assert library.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
@@ -198,6 +206,7 @@ def test_the_v10_migration_adds_level_and_gain_once_and_old_rows_say_unknown(tmp
         track = library.track("/x.mp3")
         assert (track["level_dbfs"], track["gain_db"]) == (None, None) and track["level"].startswith("unknown")
         assert [(r["level_dbfs"], r["gain_db"]) for r in library.search()] == [(None, None)]
+        assert library.stats()["level"] == {"raised": 0, "unknown": 1}
         library.close()
 
 
