@@ -288,26 +288,30 @@ def _create_v1(db: sqlite_utils.Database) -> None:
                              if_not_exists=True)
 
 
+def _add_missing_columns(db: sqlite_utils.Database, table: str, columns: dict[str, type],
+                         not_null_default: dict[str, object] | None = None) -> None:
+    """Add each of ``columns`` (name: Python type) to ``table`` unless it is there already: a migration that adds
+    columns runs twice harmlessly. ``not_null_default`` gives a column NOT NULL with that default."""
+    present = db[table].columns_dict
+    for name, kind in columns.items():
+        if name not in present:
+            db[table].add_column(name, kind, not_null_default=(not_null_default or {}).get(name))
+
+
 def _v1_to_v2(db: sqlite_utils.Database) -> None:
     # v2 counts how often a track was tagged (a re-tag after a file change is legitimate, a double one is not).
-    if "tag_count" not in db["tracks"].columns_dict:
-        db["tracks"].add_column("tag_count", int, not_null_default=0)
+    _add_missing_columns(db, "tracks", {"tag_count": int}, not_null_default={"tag_count": 0})
 
 
 def _v2_to_v3(db: sqlite_utils.Database) -> None:
     # v3 records the music detector's answer ("no music" is a result, not a genre).
-    columns = db["tracks"].columns_dict
-    if "music" not in columns:
-        db["tracks"].add_column("music", int)
-    if "music_probability" not in columns:
-        db["tracks"].add_column("music_probability", float)
+    _add_missing_columns(db, "tracks", {"music": int, "music_probability": float})
     db["tracks"].create_index(["music"], if_not_exists=True)
 
 
 def _v3_to_v4(db: sqlite_utils.Database) -> None:
     # v4: the genres written into files (history for restore-tags) and a queue priority (retag --outdated).
-    if "priority" not in db["tracks"].columns_dict:
-        db["tracks"].add_column("priority", int, not_null_default=0)
+    _add_missing_columns(db, "tracks", {"priority": int}, not_null_default={"priority": 0})
     db["tag_runs"].create({"id": int, "started_at": str, "command": str}, pk="id", if_not_exists=True)
     db["tag_writes"].create({
         "id": int, "run_id": int, "track_id": int, "path": str, "written_at": str, "before": str, "after": str,
@@ -326,11 +330,7 @@ def _v4_to_v5(db: sqlite_utils.Database) -> None:
 
 def _v5_to_v6(db: sqlite_utils.Database) -> None:
     # v6: how much of each track was analysed (coverage excerpts make a genre cheaper and less certain).
-    columns = db["tracks"].columns_dict
-    if "coverage" not in columns:
-        db["tracks"].add_column("coverage", str)
-    if "analysed_s" not in columns:
-        db["tracks"].add_column("analysed_s", float)
+    _add_missing_columns(db, "tracks", {"coverage": str, "analysed_s": float})
 
 
 def _v6_to_v7(db: sqlite_utils.Database) -> None:
@@ -365,17 +365,12 @@ def _v7_to_v8(db: sqlite_utils.Database) -> None:
 def _v8_to_v9(db: sqlite_utils.Database) -> None:
     # v9: when a write that failed for a passing reason is tried again, so a restart keeps to the schedule (it tried
     # every such write at once, and a few quick restarts used up its attempts).
-    if "retry_at" not in db["tags_owed"].columns_dict:
-        db["tags_owed"].add_column("retry_at", str)
+    _add_missing_columns(db, "tags_owed", {"retry_at": str})
 
 
 def _v9_to_v10(db: sqlite_utils.Database) -> None:
     # v10: the level each track was analysed at, and the gain a quiet one was raised by (the model's level floor).
-    columns = db["tracks"].columns_dict
-    if "level_dbfs" not in columns:
-        db["tracks"].add_column("level_dbfs", float)
-    if "gain_db" not in columns:
-        db["tracks"].add_column("gain_db", float)
+    _add_missing_columns(db, "tracks", {"level_dbfs": float, "gain_db": float})
 
 
 MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
