@@ -204,9 +204,13 @@ class RunningFloor:
     each 0.1 s sub-block the gain's target is :func:`floor_gain_db` of that level (0 when it is at or above the
     floor, at most ``max_gain_db``); over the sub-block the gain moves towards the target in a straight line (in
     dB, sample by sample) by at most ``max_db_per_second`` per second, so that it never pumps with the music.
-    While the running level is None (nothing over -70 dBFS in the horizon: silence) the gain is 0 at once:
-    silence is never raised. The gain depends only on the samples before each sub-block, never on how the
-    stream is split into blocks.
+    Until ``horizon_seconds`` of input have come in since the first audible 0.1 s sub-block (one over the
+    -70 dBFS gate: a capture that starts on silence starts counting when the sound does) the target is scaled
+    by the share heard so far: a level measured on a few seconds is not yet the stream's (a quiet first bar
+    before a louder piece, gtzan jazz.00001: raised, then lowered once the louder part came, the genre said
+    twice). While the running level is None (nothing over -70 dBFS in the horizon: silence) the gain is 0 at
+    once: silence is never raised. The gain depends only on the samples before each sub-block, never on how
+    the stream is split into blocks.
 
     Args:
         sample_rate: the samples' rate, Hz.
@@ -229,11 +233,19 @@ class RunningFloor:
         self._max_move_db = max_db_per_second * self._step / sample_rate  # per sub-block
         self._start_db = 0.0  # the gain at the current sub-block's start, dB
         self._end_db = 0.0  # ... and at its end
+        self._full_trust = max(1, round(horizon_seconds / STEP_SECONDS))  # sub-blocks heard for the whole target
+        self._heard = 0  # sub-blocks since the first audible one, that one included (counted up to _full_trust)
 
     @property
     def level_dbfs(self) -> float | None:
         """The running gated level of the input as it came in, dBFS (None: silence, or under one block yet)."""
         return self.meter.level_dbfs
+
+    @property
+    def trust(self) -> float:
+        """The share of the target gain applied: the input since the first audible sub-block over the horizon, at
+        most 1."""
+        return self._heard / self._full_trust
 
     @property
     def gain_db(self) -> float:
@@ -254,12 +266,15 @@ class RunningFloor:
                 if level is None:
                     self._start_db = self._end_db = 0.0
                 else:
-                    target = floor_gain_db(level, self.floor_dbfs, self.max_gain_db)
+                    target = floor_gain_db(level, self.floor_dbfs, self.max_gain_db) * self.trust
                     move = min(max(target - self._start_db, -self._max_move_db), self._max_move_db)
                     self._end_db = self._start_db + move
             n = min(self._step - done, x.size - i)
             part = x[i:i + n]
             self.meter.push(part)
+            if done + n == self._step and self._heard < self._full_trust \
+                    and (self._heard or self.meter._powers[-1] > 10.0 ** (ABSOLUTE_GATE_DBFS / 10.0)):
+                self._heard += 1
             if self._start_db or self._end_db:
                 if out is None:
                     out = x.copy()

@@ -19,7 +19,7 @@ from service.cli import render_message
 from service.live import LiveTagger
 from tagger import Tagger
 from tagger.decode import decode_file
-from tagger.level import RUNNING_MAX_DB_PER_SECOND, RunningFloor, level_dbfs
+from tagger.level import RUNNING_HORIZON_SECONDS, RUNNING_MAX_DB_PER_SECOND, RunningFloor, level_dbfs
 from tagger.model import read_manifest
 from tagger.registry import default_cpu_model
 
@@ -27,7 +27,7 @@ RATE = 16000
 BLOCK = RATE // 4
 CLIP = DATA / "fma" / "001082.mp3"  # jazz, about -16 dBFS; 30 dB down it reads as classical without a floor
 QUIET_DB = -30.0
-SETTLED_S = 12.0  # by then the gain has reached its target and the windows analysed were all raised
+SETTLED_S = 16.0  # by then the horizon (15 s) was heard, the gain has reached its target and the windows were raised
 
 
 class Sink:
@@ -179,3 +179,40 @@ def test_a_bad_level_floor_setting_is_named() -> None:
     with pytest.raises(ConfigError, match=r"^config live.level_floor: 'sometimes' is not a valid bool \(set by "
                                           r"GENRE_TAGGER_LIVE_LEVEL_FLOOR=sometimes\)$"):
         load_config(env={**env, "GENRE_TAGGER_LIVE_LEVEL_FLOOR": "sometimes"})
+
+
+def test_a_quiet_start_is_raised_only_in_proportion_to_what_was_heard(floored: Tagger, own: np.ndarray) -> None:
+    """A running level measured on a few seconds is not yet the stream's: until a horizon of input has come in
+    since the sound started, the gain's target is scaled by the share heard (silence before it does not count)."""
+    floor_dbfs, cap = floored.manifest.level_floor_dbfs, floored.manifest.level_max_gain_db
+    silence = np.zeros(10 * RATE, np.float32)
+    quiet = own[:25 * RATE] * np.float32(10.0 ** (QUIET_DB / 20.0))
+    floor = RunningFloor(RATE, floor_dbfs, cap)
+    gains, trusts = [], []
+    for start in range(0, silence.size + quiet.size, BLOCK):
+        floor(np.concatenate([silence, quiet])[start:start + BLOCK])
+        gains.append(floor.gain_db)
+        trusts.append(floor.trust)
+    per_s = RATE // BLOCK
+    assert max(gains[:10 * per_s]) == 0.0 and max(trusts[:10 * per_s]) == 0.0  # the silence: no count, no gain
+    heard = 4 * per_s + 10 * per_s - 1  # 4 s into the music
+    target = floor_dbfs - level_dbfs(quiet[:4 * RATE], RATE)
+    assert target > 10.0  # the gain's limit alone would have reached 12 dB by then (3 dB/s)
+    assert trusts[heard] == pytest.approx(4.0 / RUNNING_HORIZON_SECONDS, abs=0.01)
+    assert gains[heard] <= target * trusts[heard] + 0.1
+    # Once the horizon was heard: the whole target, as before.
+    assert trusts[-1] == 1.0
+    assert gains[-1] == pytest.approx(floor_dbfs - floor.level_dbfs, abs=0.1)
+
+
+def test_a_clip_with_a_quiet_first_bar_is_barely_raised(floored: Tagger) -> None:
+    # gtzan jazz.00001: its first 4 s at about -33 dBFS, then louder (-29 dBFS gated over the clip). Raised by
+    # up to 1.9 dB at the start, its live genre flapped (jazz at 6.5 s, classical at 12.8 s, as the gain fell).
+    audio = decode_file(DATA / "gtzan" / "jazz" / "jazz.00001.flac", RATE)
+    assert level_dbfs(audio[:4 * RATE], RATE) < floored.manifest.level_floor_dbfs < level_dbfs(audio, RATE)
+    floor = RunningFloor(RATE, floored.manifest.level_floor_dbfs, floored.manifest.level_max_gain_db)
+    gains = []
+    for start in range(0, audio.size, BLOCK):
+        floor(audio[start:start + BLOCK])
+        gains.append(floor.gain_db)
+    assert 0.0 < max(gains) < 0.5
