@@ -208,9 +208,10 @@ class RunningFloor:
     -70 dBFS gate: a capture that starts on silence starts counting when the sound does) the target is scaled
     by the share heard so far: a level measured on a few seconds is not yet the stream's (a quiet first bar
     before a louder piece, gtzan jazz.00001: raised, then lowered once the louder part came, the genre said
-    twice). While the running level is None (nothing over -70 dBFS in the horizon: silence) the gain is 0 at
-    once: silence is never raised. The gain depends only on the samples before each sub-block, never on how
-    the stream is split into blocks.
+    twice). A whole horizon of silence (the running level knows nothing of the sound before it) starts the
+    count over: sound after minutes of silence is a new start too. While the running level is None (nothing
+    over -70 dBFS in the horizon: silence) the gain is 0 at once: silence is never raised. The gain depends only
+    on the samples before each sub-block, never on how the stream is split into blocks.
 
     Args:
         sample_rate: the samples' rate, Hz.
@@ -265,6 +266,9 @@ class RunningFloor:
                 level = self.meter.level_dbfs
                 if level is None:
                     self._start_db = self._end_db = 0.0
+                    if len(self.meter._powers) == self._full_trust:
+                        # A whole horizon of silence: what comes next starts the stream over (trust from 0).
+                        self._heard = 0
                 else:
                     target = floor_gain_db(level, self.floor_dbfs, self.max_gain_db) * self.trust
                     move = min(max(target - self._start_db, -self._max_move_db), self._max_move_db)

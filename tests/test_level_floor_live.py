@@ -216,3 +216,38 @@ def test_a_clip_with_a_quiet_first_bar_is_barely_raised(floored: Tagger) -> None
         floor(audio[start:start + BLOCK])
         gains.append(floor.gain_db)
     assert 0.0 < max(gains) < 0.5
+
+
+def test_sound_after_a_whole_horizon_of_silence_starts_the_count_over(floored: Tagger, own: np.ndarray) -> None:
+    """Quiet music, then silence longer than the horizon (a capture idle for minutes), then the quiet music again:
+    the running level has forgotten the first part, so the second is a new start, raised only in proportion to
+    what was heard since it began (a gap shorter than the horizon does not start over: no pumping at track gaps).
+    However the stream is split into blocks (silence before the sound included), the output is the same."""
+    floor_dbfs, cap = floored.manifest.level_floor_dbfs, floored.manifest.level_max_gain_db
+    quiet = own[:25 * RATE] * np.float32(10.0 ** (QUIET_DB / 20.0))
+    gap = np.zeros(int(RUNNING_HORIZON_SECONDS * RATE) + 5 * RATE, np.float32)
+    short_gap = np.zeros(5 * RATE, np.float32)
+    audio = np.concatenate([gap, quiet, short_gap, quiet, gap, quiet])
+    floor = RunningFloor(RATE, floor_dbfs, cap)
+    gains, trusts = [], []
+    for start in range(0, audio.size, BLOCK):
+        floor(audio[start:start + BLOCK])
+        gains.append(floor.gain_db)
+        trusts.append(floor.trust)
+    per_s = RATE // BLOCK
+    second = (gap.size + quiet.size + short_gap.size) // BLOCK  # the block where the music comes back after 5 s
+    assert min(trusts[second:second + per_s]) == 1.0  # a short gap: still trusted, raised again at once
+    third = (audio.size - quiet.size) // BLOCK  # the block where the music comes back after 20 s of silence
+    assert trusts[third - 1] == 0.0 and gains[third - 1] == 0.0  # the silence forgot the sound before it
+    heard = third + 4 * per_s - 1  # 4 s into the music again
+    assert trusts[heard] == pytest.approx(4.0 / RUNNING_HORIZON_SECONDS, abs=0.01)
+    target = floor_dbfs - level_dbfs(quiet[:4 * RATE], RATE)
+    assert target > 10.0  # the gain's limit alone would have reached 12 dB by then (3 dB/s)
+    assert gains[heard] <= target * trusts[heard] + 0.1
+    assert trusts[-1] == 1.0 and gains[-1] == pytest.approx(floor_dbfs - floor.level_dbfs, abs=0.1)
+    # Blocks of uneven sizes, down to one sample: the same samples out.
+    sizes = np.random.default_rng(2).integers(1, 6000, audio.size // 1000)
+    cuts = np.cumsum(sizes)[np.cumsum(sizes) < audio.size]
+    split = RunningFloor(RATE, floor_dbfs, cap)
+    whole = RunningFloor(RATE, floor_dbfs, cap)(audio)
+    assert np.array_equal(np.concatenate([split(block) for block in np.split(audio, cuts)]), whole)

@@ -383,9 +383,9 @@ def _live_level(path: Path | None) -> str:
 is raised by a running floor (`tagger.level.RunningFloor`): the same gated level over the last
 {doc.get("running_horizon_s", 15):g} s of the input as it came in, and a gain towards the floor that moves at most
 {doc.get("running_max_db_per_s", 3):g} dB per second (no gain while that level is None: silence); until that much input
-has come in since the sound started, the gain's target is scaled by the share heard (a level measured on a
-stream's first seconds is not yet its level). The windows' levels the live `quiet_dbfs` rule weighs stay those
-of the input as it came in. `{doc['command']}` plays the first 30 s of
+has come in since the sound started (or came back after that much silence), the gain's target is scaled by the
+share heard (a level measured on a stream's first seconds is not yet its level). The windows' levels the live
+`quiet_dbfs` rule weighs stay those of the input as it came in. `{doc['command']}` plays the first 30 s of
 the same copies through the live path and reads the windows ending from 20 s on, against the track played at
 its own level:
 
