@@ -375,11 +375,15 @@ def cmd_library(args: argparse.Namespace) -> int:
 
 
 def _stats(library, args) -> int:
+    from service.library import SCHEMA_VERSION
+
     stats = library.stats()
     if args.json:
         print(json.dumps(stats, indent=1))
         return EXIT_OK
-    print(f"library {stats['path']} (schema {stats['schema_version']})")
+    print(f"library {stats['path']} (schema {stats['schema_version']}"
+          + (f"; upgraded to {SCHEMA_VERSION} when the daemon or a writing command opens it"
+             if stats["schema_version"] < SCHEMA_VERSION else "") + ")")
     print("  " + ", ".join(f"{n} {status}" for status, n in stats["tracks"].items()))
     music = stats["music"]
     print(f"  tagged: {music['music']} music, {music['no_music']} no music"

@@ -1142,7 +1142,8 @@ class Library:
                 "music": {"music": music.get(1, 0), "no_music": music.get(0, 0), "unknown": music.get(None, 0)},
                 "level": {"raised": raised, "unknown": unknown},
                 "tag_writes": {"files": files, "runs": runs, "owed": owed, "failed": failed},
-                "schema_version": SCHEMA_VERSION, "path": str(self.path)}
+                # The file's own version: a library opened read-only before the daemon migrated it is older.
+                "schema_version": self.db.execute("PRAGMA user_version").fetchone()[0], "path": str(self.path)}
 
     def search(self, label: str | None = None, min_score: float = 0.0, output: str | None = None,
                status: str | None = TAGGED, limit: int | None = None, music: bool | None = None,

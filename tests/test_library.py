@@ -198,6 +198,7 @@ def test_the_v10_migration_adds_level_and_gain_once_and_old_rows_say_unknown(tmp
     assert [(r["level_dbfs"], r["gain_db"]) for r in old.search()] == [(None, None)]
     assert old.db.execute("PRAGMA user_version").fetchone()[0] == 9
     assert old.stats()["level"] == {"raised": 0, "unknown": 1}
+    assert old.stats()["schema_version"] == 9  # the file's, not this code's: it was not migrated
     old.close()
     for _ in range(2):
         library = Library(db)
@@ -207,6 +208,7 @@ def test_the_v10_migration_adds_level_and_gain_once_and_old_rows_say_unknown(tmp
         assert (track["level_dbfs"], track["gain_db"]) == (None, None) and track["level"].startswith("unknown")
         assert [(r["level_dbfs"], r["gain_db"]) for r in library.search()] == [(None, None)]
         assert library.stats()["level"] == {"raised": 0, "unknown": 1}
+        assert library.stats()["schema_version"] == SCHEMA_VERSION
         library.close()
 
 
