@@ -154,6 +154,12 @@ def result_row(path: str, result: TrackResult | None, error: str | None, identit
     return row
 
 
+def level_known(row: dict) -> bool:
+    """Whether a shard row's result says at what level its file was analysed (``level_dbfs``, ``gain_db``): shards
+    written before the level floor (708eadb) do not, and their files' level is unknown, not silence."""
+    return "gain_db" in json.loads(row["result"])
+
+
 def result_from_row(row: dict) -> TrackResult:
     """The :class:`TrackResult` a shard row holds (every label's probability, per view too)."""
     data = json.loads(row["result"])
@@ -325,7 +331,7 @@ def import_shards(library, out: Path) -> dict[str, int]:
             continue
         if row["ok"]:
             library.record_file_result(row["path"], result_from_row(row), row["size"] or 0, row["mtime"] or 0.0,
-                                       row["fingerprint"] or "")
+                                       row["fingerprint"] or "", level_known=level_known(row))
             counts["tagged"] += 1
         else:
             library.discover_unreadable(row["path"], row["error"] or "failed")

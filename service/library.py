@@ -14,7 +14,7 @@ Schema (version 10; ``PRAGMA user_version`` holds it, :func:`migrate` upgrades o
     level_dbfs (v10: the gated level of the audio analysed before any gain, dBFS, :mod:`tagger.level`; NULL for
     digital silence, or for a row tagged before v10) and gain_db (v10: the constant gain the audio was analysed
     raised by, dB: above 0 for a file quieter than the model's level floor, else 0; NULL for a row tagged before
-    v10, whose level is unknown).
+    v10, or imported from a batch shard written before results carried it: its level is unknown).
 ``genres``
     track_id, output (model output name), label, score (0..1), rank (1 = best), decided (0/1).
     The best ``store_top_k`` labels of each output, plus every decided one. A track that is not music
@@ -771,10 +771,12 @@ class Library:
         return self._retry(write)
 
     def record_file_result(self, path: str | Path, result: TrackResult, size: int, mtime: float,
-                           fp: str) -> int:
+                           fp: str, level_known: bool = True) -> int:
         """Record a file tagged outside the queue (``tag --write-tags``) as tagged; returns its track id.
 
-        ``size``, ``mtime`` and ``fp`` describe the file as it was read.
+        ``size``, ``mtime`` and ``fp`` describe the file as it was read. ``level_known`` False (default True): the
+        result does not say at what level the file was analysed (a batch shard written before results carried
+        it), so level_dbfs and gain_db are stored NULL, unknown, as for a row tagged before v10.
         """
         def write() -> int:
             with self.db.conn:
@@ -785,12 +787,13 @@ class Library:
                     "mtime = excluded.mtime, fingerprint = excluded.fingerprint, status = 'pending', error = NULL",
                     [db_path(path), size, mtime, fp, now_iso()])
                 (track_id,) = self.db.execute("SELECT id FROM tracks WHERE path = ?", [db_path(path)]).fetchone()
-                self._store_result(track_id, result)
+                self._store_result(track_id, result, level_known=level_known)
             return track_id
 
         return self._retry(write)
 
-    def _store_result(self, track_id: int, result: TrackResult, owe_tags: bool = False) -> None:
+    def _store_result(self, track_id: int, result: TrackResult, owe_tags: bool = False,
+                      level_known: bool = True) -> None:
         # A new result replaces the write the old one owed (or its failure): the new one decides.
         self.db.execute("DELETE FROM tags_owed WHERE track_id = ?", [track_id])
         if owe_tags:
@@ -817,8 +820,8 @@ class Library:
             "tagged_at = ?, attempts = attempts + 1, tag_count = tag_count + 1, music = ?, music_probability = ?, "
             "priority = 0, coverage = ?, analysed_s = ?, level_dbfs = ?, gain_db = ? WHERE id = ?",
             [result.duration_s, result.model, result.model_version, now_iso(), int(music),
-             result.music_probability, result.coverage, result.analysed_s or result.duration_s, result.level_dbfs,
-             result.gain_db, track_id])
+             result.music_probability, result.coverage, result.analysed_s or result.duration_s,
+             result.level_dbfs if level_known else None, result.gain_db if level_known else None, track_id])
 
     def record_error(self, track_id: int, message: str, force: bool = False, path: str | Path | None = None) -> bool:
         """Mark a pending track failed with a one-line reason (``force``: whatever its status).

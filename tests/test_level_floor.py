@@ -249,3 +249,35 @@ def test_the_two_pass_helper_raises_only_a_file_under_the_floor() -> None:
     assert (no_floor.result, no_floor.gain_db) == (1, 0.0) and no_floor.level_dbfs is not None
     silence, _ = run(0.0, -32.0)
     assert (silence.result, silence.gain_db, silence.level_dbfs) == (1, 0.0, None)
+
+
+def test_a_batch_shard_from_before_the_floor_imports_its_level_as_unknown_not_silence(
+        floored: Tagger, tracks: dict[str, Path], tmp_path: Path) -> None:
+    """A shard written before results carried level_dbfs and gain_db (before 708eadb) is still imported: its
+    files' level is unknown (NULL, as a row tagged before v10), never "silence" nor counted as not raised; a
+    shard that carries them keeps them."""
+    from service.batch import ShardWriter, file_identity, import_shards, result_row
+    from service.library import Library
+
+    result = floored.tag_file(tracks["quiet"])
+    assert result.gain_db > 0.0
+    row = result_row(str(tracks["quiet"]), result, None, file_identity(str(tracks["quiet"])))
+    old = json.loads(row["result"])
+    del old["level_dbfs"], old["gain_db"]
+    for name, shard_row in (("new", row), ("old", {**row, "result": json.dumps(old)})):
+        writer = ShardWriter(tmp_path / name)
+        writer.add(shard_row)
+        writer.flush()
+        library = Library(tmp_path / f"{name}.db")
+        assert import_shards(library, tmp_path / name)["tagged"] == 1
+        track = library.track(str(tracks["quiet"]))
+        if name == "new":
+            # (a shard's result JSON rounds them to 0.01 dB)
+            assert (track["level_dbfs"], track["gain_db"]) == pytest.approx((result.level_dbfs, result.gain_db),
+                                                                             abs=0.006)
+            assert library.stats()["level"] == {"raised": 1, "unknown": 0}
+        else:
+            assert (track["level_dbfs"], track["gain_db"]) == (None, None) and track["level"].startswith("unknown")
+            assert library.stats()["level"] == {"raised": 0, "unknown": 1}
+        assert track["genres"]  # the genres are imported either way
+        library.close()
