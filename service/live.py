@@ -469,7 +469,7 @@ class LiveStatus:
     error: str = ""
     updates: int = 0
     latencies_ms: list[float] = field(default_factory=list)
-    # The running level floor's gain now, dB (0: not raised); None: no running floor (turned off with
+    # The running level floor's gain now, dB (0: not raised, as while stopped); None: no running floor (turned off with
     # [live] level_floor = false, or the model states no level floor).
     gain_db: float | None = None
 
@@ -670,7 +670,7 @@ class LiveSource:
                     return  # nothing to retry until the user acts
                 except Exception as exc:  # a vanished device or file, a dropped stream, a corrupt packet...
                     self._failed(exc, backoff)
-                self.status.running = False
+                self._stopped()
                 if stop.is_set():
                     break
                 self.status.restarts += 1
@@ -679,8 +679,15 @@ class LiveSource:
                 stop.wait(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
         finally:
-            self.status.running = False
+            self._stopped()
             self.finished.set()
+
+    def _stopped(self) -> None:
+        """The status of a source not playing: not running, and nothing raised (a running floor's gain reads 0 until
+        input is fed again; a reopened capture starts a new floor)."""
+        self.status.running = False
+        if self.status.gain_db is not None:
+            self.status.gain_db = 0.0
 
 
 class LiveCapture(LiveSource):

@@ -251,3 +251,28 @@ def test_sound_after_a_whole_horizon_of_silence_starts_the_count_over(floored: T
     split = RunningFloor(RATE, floor_dbfs, cap)
     whole = RunningFloor(RATE, floor_dbfs, cap)(audio)
     assert np.array_equal(np.concatenate([split(block) for block in np.split(audio, cuts)]), whole)
+
+
+def test_a_live_source_that_stopped_shows_no_gain(floored: Tagger, own: np.ndarray, tmp_path: Path) -> None:
+    """The status gain is the running floor's now: while a source is stopped (its file ended, its device lost and
+    waiting to reopen, with a new running floor to come) nothing is raised, so it reads 0, not the last gain."""
+    import threading
+    import time
+
+    from service.livefile import LiveFile
+
+    quiet = encode(own[:4 * RATE] * np.float32(10.0 ** (QUIET_DB / 20.0)), RATE, tmp_path / "quiet.wav",
+                   "pcm_s16le", "wav")
+    player = LiveFile(floored, Sink(), str(quiet), "quiet")
+    stop = threading.Event()
+    player.start(stop)
+    seen = []
+    deadline = time.monotonic() + 60.0  # 4 s of audio in real time, on a loaded machine
+    while not player.finished.is_set() and time.monotonic() < deadline:
+        seen.append(player.status.as_dict().get("gain_db"))
+        time.sleep(0.05)
+    stop.set()
+    player.join(5)
+    assert player.finished.is_set() and not player.status.running
+    assert max(g for g in seen if g is not None) > 0.5  # it was raised while it played ...
+    assert player.status.as_dict()["gain_db"] == 0.0  # ... and is not once stopped
