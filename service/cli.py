@@ -1088,7 +1088,8 @@ def render_message(topic: str, message: dict, clear: bool = False) -> str:
         for source, live in (message.get("live") or {}).items():
             state = "running" if live.get("running") else "stopped"
             text += f"; live {source} {state}" + (f" ({live['error']})" if live.get("error") else "")
-            if live.get("gain_db"):  # quieter than the model's level floor: raised by the running floor
+            # Quieter than the model's level floor: raised by the running floor (under 0.05 dB would read "0.0").
+            if (live.get("gain_db") or 0.0) >= 0.05:
                 text += f", raised {live['gain_db']:.1f} dB"
         if message.get("library"):  # the library cannot be written: locked by another process, disk full...
             text += f"; {message['library']}"

@@ -110,6 +110,10 @@ def test_lines_mark_results_below_the_threshold_uncertain() -> None:
     assert render_message("status", status) == ("status  up 12 s, 3 queued, 5 tagged, 1 errors, CPUExecutionProvider, "
                                                 "0 dropped; live radio stopped (no audio input device); library "
                                                 "locked by another process for 42 s")
+    # A running floor's gain: shown when it rounds to something (a gain of 0.04 dB is not "raised 0.0 dB").
+    for gain, shown in ((0.0, ""), (0.04, ""), (0.05, ", raised 0.1 dB"), (13.86, ", raised 13.9 dB")):
+        playing = {**status, "live": {"radio": {"running": True, "gain_db": gain}}, "library": ""}
+        assert render_message("status", playing).endswith("; live radio running" + shown), gain
     live = {"type": "live", "source": "radio", "stream_s": 12.0, "slices": [], "ensemble": {"genre": estimate},
             "top": "jazz", "confidence": 0.56, "horizon_s": 30.0}
     headline = render_message("live.radio", live).splitlines()[0]
