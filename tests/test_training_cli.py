@@ -210,6 +210,18 @@ def test_default_model_runtime_check_only_refuses_a_bad_argument_before_tagging(
     line = refused(default_model.main, ["--data", str(tmp_path), "--out", str(out), "--runtime-check-only"], capsys)
     assert line.endswith(f"--data: {str(tmp_path)!r}: no gtzan/labels.csv, gtzan-excerpts/labels.csv, fma, "
                          "realworld there")
+    # A data folder whose fma and realworld folders hold no audio (the check ran to its end, then the card divided
+    # by zero): refused up front.
+    hollow = tmp_path / "hollow"
+    for folder in ("gtzan", "gtzan-excerpts"):
+        (hollow / folder).mkdir(parents=True)
+        (hollow / folder / "labels.csv").symlink_to(DATA / folder / "labels.csv")
+    (hollow / "fma").mkdir()
+    (hollow / "realworld").mkdir()
+    (hollow / "realworld" / "notes.txt").write_text("not audio")
+    line = refused(default_model.main, ["--data", str(hollow), "--out", str(out), "--runtime-check-only"], capsys)
+    assert line.endswith(f"--data: {str(hollow)!r}: no audio files in fma, realworld (fma/*.mp3 and realworld/ tracks: "
+                         "the check tags them)")
     assert (f"--data: {str(DATA)!r}: its labelled clips are not the 2 the model was built on (391 found; missing "
             "nosuch.00001; not built on ") in said()
     shipped = json.loads((REPO_MODELS / f"{MODEL_NAME}.cv.json").read_text())

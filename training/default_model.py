@@ -196,6 +196,11 @@ def rerun_runtime_check(parser: argparse.ArgumentParser, args: argparse.Namespac
     if missing:
         parser.error(f"--data: {args.data!r}: no {', '.join(missing)} there")
     tracks = load_gtzan_by_artist([data / "gtzan", data / "gtzan-excerpts"])
+    # The card's rows and cost line need music in both sets (an empty realworld set divided by zero at the end).
+    empty = [name for name, found in runtime_check_files([], data).items() if name != "labelled" and not found]
+    if empty:
+        parser.error(f"--data: {args.data!r}: no audio files in {', '.join(empty)} (fma/*.mp3 and realworld/ "
+                     "tracks: the check tags them)")
     ids = [t.track_id for t in tracks]
     if ids != report["tracks"]:
         absent = sorted(set(report["tracks"]) - set(ids))
