@@ -235,7 +235,9 @@ class RunningFloor:
         self._start_db = 0.0  # the gain at the current sub-block's start, dB
         self._end_db = 0.0  # ... and at its end
         self._full_trust = max(1, round(horizon_seconds / STEP_SECONDS))  # sub-blocks heard for the whole target
-        self._heard = 0  # sub-blocks since the first audible one, that one included (counted up to _full_trust)
+        # Sub-blocks since the first audible one (that one included; counted up to _full_trust); back to 0 after a
+        # whole horizon of silence.
+        self._heard = 0
 
     @property
     def level_dbfs(self) -> float | None:
@@ -244,8 +246,8 @@ class RunningFloor:
 
     @property
     def trust(self) -> float:
-        """The share of the target gain applied: the input since the first audible sub-block over the horizon, at
-        most 1."""
+        """The share of the target gain applied (0..1): the input since the sound started (the first audible
+        sub-block, or the first after a whole horizon of silence) over the horizon, at most 1."""
         return self._heard / self._full_trust
 
     @property
