@@ -182,17 +182,20 @@ def analyse_floored(one_pass: Callable[[Callable[[np.ndarray], np.ndarray]], T],
         meter.push(block)
         return block
 
-    result = one_pass(measured)
+    measured_result = one_pass(measured)
     level = meter.level_dbfs
     gain_db = floor_gain_db(level, floor_dbfs, max_gain_db)
-    if gain_db > 0.0:
-        gain = np.float32(10.0 ** (gain_db / 20.0))
+    if gain_db <= 0.0:
+        return FloorPasses(measured_result, level, gain_db)
+    # The measured pass's result (a long track's features) is let go before the raised pass builds its own, so a
+    # quiet file never holds both.
+    del measured_result
+    gain = np.float32(10.0 ** (gain_db / 20.0))
 
-        def raised(block: np.ndarray) -> np.ndarray:
-            return block * gain
+    def raised(block: np.ndarray) -> np.ndarray:
+        return block * gain
 
-        result = one_pass(raised)
-    return FloorPasses(result, level, gain_db)
+    return FloorPasses(one_pass(raised), level, gain_db)
 
 
 class RunningFloor:

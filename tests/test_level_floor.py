@@ -249,6 +249,26 @@ def test_the_two_pass_helper_raises_only_a_file_under_the_floor() -> None:
     assert (no_floor.result, no_floor.gain_db) == (1, 0.0) and no_floor.level_dbfs is not None
     silence, _ = run(0.0, -32.0)
     assert (silence.result, silence.gain_db, silence.level_dbfs) == (1, 0.0, None)
+    # A quiet file never holds both passes' results (a long track's features twice): the measured one is gone
+    # when the raised pass starts.
+    import weakref
+
+    class Features:
+        pass
+
+    firsts: list[weakref.ref] = []
+
+    def one_pass(prepare):
+        alive_before = [ref() is not None for ref in firsts]
+        for b in blocks:
+            prepare(b * np.float32(10.0 ** (-40 / 20)))
+        features = Features()
+        features.alive_before = alive_before
+        firsts.append(weakref.ref(features))
+        return features
+
+    second = analyse_floored(one_pass, RATE, -32.0).result
+    assert second.alive_before == [False] and firsts[1]() is second
 
 
 def test_a_batch_shard_from_before_the_floor_imports_its_level_as_unknown_not_silence(
