@@ -744,7 +744,7 @@ def _retry_owed(library, args) -> int:
         section.validate("tags")
         section.validate_with("tags", config)
     except ConfigError as exc:
-        raise TaggerError(str(exc)) from None
+        raise TaggerError(config.error_line([str(exc).removeprefix("config ")])) from None
     writer = TagWriter(library, section.write_settings(config.tagging.threshold), "library retry-owed")
     paths = _library_paths(args.paths)
     if paths is None:

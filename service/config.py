@@ -3,7 +3,7 @@
 Every key, its default and its unit are in :class:`Config` and in ``service/genre-tagger.toml``
 (a commented example). Environment variables are ``GENRE_TAGGER_<SECTION>_<KEY>`` (for example
 ``GENRE_TAGGER_PUBLISH_ENDPOINT=ipc:///run/genre-tagger/pub``); lists are comma-separated.
-Validation happens once at start and names the offending key.
+Validation happens once at start and names the offending key and what set it (the TOML file, the variable or the flag).
 """
 
 from __future__ import annotations
@@ -136,6 +136,9 @@ class Config:
     # "section.key" → what the user typed to set it outside the TOML file ("--settle -1",
     # "GENRE_TAGGER_TAGGING_THRESHOLD=abc"), so that an error names it.
     origins: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # "section.key" → the TOML file that set it, so that an error names the file (a user may have
+    # /etc/genre-tagger/genre-tagger.toml and a --config of their own).
+    files: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def publish(self) -> PublishSection:
@@ -221,13 +224,27 @@ class Config:
         check(bool(self.folders.roots) or lv.enabled or bool(lv.file), "folders.roots",
               "nothing to do: give a folder to watch, enable live capture or play a live file")
         if errors:
-            raise ConfigError("config " + "; ".join(self._with_origin(error) for error in errors))
+            raise ConfigError(self.error_line(errors))
         return self
+
+    def error_line(self, errors: list[str]) -> str:
+        """One line for ``errors`` ("section.key: reason" each) that names what the user typed: led by the
+        TOML file when it set one of the keys (else by "config"), each key set by an environment variable or
+        a flag followed by it ("(set by --settle -1)")."""
+        files = sorted({self.files[key] for key in map(_key_of, errors) if key in self.files})
+        lead = f"{', '.join(files)}: " if files else "config "
+        errors = sorted(errors, key=lambda error: _key_of(error) not in self.files)  # the file's keys first
+        return lead + "; ".join(self._with_origin(error) for error in errors)
 
     def _with_origin(self, error: str) -> str:
         """``error`` ("section.key: reason"), saying what set the key when it was not the TOML file."""
-        origin = self.origins.get(error.split(":", 1)[0])
+        origin = self.origins.get(_key_of(error))
         return f"{error} (set by {origin})" if origin else error
+
+
+def _key_of(error: str) -> str:
+    """The "section.key" an error ("section.key: reason") is about."""
+    return error.split(":", 1)[0]
 
 
 def _coverage_ok(text: object) -> bool:
@@ -293,8 +310,9 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
 
 
 def _apply(config: Config, section: str, values: dict[str, Any], where: str,
-           origins: dict[str, str] | None = None) -> None:
-    """Set ``values`` in ``section``; ``origins`` says what set each key (``--settle -1``), when not the file."""
+           origins: dict[str, str] | None = None, file: str = "") -> None:
+    """Set ``values`` in ``section``; ``origins`` says what set each key (``--settle -1``), when not ``file``
+    (the TOML file's path)."""
     target = config.section(section)
     if target is None or not dataclasses.is_dataclass(target):
         raise ConfigError(f"{where}: unknown section [{section}] (known: {', '.join(config.section_names())})")
@@ -303,14 +321,19 @@ def _apply(config: Config, section: str, values: dict[str, Any], where: str,
         if key not in hints:
             raise ConfigError(f"{where}: unknown key {section}.{key} (known: {', '.join(sorted(hints))})")
         name = f"{section}.{key}"
+        # Whatever set the key last is the one an error names.
         if origins and key in origins:
             config.origins[name] = origins[key]
         else:
-            config.origins.pop(name, None)  # a later layer set it
+            config.origins.pop(name, None)
+        if file:
+            config.files[name] = file
+        else:
+            config.files.pop(name, None)
         try:
             setattr(target, key, _coerce(value, hints[key], name))
         except ConfigError as exc:
-            raise ConfigError("config " + config._with_origin(str(exc).removeprefix("config "))) from None
+            raise ConfigError(config.error_line([str(exc).removeprefix("config ")])) from None
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
@@ -336,7 +359,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         for section, values in doc.items():
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: '{section}' must be a [section]")
-            _apply(config, section, values, str(path))
+            _apply(config, section, values, str(path), file=str(path))
     env = os.environ if env is None else env
     sections = set(config.section_names())
     for name, value in env.items():

@@ -315,15 +315,17 @@ def test_a_test_daemon_that_names_no_endpoint_publishes_on_a_free_port_not_the_d
             assert stop_daemon(daemon) == 0, daemon_log(daemon)
 
 
-@pytest.mark.parametrize(("toml", "message"), [
-    ("[tagging]\nthreshold = 2\n", "config tagging.threshold: must be within 0..1"),
-    ("[tagging]\nthreshhold = 0.5\n", "unknown key tagging.threshhold"),
-    ("[tagging]\ncoverage = 'excerpts:3'\n", "config tagging.coverage: must be 'full' or 'excerpts:KxS'"),
-    ("[folders]\nroots = ['/etc/hostname']\n", "'/etc/hostname' is not a directory"),  # missing: waited for
-    ("[live]\nenabled = 'maybe'\n", "config live.enabled: 'maybe' is not a valid bool"),
-    ("[publish]\nendpoint = 'http://x'\n", "must start with tcp://"),
-    ("not toml at all [", "invalid TOML"),
-    ("[daemon]\n", "nothing to do"),
+@pytest.mark.parametrize(("toml", "message"), [  # FILE: the TOML file's path (a key it set names it)
+    ("[tagging]\nthreshold = 2\n", "error: FILE: tagging.threshold: must be within 0..1"),
+    ("[tagging]\nthreshhold = 0.5\n", "error: FILE: unknown key tagging.threshhold"),
+    ("[tagging]\ncoverage = 'excerpts:3'\n", "error: FILE: tagging.coverage: must be 'full' or 'excerpts:KxS'"),
+    ("[folders]\nroots = ['/etc/hostname']\n", "error: FILE: folders.roots: '/etc/hostname' is not a directory"),
+    ("[live]\nenabled = 'maybe'\n", "error: FILE: live.enabled: 'maybe' is not a valid bool"),
+    ("[live]\nlevel_floor = 1\n", "error: FILE: live.level_floor: 1 is not a valid bool"),
+    ("[publish]\nendpoint = 'http://x'\n", "error: FILE: publish.endpoint: 'http://x': must start with tcp://"),
+    ("not toml at all [", "error: FILE: invalid TOML (Expected '=' after a key in a key/value pair (at line 1, "
+                          "column 5))"),
+    ("[daemon]\n", "error: config folders.roots: nothing to do"),  # no key of the file's is wrong
 ])
 def test_invalid_configuration_is_one_clear_line_and_exit_2(tmp_path: Path, toml: str, message: str) -> None:
     config = tmp_path / "genre-tagger.toml"
@@ -332,7 +334,39 @@ def test_invalid_configuration_is_one_clear_line_and_exit_2(tmp_path: Path, toml
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert len(lines) == 1 and message.replace("FILE", str(config)) in lines[0], proc.stderr
+
+
+def test_a_wrong_value_in_the_toml_file_names_the_file_for_every_key(tmp_path: Path) -> None:
+    """A user may have /etc/genre-tagger/genre-tagger.toml and a --config of their own: an error about a key set
+    in a file names that file, whatever the key (an inline table is the wrong type for every one of them). Set
+    again by an environment variable, the key's error names the variable, not the file."""
+    import dataclasses
+
+    from service.config import Config, load_config
+    from tagger.errors import ConfigError
+
+    config = tmp_path / "genre-tagger.toml"
+    defaults = Config()
+    keys = [(name, f.name) for name in defaults.section_names() for f in dataclasses.fields(defaults.section(name))]
+    assert len(keys) > 50
+    for section, key in keys:
+        config.write_text(f"[{section}]\n{key} = {{ a = 1 }}\n")
+        with pytest.raises(ConfigError) as error:
+            load_config(config, env={}, validate=False)
+        assert re.fullmatch(rf"{re.escape(str(config))}: {section}\.{key}: "
+                            r"(\{'a': 1\} is not a valid \w+|expected a list, got dict)", str(error.value)), error.value
+    config.write_text("[folders]\nsettle_seconds = 5\n[tagging]\nthreshold = 2\n")
+    variable = {"GENRE_TAGGER_FOLDERS_SETTLE_SECONDS": "-1"}
+    with pytest.raises(ConfigError) as error:
+        load_config(config, env=variable, extra_roots=[str(tmp_path)])
+    assert str(error.value) == (f"{config}: tagging.threshold: must be within 0..1 (got 2.0); folders.settle_seconds: "
+                                "must be within 0..86400 s (got -1.0) (set by GENRE_TAGGER_FOLDERS_SETTLE_SECONDS=-1)")
+    config.write_text("[tagging]\nthreshold = 2\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(config, env={"GENRE_TAGGER_TAGGING_THRESHOLD": "abc"}, extra_roots=[str(tmp_path)])
+    assert str(error.value) == ("config tagging.threshold: 'abc' is not a valid float "
+                                "(set by GENRE_TAGGER_TAGGING_THRESHOLD=abc)")
 
 
 def test_the_example_configuration_is_valid_and_documents_every_key() -> None:

@@ -509,7 +509,7 @@ def test_a_tags_threshold_below_the_tagging_threshold_is_refused(tmp_path: Path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        "genre-tagger: error: config tags.threshold: 0.3 is below tagging.threshold 0.6"), proc.stderr
+        f"genre-tagger: error: {config}: tags.threshold: 0.3 is below tagging.threshold 0.6"), proc.stderr
 
     roots = [str(tmp_path)]
     with pytest.raises(ConfigError, match=re.escape("tags.threshold: 0.5 is below tagging.threshold 0.7")):

@@ -753,3 +753,14 @@ def test_the_retry_settings_are_checked(key: str, value: float, needle: str) -> 
     with pytest.raises(ConfigError, match=f"config tags.{key}: {needle}"):
         section.validate("tags")
     assert TagsSection().retry_seconds == 60.0 and TagsSection().write_attempts == 6  # the documented defaults
+
+
+def test_library_retry_owed_names_the_config_file_that_set_a_bad_tags_setting(tmp_path: Path) -> None:
+    """retry-owed checks the daemon's [tags] settings itself: an error names the file that set the key."""
+    db = tmp_path / "library.db"
+    Library(db).close()
+    config = tmp_path / "genre-tagger.toml"
+    config.write_text("[tags]\nretry_seconds = 0\n")
+    refused = _cli("library", "--library", str(db), "--config", str(config), "retry-owed")
+    assert refused.returncode == 2 and refused.stderr == \
+        f"genre-tagger: error: {config}: tags.retry_seconds: must be positive (seconds)\n", refused.stderr

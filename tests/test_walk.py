@@ -168,12 +168,12 @@ def test_a_bad_daemon_setting_names_the_flag_or_variable_that_set_it(tmp_path: P
     assert str(error.value) == ("config tagging.threshold: must be within 0..1 (got 5.0) (set by "
                                 "GENRE_TAGGER_TAGGING_THRESHOLD=5); folders.settle_seconds: must be within 0..86400 s "
                                 "(got -1.0) (set by --settle -1)")
-    # Set in the file, the key is what was typed: no more words.
+    # Set in the file, the key is what was typed, in that file: the file leads.
     config = tmp_path / "genre-tagger.toml"
     config.write_text("[folders]\nsettle_seconds = -1\n")
     with pytest.raises(ConfigError) as error:
         load_config(config, env={}, extra_roots=roots, flags=DAEMON_FLAGS)
-    assert str(error.value) == "config folders.settle_seconds: must be within 0..86400 s (got -1.0)"
+    assert str(error.value) == f"{config}: folders.settle_seconds: must be within 0..86400 s (got -1.0)"
     line = one_error_line(run_cli("daemon", "--state-dir", str(tmp_path / "s"), "--folder", str(tmp_path),
                                   "--endpoint", "", "--jobs", "999"))
     assert line.endswith("(got 999) (set by --jobs 999)"), line
