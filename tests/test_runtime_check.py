@@ -8,8 +8,11 @@ non-music clips (one raised), so it takes seconds rather than the full check's m
 
 from __future__ import annotations
 
+import contextlib
 import json
+import resource
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,58 @@ def test_runtime_check_only_replaces_the_runtime_entries_and_rewrites_the_card(
     assert "analysed raised to it (section \"Level\"; float32 file): 1 of the 2 labelled files (by " in card
     assert "1 classical); 1 of the 2 non-music files (by " in card
     assert f"Made by `{made['command']}`" in card
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int):
+    """Files this process writes stop at ``size`` bytes: a write past it fails for real (EFBIG), as on a full disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the signal ends the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_runtime_check_only_keeps_the_old_files_when_a_new_one_cannot_be_written(
+        tmp_path: Path, shipped_report: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """cv.json and the card are replaced whole or not at all (a temporary file renamed over the old one): a write
+    that fails half way, here for a real cause (the process's file size limit, as a full disk would), keeps the old
+    file, leaves no temporary file and says so in one line (before: the file was left cut short, and a traceback)."""
+    import training.default_model as default_model
+    import training.negatives as negatives
+    from training.model_card import write_card
+
+    every = negatives.all_non_music()
+    data = small_data(tmp_path / "data")
+    out = tmp_path / "out"
+    built(out, shipped_report, ["classical.00032", "blues.00010"], [1, 0])
+    stored, card = out / f"{MODEL_NAME}.cv.json", out / f"{MODEL_NAME}.md"
+    card.write_text("the old card\n")
+    old, names = stored.read_bytes(), sorted(p.name for p in out.iterdir())
+    clips = [n for n in negatives.generated() if n.clip_id in NON_MUSIC]
+    monkeypatch.setattr(negatives, "all_non_music", lambda: clips)
+    limit = 2_000_000  # above the non-music clips' WAV files (10 s, 16 kHz, 16-bit: 0.32 MB), below cv.json
+    assert len(old) > limit
+    with file_size_limit(limit), pytest.raises(SystemExit) as stopped:
+        default_model.main(["--data", str(data), "--out", str(out), "--runtime-check-only"])
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"--out: {str(out)!r}: cannot write {MODEL_NAME}.cv.json (File too large); kept both old files")
+    assert stored.read_bytes() == old and card.read_text() == "the old card\n"
+    assert sorted(p.name for p in out.iterdir()) == names
+
+    # The card itself (about 35 kB), written from the shipped report as --card-only does.
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for figures in default_cpu_model().parent.glob(f"{MODEL_NAME}.*.json"):
+        (shipped / figures.name).symlink_to(figures)
+    (shipped / card.name).write_text("the old card\n")
+    with file_size_limit(4096), pytest.raises(OSError, match="File too large"):
+        write_card(shipped, MODEL_NAME, shipped_report, every)
+    assert (shipped / card.name).read_text() == "the old card\n"
+    assert sorted(p.name for p in shipped.iterdir()) == sorted([card.name, *(f.name for f in shipped.glob("*.json"))])
+    assert write_card(shipped, MODEL_NAME, shipped_report, every).read_text() == \
+        (default_cpu_model().parent / card.name).read_text()  # without the limit: the shipped card

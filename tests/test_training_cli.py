@@ -207,6 +207,9 @@ def test_default_model_runtime_check_only_refuses_a_bad_argument_before_tagging(
     report.write_text("{\"tracks\": []}")
     assert said().endswith(f"{MODEL_NAME}.cv.json has no runtime, tracks and cv entries (not a build's report)")
     report.write_text(json.dumps({"tracks": ["blues.00000", "nosuch.00001"], "runtime": {}, "cv": {}}))
+    (out / f"{MODEL_NAME}.md").mkdir()  # the card's place taken by a folder: found before the minute of work
+    assert said().endswith(f"--out: {str(out)!r}: {MODEL_NAME}.md is not a file (the card is written there)")
+    (out / f"{MODEL_NAME}.md").rmdir()
     line = refused(default_model.main, ["--data", str(tmp_path), "--out", str(out), "--runtime-check-only"], capsys)
     assert line.endswith(f"--data: {str(tmp_path)!r}: no gtzan/labels.csv, gtzan-excerpts/labels.csv, fma, "
                          "realworld there")

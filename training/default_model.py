@@ -175,9 +175,10 @@ def rerun_runtime_check(parser: argparse.ArgumentParser, args: argparse.Namespac
     checked (one error line, exit 2) before a model loads or a file is decoded."""
     import tempfile
 
+    from service.sinks.textfile import write_atomically
     from tagger.errors import TaggerError
     from tagger.pipeline import Tagger
-    from training.model_card import write_card
+    from training.model_card import card_text
     from training.negatives import all_non_music
 
     out, data = Path(args.out), Path(args.data)
@@ -191,6 +192,14 @@ def rerun_runtime_check(parser: argparse.ArgumentParser, args: argparse.Namespac
     if not isinstance(report, dict) or not {"runtime", "tracks", "cv"} <= set(report):
         parser.error(f"--out: {args.out!r}: {stored.name} has no runtime, tracks and cv entries (not a build's "
                      "report)")
+    card = out / f"{MODEL_NAME}.md"
+    if card.exists() and not card.is_file():
+        parser.error(f"--out: {args.out!r}: {card.name} is not a file (the card is written there)")
+    try:  # both files are replaced by a temporary file renamed over them: the folder must take a new file
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".genre-tagger-write-check-"):
+            pass
+    except OSError as exc:
+        parser.error(f"--out: {args.out!r}: cannot write there ({exc.strerror or exc})")
     missing = [d for d in ("gtzan/labels.csv", "gtzan-excerpts/labels.csv", "fma", "realworld")
                if not (data / d).exists()]
     if missing:
@@ -225,9 +234,20 @@ def rerun_runtime_check(parser: argparse.ArgumentParser, args: argparse.Namespac
     report["runtime"] = runtime
     report["runtime_check"] = runtime_provenance(paths, command, time.perf_counter() - started,
                                                  time.process_time() - cpu)
-    stored.write_text(json.dumps(report, indent=None, separators=(",", ":")))
+    # The card is made before either file is replaced, and each is replaced whole or not at all: a card that
+    # cannot be made, a full disk or a kill leaves the old files.
+    text = card_text(out, MODEL_NAME, report, negatives)
+
+    def replace(path: Path, content: str, kept: str) -> None:
+        try:
+            write_atomically(path, content)
+        except OSError as exc:
+            parser.exit(1, f"{parser.prog}: error: --out: {args.out!r}: cannot write {path.name} "
+                           f"({exc.strerror or exc}); kept {kept}\n")
+
+    replace(stored, json.dumps(report, indent=None, separators=(",", ":")), "both old files")
     print("\n".join(runtime_changes(before, runtime)))
-    card = write_card(out, MODEL_NAME, report, negatives)
+    replace(card, text, f"the old card (--card-only writes it from the new {stored.name})")
     print(f"replaced the runtime check in {stored} and wrote {card} in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -235,6 +255,7 @@ def rerun_runtime_check(parser: argparse.ArgumentParser, args: argparse.Namespac
 def main(argv: list[str] | None = None) -> int:
     import tempfile
 
+    from service.sinks.textfile import write_atomically
     from training.music_sources import DEFAULT_ROOT, excerpts
     from training.negatives import all_non_music
 
@@ -330,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         genre_cv = nested_cv(music, tracks, folds, SEED, degradations)
         det_cv = detector_cv(detector_data, folds, negatives, held_out, SEED)
         cv = {"genre": genre_cv, "detector": det_cv}
-        stored.write_text(json.dumps(cv))
+        write_atomically(stored, json.dumps(cv))
     music_threshold, threshold_rates = choose_threshold(cv["detector"])
     print(f"music threshold {music_threshold} ({threshold_rates[f'{music_threshold:g}']['errors']} out-of-fold "
           "errors)")
@@ -410,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
               "export": info, "runtime": runtime, "runtime_check": runtime_made, "python": platform.python_version(),
               "torch": torch.__version__,
               "seconds": time.perf_counter() - started}
-    (out / f"{MODEL_NAME}.cv.json").write_text(json.dumps(report, indent=None, separators=(",", ":")))
+    write_atomically(out / f"{MODEL_NAME}.cv.json", json.dumps(report, indent=None, separators=(",", ":")))
     from training.model_card import write_card
 
     card = write_card(out, MODEL_NAME, report, negatives)

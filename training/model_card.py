@@ -497,6 +497,18 @@ def _live_limit(live: dict) -> str:
 
 
 def write_card(out: Path, name: str, report: dict, negatives: Sequence) -> Path:
+    """Write the card ``out/<name>.md`` from ``report`` (cv.json's content) whole or not at all (a temporary file
+    renamed over it: a failed write keeps the old card); its path."""
+    from service.sinks.textfile import write_atomically
+
+    text = card_text(out, name, report, negatives)
+    path = out / f"{name}.md"
+    write_atomically(path, text)
+    return path
+
+
+def card_text(out: Path, name: str, report: dict, negatives: Sequence) -> str:
+    """The card's Markdown for ``report`` (cv.json's content); ``out`` holds the level figures it reads."""
     cv = report["cv"]
     genre = cv["genre"]
     rows = genre["rows"]
@@ -699,6 +711,4 @@ The runtime loads it instead of the float32 file on the CPU when no model is nam
 - 391 clips of 159 artists (classical 89 clips) is little: the spread over folds above is the honest
   uncertainty. Western popular music dominates both the MSD and GTZAN.
 """
-    path = out / f"{name}.md"
-    path.write_text(text)
-    return path
+    return text
