@@ -113,6 +113,12 @@ def test_runtime_check_only_replaces_the_runtime_entries_and_rewrites_the_card(
     assert "analysed raised to it (section \"Level\"; float32 file): 1 of the 2 labelled files (by " in card
     assert "1 classical); 1 of the 2 non-music files (by " in card
     assert f"Made by `{made['command']}`" in card
+    from training.model_card import seconds_per_30s
+
+    costs = [f"- {model} file: {seconds_per_30s(rows):.2f} s wall, {seconds_per_30s(rows, 'cpu_seconds'):.2f} s CPU"
+             for model, rows in ((m, runtime[m]["realworld"]) for m in ("float32", "int8"))]
+    assert ("Cost per 30 s of audio (realworld tracks; decode, front end and both views; ONNX Runtime on the CPU):"
+            "\n\n" + "\n".join(costs) + "\n\nMeasured on a shared 2-core machine: noisy.\n") in card
 
 
 @contextlib.contextmanager

@@ -566,12 +566,12 @@ def card_text(out: Path, name: str, report: dict, negatives: Sequence) -> str:
                 f"{lowest['music_probability']:.3f}, `{'/'.join(Path(lowest['file']).parts[-2:])}`)")
 
     missed_music = "; ".join(music_verdict(m) for m in ("float32", "int8"))
-    cost32 = seconds_per_30s(runtime["float32"]["realworld"])
-    cost8 = seconds_per_30s(runtime["int8"]["realworld"])
-    rw_rows = runtime["float32"]["realworld"] + runtime["int8"]["realworld"]
-    cpu_cost = (f", wall (CPU {seconds_per_30s(runtime['float32']['realworld'], 'cpu_seconds'):.2f} s and "
-                f"{seconds_per_30s(runtime['int8']['realworld'], 'cpu_seconds'):.2f} s)"
-                if all("cpu_seconds" in r for r in rw_rows) else "")
+    costs = []
+    for model in ("float32", "int8"):
+        rows_ = runtime[model]["realworld"]
+        cpu = (f", {seconds_per_30s(rows_, 'cpu_seconds'):.2f} s CPU" if all("cpu_seconds" in r for r in rows_)
+               else "")
+        costs.append(f"- {model} file: {seconds_per_30s(rows_):.2f} s wall{cpu}")
     chosen = ", ".join(f"{c}" for c in genre["chosen"])
     text = f"""# {name}
 
@@ -676,8 +676,11 @@ Free Music Archive clips (`../shared/data/fma`) with their own ID3 genre:
 
 {_runtime_table(runtime['float32']['fma'], with_id3=True)}
 
-CPU cost on this shared 2-core box (decode + front end + both views, ONNX Runtime CPU, noisy):
-{cost32:.2f} s per 30 s (float32), {cost8:.2f} s (int8), realworld tracks{cpu_cost}.
+Cost per 30 s of audio (realworld tracks; decode, front end and both views; ONNX Runtime on the CPU):
+
+{chr(10).join(costs)}
+
+Measured on a shared 2-core machine: noisy.
 
 ## The int8 file for CPUs: `{name}-int8.onnx`
 
