@@ -389,9 +389,13 @@ def _stats(library, args) -> int:
     print(f"  tagged: {music['music']} music, {music['no_music']} no music"
           + (f", {music['unknown']} without a music detector" if music["unknown"] else ""))
     level = stats["level"]
-    if level["raised"] or level["unknown"]:
-        print(f"  {level['raised']} quieter than their model's level floor, analysed raised to it"
-              + (f" ({level['unknown']} tagged before levels were kept: unknown)" if level["unknown"] else ""))
+    if level["raised"]:
+        one = level["raised"] == 1
+        print(f"  {level['raised']} file{'' if one else 's'} quieter than {'its' if one else 'their'} model's level "
+              "floor: analysed raised to it")
+    if level["unknown"]:
+        print(f"  {level['unknown']} file{'' if level['unknown'] == 1 else 's'} tagged before levels were kept: "
+              "level unknown")
     writes = stats["tag_writes"]
     if writes["files"]:
         print(f"  genres written into {writes['files']} files' tags by {writes['runs']} runs "

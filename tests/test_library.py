@@ -177,8 +177,8 @@ def test_migration_to_version_3_keeps_old_rows_unknown(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("columns_there", [False, True])
-def test_the_v10_migration_adds_level_and_gain_once_and_old_rows_say_unknown(tmp_path: Path,
-                                                                             columns_there: bool) -> None:
+def test_the_v10_migration_adds_level_and_gain_once_and_old_rows_say_unknown(tmp_path: Path, columns_there: bool,
+                                                                             capsys: pytest.CaptureFixture) -> None:
     """A v9 library (and one whose v10 columns exist already: idempotent) opens at v10; its tracks' level and gain
     are NULL, shown as unknown."""
     db = tmp_path / "library.db"
@@ -200,6 +200,14 @@ def test_the_v10_migration_adds_level_and_gain_once_and_old_rows_say_unknown(tmp
     assert old.stats()["level"] == {"raised": 0, "unknown": 1}
     assert old.stats()["schema_version"] == 9  # the file's, not this code's: it was not migrated
     old.close()
+    from tagger.cli import main
+
+    assert main(["library", "--library", str(db), "stats"]) == 0  # read-only too: still v9 after it
+    shown = capsys.readouterr().out
+    assert "  1 file tagged before levels were kept: level unknown\n" in shown and "raised" not in shown, shown
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 9
+    conn.close()
     for _ in range(2):
         library = Library(db)
         assert library.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
