@@ -7,6 +7,7 @@ comes too late (or not at all) fails here in a second instead of running for min
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def refused(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return line
 
 
-@pytest.mark.parametrize(("argv", "said"), [
+# (argv, a part of the error line): each refused by training.level_floor before its model loads.
+LEVEL_FLOOR_REFUSALS = [
     (["--floors", "abc"], "--floors: 'abc': not comma-separated floors"),
     (["--floors", "none,-30,5"], "--floors: 'none,-30,5': not comma-separated floors, each none or a level in (-70, "),
     (["--floors", ""], "--floors: '': "),
@@ -48,15 +50,34 @@ def refused(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     (["--data", "/nonexistent"], "--data: '/nonexistent': no fma, realworld, gtzan/labels.csv"),
     (["--parts", "non-music", "--out", "/nonexistent/floor.json"],
      "--out: '/nonexistent/floor.json': no folder '/nonexistent' to write it in"),
-])
-def test_level_floor_refuses_a_bad_argument_before_loading_the_model(
-        argv: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    import training.level_floor as level_floor
+]
+# ... by training.live_eval before a model loads or a clip is read.
+LIVE_EVAL_REFUSALS = [
+    (["--pairs", "0"], "--pairs: 0: not a positive number of switch streams"),
+    (["--pairs", "-4"], "--pairs: -4: not a positive number"),
+    (["--data", "/nonexistent"], "--data: '/nonexistent': no gtzan/labels.csv, fma, realworld"),
+    (["--data", str(DATA), "--report", "/nonexistent.json"], "--report: '/nonexistent.json': no such file"),
+    (["--data", str(DATA), "--in-sample", "--out", "/nonexistent/live.json"],
+     "--out: '/nonexistent/live.json': no folder '/nonexistent' to write it in"),
+]
+# Per command: the slow steps it must not reach with a bad argument, and the --out it is given.
+SLOW_STEPS = {"training.level_floor": (("Tagger",), "floor.json"),
+              "training.live_eval": (("Tagger", "load_clips"), "live.json")}
 
-    monkeypatch.setattr(level_floor, "Tagger", slow_work)
-    out = tmp_path / "floor.json"
-    assert said in refused(level_floor.main, ["--out", str(out), *argv], capsys)
+
+@pytest.mark.parametrize(("command", "argv", "said"), [
+    *[("training.level_floor", argv, said) for argv, said in LEVEL_FLOOR_REFUSALS],
+    *[("training.live_eval", argv, said) for argv, said in LIVE_EVAL_REFUSALS],
+])
+def test_a_training_command_refuses_a_bad_argument_before_slow_work(
+        command: str, argv: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    module = importlib.import_module(command)
+    steps, out_name = SLOW_STEPS[command]
+    for step in steps:
+        monkeypatch.setattr(module, step, slow_work)
+    out = tmp_path / out_name
+    assert said in refused(module.main, ["--out", str(out), *argv], capsys)
     assert not out.exists()
 
 
@@ -138,26 +159,6 @@ def test_live_models_checks_data_before_training(tmp_path: Path, monkeypatch: py
     line = refused(live_models.main, ["--data", "/nonexistent", "--halves", str(halves), "--out", str(tmp_path)],
                    capsys)
     assert "--data: '/nonexistent': no gtzan/labels.csv, gtzan-excerpts/labels.csv there" in line
-
-
-@pytest.mark.parametrize(("argv", "said"), [
-    (["--pairs", "0"], "--pairs: 0: not a positive number of switch streams"),
-    (["--pairs", "-4"], "--pairs: -4: not a positive number"),
-    (["--data", "/nonexistent"], "--data: '/nonexistent': no gtzan/labels.csv, fma, realworld"),
-    (["--data", str(DATA), "--report", "/nonexistent.json"], "--report: '/nonexistent.json': no such file"),
-    (["--data", str(DATA), "--in-sample", "--out", "/nonexistent/live.json"],
-     "--out: '/nonexistent/live.json': no folder '/nonexistent' to write it in"),
-])
-def test_live_eval_refuses_a_bad_argument_before_loading_a_model(
-        argv: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    import training.live_eval as live_eval
-
-    monkeypatch.setattr(live_eval, "Tagger", slow_work)
-    monkeypatch.setattr(live_eval, "load_clips", slow_work)
-    out = tmp_path / "live.json"
-    assert said in refused(live_eval.main, ["--out", str(out), *argv], capsys)
-    assert not out.exists()
 
 
 def test_live_eval_refuses_a_model_it_cannot_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
