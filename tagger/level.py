@@ -49,6 +49,8 @@ MAX_MAX_GAIN_DB = 60.0  # a cap above this would raise a -70 dBFS hiss to a norm
 RUNNING_HORIZON_SECONDS = 15.0  # the running level is measured over the last this many seconds of input
 RUNNING_MAX_DB_PER_SECOND = 3.0  # the gain moves by at most this many dB per second of input
 
+_ABSOLUTE_GATE_POWER = 10.0 ** (ABSOLUTE_GATE_DBFS / 10.0)  # the absolute gate as a mean power (full scale 1.0)
+
 
 class LevelMeter:
     """Measures the gated level (see the module) of samples pushed block by block, at ``sample_rate`` Hz.
@@ -71,9 +73,10 @@ class LevelMeter:
         self._step = max(1, round(sample_rate * STEP_SECONDS))
         self._partial_sum = 0.0  # sum of squares of the samples of the sub-block being filled
         self._partial_n = 0
+        self._horizon_steps = None if horizon_seconds is None else round(horizon_seconds / STEP_SECONDS)
         # Mean power of each complete 0.1 s sub-block (the newest ones only, with a horizon).
-        self._powers: list[float] | deque[float] = [] if horizon_seconds is None else \
-            deque(maxlen=round(horizon_seconds / STEP_SECONDS))
+        self._powers: list[float] | deque[float] = [] if self._horizon_steps is None else \
+            deque(maxlen=self._horizon_steps)
 
     @property
     def step_samples(self) -> int:
@@ -84,6 +87,18 @@ class LevelMeter:
     def pending_samples(self) -> int:
         """The samples pushed into the sub-block not yet complete."""
         return self._partial_n
+
+    @property
+    def horizon_full(self) -> bool:
+        """True when the sub-blocks measured span the whole horizon (each new one drops the oldest); always False
+        without a horizon."""
+        return self._horizon_steps is not None and len(self._powers) == self._horizon_steps
+
+    @property
+    def last_step_audible(self) -> bool:
+        """True when the newest complete 0.1 s sub-block's mean power is over the absolute gate
+        (``ABSOLUTE_GATE_DBFS``, -70 dBFS); False before the first one completes."""
+        return bool(self._powers) and bool(self._powers[-1] > _ABSOLUTE_GATE_POWER)
 
     def push(self, samples: np.ndarray) -> None:
         """Add mono float samples (full scale 1.0)."""
@@ -120,7 +135,7 @@ def gated_level(step_powers: np.ndarray) -> float | None:
         return None
     kernel = np.ones(STEPS_PER_BLOCK) / STEPS_PER_BLOCK
     blocks = np.convolve(step_powers, kernel, mode="valid")
-    blocks = blocks[blocks > 10.0 ** (ABSOLUTE_GATE_DBFS / 10.0)]
+    blocks = blocks[blocks > _ABSOLUTE_GATE_POWER]
     if not blocks.size:
         return None
     blocks = blocks[blocks > blocks.mean() * 10.0 ** (-RELATIVE_GATE_DB / 10.0)]
@@ -271,7 +286,7 @@ class RunningFloor:
                 level = self.meter.level_dbfs
                 if level is None:
                     self._start_db = self._end_db = 0.0
-                    if len(self.meter._powers) == self._full_trust:
+                    if self.meter.horizon_full:
                         # A whole horizon of silence: what comes next starts the stream over (trust from 0).
                         self._heard = 0
                 else:
@@ -282,7 +297,7 @@ class RunningFloor:
             part = x[i:i + n]
             self.meter.push(part)
             if done + n == self._step and self._heard < self._full_trust \
-                    and (self._heard or self.meter._powers[-1] > 10.0 ** (ABSOLUTE_GATE_DBFS / 10.0)):
+                    and (self._heard or self.meter.last_step_audible):
                 self._heard += 1
             if self._start_db or self._end_db:
                 if out is None:

@@ -20,7 +20,7 @@ import tagger.pipeline
 from tagger import Tagger
 from tagger.decode import decode_file
 from tagger.errors import ModelError
-from tagger.level import LevelMeter, analyse_floored, level_dbfs
+from tagger.level import STEP_SECONDS, LevelMeter, analyse_floored, level_dbfs
 from tagger.model import MANIFEST_KEY, read_manifest
 
 RATE = 16000
@@ -219,6 +219,27 @@ def test_the_gated_level_ignores_silence_and_how_samples_are_split() -> None:
         meter.push(part)
     assert meter.level_dbfs == pytest.approx(level_dbfs(with_silence, RATE), abs=1e-9)
     assert level_dbfs(np.zeros(RATE, np.float32), RATE) is None
+
+
+def test_the_meter_says_whether_its_last_sub_block_was_audible_and_its_horizon_full() -> None:
+    """What RunningFloor asks the meter: the newest 0.1 s sub-block over -70 dBFS, and a horizon's worth held."""
+    step = round(RATE * STEP_SECONDS)
+    meter = LevelMeter(RATE, horizon_seconds=1.0)
+    assert not meter.last_step_audible and not meter.horizon_full
+    meter.push(np.full(step - 1, 10 ** (-60 / 20), np.float32))  # -60 dBFS, one sample short of a sub-block
+    assert not meter.last_step_audible
+    meter.push(np.full(1, 10 ** (-60 / 20), np.float32))
+    assert meter.last_step_audible and not meter.horizon_full
+    meter.push(np.full(8 * step, 10 ** (-75 / 20), np.float32))  # under the gate
+    assert not meter.last_step_audible and not meter.horizon_full  # 9 of the horizon's 10 sub-blocks
+    meter.push(np.full(step, 10 ** (-75 / 20), np.float32))
+    assert meter.horizon_full and meter.level_dbfs is not None  # the -60 dBFS sub-block is still in it
+    meter.push(np.full(step, 10 ** (-75 / 20), np.float32))
+    assert meter.horizon_full and meter.level_dbfs is None  # ... and now dropped
+    assert not LevelMeter(RATE).horizon_full  # no horizon: never full
+    unbounded = LevelMeter(RATE)
+    unbounded.push(np.full(20 * step, 0.5, np.float32))
+    assert unbounded.last_step_audible and not unbounded.horizon_full
 
 
 def test_the_two_pass_helper_raises_only_a_file_under_the_floor() -> None:
