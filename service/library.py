@@ -510,6 +510,13 @@ class Library:
     def close(self) -> None:
         self.db.conn.close()
 
+    @property
+    def has_levels(self) -> bool:
+        """True when the tracks table has the v10 level columns (level_dbfs, gain_db). False only for a library
+        older than v10 opened ``readonly`` (``library`` queries right after an upgrade, before the daemon migrated
+        the file): its tracks' levels are unknown."""
+        return "gain_db" in self.db["tracks"].columns_dict
+
     # -- writing through locks and full disks ----------------------------------------------------------
 
     def _retry(self, write: Callable[[], T]) -> T:
@@ -1138,7 +1145,7 @@ class Library:
                                       "WHERE restored_at IS NULL").fetchone()
         owed, failed = self.owed_counts()
         raised, unknown = 0, counts.get(TAGGED, 0)  # a library older than v10 opened read-only: all unknown
-        if "gain_db" in self.db["tracks"].columns_dict:
+        if self.has_levels:
             raised, unknown = self.db.execute("SELECT coalesce(sum(gain_db > 0), 0), coalesce(sum(gain_db IS NULL), 0) "
                                               "FROM tracks WHERE status = 'tagged'").fetchone()
         return {"tracks": {s: counts.get(s, 0) for s in STATUSES}, "top_genres": by_output,
@@ -1157,9 +1164,7 @@ class Library:
         A genre search leaves out tracks that are not music (their genres mean nothing). ``music``:
         only tracks the detector called music (True; rows without an answer count as music) or not (False).
         """
-        # A library older than v10 opened read-only (not migrated: the daemon has not run since an upgrade)
-        # has no level columns: unknown.
-        level = "t.level_dbfs, t.gain_db" if "gain_db" in self.db["tracks"].columns_dict else "NULL, NULL"
+        level = "t.level_dbfs, t.gain_db" if self.has_levels else "NULL, NULL"  # else unknown: see has_levels
         sql = ["SELECT t.id, t.path, t.status, t.duration_s, t.error, g.output, g.label, g.score, t.music, "
                f"t.music_probability, {level} FROM tracks t"]
         args: list = []

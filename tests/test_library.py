@@ -193,6 +193,7 @@ def test_the_v10_migration_adds_level_and_gain_once_and_old_rows_say_unknown(tmp
     conn.close()
     # Read-only (library show / list, before the daemon migrated the file): nothing written, shown as unknown.
     old = Library(db, readonly=True)
+    assert old.has_levels == columns_there
     track = old.track("/x.mp3")
     assert (track["level_dbfs"], track["gain_db"]) == (None, None) and track["level"].startswith("unknown")
     assert [(r["level_dbfs"], r["gain_db"]) for r in old.search()] == [(None, None)]
@@ -210,6 +211,7 @@ def test_the_v10_migration_adds_level_and_gain_once_and_old_rows_say_unknown(tmp
     conn.close()
     for _ in range(2):
         library = Library(db)
+        assert library.has_levels
         assert library.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
         assert library.db.execute("SELECT level_dbfs, gain_db FROM tracks").fetchall() == [(None, None)]
         track = library.track("/x.mp3")
