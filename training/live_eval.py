@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -167,9 +168,21 @@ def record(tagger: Tagger, audio: np.ndarray, name: str, block_seconds: float = 
     return rec
 
 
-def replay(rec: Recording, tagger: Tagger, settings: ChangeSettings) -> list[tuple[float, str, bool]]:
+class Rule(Protocol):
+    """A decision rule other than the daemon's (:mod:`training.live_bound`'s rule families): measured by
+    :func:`measure` as the daemon's settings are, from the same recordings."""
+
+    def events(self, rec: Recording, tagger: Tagger) -> list[tuple[float, str, bool]]:
+        """The announcements (stream time in seconds, new label, uncertain) the rule makes over ``rec``."""
+        ...
+
+
+def replay(rec: Recording, tagger: Tagger, settings: ChangeSettings | Rule) -> list[tuple[float, str, bool]]:
     """The ``genre_changed`` events (stream time, new label, uncertain) the daemon would announce with
-    ``settings`` (as :class:`service.live.LiveTagger` does, from the slices alone)."""
+    ``settings`` (as :class:`service.live.LiveTagger` does, from the slices alone); or, for a :class:`Rule`,
+    the rule's own."""
+    if not isinstance(settings, ChangeSettings):
+        return settings.events(rec, tagger)
     manifest = tagger.manifest
     views = [v.name for v in tagger.views]
     genre = manifest.genre_outputs[0]
@@ -462,7 +475,7 @@ def _uncertain(events: Sequence[tuple[float, str, bool]]) -> int:
     return sum(1 for e in events if e[2])
 
 
-def _switch_figures(switches: Sequence[Recording], tagger: Tagger, settings: ChangeSettings) -> tuple[dict, int]:
+def _switch_figures(switches: Sequence[Recording], tagger: Tagger, settings: ChangeSettings | Rule) -> tuple[dict, int]:
     """Over switch streams: the delays to the second clip's decided genre (a miss counts as the rest of the
     stream), how long the first clip's genre is still shown, changes to a third genre; and the uncertain
     announcements heard."""
@@ -497,7 +510,7 @@ def _switch_figures(switches: Sequence[Recording], tagger: Tagger, settings: Cha
             "first_claimed_again": reclaimed, "delays_s": d.round(3).tolist()}, uncertain
 
 
-def _talk_figures(talks: Sequence[Recording], tagger: Tagger, settings: ChangeSettings) -> tuple[dict, int]:
+def _talk_figures(talks: Sequence[Recording], tagger: Tagger, settings: ChangeSettings | Rule) -> tuple[dict, int]:
     """Over music → talk → music streams: from the talk's start to "no music", music claimed during the talk
     after it, and back to music (any, and the second clip's decided genre); and the uncertain announcements."""
     talk, back, back_any, talk_missed, back_missed, talk_music, uncertain = [], [], [], 0, 0, 0, 0
@@ -524,7 +537,8 @@ def _talk_figures(talks: Sequence[Recording], tagger: Tagger, settings: ChangeSe
             "back_music_worst_delay_s": max(back_any)}, uncertain
 
 
-def _nonmusic_figures(nonmusic: Sequence[Recording], tagger: Tagger, settings: ChangeSettings) -> tuple[dict, int]:
+def _nonmusic_figures(nonmusic: Sequence[Recording], tagger: Tagger, settings: ChangeSettings | Rule
+                      ) -> tuple[dict, int]:
     """Over music → non-music streams: from the switch to "no music", music claimed after it; and the uncertain
     announcements."""
     quiet_delays, quiet_claims, quiet_missed, uncertain = [], 0, 0, 0
@@ -551,7 +565,7 @@ def _steady_kind(rec: Recording) -> str:
     return "pairs" if " → " in rec.name else "realworld" if rec.name.startswith("realworld/") else "clips"
 
 
-def _steady_figures(steady: Sequence[Recording], tagger: Tagger, settings: ChangeSettings) -> tuple[dict, int]:
+def _steady_figures(steady: Sequence[Recording], tagger: Tagger, settings: ChangeSettings | Rule) -> tuple[dict, int]:
     """Over single-genre streams, in total and per kind: spurious changes (claims after the first), withdrawals,
     every change shown, hours, and how long "no music" is announced; and the uncertain announcements."""
     spurious: dict[str, list[int]] = {}
@@ -588,7 +602,7 @@ def _steady_figures(steady: Sequence[Recording], tagger: Tagger, settings: Chang
     return out, uncertain
 
 
-def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings) -> dict:
+def measure(streams: Streams, tagger: Tagger, settings: ChangeSettings | Rule) -> dict:
     """Switch delays, misses and changes to a third genre over ``streams.switches``; spurious changes over
     ``streams.steady`` (in total, on GTZAN+FMA clips, and on the realworld tracks), and how long those music
     streams are announced as "no music"; talk → "no music" and back over ``streams.talks``; non-music → "no
@@ -882,6 +896,14 @@ def main(argv: list[str] | None = None) -> int:
         print(label, asdict(s))
         for part in ("tuning", "held_out", "all"):
             print(f"  {part:9} {_line(rows[label][part])}")
+    from training.live_bound import bound, summary_lines
+
+    bound_started = time.perf_counter()
+    print("the floor under the switch delay and the rules' frontier (training.live_bound) …", flush=True)
+    limits = bound(halves, tagger, defaults)
+    for line in summary_lines(limits):
+        print("  ", line)
+    print(f"  ({time.perf_counter() - bound_started:.0f} s)", flush=True)
     doc = {"model": reference.manifest.name, "version": reference.manifest.version,
            "model_sha1": model_id(reference),
            "mode": "in_sample" if args.in_sample else "out_of_fold",
@@ -908,6 +930,7 @@ def main(argv: list[str] | None = None) -> int:
                        "nonmusic": [r.name for r in halves[i].nonmusic],
                        "steady": [r.name for r in halves[i].steady]} for i in (0, 1)],
            "own_labels": {c.name: [c.label, c.decided] for c in clips},
+           "bound": limits,
            "tuning": [{"settings": asdict(s), **{k: v for k, v in r.items() if k != "delays_s"}}
                       for s, r in tuning],
            "elapsed_s": round(time.perf_counter() - started, 1)}
