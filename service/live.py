@@ -6,7 +6,8 @@ swresample through PyAV), feeds a :class:`tagger.TagStream` with a recent horizo
 (the daemon's :class:`service.sinks.SinkHub`) a :class:`service.events.LiveUpdate` for every hop and a
 :class:`service.events.GenreChanged` when :class:`ChangeDetector` finds that the music changed (genre, or to
 and from "no music").
-A lost or failing device is reopened with exponential backoff.
+A lost or failing device is reopened with exponential backoff; after a short gap it goes on with its running level
+floor (:class:`LiveSource`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from service.events import GenreChanged, LiveUpdate
 from tagger.ensemble import NO_MUSIC, apply_aliases
+from tagger.level import RunningFloor
 from tagger.pipeline import SliceResult, Tagger
 
 log = logging.getLogger(__name__)
@@ -498,11 +500,13 @@ class LiveTagger:
     The stream is eager, so a model with a level floor raises input whose running level is under it (a DJ
     mixer's record output or a radio line-in turned down: :class:`tagger.level.RunningFloor`) unless
     ``level_floor`` is False (``[live] level_floor`` in the daemon's config); the windows' levels that
-    ``quiet_dbfs`` weighs are those of the input as it came in, never raised.
+    ``quiet_dbfs`` weighs are those of the input as it came in, never raised. ``floor``: a running floor to go on
+    with instead of a new one (that of the same input before it was reopened, :class:`LiveSource`); ignored
+    without a running floor.
     """
 
     def __init__(self, tagger: Tagger, source: str, rate_in: int, changes: ChangeSettings | None,
-                 sink: LiveSink, top_k: int = 5, level_floor: bool = True) -> None:
+                 sink: LiveSink, top_k: int = 5, level_floor: bool = True, floor: RunningFloor | None = None) -> None:
         self.tagger = tagger
         self.source = source
         settings = changes or ChangeSettings()
@@ -510,6 +514,8 @@ class LiveTagger:
         # Incremental inference where the model allows it: per block, only the new frames' features.
         self.stream = tagger.stream(horizon_seconds=self.horizon_seconds, eager=True, fast=tagger.fast,
                                     level_floor=level_floor)
+        if floor is not None and self.stream.floor is not None:
+            self.stream.floor = floor
         self.resample = StreamResampler(rate_in, tagger.sample_rate)
         self._genre = tagger.manifest.genre_outputs[0]
         # The detector weighs the labels the user sees (aliases merged), as the estimates name them.
@@ -531,6 +537,11 @@ class LiveTagger:
         self._recent = np.zeros(2 * self._recent_keep, dtype=np.float32)
         self._recent_n = 0
         self._recent_start = 0
+
+    @property
+    def floor(self) -> RunningFloor | None:
+        """The running level floor raising the input (None: none)."""
+        return self.stream.floor
 
     @property
     def gain_db(self) -> float | None:
@@ -606,6 +617,11 @@ class LiveSource:
 
     Subclasses say how to play the input once (:meth:`_once`) and how to report a failure (:meth:`_failed`).
 
+    An input reopened after a short gap goes on with its running level floor (its gain and its trust): a glitch of
+    a second must not un-raise a quiet source for the floor's horizon (15 s) while it measures the level anew. It
+    starts over when the input was opened otherwise (another device, rate or channels) or the gap since it was
+    last fed is the floor's horizon or longer: the floor itself starts over after a whole horizon of silence.
+
     Args:
         source: the name in topics (``live.<source>``).
         changes: the running ensemble's span and how changes are decided (:class:`ChangeSettings`; None:
@@ -631,6 +647,11 @@ class LiveSource:
             self.status.gain_db = 0.0  # a running floor: its gain is shown from the start
         self.finished = threading.Event()  # set when the thread has ended (stopped, or the input ended for good)
         self._thread: threading.Thread | None = None
+        # The running floor of the input last opened, how it was opened, and time.monotonic() when it was last fed:
+        # what a reopened input goes on with (see the class).
+        self._floor: RunningFloor | None = None
+        self._floor_opened_as: tuple = ()
+        self._floor_fed_at = 0.0
 
     def start(self, stop: threading.Event) -> None:
         self._thread = threading.Thread(target=self._run, args=(stop,), name=f"live-{self.source}", daemon=True)
@@ -640,12 +661,23 @@ class LiveSource:
         if self._thread:
             self._thread.join(timeout)
 
-    def _tagger(self, rate_in: int) -> LiveTagger:
-        return LiveTagger(self.tagger, self.source, rate_in, self.changes, self.sink, self.top_k, self.level_floor)
+    def _tagger(self, rate_in: int, opened_as: tuple = ()) -> LiveTagger:
+        """A live tagger for the input just opened at ``rate_in`` Hz. ``opened_as``: what identifies how it was
+        opened (device, rate, channels); the same as last time, after a gap shorter than the floor's horizon, it
+        goes on with the last running floor (see the class)."""
+        kept = self._floor
+        if kept is not None and (opened_as != self._floor_opened_as
+                                 or time.monotonic() - self._floor_fed_at >= kept.horizon_seconds):
+            kept = None
+        live = LiveTagger(self.tagger, self.source, rate_in, self.changes, self.sink, self.top_k, self.level_floor,
+                          floor=kept)
+        self._floor, self._floor_opened_as = live.floor, opened_as
+        return live
 
     def _feed(self, live: LiveTagger, block: np.ndarray, captured_at: float | None) -> None:
         """Feed ``block`` to ``live``; the status shows the running floor's gain after it."""
         live.feed(block, captured_at)
+        self._floor_fed_at = time.monotonic()
         self.status.gain_db = live.gain_db
 
     def _once(self, stop: threading.Event) -> bool:
@@ -684,7 +716,7 @@ class LiveSource:
 
     def _stopped(self) -> None:
         """The status of a source not playing: not running, and nothing raised (a running floor's gain reads 0 until
-        input is fed again; a reopened capture starts a new floor)."""
+        input is fed again; a capture reopened soon goes on with its floor, see the class)."""
         self.status.running = False
         if self.status.gain_db is not None:
             self.status.gain_db = 0.0
@@ -745,7 +777,7 @@ class LiveCapture(LiveSource):
         rate = self.sample_rate or int(info["default_samplerate"])
         channels = self.channels or max(1, min(2, int(info["max_input_channels"])))
         ring = RingBuffer(int(self.buffer_seconds * rate), channels)
-        live = self._tagger(rate)
+        live = self._tagger(rate, (str(info["name"]), rate, channels))
         failed = threading.Event()
 
         def callback(indata: np.ndarray, frames: int, time_info, status) -> None:

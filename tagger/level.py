@@ -247,6 +247,7 @@ class RunningFloor:
             raise ValueError(f"gain rate {max_db_per_second} dB/s must be positive")
         self.floor_dbfs = floor_dbfs
         self.max_gain_db = max_gain_db
+        self.horizon_seconds = horizon_seconds
         self.meter = LevelMeter(sample_rate, horizon_seconds)
         self._step = self.meter.step_samples
         self._max_move_db = max_db_per_second * self._step / sample_rate  # per sub-block

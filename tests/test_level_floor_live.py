@@ -255,7 +255,7 @@ def test_sound_after_a_whole_horizon_of_silence_starts_the_count_over(floored: T
 
 def test_a_live_source_that_stopped_shows_no_gain(floored: Tagger, own: np.ndarray, tmp_path: Path) -> None:
     """The status gain is the running floor's now: while a source is stopped (its file ended, its device lost and
-    waiting to reopen, with a new running floor to come) nothing is raised, so it reads 0, not the last gain."""
+    waiting to reopen) nothing is raised, so it reads 0, not the last gain."""
     import threading
     import time
 
@@ -276,3 +276,30 @@ def test_a_live_source_that_stopped_shows_no_gain(floored: Tagger, own: np.ndarr
     assert player.finished.is_set() and not player.status.running
     assert max(g for g in seen if g is not None) > 0.5  # it was raised while it played ...
     assert player.status.as_dict()["gain_db"] == 0.0  # ... and is not once stopped
+
+
+def test_a_reopened_input_goes_on_with_its_floor_only_when_the_same_and_soon(floored: Tagger, own: np.ndarray) -> None:
+    """LiveSource's rule for a reopened input (tests/test_live.py reopens a real capture): the same input after a
+    short gap goes on with its running floor; another input, or the same one after a gap of the floor's horizon,
+    starts over. That gap is set back by hand: waiting out 15 s would only slow the suite."""
+    from service.live import LiveSource
+
+    line_in = ("line-in", RATE, 2)  # how the input was opened: device, rate, channels
+    quiet = own[:12 * RATE] * np.float32(10.0 ** (QUIET_DB / 20.0))
+
+    def raised() -> tuple[LiveSource, LiveTagger]:
+        source = LiveSource(floored, Sink(), "radio")
+        live = source._tagger(RATE, line_in)
+        for start in range(0, quiet.size, BLOCK):
+            source._feed(live, quiet[start:start + BLOCK], None)
+        assert live.gain_db > 5.0
+        return source, live
+
+    source, first = raised()
+    again = source._tagger(RATE, line_in)
+    assert again.floor is first.floor and again.gain_db == first.gain_db  # a glitch: the same floor goes on
+    assert source._tagger(RATE, ("usb", RATE, 2)).gain_db == 0.0  # another input: a new floor
+    source, first = raised()
+    source._floor_fed_at -= RUNNING_HORIZON_SECONDS  # last fed a whole horizon ago
+    late = source._tagger(RATE, line_in)
+    assert late.floor is not first.floor and late.gain_db == 0.0

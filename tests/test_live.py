@@ -9,17 +9,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA
-from daemon_helpers import Subscriber, free_endpoint, start_daemon, stop_daemon
+from conftest import DATA, encode
+from daemon_helpers import Subscriber, free_endpoint, start_daemon, stop_daemon, wait_until
 
-from service.live import ChangeDetector, ChangeSettings, RingBuffer
+from service.live import ChangeDetector, ChangeSettings, LiveCapture, RingBuffer
 from tagger import Tagger
+from tagger.decode import decode_file
 
 # One null sink per pytest process: two runs on one PulseAudio server (a shared box) each unload only their own
 # sink. With one shared name, one run's module teardown unloaded the sink under the other's live daemon
@@ -375,3 +377,66 @@ def test_live_tagger_keeps_the_newest_samples_for_window_levels() -> None:
         assert live._recent_start + live._recent_n == whole.size
         assert live._recent_n >= min(keep, whole.size)
         assert np.array_equal(live._recent[:live._recent_n], whole[live._recent_start:])
+
+
+class _Discard:
+    """A live sink that drops what it is told (the test watches the capture's status)."""
+
+    def live(self, event) -> None:
+        pass
+
+    def genre_changed(self, event) -> None:
+        pass
+
+
+def test_a_capture_reopened_after_a_glitch_goes_on_with_its_level_floor(pulse_sink: str, floored: Tagger,
+                                                                         tmp_path: Path, monkeypatch) -> None:
+    """A quiet line-in (an FMA jazz clip 30 dB down) raised by the running floor loses its device: PulseAudio ends
+    the capture's stream (pacmd kill-source-output), PortAudio reports it finished, the capture reopens it half a
+    second later. The reopened capture goes on with the gain it had, instead of starting from 0 and climbing for
+    the floor's 15 s horizon. Reopened otherwise (other channels: another input) it starts over."""
+    device = f"{pulse_sink}_glitch"  # its own sink: only the streams that record its monitor are ended
+    module = subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={device}"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    # pacmd talks to the server through its CLI protocol (absent unless loaded; another run may have it loaded)
+    cli = subprocess.run(["pactl", "load-module", "module-cli-protocol-unix"], capture_output=True, text=True)
+    rate = 16000
+    quiet = decode_file(DATA / "fma" / "001082.mp3", rate)[:30 * rate] * np.float32(10.0 ** (-30.0 / 20.0))
+    clip = encode(quiet, rate, tmp_path / "quiet.wav", "pcm_s16le", "wav")
+    monkeypatch.setenv("PULSE_SOURCE", f"{device}.monitor")
+    capture = LiveCapture(floored, _Discard(), "radio", device="pulse")
+    stop = threading.Event()
+    player = subprocess.Popen(["paplay", f"--device={device}", str(clip)])
+    capture.start(stop)
+
+    def lose_the_device() -> float:
+        """End the capture's stream; the gain it had; returns once it was reopened and fed again."""
+        had = capture.status.gain_db
+        restarts = capture.status.restarts
+        sources = subprocess.run(["pactl", "list", "short", "sources"], capture_output=True, text=True).stdout
+        source = next(line.split()[0] for line in sources.splitlines() if line.split()[1] == f"{device}.monitor")
+        outputs = subprocess.run(["pactl", "list", "short", "source-outputs"], capture_output=True, text=True).stdout
+        ours = [line.split()[0] for line in outputs.splitlines() if line.split()[1] == source]
+        assert len(ours) == 1, outputs
+        subprocess.run(["pacmd", "kill-source-output", ours[0]], check=True)
+        # restarts counts after the stop that read the gain 0: a gain above 0 after it is the reopened capture's
+        assert wait_until(lambda: capture.status.restarts > restarts and capture.status.running
+                          and capture.status.gain_db > 0, 60, interval=0.02), capture.status
+        return had
+
+    try:
+        # raised by 6 dB: about 9 s in (3 dB/s at most, times the share of the horizon heard so far)
+        assert wait_until(lambda: capture.status.gain_db > 6.0, 90, interval=0.02), capture.status
+        had = lose_the_device()
+        assert capture.status.gain_db > had - 1.0, (had, capture.status)  # without it: about 0.1 dB, rising slowly
+        capture.channels = 1  # reopened as another input
+        lose_the_device()
+        assert capture.status.gain_db < 2.0, capture.status  # a new floor: about 1 dB a second at first
+    finally:
+        stop.set()
+        capture.join(10)
+        player.kill()
+        subprocess.run(["pactl", "unload-module", module], capture_output=True)
+        if cli.returncode == 0:
+            subprocess.run(["pactl", "unload-module", cli.stdout.strip()], capture_output=True)
+    assert capture.finished.is_set()
