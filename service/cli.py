@@ -1090,8 +1090,13 @@ def render_message(topic: str, message: dict, clear: bool = False) -> str:
         text = (f"status  up {message['uptime_s']:.0f} s, {message['queue_depth']} queued, {message['tagged']} tagged, "
                 f"{message['errors']} errors, {message['provider']}, {message['dropped_messages']} dropped")
         for source, live in (message.get("live") or {}).items():
-            state = "running" if live.get("running") else "stopped"
-            text += f"; live {source} {state}" + (f" ({live['error']})" if live.get("error") else "")
+            if live.get("stalled_s") is not None:  # its device delivers no audio (the error says the same)
+                text += f"; live {source} stalled (no audio for {live['stalled_s']:.0f} s)"
+            else:
+                state = "running" if live.get("running") else "stopped"
+                text += f"; live {source} {state}" + (f" ({live['error']})" if live.get("error") else "")
+            if live.get("hung_closes"):
+                text += f", {live['hung_closes']} hung stream closes"
             # Quieter than the model's level floor: raised by the running floor (under 0.05 dB would read "0.0").
             if (live.get("gain_db") or 0.0) >= 0.05:
                 text += f", raised {live['gain_db']:.1f} dB"

@@ -7,7 +7,9 @@ swresample through PyAV), feeds a :class:`tagger.TagStream` with a recent horizo
 :class:`service.events.GenreChanged` when :class:`ChangeDetector` finds that the music changed (genre, or to
 and from "no music").
 A lost or failing device is reopened with exponential backoff; after a short gap it goes on with its running level
-floor (:class:`LiveSource`).
+floor (:class:`LiveSource`). A device that delivers no audio for ``STALL_S`` (a suspended PulseAudio sink, a hung
+driver) is reported stalled at once (``status.stalled_s``) and reopened; its stream is aborted, never drained, and a
+close that still hangs is left to a daemon thread after ``CLOSE_WAIT_S`` (``status.hung_closes``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import av
 import numpy as np
@@ -27,12 +29,21 @@ from tagger.ensemble import NO_MUSIC, apply_aliases
 from tagger.level import RunningFloor
 from tagger.pipeline import SliceResult, Tagger
 
+if TYPE_CHECKING:
+    import sounddevice
+
 log = logging.getLogger(__name__)
 # The longest quiet passage of the current genre (``quiet_dbfs``) that is not weighed as evidence for "no music",
 # seconds: past it a quiet stretch counts again (dead air after a song whose genre the model still hears in it).
 QUIET_PASSAGE_S = 10.0
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
+# A capture whose device delivers no audio for this long, seconds, is stalled: the status says so at once (not running,
+# ``stalled_s``, no gain) and the stream is closed and reopened until audio comes again.
+STALL_S = 5.0
+# The longest the capture's thread waits for PortAudio to close a stream, seconds; a close that takes longer (a hung
+# driver) is left to finish in a daemon thread, counted in ``status.hung_closes``, and the device reopened.
+CLOSE_WAIT_S = 2.0
 
 
 class RingBuffer:
@@ -474,6 +485,15 @@ class LiveStatus:
     # The running level floor's gain now, dB (0: not raised, as while stopped); None: no running floor (turned off with
     # [live] level_floor = false, or the model states no level floor).
     gain_db: float | None = None
+    # time.monotonic() when the device last delivered audio (or the stream opened), while it is stalled (none for
+    # STALL_S); None: not stalled.
+    stalled_since: float | None = None
+    hung_closes: int = 0  # streams whose close hung past CLOSE_WAIT_S, left to a daemon thread
+
+    @property
+    def stalled_s(self) -> float | None:
+        """Seconds since a stalled device last delivered audio; None when not stalled."""
+        return None if self.stalled_since is None else time.monotonic() - self.stalled_since
 
     def as_dict(self) -> dict:
         d = {"running": self.running, "device": self.device, "overflows": self.overflows, "restarts": self.restarts}
@@ -481,6 +501,10 @@ class LiveStatus:
             d["error"] = self.error
         if self.gain_db is not None:
             d["gain_db"] = round(self.gain_db, 2)
+        if self.stalled_s is not None:
+            d["stalled_s"] = round(self.stalled_s, 1)
+        if self.hung_closes:
+            d["hung_closes"] = self.hung_closes
         return d
 
 
@@ -785,12 +809,14 @@ class LiveCapture(LiveSource):
                 ring.overflows += 1
             ring.write(indata)
 
-        with sd.InputStream(device=self.device, samplerate=rate, channels=channels, dtype="float32",
-                            blocksize=max(1, int(self.block_seconds * rate)), callback=callback,
-                            finished_callback=failed.set):
-            self.status.running = True
+        # Opened and started by hand, and left by _close: the context manager's exit drains the stream (Pa_StopStream),
+        # which waits for as long as the device delivers nothing (measured: until a suspended PulseAudio sink resumes).
+        stream = sd.InputStream(device=self.device, samplerate=rate, channels=channels, dtype="float32",
+                                blocksize=max(1, int(self.block_seconds * rate)), callback=callback,
+                                finished_callback=failed.set)
+        try:
+            stream.start()
             self.status.device = str(info["name"])
-            self.status.error = ""
             log.info("live input %s: %s at %d Hz, %d channels", self.source, info["name"], rate, channels)
             idle_since = time.monotonic()
             while not stop.is_set() and not failed.is_set():
@@ -798,10 +824,37 @@ class LiveCapture(LiveSource):
                 self.status.overflows = ring.overflows
                 if block.shape[0]:
                     idle_since = time.monotonic()
+                    if not self.status.running:  # running once audio comes (a reopened stall: not before)
+                        self.status.running, self.status.error, self.status.stalled_since = True, "", None
                     self._feed(live, block, ring.last_write_time)
-                elif time.monotonic() - idle_since > max(5.0, 20 * self.block_seconds):
-                    raise RuntimeError("the input device delivers no audio")
+                elif time.monotonic() - idle_since > max(STALL_S, 20 * self.block_seconds):
+                    stalled = RuntimeError("the input device delivers no audio")
+                    if self.status.stalled_since is None:  # else still stalled since then, through the reopens
+                        self.status.stalled_since = idle_since
+                    self._stopped()  # said now, not once the stream is closed
+                    self.status.error = self._explain(stalled)
+                    raise stalled
                 else:
                     time.sleep(min(0.005, self.block_seconds / 4))
+        finally:
+            self._close(stream)
         if failed.is_set() and not stop.is_set():
             raise RuntimeError("the input stream stopped (device lost?)")
+
+    def _close(self, stream: sounddevice.InputStream) -> None:
+        """Abort and close ``stream`` (nothing to drain: an input's pending blocks are dropped), waiting at most
+        ``CLOSE_WAIT_S``: a close that hangs longer is left to a daemon thread, counted and logged once."""
+
+        def close() -> None:
+            stream.abort()
+            stream.close()
+
+        closer = threading.Thread(target=close, name=f"live-{self.source}-close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_WAIT_S)
+        if closer.is_alive():
+            self.status.hung_closes += 1
+            if self.status.hung_closes == 1:
+                log.warning("live input %s: closing the audio stream hangs (%.0f s so far); left to finish in the "
+                            "background, the device is reopened (status hung_closes counts these)", self.source,
+                            CLOSE_WAIT_S)

@@ -114,6 +114,10 @@ def test_lines_mark_results_below_the_threshold_uncertain() -> None:
     for gain, shown in ((0.0, ""), (0.04, ""), (0.05, ", raised 0.1 dB"), (13.86, ", raised 13.9 dB")):
         playing = {**status, "live": {"radio": {"running": True, "gain_db": gain}}, "library": ""}
         assert render_message("status", playing).endswith("; live radio running" + shown), gain
+    # A stalled device: how long it has delivered no audio, not its error again; closes that hung, counted.
+    stalled = {**status, "library": "", "live": {"radio": {"running": False, "error": "RuntimeError: the input device "
+                                                           "delivers no audio", "stalled_s": 12.4, "hung_closes": 2}}}
+    assert render_message("status", stalled).endswith("; live radio stalled (no audio for 12 s), 2 hung stream closes")
     live = {"type": "live", "source": "radio", "stream_s": 12.0, "slices": [], "ensemble": {"genre": estimate},
             "top": "jazz", "confidence": 0.56, "horizon_s": 30.0}
     headline = render_message("live.radio", live).splitlines()[0]

@@ -394,7 +394,16 @@ def test_a_capture_reopened_after_a_glitch_goes_on_with_its_level_floor(pulse_si
     """A quiet line-in (an FMA jazz clip 30 dB down) raised by the running floor loses its device: PulseAudio ends
     the capture's stream (pacmd kill-source-output), PortAudio reports it finished, the capture reopens it half a
     second later. The reopened capture goes on with the gain it had, instead of starting from 0 and climbing for
-    the floor's 15 s horizon. Reopened otherwise (other channels: another input) it starts over."""
+    the floor's 15 s horizon. Reopened otherwise (other channels: another input) it starts over.
+
+    The device stalls (its sink suspended: the stream stays open, no audio comes): the status says so once STALL_S
+    passed, not once the device resumes (closing a stalled stream by draining it waited for the resume), and the
+    capture comes back by itself when it resumes. Stopped while the device is stalled, the capture still ends."""
+    import jsonschema
+
+    from service.live import CLOSE_WAIT_S, STALL_S
+    from service.publish import load_schema
+
     device = f"{pulse_sink}_glitch"  # its own sink: only the streams that record its monitor are ended
     module = subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={device}"],
                             capture_output=True, text=True, check=True).stdout.strip()
@@ -402,6 +411,7 @@ def test_a_capture_reopened_after_a_glitch_goes_on_with_its_level_floor(pulse_si
     cli = subprocess.run(["pactl", "load-module", "module-cli-protocol-unix"], capture_output=True, text=True)
     rate = 16000
     quiet = decode_file(DATA / "fma" / "001082.mp3", rate)[:30 * rate] * np.float32(10.0 ** (-30.0 / 20.0))
+    quiet = np.tile(quiet, 2)  # the clip twice: enough for every step on a loaded machine
     clip = encode(quiet, rate, tmp_path / "quiet.wav", "pcm_s16le", "wav")
     monkeypatch.setenv("PULSE_SOURCE", f"{device}.monitor")
     capture = LiveCapture(floored, _Discard(), "radio", device="pulse")
@@ -429,11 +439,32 @@ def test_a_capture_reopened_after_a_glitch_goes_on_with_its_level_floor(pulse_si
         assert wait_until(lambda: capture.status.gain_db > 6.0, 90, interval=0.02), capture.status
         had = lose_the_device()
         assert capture.status.gain_db > had - 1.0, (had, capture.status)  # without it: about 0.1 dB, rising slowly
+        # Stalled: said within STALL_S and the close's bounded wait (before the fix: only once it resumed)
+        suspended = time.monotonic()
+        subprocess.run(["pactl", "suspend-sink", device, "1"], check=True)
+        assert wait_until(lambda: capture.status.stalled_s is not None, STALL_S + CLOSE_WAIT_S + 20, interval=0.02), \
+            capture.status
+        said = capture.status.as_dict()
+        assert not said["running"] and said["gain_db"] == 0.0 and "no audio" in said["error"], said
+        assert said["stalled_s"] >= STALL_S, said
+        jsonschema.validate(said, load_schema()["$defs"]["status"]["properties"]["live"]["additionalProperties"])
+        assert wait_until(lambda: capture.status.restarts > 1, CLOSE_WAIT_S + 20, interval=0.02), capture.status
+        print(f"stalled said {time.monotonic() - suspended:.1f} s after the suspend: {said}")
+        subprocess.run(["pactl", "suspend-sink", device, "0"], check=True)
+        assert wait_until(lambda: capture.status.running and capture.status.stalled_s is None, 60, interval=0.02), \
+            capture.status
+        assert "stalled_s" not in capture.status.as_dict() and not capture.status.error, capture.status
         capture.channels = 1  # reopened as another input
         lose_the_device()
         assert capture.status.gain_db < 2.0, capture.status  # a new floor: about 1 dB a second at first
+        # Stopped while stalled: the capture's thread ends (a drained close waited for the resume)
+        subprocess.run(["pactl", "suspend-sink", device, "1"], check=True)
+        stop.set()
+        capture.join(10)
+        assert capture.finished.is_set(), "the capture's thread hangs on a stalled device"
     finally:
         stop.set()
+        subprocess.run(["pactl", "suspend-sink", device, "0"], capture_output=True)
         capture.join(10)
         player.kill()
         subprocess.run(["pactl", "unload-module", module], capture_output=True)
