@@ -6,10 +6,11 @@ swresample through PyAV), feeds a :class:`tagger.TagStream` with a recent horizo
 (the daemon's :class:`service.sinks.SinkHub`) a :class:`service.events.LiveUpdate` for every hop and a
 :class:`service.events.GenreChanged` when :class:`ChangeDetector` finds that the music changed (genre, or to
 and from "no music").
-A lost or failing device is reopened with exponential backoff; after a short gap it goes on with its running level
-floor (:class:`LiveSource`). A device that delivers no audio for ``STALL_S`` (a suspended PulseAudio sink, a hung
-driver) is reported stalled at once (``status.stalled_s``) and reopened; its stream is aborted, never drained, and a
-close that still hangs is left to a daemon thread after ``CLOSE_WAIT_S`` (``status.hung_closes``).
+A lost or failing device is reopened with exponential backoff; after a short gap it goes on where it was: its
+running ensemble, change detector and level floor (:class:`LiveSource`). A device that delivers no audio for
+``STALL_S`` (a suspended PulseAudio sink, a hung driver) is reported stalled at once (``status.stalled_s``) and
+reopened; its stream is aborted, never drained, and a close that still hangs is left to a daemon thread after
+``CLOSE_WAIT_S`` (``status.hung_closes``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 
 from service.events import GenreChanged, LiveUpdate
 from tagger.ensemble import NO_MUSIC, apply_aliases
-from tagger.level import RunningFloor
+from tagger.level import RUNNING_HORIZON_SECONDS, RunningFloor
 from tagger.pipeline import SliceResult, Tagger
 
 if TYPE_CHECKING:
@@ -44,6 +45,10 @@ STALL_S = 5.0
 # The longest the capture's thread waits for PortAudio to close a stream, seconds; a close that takes longer (a hung
 # driver) is left to finish in a daemon thread, counted in ``status.hung_closes``, and the device reopened.
 CLOSE_WAIT_S = 2.0
+# The longest gap, seconds, after which the same input reopened goes on where it was (its running ensemble, change
+# detector and level floor): the running floor's horizon, after which the floor would start over anyway (a whole
+# horizon of silence), and a gap long enough for the music to have changed under it.
+RESUME_GAP_S = RUNNING_HORIZON_SECONDS
 
 
 class RingBuffer:
@@ -524,13 +529,11 @@ class LiveTagger:
     The stream is eager, so a model with a level floor raises input whose running level is under it (a DJ
     mixer's record output or a radio line-in turned down: :class:`tagger.level.RunningFloor`) unless
     ``level_floor`` is False (``[live] level_floor`` in the daemon's config); the windows' levels that
-    ``quiet_dbfs`` weighs are those of the input as it came in, never raised. ``floor``: a running floor to go on
-    with instead of a new one (that of the same input before it was reopened, :class:`LiveSource`); ignored
-    without a running floor.
+    ``quiet_dbfs`` weighs are those of the input as it came in, never raised.
     """
 
     def __init__(self, tagger: Tagger, source: str, rate_in: int, changes: ChangeSettings | None,
-                 sink: LiveSink, top_k: int = 5, level_floor: bool = True, floor: RunningFloor | None = None) -> None:
+                 sink: LiveSink, top_k: int = 5, level_floor: bool = True) -> None:
         self.tagger = tagger
         self.source = source
         settings = changes or ChangeSettings()
@@ -538,8 +541,6 @@ class LiveTagger:
         # Incremental inference where the model allows it: per block, only the new frames' features.
         self.stream = tagger.stream(horizon_seconds=self.horizon_seconds, eager=True, fast=tagger.fast,
                                     level_floor=level_floor)
-        if floor is not None and self.stream.floor is not None:
-            self.stream.floor = floor
         self.resample = StreamResampler(rate_in, tagger.sample_rate)
         self._genre = tagger.manifest.genre_outputs[0]
         # The detector weighs the labels the user sees (aliases merged), as the estimates name them.
@@ -641,10 +642,13 @@ class LiveSource:
 
     Subclasses say how to play the input once (:meth:`_once`) and how to report a failure (:meth:`_failed`).
 
-    An input reopened after a short gap goes on with its running level floor (its gain and its trust): a glitch of
-    a second must not un-raise a quiet source for the floor's horizon (15 s) while it measures the level anew. It
-    starts over when the input was opened otherwise (another device, rate or channels) or the gap since it was
-    last fed is the floor's horizon or longer: the floor itself starts over after a whole horizon of silence.
+    An input reopened after a short gap (under ``RESUME_GAP_S``, 15 s, since it was last fed) goes on where it was:
+    the same :class:`LiveTagger`, so its running level floor (gain and trust), running ensemble and change detector
+    go on, and the stream's seconds (``stream_s``) go on from where they were (the gap is not counted). A glitch of
+    a second must neither un-raise a quiet source for the floor's horizon while it measures the level anew, nor
+    announce the genre again from scratch (a new ``genre_changed`` from nothing, and a new detector's first
+    decisions): the music after it is weighed against the genre shown, as any change is. It starts over when the
+    input was opened otherwise (another device, rate or channels) or after a longer gap.
 
     Args:
         source: the name in topics (``live.<source>``).
@@ -671,11 +675,11 @@ class LiveSource:
             self.status.gain_db = 0.0  # a running floor: its gain is shown from the start
         self.finished = threading.Event()  # set when the thread has ended (stopped, or the input ended for good)
         self._thread: threading.Thread | None = None
-        # The running floor of the input last opened, how it was opened, and time.monotonic() when it was last fed:
-        # what a reopened input goes on with (see the class).
-        self._floor: RunningFloor | None = None
-        self._floor_opened_as: tuple = ()
-        self._floor_fed_at = 0.0
+        # The live tagger of the input last opened, how it was opened, and time.monotonic() when it was last fed: what
+        # a reopened input goes on with (see the class).
+        self._last: LiveTagger | None = None
+        self._last_opened_as: tuple = ()
+        self._fed_at = 0.0
 
     def start(self, stop: threading.Event) -> None:
         self._thread = threading.Thread(target=self._run, args=(stop,), name=f"live-{self.source}", daemon=True)
@@ -687,21 +691,20 @@ class LiveSource:
 
     def _tagger(self, rate_in: int, opened_as: tuple = ()) -> LiveTagger:
         """A live tagger for the input just opened at ``rate_in`` Hz. ``opened_as``: what identifies how it was
-        opened (device, rate, channels); the same as last time, after a gap shorter than the floor's horizon, it
-        goes on with the last running floor (see the class)."""
-        kept = self._floor
-        if kept is not None and (opened_as != self._floor_opened_as
-                                 or time.monotonic() - self._floor_fed_at >= kept.horizon_seconds):
-            kept = None
-        live = LiveTagger(self.tagger, self.source, rate_in, self.changes, self.sink, self.top_k, self.level_floor,
-                          floor=kept)
-        self._floor, self._floor_opened_as = live.floor, opened_as
-        return live
+        opened (device, rate, channels); the same as last time, after a gap shorter than ``RESUME_GAP_S``, the last
+        live tagger goes on (see the class)."""
+        if (self._last is not None and opened_as == self._last_opened_as
+                and time.monotonic() - self._fed_at < RESUME_GAP_S):
+            return self._last
+        self._last = LiveTagger(self.tagger, self.source, rate_in, self.changes, self.sink, self.top_k,
+                                self.level_floor)
+        self._last_opened_as = opened_as
+        return self._last
 
     def _feed(self, live: LiveTagger, block: np.ndarray, captured_at: float | None) -> None:
         """Feed ``block`` to ``live``; the status shows the running floor's gain after it."""
         live.feed(block, captured_at)
-        self._floor_fed_at = time.monotonic()
+        self._fed_at = time.monotonic()
         self.status.gain_db = live.gain_db
 
     def _once(self, stop: threading.Event) -> bool:
@@ -740,7 +743,7 @@ class LiveSource:
 
     def _stopped(self) -> None:
         """The status of a source not playing: not running, and nothing raised (a running floor's gain reads 0 until
-        input is fed again; a capture reopened soon goes on with its floor, see the class)."""
+        input is fed again; a capture reopened soon goes on where it was, see the class)."""
         self.status.running = False
         if self.status.gain_db is not None:
             self.status.gain_db = 0.0

@@ -280,8 +280,9 @@ def test_a_live_source_that_stopped_shows_no_gain(floored: Tagger, own: np.ndarr
 
 def test_a_reopened_input_goes_on_with_its_floor_only_when_the_same_and_soon(floored: Tagger, own: np.ndarray) -> None:
     """LiveSource's rule for a reopened input (tests/test_live.py reopens a real capture): the same input after a
-    short gap goes on with its running floor; another input, or the same one after a gap of the floor's horizon,
-    starts over. That gap is set back by hand: waiting out 15 s would only slow the suite."""
+    short gap goes on with its running floor (and the rest of its live tagger: ensemble, change detector); another
+    input, or the same one after a gap of the floor's horizon, starts over. That gap is set back by hand: waiting
+    out 15 s would only slow the suite."""
     from service.live import LiveSource
 
     line_in = ("line-in", RATE, 2)  # how the input was opened: device, rate, channels
@@ -298,8 +299,10 @@ def test_a_reopened_input_goes_on_with_its_floor_only_when_the_same_and_soon(flo
     source, first = raised()
     again = source._tagger(RATE, line_in)
     assert again.floor is first.floor and again.gain_db == first.gain_db  # a glitch: the same floor goes on
-    assert source._tagger(RATE, ("usb", RATE, 2)).gain_db == 0.0  # another input: a new floor
+    assert again is first and again.changes is first.changes  # ... in the same live tagger: its detector too
+    other = source._tagger(RATE, ("usb", RATE, 2))
+    assert other.gain_db == 0.0 and other.changes is not first.changes  # another input: a new floor and detector
     source, first = raised()
-    source._floor_fed_at -= RUNNING_HORIZON_SECONDS  # last fed a whole horizon ago
+    source._fed_at -= RUNNING_HORIZON_SECONDS  # last fed a whole horizon ago
     late = source._tagger(RATE, line_in)
-    assert late.floor is not first.floor and late.gain_db == 0.0
+    assert late.floor is not first.floor and late.gain_db == 0.0 and late.changes is not first.changes

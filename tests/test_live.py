@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -379,22 +380,28 @@ def test_live_tagger_keeps_the_newest_samples_for_window_levels() -> None:
         assert np.array_equal(live._recent[:live._recent_n], whole[live._recent_start:])
 
 
-class _Discard:
-    """A live sink that drops what it is told (the test watches the capture's status)."""
+class _Record:
+    """A live sink that keeps, per event, the stream seconds it was at (and the changes announced)."""
+
+    def __init__(self) -> None:
+        self.updates: list[float] = []
+        self.changes: list[tuple[str | None, str]] = []
 
     def live(self, event) -> None:
-        pass
+        self.updates.append(event.stream_s)
 
     def genre_changed(self, event) -> None:
-        pass
+        self.changes.append((event.previous, event.current))
 
 
-def test_a_capture_reopened_after_a_glitch_goes_on_with_its_level_floor(pulse_sink: str, floored: Tagger,
-                                                                         tmp_path: Path, monkeypatch) -> None:
+def test_a_capture_reopened_after_a_glitch_goes_on_where_it_was(pulse_sink: str, floored: Tagger, tmp_path: Path,
+                                                                monkeypatch) -> None:
     """A quiet line-in (an FMA jazz clip 30 dB down) raised by the running floor loses its device: PulseAudio ends
     the capture's stream (pacmd kill-source-output), PortAudio reports it finished, the capture reopens it half a
     second later. The reopened capture goes on with the gain it had, instead of starting from 0 and climbing for
-    the floor's 15 s horizon. Reopened otherwise (other channels: another input) it starts over.
+    the floor's 15 s horizon, and with its running ensemble and change detector: its stream goes on (a new one
+    starts at 0 and announces its genre again from nothing). Reopened otherwise (other channels: another input) it
+    starts over.
 
     The device stalls (its sink suspended: the stream stays open, no audio comes): the status says so once STALL_S
     passed, not once the device resumes (closing a stalled stream by draining it waited for the resume), and the
@@ -414,7 +421,8 @@ def test_a_capture_reopened_after_a_glitch_goes_on_with_its_level_floor(pulse_si
     quiet = np.tile(quiet, 2)  # the clip twice: enough for every step on a loaded machine
     clip = encode(quiet, rate, tmp_path / "quiet.wav", "pcm_s16le", "wav")
     monkeypatch.setenv("PULSE_SOURCE", f"{device}.monitor")
-    capture = LiveCapture(floored, _Discard(), "radio", device="pulse")
+    sink = _Record()
+    capture = LiveCapture(floored, sink, "radio", device="pulse")
     stop = threading.Event()
     player = subprocess.Popen(["paplay", f"--device={device}", str(clip)])
     capture.start(stop)
@@ -434,11 +442,17 @@ def test_a_capture_reopened_after_a_glitch_goes_on_with_its_level_floor(pulse_si
                           and capture.status.gain_db > 0, 60, interval=0.02), capture.status
         return had
 
+    def updated() -> None:
+        """Wait for the capture's next update."""
+        n = len(sink.updates)
+        assert wait_until(lambda: len(sink.updates) > n, 30, interval=0.02), capture.status
+
     try:
         # raised by 6 dB: about 9 s in (3 dB/s at most, times the share of the horizon heard so far)
         assert wait_until(lambda: capture.status.gain_db > 6.0, 90, interval=0.02), capture.status
         had = lose_the_device()
         assert capture.status.gain_db > had - 1.0, (had, capture.status)  # without it: about 0.1 dB, rising slowly
+        updated()
         # Stalled: said within STALL_S and the close's bounded wait (before the fix: only once it resumed)
         suspended = time.monotonic()
         subprocess.run(["pactl", "suspend-sink", device, "1"], check=True)
@@ -454,6 +468,13 @@ def test_a_capture_reopened_after_a_glitch_goes_on_with_its_level_floor(pulse_si
         assert wait_until(lambda: capture.status.running and capture.status.stalled_s is None, 60, interval=0.02), \
             capture.status
         assert "stalled_s" not in capture.status.as_dict() and not capture.status.error, capture.status
+        updated()
+        # The glitch and the stall: one stream went on (a new one's updates start again 2.6 to 4 s in), and its
+        # genre, if any, was announced once from nothing
+        updates, changes = list(sink.updates), list(sink.changes)
+        print(f"stream seconds {updates[0]:.1f} to {updates[-1]:.1f} in {len(updates)} updates; changes {changes}")
+        assert all(b > a for a, b in pairwise(updates)), updates
+        assert sum(previous is None for previous, _ in changes) <= 1, changes
         capture.channels = 1  # reopened as another input
         lose_the_device()
         assert capture.status.gain_db < 2.0, capture.status  # a new floor: about 1 dB a second at first
