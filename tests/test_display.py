@@ -294,6 +294,47 @@ def test_the_page_shows_uncertain_and_no_music_and_never_an_uncertain_genre(brow
         hub.close(time.monotonic() + 2)
 
 
+def test_the_page_says_a_stalled_source_delivers_no_audio_instead_of_its_last_genre(browser) -> None:
+    """A capture whose device stalls (tests/test_live.py stalls a real one) is said stalled by the status heartbeat;
+    the page then shows "no audio" and how long, not the genre it last heard, and the genre again once the
+    heartbeat no longer says so. A page that connects meanwhile learns it from the snapshot. The HTTP sink runs in
+    this process, fed the events the daemon makes (the status from a real LiveStatus)."""
+    from service.config import Config
+    from service.events import GenreChanged, Status
+    from service.live import LiveStatus
+    from service.sinks import SinkContext, SinkHub
+    from service.sinks.http import HttpSection, HttpSink
+
+    sink = HttpSink(HttpSection(enabled=True, listen="127.0.0.1:0"), SinkContext(Config()))
+    hub = SinkHub([sink])
+    hub.start()
+
+    def heartbeat(live: LiveStatus) -> None:
+        hub.status(Status(uptime_s=1.0, queue_depth=0, tagged=0, errors=0, audio_seconds=0.0, realtime_factor=0.0,
+                          provider="cpu", model="test", live={"radio": live.as_dict()}))
+
+    try:
+        browser.get(sink.url + "?source=radio")
+        until(browser, lambda d: page_state(d)["connection"] == "connected", 30, "the page to connect")
+        hub.genre_changed(GenreChanged(source="radio", stream_s=10.0, previous=None, current="jazz", confidence=0.9))
+        until(browser, lambda d: page_state(d)["genre"] == "jazz", 20, "jazz")
+        heartbeat(LiveStatus(running=True, device="pulse"))
+        stalled = LiveStatus(device="pulse", error="RuntimeError: the input device delivers no audio",
+                             stalled_since=time.monotonic() - 12.0)
+        heartbeat(stalled)
+        until(browser, lambda d: page_state(d)["state"] == "stalled", 20, "the stalled state")
+        state = page_state(browser)
+        assert state["genre"] == "no audio" and state["badge"] == "the input has delivered no audio for 12 s", state
+        assert state["bars"] == [] and state["since"] == "" and "jazz" in state["history"][0], state
+        browser.refresh()  # connecting meanwhile: the snapshot's last status says so
+        until(browser, lambda d: page_state(d)["state"] == "stalled", 20, "the stalled state after a reload")
+        heartbeat(LiveStatus(running=True, device="pulse"))
+        until(browser, lambda d: page_state(d)["state"] == "genre", 20, "the genre again")
+        assert page_state(browser)["genre"] == "jazz"
+    finally:
+        hub.close(time.monotonic() + 2)
+
+
 def test_a_page_that_never_reads_loses_its_oldest_events_counted_and_gets_the_newest(tmp_path: Path) -> None:
     from service.config import Config
     from service.events import TrackDone

@@ -1,6 +1,7 @@
 // The live display: per source, the current genre (it changes only when the daemon announces a
 // change that held), the running top-k bars, the uncertain / no music states, the time since the
-// last change and the recent changes.
+// last change and the recent changes. A capture whose device delivers no audio (the status heartbeat's
+// live.<source>.stalled_s) shows "no audio" instead of its last genre and bars, until audio comes again.
 "use strict";
 
 const NO_MUSIC = "no music";
@@ -14,7 +15,7 @@ const options = {
 document.documentElement.dataset.theme = options.theme;
 if (options.overlay) document.documentElement.classList.add("overlay");
 
-const sources = new Map();  // name → {live, current, history, element}
+const sources = new Map();  // name → {live, current, history, stalled, element}
 let clockOffset = 0;         // browser clock − daemon clock, seconds
 
 function serverNow() {
@@ -33,7 +34,7 @@ function sourceState(name) {
     element.querySelector(".source-name").textContent = name;
     document.getElementById("sources").appendChild(element);
     document.getElementById("no-sources").hidden = true;
-    state = {live: null, current: null, history: [], element};
+    state = {live: null, current: null, history: [], stalled: null, element};
     sources.set(name, state);
   }
   return state;
@@ -56,6 +57,20 @@ function render(state) {
   const current = state.current;
   let mode = "waiting";
   let text = "listening…";
+  if (state.stalled !== null) {
+    // Its last genre and bars are no longer what the source plays: the device delivers nothing.
+    el.dataset.state = "stalled";
+    el.dataset.now = "";
+    genre.textContent = "no audio";
+    genre.title = "";
+    badge.textContent = `the input has delivered no audio for ${Math.round(state.stalled)} s`;
+    const bars = el.querySelector(".bars");
+    bars.innerHTML = "";
+    bars.dataset.html = "";
+    renderHistory(state);
+    tick(state);
+    return;
+  }
   if (current && isNoMusic(current)) {
     mode = "nomusic";
     text = NO_MUSIC;
@@ -108,7 +123,11 @@ function render(state) {
     bars.dataset.html = html;
   }
 
-  const history = el.querySelector(".history ol");
+  renderHistory(state);
+}
+
+function renderHistory(state) {
+  const history = state.element.querySelector(".history ol");
   history.innerHTML = state.history.map((c) =>
     `<li><time>${clockTime(c.ts)}</time> ${escapeHtml(c.previous_uncertain ? `maybe ${c.previous}` : c.previous || "—")} → ` +
     `<strong>${escapeHtml(isNoMusic(c) ? NO_MUSIC : c.current)}</strong>` +
@@ -118,7 +137,21 @@ function render(state) {
 
 function tick(state) {
   const since = state.element.querySelector(".since");
-  since.textContent = state.current ? `for ${ago(serverNow() - state.current.ts)}` : "";
+  since.textContent = state.current && state.stalled === null ? `for ${ago(serverNow() - state.current.ts)}` : "";
+}
+
+// The status heartbeat's word on each live source: stalled (no audio for stalled_s seconds) or not.
+function applyStatus(status) {
+  for (const [name, live] of Object.entries((status && status.live) || {})) {
+    if (!wanted(name)) continue;
+    const stalled = typeof live.stalled_s === "number" ? live.stalled_s : null;
+    if (stalled === null && !sources.has(name)) continue;  // nothing to say of a source not seen yet
+    const state = sourceState(name);
+    if (state.stalled !== stalled) {
+      state.stalled = stalled;
+      render(state);
+    }
+  }
 }
 
 connectFeed({
@@ -136,12 +169,17 @@ connectFeed({
       state.history = s.history;
       render(state);
     }
+    applyStatus(message.library && message.library.status);
   },
   live(message) {
     if (!wanted(message.source)) return;
     const state = sourceState(message.source);
     state.live = message;
+    state.stalled = null;  // audio again
     render(state);
+  },
+  status(message) {
+    applyStatus(message);
   },
   genre_changed(message) {
     if (!wanted(message.source)) return;
