@@ -128,18 +128,26 @@ def _distribution(delays: Sequence[float | None], rest: Sequence[float]) -> dict
             "never": sum(1 for x in delays if x is None)}
 
 
-def _ranked_first(rec: Recording, tagger: Tagger) -> dict[str, int]:
-    """How many clean windows (both views) of a switch stream rank each genre first, most first."""
+def _within_limit(rec: Recording, tagger: Tagger) -> dict:
+    """What the windows ending after the switch and reported within 8 s of it say: how many rank each genre first
+    (most first), and the second clip's own label's highest probability among them."""
+    assert rec.switch_s is not None
     labels = tagger.manifest.genre_outputs[0].labels
-    tops = np.argmax(rec.genre[clean(rec, tagger)], axis=1)
-    counts = np.bincount(tops, minlength=len(labels))
-    return {labels[i]: int(counts[i]) for i in np.argsort(-counts, kind="stable") if counts[i]}
+    near = (rec.end > rec.switch_s + 1e-6) & (rec.t - rec.switch_s <= SWITCH_LIMIT_S)
+    counts = np.bincount(np.argmax(rec.genre[near], axis=1), minlength=len(labels))
+    own = rec.genre[near, labels.index(rec.second)]
+    return {"windows_rank_first": {labels[i]: int(counts[i]) for i in np.argsort(-counts, kind="stable")
+                                   if counts[i]},
+            "own_label_highest_probability": round(float(own.max()), 3) if own.size else None}
+
+
+LATE_FLOORS = ("clean_either", "any_window_decided")  # a switch over 8 s on either is listed
 
 
 def switch_floors(parts: dict[str, Sequence[Recording]], tagger: Tagger) -> dict:
     """The floors' distributions per part (e.g. "held_out", "tuning", "all": their switch streams), and every
-    switch whose loosest clean floor (``clean_either``) is over 8 s or never comes: its streams, labels, floors
-    and what its clean windows rank first instead."""
+    switch (of the parts but "all") whose floor is over 8 s or never comes on one of :data:`LATE_FLOORS`: its
+    stream, labels, floors, and what the windows after the switch reported within 8 s rank first instead."""
     out: dict = {"floors": dict(FLOORS), "limit_s": SWITCH_LIMIT_S}
     late: dict[str, list[dict]] = {}
     for part, switches in parts.items():
@@ -152,9 +160,9 @@ def switch_floors(parts: dict[str, Sequence[Recording]], tagger: Tagger) -> dict
         late[part] = [{"stream": rec.name, "first": rec.first, "second": rec.second,
                        "second_stretch_s": round(rec.seconds - (rec.switch_s or 0.0), 2),
                        **{name: None if p[name] is None else round(p[name], 3) for name, _ in FLOORS},
-                       "clean_windows_rank_first": _ranked_first(rec, tagger)}
+                       **_within_limit(rec, tagger)}
                       for rec, p in zip(switches, per, strict=True)
-                      if p["clean_either"] is None or p["clean_either"] > SWITCH_LIMIT_S]
+                      if any(p[name] is None or p[name] > SWITCH_LIMIT_S for name in LATE_FLOORS)]
     out["over_8s"] = late
     return out
 
@@ -322,7 +330,7 @@ def bound(halves: Sequence[Streams], tagger: Tagger, defaults: ChangeSettings,
     over ``grid``, by default :func:`evidence_grid`)."""
     floors = switch_floors({"held_out": halves[1].switches, "tuning": halves[0].switches,
                             "all": halves[0].switches + halves[1].switches}, tagger)
-    over = {part: floors[part]["clean_either"]["over_8s"] for part in ("held_out", "tuning", "all")}
+    over = {part: floors[part]["any_window"]["over_8s"] for part in ("held_out", "tuning", "all")}
     return {"floor": floors, "frontier": frontier(halves, tagger, defaults, over, grid=grid)}
 
 
@@ -351,7 +359,9 @@ def summary_lines(doc: dict) -> list[str]:
         f = doc["floor"][part]
         lines.append(f"{part}: floor (clean window of either view) median {f['clean_either']['median_s']:.2f} s, "
                      f"worst {f['clean_either']['worst_s']:.2f} s, over 8 s {f['clean_either']['over_8s']}; "
-                     f"any window {f['any_window']['worst_s']:.2f} s; summed {f['summed_all']['worst_s']:.2f} s")
+                     f"any window {f['any_window']['worst_s']:.2f} s; deciding it "
+                     f"{f['any_window_decided']['worst_s']:.2f} s, over 8 s {f['any_window_decided']['over_8s']}; "
+                     f"summed {f['summed_all']['worst_s']:.2f} s")
         front = doc["frontier"][part]
         for name, row in front["picks"].items():
             lines.append(f"  {name}: {row_text(row, part)}")

@@ -3,6 +3,7 @@ detector's errors, out-of-domain behaviour and limits, all from ``<model>.cv.jso
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -229,6 +230,17 @@ def _live_model_text(doc: dict) -> str:
             "the shipped model and are optimistic for new artists; the realworld tracks were never trained on.")
 
 
+def _rule_words(rule: dict) -> str:
+    """A rule of ``bound``'s frontier in a few words."""
+    if rule["family"] == "last_windows":
+        k = rule["windows"]
+        what = (f"the last {k} 2.56 s windows rank one genre first" if k != 1 else
+                "the last 2.56 s window ranks a genre first")
+        return f"a change once {what}, {'each deciding it' if rule['decided'] else 'decided or not'}"
+    return (f"the evidence rule at {rule['evidence_nats']:g} nats, cap {rule['cap_nats']:g}, drift "
+            f"{rule['drift_nats']:g}, hysteresis {rule['hysteresis']}")
+
+
 def _live_bound(doc: dict) -> str:
     """What any decision rule could do with the held-out windows (``python -m training.live_eval``'s ``bound``,
     :mod:`training.live_bound`): the floor under the switch delay and the fewest spurious changes of the rules
@@ -236,44 +248,71 @@ def _live_bound(doc: dict) -> str:
     bound = doc.get("bound")
     if not bound:
         return ""
-    floor, front = bound["floor"]["held_out"], bound["frontier"]
-    clean, late = floor["clean_either"], bound["floor"]["over_8s"]["held_out"]
-    seconds = sorted({r["second"] for r in late})
-    targets = sorted({r["stream"].split(" → ")[-1] for r in late})
-    instead = sorted({g for r in late for g in r["clean_windows_rank_first"] if g != r["second"]})
-    picks = front["held_out"]["picks"]
+    floor, tuning, front = bound["floor"]["held_out"], bound["floor"]["tuning"], bound["frontier"]
+    rank, decided = floor["any_window"], floor["any_window_decided"]
+    late = bound["floor"]["over_8s"]["held_out"]
+
+    def listed(key: str) -> str:
+        rows = [r for r in late if r[key] is None or r[key] > 8.0]
+        if not rows:
+            return ""
+        targets = sorted({r["stream"].split(" → ")[-1] for r in rows})
+        own = sorted({r["second"] for r in rows})
+        instead = Counter(g for r in rows for g, n in r["windows_rank_first"].items() for _ in range(n)
+                          if g not in (r["first"], r["second"]))
+        most = f"; in the 8 s after the switch its windows rank {instead.most_common(1)[0][0]} first most often" \
+            if instead else ""
+        return (f" ({', '.join(targets)} as the second clip, own genre {', '.join(own)}{most})"
+                if len(targets) <= 3 else "")
 
     def spurious(row: dict | None) -> str:
         if row is None:
             return "no rule swept meets it"
         r = row["held_out"]
-        return (f"{r['clips_spurious_changes']} on the GTZAN/FMA clips and pairs and {r['realworld_spurious_changes']} "
-                f"on realworld (median {r['median_delay_s']:.2f} s, worst {r['worst_delay_s']:.2f} s)")
+        return (f"{r['clips_spurious_changes']} on the GTZAN/FMA clips and pairs, {r['realworld_spurious_changes']} "
+                f"on realworld (median {r['median_delay_s']:.2f} s, worst {r['worst_delay_s']:.2f} s; "
+                f"{_rule_words(row['rule'])})")
 
-    quiet = picks["no_clip_change_quickest"]
-    reach = ("So no rule that announces only a genre some window after the switch ranks first gets every held-out "
-             "switch within 8 s: with these windows (the model's), the worst-case line is out of reach whatever the "
-             "rule." if floor["any_window"]["over_8s"] else
-             "Every held-out switch has a window ranking its genre first within 8 s: the floor does not rule the "
-             "worst-case line out.")
-    late_text = (f" ({len(late)} switch{'es' if len(late) != 1 else ''} to {', '.join(targets)}; own genre "
-                 f"{', '.join(seconds)}; the clean windows rank {', '.join(instead) or 'it'} first before it)"
-                 if late else "")
+    picks = front["held_out"]["picks"]
+    tuning_pick = front["tuning"]["picks"]["worst_le_8s"]
+    if decided["over_8s"]:
+        reach = ("A rule that announces only a decided genre (as the daemon must: a genre is decided when its mean "
+                 "probability over some windows reaches the threshold, so one of them must) cannot get those "
+                 f"{decided['over_8s']} switches within 8 s: with these windows (the model's), worst ≤ 8 s is out of "
+                 "reach whatever the rule.")
+    else:
+        reach = "The floor does not rule worst ≤ 8 s out; the rules below show what it costs."
+    floor_text = (
+        f"**Is the live line reachable at all with these windows?** (`training/live_bound.py`: `bound` in the JSON, "
+        f"from the same out-of-fold recordings.) On the held-out half, the first window after a switch that ranks the "
+        f"second clip's own genre first is reported {rank['median_s']:.2f} s after the switch (median), "
+        f"{rank['p90_s']:.2f} s (90th pct), {rank['worst_s']:.2f} s at worst; {rank['over_8s']} of {floor['pairs']} "
+        f"switches are over 8 s{listed('any_window')}. Only windows wholly after the switch: worst "
+        f"{floor['clean_either']['worst_s']:.2f} s; their log-probabilities summed since the switch: worst "
+        f"{floor['summed_all']['worst_s']:.2f} s. The first window that also decides it (probability at or above the "
+        f"threshold): median {decided['median_s']:.2f} s, worst {decided['worst_s']:.2f} s, {decided['over_8s']} "
+        f"switches over 8 s (tuning half: worst {tuning['any_window_decided']['worst_s']:.2f} s, "
+        f"{tuning['any_window_decided']['over_8s']} over 8 s). {reach}")
+    rules_text = (
+        f"Over {front['rules']} rules (a change once the last k 2.56 s windows rank one genre first, k 1 to 10, "
+        f"decided or not; the daemon's evidence rule over a grid wider than its tuning), each measured on the very "
+        f"streams it is reported on (optimistic), the fewest spurious changes on the held-out single-genre streams:")
+    bullets = [f"with worst ≤ 8 s: {spurious(picks['worst_le_8s'])}",
+               f"with no more switches over 8 s than the floor ({rank['over_8s']}): "
+               f"{spurious(picks['over_8s_as_floor'])}",
+               f"with median ≤ 5 s: {spurious(picks['median_le_5s'])}",
+               f"none on the GTZAN/FMA clips and pairs at all: at best {spurious(picks['no_clip_change_quickest'])}"]
+    if tuning_pick is not None:
+        t = tuning_pick["tuning"]
+        bullets.append(f"on the tuning half (its floor's worst {tuning['any_window']['worst_s']:.2f} s), worst ≤ 8 s "
+                       f"costs at least {t['clips_spurious_changes']} changes on its clips and pairs and "
+                       f"{t['realworld_spurious_changes']} on realworld ({_rule_words(tuning_pick['rule'])})")
+    items = "\n".join(textwrap.fill(b, 116, initial_indent="- ", subsequent_indent="  ") for b in bullets)
     return f"""
-**Is the live line reachable at all with these windows?** (`training/live_bound.py`: `bound` in the JSON, over
-the same out-of-fold recordings.) On the held-out half, the first window wholly after a switch that ranks the
-second clip's own genre first is reported {clean['median_s']:.2f} s after the switch (median),
-{clean['p90_s']:.2f} s (90th pct), {clean['worst_s']:.2f} s at worst; {clean['over_8s']} of {floor['pairs']}
-switches are over 8 s{late_text}. Windows straddling the switch too: worst {floor['any_window']['worst_s']:.2f} s.
-The log-probabilities summed since the switch rank it first at worst after {floor['summed_all']['worst_s']:.2f} s.
-{reach}
-Over {front['rules']} rules (a change once the last k 2.56 s windows rank one genre first, k 1 to 10, decided
-or not; the daemon's evidence rule over a grid wider than its tuning), each measured on the very streams it
-is reported on (optimistic), the fewest spurious changes on the held-out single-genre streams:
-- with worst ≤ 8 s: {spurious(picks['worst_le_8s'])};
-- with no more switches over 8 s than the floor ({clean['over_8s']}): {spurious(picks['over_8s_as_floor'])};
-- with median ≤ 5 s: {spurious(picks['median_le_5s'])};
-- none on the GTZAN/FMA clips and pairs at all: at best {spurious(quiet)}.
+{textwrap.fill(floor_text, 116)}
+
+{textwrap.fill(rules_text, 116)}
+{items}
 """
 
 
