@@ -202,19 +202,20 @@ class LastWindows:
         return events
 
 
+EVIDENCE_BOUNDS = (2.0, 3.0, 4.0, 6.0, 8.0)  # evidence_nats swept
+EVIDENCE_CAPS = (2.0, 3.0, 4.0, 6.0)  # cap_nats swept
+EVIDENCE_DRIFTS = (0.5, 1.0, 2.0, 3.0)  # drift_nats swept
+EVIDENCE_HYSTERESIS = (2, 3, 4, 5, 6)  # hysteresis swept
+
+
 def evidence_grid(defaults: ChangeSettings) -> list[ChangeSettings]:
     """The daemon's evidence rule over a grid wider than live_eval's tuning (:func:`training.live_eval.candidates`
-    tries bounds 3–6 nats, caps 4 and 6, drifts 0.5 and 1, hysteresis 1–3): bounds 2–16 nats, caps 2–12, drifts
-    0–2, hysteresis 1–4 (the other settings, the music evidence among them, as ``defaults``; combinations whose
-    cap could not reach the bound in four windows left out)."""
-    grid = []
-    for bound, cap, drift, k in itertools.product((2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0),
-                                                  (2.0, 3.0, 4.0, 6.0, 8.0, 12.0), (0.0, 0.5, 1.0, 2.0),
-                                                  (1, 2, 3, 4)):
-        if cap * 4 < bound or cap <= drift:
-            continue
-        grid.append(replace(defaults, evidence_nats=bound, cap_nats=cap, drift_nats=drift, hysteresis=k))
-    return grid
+    tries bounds 3–6 nats, caps 4 and 6, drifts 0.5 and 1, hysteresis 1–3): :data:`EVIDENCE_BOUNDS` × caps ×
+    drifts × hysteresis (the other settings, the music evidence among them, as ``defaults``; a cap at or under the
+    drift, which no window could pass, left out)."""
+    return [replace(defaults, evidence_nats=bound, cap_nats=cap, drift_nats=drift, hysteresis=k)
+            for bound, cap, drift, k in itertools.product(EVIDENCE_BOUNDS, EVIDENCE_CAPS, EVIDENCE_DRIFTS,
+                                                          EVIDENCE_HYSTERESIS) if cap > drift]
 
 
 KEEP = ("median_delay_s", "p90_delay_s", "worst_delay_s", "within_8s", "missed", "wrong_genre_changes")
@@ -302,8 +303,9 @@ def frontier(halves: Sequence[Streams], tagger: Tagger, defaults: ChangeSettings
                                                  for k in last_windows]
     rules += list(evidence_grid(defaults) if grid is None else grid)
     rows = [{"rule": _describe(rule), **_figures(halves, tagger, rule)} for rule in rules]
-    out: dict = {"rules": len(rows), "evidence_grid": "bounds 2-16 nats, caps 2-12, drifts 0-2, hysteresis 1-4 "
-                 "(training.live_bound.evidence_grid); the other settings the shipped defaults'",
+    out: dict = {"rules": len(rows), "evidence_grid": {"evidence_nats": EVIDENCE_BOUNDS, "cap_nats": EVIDENCE_CAPS,
+                                                       "drift_nats": EVIDENCE_DRIFTS,
+                                                       "hysteresis": EVIDENCE_HYSTERESIS},
                  "defaults": {"rule": _describe(defaults), **_figures(halves, tagger, defaults)}}
     kept: list[dict] = []
     for part in ("held_out", "tuning", "all"):
