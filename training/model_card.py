@@ -270,7 +270,8 @@ def _live_bound(doc: dict) -> str:
             return "no rule swept meets it"
         r = row["held_out"]
         return (f"{r['clips_spurious_changes']} on the GTZAN/FMA clips and pairs, {r['realworld_spurious_changes']} "
-                f"on realworld (median {r['median_delay_s']:.2f} s, worst {r['worst_delay_s']:.2f} s; "
+                f"on realworld (median {r['median_delay_s']:.2f} s, worst {r['worst_delay_s']:.2f} s, "
+                f"{r['over_8s']} of {floor['pairs']} switches over 8 s; "
                 f"{_rule_words(row['rule'])})")
 
     picks = front["held_out"]["picks"]
