@@ -15,6 +15,7 @@ reopened; its stream is aborted, never drained, and a close that still hangs is 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -799,6 +800,11 @@ class LiveCapture(LiveSource):
             import sounddevice as sd
         except ImportError:
             raise LiveUnavailable("live capture needs sounddevice: pip install 'genre-tagger[live]'") from None
+        # The capture closes its own streams (below, always). sounddevice's exit handler would stop and close the last
+        # one again from the main thread at exit and then terminate PortAudio: measured, SIGTERM during a stall then
+        # ended in "double free or corruption" (racing the capture's close), and with a close left hanging the daemon
+        # never exited. The process's end frees the device.
+        atexit.unregister(getattr(sd, "_exit_handler", lambda: None))
 
         info = sd.query_devices(self.device, kind="input")
         rate = self.sample_rate or int(info["default_samplerate"])
